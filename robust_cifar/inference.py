@@ -1,0 +1,34 @@
+"""Batched inference over a whole split: normalized embeddings and head logits, clean or perturbed."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from robust_cifar.compute import Compute
+from robust_cifar.model import CifarResNet18
+
+# (pixels of images [start, stop), start, stop) -> the images the model should see instead
+BatchTransform = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def embed_and_classify(model: CifarResNet18, images: torch.Tensor, compute: Compute, batch_size: int,
+                       transform: Optional[BatchTransform] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (N, D) float32 and logits (N, C) float32, on the compute device.
+
+    `images` are uint8 NCHW (on any device). The model is put in eval mode; a transform may take
+    gradients (FGM), so only the final forward pass runs without autograd.
+    """
+    model.eval()
+    embeddings, logits = [], []
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        x = compute.images(images[start:stop])
+        if transform is not None:
+            with compute.autocast():
+                x = transform(x, start, stop)
+        with torch.no_grad(), compute.autocast():
+            batch_embeddings, batch_logits = model.embed_and_classify(x)
+        embeddings.append(batch_embeddings.float())
+        logits.append(batch_logits.float())
+    return torch.cat(embeddings), torch.cat(logits)

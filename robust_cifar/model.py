@@ -1,0 +1,107 @@
+"""ResNet18 for 32x32 CIFAR images, written in plain torch (torchvision is not a dependency).
+
+Inputs are pixels in [0, 1]; normalization is the model's first layer, so perturbations and
+attacks live in pixel space. The 512-d pooled features go through a 512->128 embedding layer
+(the write-up's "last layer reduced to 128") and a 128->10 head.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Per-channel statistics of the CIFAR-10 training images (pixel units).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int, dropout: float) -> nn.Sequential:
+    """conv -> batch norm -> dropout (the original notebook put dropout after every batch norm)."""
+    layers = [nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+              nn.BatchNorm2d(out_channels)]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float):
+        super().__init__()
+        self.first = conv_bn(in_channels, out_channels, 3, stride, dropout)
+        self.second = conv_bn(out_channels, out_channels, 3, 1, dropout)
+        needs_projection = stride != 1 or in_channels != out_channels
+        self.shortcut = conv_bn(in_channels, out_channels, 1, stride, dropout) if needs_projection else nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.first(x))
+        return F.relu(self.second(out) + self.shortcut(x))
+
+
+def resnet18_trunk(width: int = 64, dropout: float = 0.0) -> nn.Sequential:
+    """3x3 stride-1 stem (no max-pool), BasicBlocks [2,2,2,2] at width x (1,2,4,8), global average pool."""
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    in_channels = width
+    for stage, multiplier in enumerate((1, 2, 4, 8)):
+        out_channels = width * multiplier
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(BasicBlock(in_channels, out_channels, stride, dropout))
+            in_channels = out_channels
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+class CifarResNet18(nn.Module):
+    def __init__(self, width: int = 64, embedding_dim: int = 128, num_classes: int = 10, dropout: float = 0.0):
+        super().__init__()
+        self.normalize = Normalize()
+        self.trunk = resnet18_trunk(width, dropout)
+        self.embedding = nn.Linear(8 * width, embedding_dim)
+        self.head = nn.Linear(embedding_dim, num_classes)
+        self.config = dict(width=width, embedding_dim=embedding_dim, num_classes=num_classes, dropout=dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The un-normalized embedding (what the head sees)."""
+        return self.embedding(self.trunk(self.normalize(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Head logits: the decision path of the baseline and adversarial models."""
+        return self.head(self.features(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalized embedding: what the angular loss, the 3-NN and UMAP work on."""
+        return F.normalize(self.features(x).float(), dim=1)
+
+    def embed_and_classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return F.normalize(features.float(), dim=1), self.head(features)
+
+
+def save_model(model: CifarResNet18, path: str | Path, **metadata) -> None:
+    """A state_dict plus the constructor arguments: plain tensors and numbers, loadable with weights_only=True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, "config": dict(model.config), "metadata": metadata}, path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CifarResNet18, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint {path} not found: run `dvc repro` to train it (or `dvc pull` to fetch it)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = CifarResNet18(**checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), checkpoint.get("metadata", {})

@@ -1,0 +1,60 @@
+"""The stratified train / validation split of the official training set, and loading the three splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robust_cifar.data import load_arrays
+from robust_cifar.npz import save_npz
+
+SPLITS = ("train", "val", "test")
+
+
+def stratified_split(labels: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a seeded random round(fraction * count) go to train and the rest to validation.
+
+    Returns sorted index arrays, so the split is a set (its order carries no randomness).
+    """
+    rng = np.random.default_rng(seed)
+    train_parts, val_parts = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_train = int(round(train_fraction * len(members)))
+        if n_train == 0 or n_train == len(members):
+            raise ValueError(f"split.train_fraction = {train_fraction} leaves class {label} ({len(members)} images) "
+                             "with an empty train or validation part; choose a fraction further from 0 and 1")
+        chosen = rng.permutation(members)
+        train_parts.append(chosen[:n_train])
+        val_parts.append(chosen[n_train:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def save_split(train_indices: np.ndarray, val_indices: np.ndarray, path: str | Path) -> None:
+    save_npz(path, {"train": train_indices.astype(np.int64), "val": val_indices.astype(np.int64)})
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: np.ndarray   # uint8 (N, 3, 32, 32)
+    labels: np.ndarray   # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str, LabelledImages], tuple[str, ...]]:
+    """train / val / test images and labels, and the class names."""
+    arrays = load_arrays(raw_path)
+    split_path = Path(split_path)
+    if not split_path.is_file():
+        raise FileNotFoundError(f"{split_path} not found: run `dvc repro split`")
+    with np.load(split_path, allow_pickle=False) as indices:
+        train, val = indices["train"], indices["val"]
+    splits = {
+        "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),
+        "val": LabelledImages(arrays.train_images[val], arrays.train_labels[val]),
+        "test": LabelledImages(arrays.test_images, arrays.test_labels),
+    }
+    return splits, arrays.class_names

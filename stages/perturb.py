@@ -1,0 +1,27 @@
+"""perturb: the seeded evaluation plan (which image gets which perturbation, jitter factors, noise seeds)
+for train / val / test -> data/perturb/plan.npz. FGM's gradient is taken later, per model."""
+import numpy as np
+
+from robust_cifar.data import load_arrays
+from robust_cifar.outputs import load_npz, run_stage
+from robust_cifar.params import load_params
+from robust_cifar.perturb import KINDS, make_plan, save_plans
+from stages import paths
+
+
+def main(argv: list[str]) -> None:
+    params = load_params()
+    settings, seed = params.perturb(with_fgm=False), params.seed("plan")
+    split = load_npz(paths.SPLIT, "split")
+    sizes = {"train": len(split["train"]), "val": len(split["val"]), "test": len(load_arrays(paths.RAW).test_labels)}
+    # one seed per split, derived from the plan seed, so a split's plan does not depend on the others' sizes
+    plans = {name: make_plan(size, settings, int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+             for index, (name, size) in enumerate(sizes.items())}
+    save_plans(plans, paths.PLAN)
+    for name, plan in plans.items():
+        shares = ", ".join(f"{kind} {share:.1%}" for kind, share in zip(KINDS, plan.gates.mean(0)))
+        print(f"{name}: {len(plan.gates)} images; {shares}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
