@@ -107,8 +107,7 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
     torch.manual_seed(setup.seed)
     order_generator = torch.Generator().manual_seed(setup.seed)
     perturb_generator = torch.Generator(device=compute.device).manual_seed(setup.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_factor,
                                                            patience=config.lr_patience)
     image_shape = tuple(train.images.shape[1:])
@@ -126,19 +125,13 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         correct = torch.zeros((), device=compute.device)
         seen = 0
         for indices in epoch_batches(setup, train.labels, order_generator):
-            images, labels = compute.images(train.images[indices]), train.labels[indices]
-            if method.perturb_on_the_fly:
-                images = perturb_training_batch(setup, model, images, perturb_generator)
-            with compute.autocast():
-                loss, outputs = objective_loss(setup, model, images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(indices)
+            labels = train.labels[indices]
+            loss, outputs = train_step(setup, model, optimizer, train.images[indices], labels, perturb_generator)
+            loss_sum += loss * len(indices)
             if method.has_head:
                 correct += (outputs.argmax(1) == labels).sum()
             else:
-                epoch_embeddings[indices] = outputs.detach().float()
+                epoch_embeddings[indices] = outputs.float()
             seen += len(indices)
             bar.update(len(indices))
         if not method.has_head:
@@ -158,6 +151,24 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
                          if key in ("epoch", "train_loss", "train_acc", "val_acc", "val_perturbed_acc", "lr")})
     bar.close()
     return history
+
+
+def make_optimizer(model: CifarResNet18, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def train_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
+               labels: torch.Tensor, perturb_generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch of uint8 images; returns the detached loss and outputs."""
+    images = setup.compute.images(pixels)
+    if setup.method.perturb_on_the_fly:
+        images = perturb_training_batch(setup, model, images, perturb_generator)
+    with setup.compute.autocast():
+        loss, outputs = objective_loss(setup, model, images, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), outputs.detach()
 
 
 def perturb_training_batch(setup: TrainingSetup, model: CifarResNet18, images: torch.Tensor,

@@ -1,0 +1,97 @@
+"""A copy of this project with a tiny generated archive and tiny params, driven through the dvc CLI."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests import archives
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a fresh clone holds that the pipeline needs; outputs, caches and environments stay behind.
+NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".cache", "__pycache__",
+                                    ".pytest_cache", "dvc.lock", "cache", "tmp", "*.pyc", ".whl", "tests")
+
+TINY_PARAMS = {
+    ("data", "archive"): "tiny.tar.gz",
+    ("model", "width"): 4,
+    ("train", "epochs"): 2,
+    ("train", "batch_size"): 16,
+    ("compute", "eval_batch_size"): 64,
+    ("compute", "device"): "cpu",
+    ("angular", "per_class"): 2,
+    ("umap", "plot_samples"): 40,
+    ("umap", "n_neighbors"): 5,
+}
+
+
+def dvc_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # one numba cache for every copy, so umap-learn compiles once per machine, not once per test
+    env["NUMBA_CACHE_DIR"] = str(ROOT / ".cache" / "numba")
+    env.setdefault("GIT_AUTHOR_NAME", "tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@localhost")
+    env.setdefault("GIT_COMMITTER_NAME", "tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@localhost")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=project, env=dvc_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def set_param(params: dict, dotted: str, value) -> None:
+    node = params
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def create_tiny_project(destination: Path) -> Path:
+    shutil.copytree(ROOT, destination, ignore=NOT_COPIED)
+    archives.write_official_archive(destination / "tiny.tar.gz", train_per_class=20, test_per_class=6)
+    params = yaml.safe_load((destination / "params.yaml").read_text())
+    for (section, key), value in TINY_PARAMS.items():
+        params[section][key] = value
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(destination, "git", "init", "-q")
+    run(destination, "git", "add", "-A")
+    run(destination, "git", "commit", "-qm", "tiny project")
+    return destination
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def stale_stages(project: Path) -> set[str]:
+    """Stages whose own dependencies changed (dvc status); not yet their downstream."""
+    return set(json.loads(dvc(project, "status", "--json").stdout or "{}"))
+
+
+def downstream_closure(project: Path, stages: set[str]) -> set[str]:
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dvc(project, "dag", "--dot").stdout)
+    closure, frontier = set(stages), list(stages)
+    while frontier:
+        stage = frontier.pop()
+        for source, target in edges:
+            if source == stage and target not in closure:
+                closure.add(target)
+                frontier.append(target)
+    return closure
