@@ -37,14 +37,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(step: Callable[[], int], device: torch.device, seconds: float, warmup: int = 3) -> float:
+def throughput(step: Callable[[], int], device: torch.device, seconds: float, warmup: int = 2,
+               min_steps: int = 3) -> float:
     """Images per second of `step` (which returns how many images it processed) after warm-up."""
     for _ in range(warmup):
         step()
     synchronize(device)
-    images, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    images, steps, started = 0, 0, time.perf_counter()
+    while steps < min_steps or time.perf_counter() - started < seconds:
         images += step()
+        steps += 1
     synchronize(device)
     return images / (time.perf_counter() - started)
 
@@ -63,7 +65,7 @@ def project_training(method_name: str, compute: Compute, batch: int, seconds: fl
     setup = TrainingSetup(method=method, train=config, compute=compute, seed=0, num_classes=10, eval_batch_size=1024,
                           perturb=PerturbSettings() if method.perturb_on_the_fly else None,
                           angular=AngularConfig(alpha=45.0, per_class=batch // 10) if method.balanced_batches else None)
-    model = compute.prepare(CifarResNet18(dropout=0.1))
+    model = compute.prepare(CifarResNet18())
     optimizer = make_optimizer(model, config)
     images, labels = synthetic_split(batch * 8, compute.device)
     generator = torch.Generator(device=compute.device).manual_seed(0)
@@ -95,7 +97,7 @@ class NotebookStyleDataset(torch.utils.data.Dataset):
 
 def reference_training(device: torch.device, batch: int, seconds: float, perturb: bool) -> float:
     """The original notebook's loop: DataLoader, fp32, normalized inputs, per-batch perturbation calls."""
-    model = CifarResNet18(dropout=0.1).to(device)
+    model = CifarResNet18().to(device)
     model.normalize = torch.nn.Identity()   # the notebook normalized in the data pipeline instead
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, labels = synthetic_split(batch * 8, torch.device("cpu"))

@@ -135,8 +135,9 @@ class Params:
         return float(node) if rule.as_float else node
 
     def data(self) -> DataConfig:
-        return DataConfig(url=self.value("data.url", TEXT), md5=self.value("data.md5", MD5),
-                          archive=self.value("data.archive", TEXT), archive_md5=self.value("data.archive_md5", MD5))
+        return DataConfig(url=self.value("data.url", TEXT), md5=self.value("data.md5", MD5).lower(),
+                          archive=self.value("data.archive", TEXT),
+                          archive_md5=self.value("data.archive_md5", MD5).lower())
 
     def train_fraction(self) -> float:
         return self.value("split.train_fraction", OPEN_FRACTION)

@@ -1,0 +1,151 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robust_cifar.perturb import KINDS
+from robust_cifar.robustness import CONDITIONS, conditions_for
+from robust_cifar.scoring import score_embeddings
+from robust_cifar.splits import SPLITS
+from robust_cifar.summary import NOT_APPLICABLE, markdown_report
+
+CPU = torch.device("cpu")
+
+
+def random_arrays(n: int = 40, dim: int = 8, classes: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """What embed@<method> writes: per split labels, and embeddings + logits per condition."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split in SPLITS:
+        arrays[f"{split}.labels"] = rng.integers(0, classes, n).astype(np.int64)
+        for condition in conditions_for(split):
+            embeddings = rng.normal(size=(n, dim)).astype(np.float32)
+            arrays[f"{split}.{condition}.embeddings"] = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+            arrays[f"{split}.{condition}.logits"] = rng.normal(size=(n, classes)).astype(np.float32)
+    return arrays
+
+
+def reference_knn(fit, fit_labels, query, k, leave_one_out):
+    """Brute force: Euclidean distance, majority vote, a tie between classes goes to the smallest label."""
+    distances = ((query[:, None, :].astype(np.float64) - fit[None, :, :]) ** 2).sum(-1)
+    if leave_one_out:
+        np.fill_diagonal(distances, np.inf)
+    neighbours = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    votes = np.stack([np.bincount(fit_labels[row], minlength=fit_labels.max() + 1) for row in neighbours])
+    return votes.argmax(1)
+
+
+def test_structure_follows_splits_and_conditions():
+    metrics, predictions = score_embeddings(random_arrays(), has_head=True, k=3, device=CPU)
+    assert list(metrics) == list(SPLITS)
+    for split in SPLITS:
+        assert tuple(metrics[split]) == conditions_for(split)
+        for entry in metrics[split].values():
+            assert set(entry) == {"head", "knn"}
+            assert all(isinstance(value, float) and 0 <= value <= 1 for value in entry.values())
+    assert tuple(metrics["test"]) == CONDITIONS + KINDS
+    assert tuple(metrics["train"]) == CONDITIONS
+    assert set(predictions) == {f"{split}.{condition}.{decision}" for split in SPLITS
+                                for condition in conditions_for(split) for decision in ("head", "knn")}
+    json.dumps(metrics)  # written as reports/metrics/<method>.json
+
+
+def test_head_accuracy_is_argmax_accuracy():
+    arrays = random_arrays(seed=1)
+    metrics, predictions = score_embeddings(arrays, has_head=True, k=3, device=CPU)
+    for split in SPLITS:
+        labels = arrays[f"{split}.labels"]
+        for condition in conditions_for(split):
+            argmax = arrays[f"{split}.{condition}.logits"].argmax(1)
+            np.testing.assert_array_equal(predictions[f"{split}.{condition}.head"], argmax)
+            assert metrics[split][condition]["head"] == pytest.approx(float((argmax == labels).mean()), abs=1e-6)
+
+
+def test_knn_matches_brute_force_with_leave_one_out_on_train_only():
+    arrays = random_arrays(seed=2)
+    k = 3
+    metrics, predictions = score_embeddings(arrays, has_head=True, k=k, device=CPU)
+    fit, fit_labels = arrays["train.clean.embeddings"], arrays["train.labels"]
+    for split in SPLITS:
+        labels = arrays[f"{split}.labels"]
+        for condition in conditions_for(split):
+            expected = reference_knn(fit, fit_labels, arrays[f"{split}.{condition}.embeddings"], k,
+                                     leave_one_out=(split == "train"))
+            np.testing.assert_array_equal(predictions[f"{split}.{condition}.knn"], expected)
+            assert metrics[split][condition]["knn"] == pytest.approx(float((expected == labels).mean()), abs=1e-6)
+
+
+def alternating_line_arrays(n: int = 20) -> dict[str, np.ndarray]:
+    """Points 0, 1, 2, ... on a line with alternating labels, identical in every split and condition.
+
+    Each point's nearest *other* point has the other label: a 1-NN that may use the point itself
+    is always right, one that leaves it out is always wrong.
+    """
+    embeddings = np.zeros((n, 2), dtype=np.float32)
+    embeddings[:, 0] = np.arange(n)
+    labels = (np.arange(n) % 2).astype(np.int64)
+    logits = np.eye(2, dtype=np.float32)[labels]
+    arrays = {}
+    for split in SPLITS:
+        arrays[f"{split}.labels"] = labels
+        for condition in conditions_for(split):
+            arrays[f"{split}.{condition}.embeddings"] = embeddings.copy()
+            arrays[f"{split}.{condition}.logits"] = logits
+    return arrays
+
+
+def test_train_knn_is_leave_one_out():
+    metrics, _ = score_embeddings(alternating_line_arrays(), has_head=True, k=1, device=CPU)
+    # with itself as a neighbour every training point would score 100%; leave-one-out scores 0%
+    assert metrics["train"]["clean"]["knn"] == 0.0
+    # a perturbed training image never sees its clean twin (here: identical to it)
+    assert metrics["train"]["perturbed"]["knn"] == 0.0
+    assert metrics["train"]["transfer"]["knn"] == 0.0
+    # other splits are not in the fit set: an identical training point is a legitimate neighbour
+    assert metrics["val"]["clean"]["knn"] == 1.0
+    assert metrics["test"]["clean"]["knn"] == 1.0
+    assert metrics["train"]["clean"]["head"] == 1.0
+
+
+def test_no_head_entry_without_a_head():
+    arrays = random_arrays(seed=3)
+    with_head, _ = score_embeddings(arrays, has_head=True, k=3, device=CPU)
+    metrics, predictions = score_embeddings(arrays, has_head=False, k=3, device=CPU)
+    for split in SPLITS:
+        for condition in conditions_for(split):
+            assert metrics[split][condition] == {"knn": with_head[split][condition]["knn"]}
+    assert not any(key.endswith(".head") for key in predictions)
+    assert all(key.endswith(".knn") for key in predictions)
+
+
+def fake_metrics(head: bool, clean: float, perturbed: float) -> dict:
+    def entry(value):
+        return {"head": value, "knn": value - 0.1} if head else {"knn": value - 0.1}
+    per_split = {"clean": entry(clean), "perturbed": entry(perturbed), "transfer": entry((clean + perturbed) / 2)}
+    return {"train": per_split, "val": per_split,
+            "test": {**per_split, **{kind: entry(perturbed) for kind in KINDS}}}
+
+
+def table_rows(report: str, method: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in report.splitlines() if line.startswith(f"| {method} ")]
+
+
+def test_markdown_report_has_a_row_per_method_and_na_for_the_angular_head():
+    all_metrics = {"baseline": fake_metrics(True, 0.7, 0.45), "adversarial": fake_metrics(True, 0.68, 0.52),
+                   "angular": fake_metrics(False, 0.8, 0.6)}
+    report = markdown_report(all_metrics)
+    headline = report.split("## Test set\n", 1)[1].split("\n## ", 1)[0]
+    for method in all_metrics:
+        rows = table_rows(headline, method)
+        assert len(rows) == 1, (method, headline)
+    baseline_row, angular_row = table_rows(headline, "baseline")[0], table_rows(headline, "angular")[0]
+    assert "70.0" in baseline_row and "45.0" in baseline_row and "25.0" in baseline_row  # clean, perturbed, drop
+    assert NOT_APPLICABLE not in baseline_row
+    assert angular_row.count(NOT_APPLICABLE) == 4  # head clean / perturbed / transfer / drop
+    assert "70" in angular_row and "50" in angular_row  # the 3-NN: 0.8 - 0.1 and 0.6 - 0.1
+    # the per-decision tables list the angular model's 3-NN only
+    for method, decisions in (("baseline", 2), ("adversarial", 2), ("angular", 1)):
+        assert len(table_rows(report, method)) == 1 + 2 * decisions
+    assert NOT_APPLICABLE == "n/a"
