@@ -56,6 +56,11 @@ class PerturbDraw:
         """The draw of images [start, stop)."""
         return PerturbDraw(self.gates[start:stop], self.jitter_factors[start:stop], self.noise[start:stop])
 
+    @staticmethod
+    def concat(draws: "list[PerturbDraw]") -> "PerturbDraw":
+        return PerturbDraw(torch.cat([d.gates for d in draws]), torch.cat([d.jitter_factors for d in draws]),
+                           torch.cat([d.noise for d in draws]))
+
     def only(self, kind: str) -> "PerturbDraw":
         """Same factors and noise, but every image gets exactly ``kind`` (for per-perturbation columns)."""
         column = KINDS.index(kind)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,10 @@ def fit_umap(embeddings: np.ndarray, n_neighbors: int, min_dist: float, seed: in
     # random_state makes UMAP deterministic (and single-threaded); n_neighbors cannot exceed the data
     reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(embeddings) - 1), min_dist=min_dist,
                         random_state=seed, metric="euclidean", n_jobs=1)
-    reducer.fit(embeddings)
+    with warnings.catch_warnings():
+        # pynndescent's two largest functions cannot be cached; numba says so on every fit
+        warnings.filterwarnings("ignore", message=".*Cannot cache compiled function")
+        reducer.fit(embeddings)
     return reducer
 
 

@@ -37,3 +37,5 @@ def umap_figure(method: str) -> Path:
 
 SUMMARY_MD = Path("reports/summary.md")
 SUMMARY_JSON = Path("reports/summary.json")
+EXAMPLES = Path("reports/examples.png")
+ACCURACY_FIGURE = Path("reports/accuracy.png")

@@ -1,8 +1,9 @@
-"""summarize: one table of every method's accuracy -> reports/summary.md and reports/summary.json"""
+"""summarize: every method's accuracy -> reports/summary.md, reports/summary.json and reports/accuracy.png"""
 import json
 
+from robust_cifar.figures import accuracy_bars
 from robust_cifar.methods import METHODS
-from robust_cifar.outputs import run_stage, write_json
+from robust_cifar.outputs import prepare, run_stage, write_json
 from robust_cifar.summary import all_split_rows, headline_rows, markdown_report, single_perturbation_rows
 from stages import paths
 
@@ -20,6 +21,7 @@ def main(argv: list[str]) -> None:
     write_json(paths.SUMMARY_JSON, {"test": headline_rows(all_metrics),
                                     "test_single_perturbation": single_perturbation_rows(all_metrics),
                                     "all_splits": all_split_rows(all_metrics)})
+    accuracy_bars(all_metrics).savefig(prepare(paths.ACCURACY_FIGURE), dpi=110)
     print(report)
 
 

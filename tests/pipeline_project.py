@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".cache", "__pycache__",
                                     ".pytest_cache", "dvc.lock", "cache", "tmp", "*.pyc", ".whl", "tests")
 
+METHODS = ("baseline", "adversarial", "angular")
+ALL_STAGES = {"download", "split", "perturb", "summarize", "examples"} | {
+    f"{stage}@{method}" for stage in ("train", "embed", "eval", "umap") for method in METHODS}
+
 TINY_PARAMS = {
     ("data", "archive"): "tiny.tar.gz",
     ("model", "width"): 4,

@@ -7,19 +7,13 @@ import shutil
 import pytest
 import yaml
 
-from tests.pipeline_project import create_tiny_project, downstream_closure, dvc, ran_stages, set_param, stale_stages
-
-METHODS = ("baseline", "adversarial", "angular")
-PER_METHOD = ("train", "embed", "eval", "umap")
-ALL_STAGES = {"download", "split", "perturb", "summarize"} | {f"{s}@{m}" for s in PER_METHOD for m in METHODS}
+from tests.pipeline_project import (ALL_STAGES, METHODS, downstream_closure, dvc, ran_stages, set_param,
+                                    stale_stages)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = create_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
-    result = dvc(project, "repro")
-    assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
-    return project
+@pytest.fixture
+def project(reproduced_project):
+    return reproduced_project
 
 
 def methods(stage: str, *names: str) -> tuple[str, ...]:
@@ -29,8 +23,8 @@ def methods(stage: str, *names: str) -> tuple[str, ...]:
 # For every key in params.yaml, the stages whose own dependencies it is (dvc status after the
 # edit); the test adds everything downstream from the DAG and compares with EXPECTED_CLOSURE.
 EVERYTHING_FROM_TRAINING = set(methods("train")) | set(methods("embed")) | set(methods("eval")) | set(
-    methods("umap")) | {"summarize"}
-EVALUATION = set(methods("embed")) | set(methods("eval")) | set(methods("umap")) | {"summarize"}
+    methods("umap")) | {"summarize", "examples"}
+EVALUATION = set(methods("embed")) | set(methods("eval")) | set(methods("umap")) | {"summarize", "examples"}
 
 
 def angular_chain(first: str) -> set[str]:
@@ -47,13 +41,13 @@ DIRECT = {
     **{f"train.{key}": set(methods("train")) for key in
        ("epochs", "lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "val_every")},
     "train.batch_size": set(methods("train", "baseline", "adversarial")),
-    "compute.device": set(methods("train")) | set(methods("embed")) | set(methods("eval")),
+    "compute.device": set(methods("train")) | set(methods("embed")) | set(methods("eval")) | {"examples"},
     "compute.fast": set(methods("train")) | set(methods("embed")),
     "compute.eval_batch_size": set(methods("train")) | set(methods("embed")),
     "perturb.p": {"perturb", "train@adversarial"},
     **{f"perturb.jitter.{key}": {"perturb", "train@adversarial"} for key in ("brightness", "contrast", "saturation")},
     **{f"perturb.noise.{key}": {"perturb", "train@adversarial"} for key in ("std", "fraction")},
-    "perturb.fgm.eps": {"train@adversarial"} | set(methods("embed")),
+    "perturb.fgm.eps": {"train@adversarial", "examples"} | set(methods("embed")),
     "angular.alpha": {"train@angular"}, "angular.per_class": {"train@angular"},
     "angular.attack_temperature": {"embed@angular"},
     "knn.k": set(methods("eval")),

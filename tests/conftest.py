@@ -1,0 +1,16 @@
+"""Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session."""
+import pytest
+
+from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory):
+    """A committed copy of the project whose tiny pipeline has been reproduced once.
+
+    Tests that change it must restore it (or work on a copy): it is shared.
+    """
+    project = create_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
+    result = dvc(project, "repro")
+    assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
+    return project
