@@ -1,0 +1,24 @@
+import numpy as np
+
+from robust_cifar.projection import draw_grid, sample_indices
+
+
+def test_grid_has_a_panel_per_split_and_condition_with_every_class_in_the_legend():
+    rng = np.random.default_rng(0)
+    labels = np.arange(30) % 3
+    panels = {(split, condition): (rng.normal(size=(30, 2)), labels)
+              for split in ("train", "val", "test") for condition in ("clean", "perturbed")}
+    figure = draw_grid(panels, ["cat", "dog", "ship"], "title")
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles == [f"{split}, {condition} (30 points)" for split in ("train", "val", "test")
+                      for condition in ("clean", "perturbed")]
+    legend_names = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend_names == ["cat", "dog", "ship"]
+
+
+def test_sample_indices_caps_and_keeps_all_when_asked():
+    rng = np.random.default_rng(0)
+    assert np.array_equal(sample_indices(10, 0, rng), np.arange(10))
+    assert np.array_equal(sample_indices(10, 50, rng), np.arange(10))
+    chosen = sample_indices(100, 7, rng)
+    assert len(chosen) == 7 and len(set(chosen)) == 7 and np.all(np.diff(chosen) > 0)
