@@ -1,5 +1,6 @@
 """Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session."""
 import pytest
+import torch
 
 from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages
 
@@ -14,3 +15,12 @@ def reproduced_project(tmp_path_factory):
     result = dvc(project, "repro")
     assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
     return project
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions: one thread is fastest, and immune to other processes on the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

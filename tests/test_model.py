@@ -7,13 +7,7 @@ from torch import nn
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18, load_model, resnet18_trunk, save_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one thread is fastest, and immune to other processes on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count(module: nn.Module) -> int:

@@ -18,13 +18,7 @@ VALIDATION_KEYS = {"val_loss", "val_acc", "val_seconds"}
 CLASSES = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one thread is fastest, and immune to other processes on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split(n_per_class: int, seed: int) -> SplitTensors:
