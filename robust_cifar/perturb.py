@@ -191,9 +191,11 @@ def _rows(gates: Tensor, kind: str) -> Tensor:
 def apply_perturbations(x: Tensor, draw: PerturbDraw, settings: PerturbSettings, score_fn: ScoreFn | None = None) -> Tensor:
     """Apply the gated perturbations in order jitter -> noise -> FGM; ungated rows pass through bit-identical.
 
-    Each perturbation is computed for the whole batch and selected with torch.where: boolean
-    indexing would force a host sync on CUDA. FGM therefore costs a full-batch forward and
-    backward, and sees the already jittered/noised images of its rows.
+    Jitter and noise are computed for the whole batch and selected with torch.where (cheap, and
+    no host sync). FGM, a forward and backward pass, is computed only for its gated rows (about
+    p of the batch): that costs one host sync to learn which rows, and saves a full-batch pass.
+    The model must be in eval mode, so a row's attack does not depend on the other rows. FGM
+    sees the already jittered/noised images of its rows.
 
     If ``score_fn`` is None (or ``settings.fgm_eps`` is 0) the FGM gate is ignored, so such
     rows only get whatever jitter/noise they were gated for.
@@ -203,7 +205,9 @@ def apply_perturbations(x: Tensor, draw: PerturbDraw, settings: PerturbSettings,
     noisy = (x + draw.noise.to(device=x.device, dtype=x.dtype)).clamp(0, 1)
     x = torch.where(_rows(gates, "noise"), noisy, x)
     if score_fn is not None and settings.fgm_eps > 0:
-        x = torch.where(_rows(gates, "fgm"), fgm(score_fn, x, settings.fgm_eps), x)
+        attacked = gates[:, KINDS.index("fgm")].nonzero().squeeze(1)
+        if len(attacked):
+            x = x.index_copy(0, attacked, fgm(score_fn, x[attacked], settings.fgm_eps))
     return x
 
 

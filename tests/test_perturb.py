@@ -300,6 +300,19 @@ def test_ungated_rows_are_bit_identical(trained_net, device):
     trained_net.to("cpu")
 
 
+def test_fgm_attacks_exactly_its_gated_rows_as_if_alone(trained_net):
+    x = images(64, seed=11)
+    draw = draw_perturbations(64, SHAPE, SETTINGS, torch.Generator().manual_seed(10), "cpu")
+    fgm_only = draw.only("fgm")
+    fgm_only.gates[::2, 2] = False           # every other image is not attacked
+    out = apply_perturbations(x, fgm_only, SETTINGS, score_fn=trained_net)
+    attacked = fgm_only.gates[:, 2]
+    assert torch.equal(out[~attacked], x[~attacked])
+    alone = fgm(trained_net, x[attacked], SETTINGS.fgm_eps)
+    assert torch.allclose(out[attacked], alone, atol=1e-6)
+    assert (out[attacked] != x[attacked]).flatten(1).any(1).all()
+
+
 def test_fgm_gate_ignored_without_score_fn():
     x = images(20, seed=9)
     draw = draw_perturbations(20, SHAPE, SETTINGS, torch.Generator().manual_seed(8), "cpu").only("fgm")
