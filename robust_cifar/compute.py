@@ -65,8 +65,3 @@ class Compute:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         return f"{self.device} ({name}), {'bf16 autocast + channels_last' if self.mixed_precision else 'fp32'}"
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
