@@ -1,4 +1,4 @@
-"""Writing stage outputs (reproducibly: same content, same bytes) and running stage entry points."""
+"""Writing stage outputs (JSON, CSV) and running stage entry points with user-facing errors."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,6 @@ from typing import Callable, Iterable
 
 from robust_cifar.compute import DeviceError
 from robust_cifar.data import ArchiveError
-from robust_cifar.npz import load_npz, save_npz  # noqa: F401  (re-exported for stages)
 from robust_cifar.params import ParamsError
 
 # Errors that are the user's to fix: shown as one clear line, not a traceback.

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from robust_cifar.angular_loss import angular_loss
 from robust_cifar.compute import Compute
-from robust_cifar.inference import embed_and_classify
+from robust_cifar.inference import BatchTransform, embed_and_classify
 from robust_cifar.methods import Method, class_means
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import AngularConfig, TrainConfig
@@ -67,7 +67,7 @@ def nearest_mean_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, means:
 
 
 def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, val: SplitTensors,
-             perturbed_val: Optional[callable]) -> dict[str, float]:
+             perturbed_val: Optional[BatchTransform]) -> dict[str, float]:
     """Clean validation loss/accuracy in the method's own terms (+ perturbed accuracy for adversarial)."""
     batch_size = setup.eval_batch_size
     embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size)
@@ -80,8 +80,8 @@ def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, va
         train_embeddings, _ = embed_and_classify(model, train.images, setup.compute, batch_size)
         means = class_means(train_embeddings, train.labels, setup.num_classes)
         order = balanced_batches(val.labels.cpu(), setup.angular.per_class, torch.Generator().manual_seed(setup.seed))
-        losses = [angular_loss(embeddings[batch.to(embeddings.device)], val.labels[batch.to(embeddings.device)],
-                               setup.angular.alpha) for batch in order]
+        losses = [angular_loss(embeddings[batch], val.labels[batch], setup.angular.alpha)
+                  for batch in (batch.to(embeddings.device) for batch in order)]
         row = {"val_loss": torch.stack(losses).mean().item(),
                "val_acc": nearest_mean_accuracy(embeddings, val.labels, means).item()}
     if perturbed_val is not None:
@@ -90,7 +90,8 @@ def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, va
     return row
 
 
-def perturbed_val_transform(setup: TrainingSetup, model: CifarResNet18, n_images: int, image_shape) -> callable:
+def perturbed_val_transform(setup: TrainingSetup, model: CifarResNet18, n_images: int,
+                            image_shape) -> BatchTransform:
     """One fixed draw for the whole run (seeded), so the per-epoch curve compares like with like."""
     generator = torch.Generator(device=setup.compute.device).manual_seed(setup.seed + 1)
     draw = draw_perturbations(n_images, image_shape, setup.perturb, generator, setup.compute.device)

@@ -7,7 +7,8 @@ from robust_cifar.compute import Compute
 from robust_cifar.inference import embed_and_classify
 from robust_cifar.methods import METHODS, class_means, decision_score
 from robust_cifar.model import load_model
-from robust_cifar.outputs import run_stage, save_npz
+from robust_cifar.npz import save_npz
+from robust_cifar.outputs import run_stage
 from robust_cifar.params import load_params
 from robust_cifar.perturb import load_plans
 from robust_cifar.robustness import conditions_for, evaluate_conditions, flatten

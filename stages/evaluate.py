@@ -2,7 +2,8 @@
 (and the test predictions behind the confusion matrices -> reports/predictions/<method>.csv)"""
 from robust_cifar.compute import resolve_device
 from robust_cifar.methods import METHODS
-from robust_cifar.outputs import load_npz, run_stage, write_csv, write_json
+from robust_cifar.npz import load_npz
+from robust_cifar.outputs import run_stage, write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.scoring import score_embeddings
 from stages import paths
@@ -18,9 +19,8 @@ def main(argv: list[str]) -> None:
 
     # The confusion matrices show the method's own decision: its head, or the 3-NN when it has none.
     decision = "head" if method.has_head else "knn"
-    class_names = arrays["class_names"] if "class_names" in arrays else None
-    name = (lambda label: str(class_names[label])) if class_names is not None else str
-    rows = [{"actual": name(actual), "clean": name(clean), "perturbed": name(perturbed)}
+    class_names = [str(name) for name in arrays["class_names"]]
+    rows = [{"actual": class_names[actual], "clean": class_names[clean], "perturbed": class_names[perturbed]}
             for actual, clean, perturbed in zip(arrays["test.labels"], predictions[f"test.clean.{decision}"],
                                                 predictions[f"test.perturbed.{decision}"])]
     write_csv(paths.predictions(method.name), rows)

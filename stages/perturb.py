@@ -3,7 +3,8 @@ for train / val / test -> data/perturb/plan.npz. FGM's gradient is taken later, 
 import numpy as np
 
 from robust_cifar.data import load_arrays
-from robust_cifar.outputs import load_npz, run_stage
+from robust_cifar.npz import load_npz
+from robust_cifar.outputs import run_stage
 from robust_cifar.params import load_params
 from robust_cifar.perturb import KINDS, make_plan, save_plans
 from stages import paths

@@ -5,7 +5,8 @@ import time
 import numpy as np
 
 from robust_cifar.methods import METHODS
-from robust_cifar.outputs import load_npz, prepare, run_stage
+from robust_cifar.npz import load_npz
+from robust_cifar.outputs import prepare, run_stage
 from robust_cifar.params import load_params
 from robust_cifar.projection import PANEL_CONDITIONS, draw_grid, fit_umap, sample_indices
 from robust_cifar.splits import SPLITS
