@@ -13,6 +13,7 @@ sizes; and, on CUDA, model FLOP utilisation against the chip's dense bf16 peak.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Callable
 
@@ -22,11 +23,12 @@ import torch.nn.functional as F
 from robust_cifar.compute import Compute
 from robust_cifar.inference import embed_and_classify
 from robust_cifar.knn import knn_predict
-from robust_cifar.methods import METHODS
+from robust_cifar.methods import REGISTRY, build_method
+from robust_cifar.methods.batches import ShuffledBatches
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
-from robust_cifar.params import AngularConfig, TrainConfig
-from robust_cifar.perturb import PerturbSettings, fgm
-from robust_cifar.training import TrainingSetup, make_optimizer, train_step
+from robust_cifar.params import load_params
+from robust_cifar.perturb import fgm
+from robust_cifar.training import TrainConfig, TrainingSetup, make_optimizer, train_step
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), for model FLOP utilisation.
 BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -58,13 +60,20 @@ def synthetic_split(n: int, device: torch.device, seed: int = 0) -> tuple[torch.
     return images.to(device), labels.to(device)
 
 
+def study_method(name: str, batch: int):
+    """The method as params.yaml defines it, with shuffled batches resized to `batch`."""
+    method = build_method(name, load_params())
+    if isinstance(method.batch_order, ShuffledBatches):
+        method = dataclasses.replace(method, batch_order=ShuffledBatches(batch))
+    return method
+
+
 def project_training(method_name: str, compute: Compute, batch: int, seconds: float) -> float:
-    method = METHODS[method_name]
-    config = TrainConfig(epochs=1, batch_size=batch, lr=0.01, momentum=0.9, weight_decay=0.0, lr_factor=0.05,
-                         lr_patience=2, val_every=1)
-    setup = TrainingSetup(method=method, train=config, compute=compute, seed=0, num_classes=10, eval_batch_size=1024,
-                          perturb=PerturbSettings() if method.perturb_on_the_fly else None,
-                          angular=AngularConfig(alpha=45.0, per_class=batch // 10) if method.balanced_batches else None)
+    method = study_method(method_name, batch)
+    batch = len(method.batch_order.epoch(torch.arange(batch * 8) % 10, torch.Generator().manual_seed(0))[0])
+    config = TrainConfig(epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, lr_factor=0.05, lr_patience=2,
+                         lr_schedule_on="epoch_mean", val_every=1)
+    setup = TrainingSetup(method=method, train=config, compute=compute, seed=0, num_classes=10, eval_batch_size=1024)
     model = compute.prepare(CifarResNet18())
     optimizer = make_optimizer(model, config)
     images, labels = synthetic_split(batch * 8, compute.device)
@@ -210,10 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     # growth, oneDNN primitive creation); a throwaway run keeps them out of the numbers.
     project_training("baseline", compute, args.batch, seconds=0)
     rates = {}
-    for name in METHODS:
-        batch = 260 if METHODS[name].balanced_batches else args.batch
-        rates[name] = project_training(name, compute, batch, seconds)
-        print(f"train step  {name:<12} {rates[name]:10.0f} img/s")
+    for name in REGISTRY:
+        rates[name] = project_training(name, compute, args.batch, seconds)
+        print(f"train step  {name:<20} {rates[name]:10.0f} img/s")
     print(f"evaluation (embed + logits) {evaluation_throughput(compute, 1024, seconds):10.0f} img/s")
     print(f"FGM attack (fwd + bwd)      {attack_throughput(compute, 1024, seconds):10.0f} img/s")
 

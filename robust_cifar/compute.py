@@ -2,13 +2,36 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from dataclasses import dataclass
 
 import torch
 
+from robust_cifar.errors import DeviceError
+from robust_cifar.params import BOOLEAN, POSITIVE_INT, Params, Rule
 
-class DeviceError(ValueError):
-    """A requested device that this machine does not have."""
+
+DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None),
+              "auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    device: str
+    fast: bool
+    eval_batch_size: int
+    deterministic: bool
+
+    @staticmethod
+    def device_from_params(params: Params) -> str:
+        return params.value("compute.device", DEVICE)
+
+    @classmethod
+    def from_params(cls, params: Params) -> "ComputeConfig":
+        return cls(device=cls.device_from_params(params), fast=params.value("compute.fast", BOOLEAN),
+                   eval_batch_size=params.value("compute.eval_batch_size", POSITIVE_INT),
+                   deterministic=params.value("compute.deterministic", BOOLEAN))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,13 +60,23 @@ class Compute:
     mixed_precision: bool   # bf16 autocast and channels_last
 
     @classmethod
-    def create(cls, device: str = "auto", fast: bool = True) -> "Compute":
+    def create(cls, device: str = "auto", fast: bool = True, deterministic: bool = False) -> "Compute":
         resolved = resolve_device(device)
         if resolved.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
+            # cuDNN's fastest kernels are chosen per shape (benchmark) and some accumulate in a
+            # nondeterministic order; `deterministic` trades that speed for identical reruns.
+            torch.backends.cudnn.benchmark = not deterministic
+            torch.backends.cudnn.deterministic = deterministic
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            if deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
         return cls(resolved, fast and bf16_supported(resolved))
+
+    @classmethod
+    def from_config(cls, config: ComputeConfig) -> "Compute":
+        return cls.create(config.device, config.fast, config.deterministic)
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -33,7 +33,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from robust_cifar.npz import save_npz
+from robust_cifar.errors import ArchiveError
+from robust_cifar.npz import load_npz, save_npz
+from robust_cifar.params import MD5, TEXT, Params
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -55,11 +57,17 @@ _SET_ARCHIVE_HINT = (
 )
 
 
-class ArchiveError(ValueError):
-    """The CIFAR-10 archive is missing, unreadable, or not trustworthy.
+@dataclass(frozen=True)
+class DataConfig:
+    url: str
+    md5: str
+    archive: str        # a local archive to read instead of downloading `url` ("" = download)
+    archive_md5: str
 
-    The message always says what is wrong and what to do about it.
-    """
+    @classmethod
+    def from_params(cls, params: Params) -> "DataConfig":
+        return cls(url=params.value("data.url", TEXT), md5=params.value("data.md5", MD5).lower(),
+                   archive=params.value("data.archive", TEXT), archive_md5=params.value("data.archive_md5", MD5).lower())
 
 
 # eq=False: generated __eq__/__hash__ would compare numpy arrays, which has no
@@ -547,26 +555,20 @@ def save_arrays(arrays: CifarArrays, path) -> None:
 
 
 def load_arrays(path) -> CifarArrays:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"prepared CIFAR-10 arrays not found at {path}; run `dvc repro download` "
-            "to create them."
+    saved = load_npz(path, produced_by="download")
+    missing = {field for field in _NPZ_FIELDS if field not in saved}
+    if missing:
+        raise ArchiveError(
+            f"{path} lacks {', '.join(sorted(missing))}; it was not written by "
+            "save_arrays or is damaged: run `dvc repro -f download`."
         )
-    with np.load(path, allow_pickle=False) as saved:
-        missing = {field for field in _NPZ_FIELDS if field not in saved.files}
-        if missing:
-            raise ArchiveError(
-                f"{path} lacks {', '.join(sorted(missing))}; it was not written by "
-                "save_arrays or is damaged. Delete it and run `dvc repro download`."
-            )
-        arrays = CifarArrays(
-            train_images=saved["train_images"],
-            train_labels=saved["train_labels"],
-            test_images=saved["test_images"],
-            test_labels=saved["test_labels"],
-            class_names=tuple(str(name) for name in saved["class_names"]),
-        )
+    arrays = CifarArrays(
+        train_images=saved["train_images"],
+        train_labels=saved["train_labels"],
+        test_images=saved["test_images"],
+        test_labels=saved["test_labels"],
+        class_names=tuple(str(name) for name in saved["class_names"]),
+    )
     _check_arrays(arrays, source=str(path))
     return arrays
 

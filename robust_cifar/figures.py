@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robust_cifar.perturb import KINDS  # noqa: E402
+from robust_cifar.conditions import KINDS  # noqa: E402
 
 CONDITION_COLOURS = {"clean": "#4c72b0", "perturbed": "#dd8452", "transfer": "#c44e52"}
 

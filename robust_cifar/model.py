@@ -6,15 +6,38 @@ attacks live in pixel space. The 512-d pooled features go through a 512->128 emb
 """
 from __future__ import annotations
 
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_cifar.errors import InputError
+from robust_cifar.outputs import atomic_path
+from robust_cifar.params import BELOW_ONE, POSITIVE_INT, Params
+
 # Per-channel statistics of the CIFAR-10 training images (pixel units).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: int           # channels of the first stage (64 = the standard ResNet18)
+    embedding_dim: int
+    dropout: float       # after every batch norm (0 = the standard ResNet18)
+
+    @classmethod
+    def from_params(cls, params: Params) -> "ModelConfig":
+        return cls(width=params.value("model.width", POSITIVE_INT),
+                   embedding_dim=params.value("model.embedding_dim", POSITIVE_INT),
+                   dropout=params.value("model.dropout", BELOW_ONE))
+
+    def build(self, num_classes: int) -> "CifarResNet18":
+        return CifarResNet18(num_classes=num_classes, **asdict(self))
 
 
 class Normalize(nn.Module):
@@ -89,19 +112,43 @@ class CifarResNet18(nn.Module):
         return F.normalize(features.float(), dim=1), self.head(features)
 
 
+CONFIG_KEYS = ("width", "embedding_dim", "num_classes", "dropout")
+
+
 def save_model(model: CifarResNet18, path: str | Path, **metadata) -> None:
     """A state_dict plus the constructor arguments: plain tensors and numbers, loadable with weights_only=True."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": dict(model.config), "metadata": metadata}, path)
+    with atomic_path(path) as partial:
+        torch.save({"state_dict": state, "config": dict(model.config), "metadata": metadata}, partial)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CifarResNet18, dict]:
+    """The model saved at `path`, in eval mode. Anything but a checkpoint written by `save_model` is refused
+    with a one-line InputError; nothing but tensors and plain values is ever unpickled (weights_only)."""
     path = Path(path)
+    redo = f"retrain it with `dvc repro -f {_stage_of(path)}` or fetch it with `dvc pull {path}`"
     if not path.is_file():
-        raise FileNotFoundError(f"model checkpoint {path} not found: run `dvc repro` to train it (or `dvc pull` to fetch it)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = CifarResNet18(**checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
+        raise InputError(f"model checkpoint {path} not found: {redo}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, which is the wrong advice for a file that tries
+        # to unpickle more than tensors: it could run code.
+        raise InputError(f"{path} holds objects other than tensors and plain values, so it was not loaded "
+                         f"(it may be malicious): {redo}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise InputError(f"{path} is not a readable checkpoint ({type(error).__name__}; truncated or corrupt?): {redo}") from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
+            and set(checkpoint["config"]) == set(CONFIG_KEYS) and isinstance(checkpoint.get("state_dict"), dict)):
+        raise InputError(f"{path} is not a checkpoint of this project (no model config and weights): {redo}")
+    try:
+        model = CifarResNet18(**checkpoint["config"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: its weights do not match its model config ({first}): {redo}") from None
     return model.to(device).eval(), checkpoint.get("metadata", {})
+
+
+def _stage_of(path: Path) -> str:
+    return f"train@{path.stem}"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from robust_cifar.errors import InputError
+
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """An uncompressed .npz at exactly `path` that np.load reads, byte-identical for identical arrays.
@@ -27,9 +29,14 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_npz(path: str | Path, produced_by: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path`; a missing, truncated or foreign file is a one-line InputError
+    that names the stage to rerun. Nothing is unpickled (allow_pickle=False)."""
     path = Path(path)
+    redo = f"run `dvc repro -f {produced_by}` (or `dvc pull {path}`)"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `dvc repro {produced_by}`")
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
-
+        raise InputError(f"{path} not found: {redo}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
+        raise InputError(f"{path} is not a readable .npz ({type(error).__name__}: truncated or corrupt?): {redo}") from None

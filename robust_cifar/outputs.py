@@ -1,26 +1,14 @@
-"""Writing stage outputs (JSON, CSV) and running stage entry points with user-facing errors."""
+"""Writing stage outputs (JSON, CSV, figures) atomically: a file appears whole or not at all."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import sys
+import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable, Iterator
 
-from robust_cifar.compute import DeviceError
-from robust_cifar.data import ArchiveError
-from robust_cifar.params import ParamsError
-
-# Errors that are the user's to fix: shown as one clear line, not a traceback.
-USER_ERRORS = (ParamsError, ArchiveError, DeviceError, FileNotFoundError)
-
-
-def run_stage(main: Callable[[list[str]], None]) -> None:
-    try:
-        main(sys.argv[1:])
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+from robust_cifar.errors import InputError
 
 
 def prepare(path: str | Path) -> Path:
@@ -29,14 +17,52 @@ def prepare(path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to; renamed to `path` only if the block finishes.
+
+    An interrupted stage then never leaves a half-written output that looks finished.
+    """
+    path = prepare(path)
+    partial = path.with_name(f".{path.name}.part{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as partial:
+        partial.write_text(text)
+
+
 def write_json(path: str | Path, data) -> None:
-    prepare(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str | Path, rows: Iterable[dict], columns: list[str] | None = None) -> None:
     rows = list(rows)
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    with prepare(path).open("w", newline="") as handle:
+    with atomic_path(path) as partial, partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def save_figure(figure, path: str | Path, dpi: int = 110) -> None:
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+
+
+def check_writable(*paths: str | Path) -> None:
+    """Refuse to start (before hours of work) when an output's folder cannot be created or written."""
+    for path in map(Path, paths):
+        folder = path if not path.suffix else path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise InputError(f"cannot write {path} ({error.strerror}): make {folder} writable, then rerun") from None

@@ -1,28 +1,33 @@
-"""params.yaml, read and validated in one place.
+"""params.yaml, read and validated: the rule vocabulary and a Params object that remembers what was read.
 
-Each stage asks for the sections it needs (`load_params().train()`); a section is checked as a
-whole the moment it is asked for, before any heavy work, and every bad value is reported with
-its dotted key, the value and what is allowed.
+Each setting's rule lives next to the code that uses it (`TrainConfig.from_params` in training,
+`PerturbSettings.from_params` in perturb, each method's section in its own module); they all
+read through `Params.value`, which reports a bad value with its dotted key, the value and what
+is allowed, and records the key. The record is what keeps dvc.yaml honest: a test compares the
+keys each stage read with the keys it declares, and the `params` stage refuses every key of
+params.yaml that nothing reads.
 """
 from __future__ import annotations
 
+import atexit
+import json
 import math
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from robust_cifar.methods import METHODS
-from robust_cifar.perturb import PerturbSettings
+from robust_cifar.errors import ParamsError
+
+# A directory: each stage process writes the params keys it read there (tests/test_guards.py).
+TRACE_ENV = "ROBUST_CIFAR_PARAMS_TRACE"
 
 
-
-class ParamsError(ValueError):
-    """A value in params.yaml that the pipeline cannot use."""
-
-
-def _fix_hint(key: str) -> str:
+def fix_hint(key: str) -> str:
     return f"edit it in params.yaml or override it with `dvc exp run -S {key}=...`"
 
 
@@ -42,172 +47,95 @@ class Rule:
     as_float: bool = False
 
 
-def _real(check: Callable[[float], bool], allowed: str) -> Rule:
+def real(check: Callable[[float], bool], allowed: str) -> Rule:
     return Rule(lambda v: _number(v) and check(v), allowed, as_float=True)
 
 
-def _whole(check: Callable[[int], bool], allowed: str) -> Rule:
+def whole(check: Callable[[int], bool], allowed: str) -> Rule:
     return Rule(lambda v: _integer(v) and check(v), allowed)
 
 
-POSITIVE_INT = _whole(lambda v: v > 0, "a whole number > 0")
-NON_NEGATIVE_INT = _whole(lambda v: v >= 0, "a whole number >= 0")
-SEED = _whole(lambda v: 0 <= v < 2**63, "a whole number >= 0")
-POSITIVE = _real(lambda v: v > 0, "a number > 0")
-NON_NEGATIVE = _real(lambda v: v >= 0, "a number >= 0")
-PROBABILITY = _real(lambda v: 0 <= v <= 1, "a number in [0, 1]")
-OPEN_FRACTION = _real(lambda v: 0 < v < 1, "a number strictly between 0 and 1")
-BELOW_ONE = _real(lambda v: 0 <= v < 1, "a number in [0, 1)")
-ALPHA = _real(lambda v: 0 < v < 90, "an angle in degrees strictly between 0 and 90")
+POSITIVE_INT = whole(lambda v: v > 0, "a whole number > 0")
+NON_NEGATIVE_INT = whole(lambda v: v >= 0, "a whole number >= 0")
+SEED = whole(lambda v: 0 <= v < 2**63, "a whole number >= 0")
+POSITIVE = real(lambda v: v > 0, "a number > 0")
+NON_NEGATIVE = real(lambda v: v >= 0, "a number >= 0")
+PROBABILITY = real(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+OPEN_FRACTION = real(lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+BELOW_ONE = real(lambda v: 0 <= v < 1, "a number in [0, 1)")
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str), "a string")
-MD5 = Rule(lambda v: isinstance(v, str) and (v == "" or (len(v) == 32 and all(c in "0123456789abcdef" for c in v.lower()))),
+MD5 = Rule(lambda v: isinstance(v, str) and (v == "" or re.fullmatch(r"[0-9a-fA-F]{32}", v) is not None),
            'an md5 of 32 hex digits, or "" to skip the check')
-DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())),
-              "auto, cpu, cuda or cuda:N")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    url: str
-    md5: str
-    archive: str
-    archive_md5: str
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, " or ".join(choices))
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    width: int
-    embedding_dim: int
-    dropout: float
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    lr_factor: float
-    lr_patience: int
-    val_every: int
-
-
-@dataclass(frozen=True)
-class ComputeConfig:
-    device: str
-    fast: bool
-    eval_batch_size: int
-
-
-@dataclass(frozen=True)
-class AngularConfig:
-    alpha: float
-    per_class: int
-
-
-@dataclass(frozen=True)
-class UmapConfig:
-    fit_samples: int
-    plot_samples: int
-    n_neighbors: int
-    min_dist: float
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and len(set(map(str, v))) == len(v)
+             and all(isinstance(n, str) and NAME.fullmatch(n) for n in v),
+             "a non-empty list of distinct method names")
 
 
 class Params:
-    """The parsed params.yaml; each accessor validates and returns one section."""
+    """The parsed params.yaml; `value` validates one key and records that it was read."""
 
     def __init__(self, raw: dict, source: str = "params.yaml"):
         if not isinstance(raw, dict):
             raise ParamsError(f"{source} must hold a mapping of sections, got {type(raw).__name__}")
         self.raw = raw
         self.source = source
+        self.read: set[str] = set()
+
+    def has(self, key: str) -> bool:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
 
     def value(self, key: str, rule: Rule) -> Any:
+        self.read.add(key)
         node: Any = self.raw
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 raise ParamsError(f"{self.source}: `{key}` is missing; add it to params.yaml ({rule.allowed})")
             node = node[part]
         if not rule.check(node):
-            raise ParamsError(f"{self.source}: `{key}` = {node!r} is invalid: must be {rule.allowed}; {_fix_hint(key)}")
+            raise ParamsError(f"{self.source}: `{key}` = {node!r} is invalid: must be {rule.allowed}; {fix_hint(key)}")
         return float(node) if rule.as_float else node
-
-    def data(self) -> DataConfig:
-        return DataConfig(url=self.value("data.url", TEXT), md5=self.value("data.md5", MD5).lower(),
-                          archive=self.value("data.archive", TEXT),
-                          archive_md5=self.value("data.archive_md5", MD5).lower())
-
-    def train_fraction(self) -> float:
-        return self.value("split.train_fraction", OPEN_FRACTION)
 
     def seed(self, name: str) -> int:
         return self.value(f"seeds.{name}", SEED)
 
-    def model(self) -> ModelConfig:
-        return ModelConfig(width=self.value("model.width", POSITIVE_INT),
-                           embedding_dim=self.value("model.embedding_dim", POSITIVE_INT),
-                           dropout=self.value("model.dropout", BELOW_ONE))
+    def method_names(self) -> list[str]:
+        """The methods the pipeline trains (dvc.yaml's per-method stages iterate over this list)."""
+        return list(self.value("methods", NAMES))
 
-    def train(self, method: str) -> TrainConfig:
-        self.method(method)
-        return TrainConfig(
-            epochs=self.value("train.epochs", POSITIVE_INT),
-            # the angular method forms its own class-balanced batches (angular.per_class)
-            batch_size=self.value("train.batch_size", POSITIVE_INT) if method != "angular" else 0,
-            lr=self.value("train.lr", POSITIVE),
-            momentum=self.value("train.momentum", BELOW_ONE),
-            weight_decay=self.value("train.weight_decay", NON_NEGATIVE),
-            lr_factor=self.value("train.lr_factor", OPEN_FRACTION),
-            lr_patience=self.value("train.lr_patience", NON_NEGATIVE_INT),
-            val_every=self.value("train.val_every", POSITIVE_INT),
-        )
+    def leaf_keys(self) -> list[str]:
+        return leaf_keys(self.raw)
 
-    def device(self) -> str:
-        return self.value("compute.device", DEVICE)
+    def write_trace(self) -> None:
+        """Record the keys this process read, for the guard test that compares them with dvc.yaml."""
+        directory = os.environ.get(TRACE_ENV)
+        if not directory:
+            return
+        name = "-".join([Path(sys.argv[0]).stem, *sys.argv[1:]]) or "python"
+        path = Path(directory) / f"{name}.json"
+        earlier = set(json.loads(path.read_text())) if path.is_file() else set()
+        path.write_text(json.dumps(sorted(self.read | earlier)))
 
-    def compute(self) -> ComputeConfig:
-        return ComputeConfig(device=self.device(), fast=self.value("compute.fast", BOOLEAN),
-                             eval_batch_size=self.value("compute.eval_batch_size", POSITIVE_INT))
 
-    def perturb(self, with_fgm: bool = True) -> PerturbSettings:
-        """The perturbation definition; `with_fgm=False` for stages that never attack (eps left at 0)."""
-        return PerturbSettings(
-            p=self.value("perturb.p", PROBABILITY),
-            brightness=self.value("perturb.jitter.brightness", BELOW_ONE),
-            contrast=self.value("perturb.jitter.contrast", BELOW_ONE),
-            saturation=self.value("perturb.jitter.saturation", BELOW_ONE),
-            noise_std=self.value("perturb.noise.std", NON_NEGATIVE),
-            noise_fraction=self.value("perturb.noise.fraction", PROBABILITY),
-            fgm_eps=self.fgm_eps() if with_fgm else 0.0,
-        )
-
-    def fgm_eps(self) -> float:
-        return self.value("perturb.fgm.eps", _real(lambda v: 0 <= v <= 1, "a number in [0, 1] (pixel units)"))
-
-    def angular(self) -> AngularConfig:
-        return AngularConfig(alpha=self.value("angular.alpha", ALPHA),
-                             per_class=self.value("angular.per_class",
-                                                  _whole(lambda v: v >= 2, "a whole number >= 2 (a class needs positive pairs)")))
-
-    def attack_temperature(self) -> float:
-        return self.value("angular.attack_temperature", POSITIVE)
-
-    def knn_k(self) -> int:
-        return self.value("knn.k", POSITIVE_INT)
-
-    def umap(self) -> UmapConfig:
-        return UmapConfig(fit_samples=self.value("umap.fit_samples", NON_NEGATIVE_INT),
-                          plot_samples=self.value("umap.plot_samples", POSITIVE_INT),
-                          n_neighbors=self.value("umap.n_neighbors", _whole(lambda v: v >= 2, "a whole number >= 2")),
-                          min_dist=self.value("umap.min_dist", NON_NEGATIVE))
-
-    @staticmethod
-    def method(name: str) -> str:
-        if name not in METHODS:
-            raise ParamsError(f"unknown method {name!r}: must be one of {', '.join(METHODS)}")
-        return name
+def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of every value that is not a mapping (an empty mapping counts as a leaf)."""
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys += leaf_keys(value, f"{dotted}.") if isinstance(value, dict) and value else [dotted]
+    return keys
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -217,5 +145,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path} is not valid YAML: {error}") from None
-    return Params(raw, source=str(path))
+        first_line = str(error).strip().splitlines()[0]
+        raise ParamsError(f"{path} is not valid YAML ({first_line}): fix the file, or `git checkout {path}`") from None
+    params = Params(raw, source=str(path))
+    atexit.register(params.write_trace)
+    return params

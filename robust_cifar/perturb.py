@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robust_cifar.conditions import KINDS  # also the column order of PerturbDraw.gates / SplitPlan.gates
+from robust_cifar.errors import InputError
 from robust_cifar.npz import load_npz, save_npz
+from robust_cifar.params import BELOW_ONE, NON_NEGATIVE, PROBABILITY, Params, real
 
 ScoreFn = Callable[[Tensor], Tensor]
 
-KINDS = ("jitter", "noise", "fgm")  # column order of PerturbDraw.gates / SplitPlan.gates
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma).
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -42,6 +44,24 @@ class PerturbSettings:
     noise_std: float = 0.0125  # pixel units; the write-up's 0.05 was in normalized units (~0.05*0.25)
     noise_fraction: float = 0.3  # fraction of an image's elements that get noise
     fgm_eps: float = 0.025  # pixel units; the write-up's 0.1 in normalized units ~ 6.4/255
+
+    @classmethod
+    def from_params(cls, params: Params, section: str = "perturb", with_fgm: bool = True) -> "PerturbSettings":
+        """The perturbations defined under `section` (the evaluation's `perturb`, or a method's
+        training-time `<method>.perturb`); `with_fgm=False` for the plan, which never attacks."""
+        return cls(
+            p=params.value(f"{section}.p", PROBABILITY),
+            brightness=params.value(f"{section}.jitter.brightness", BELOW_ONE),
+            contrast=params.value(f"{section}.jitter.contrast", BELOW_ONE),
+            saturation=params.value(f"{section}.jitter.saturation", BELOW_ONE),
+            noise_std=params.value(f"{section}.noise.std", NON_NEGATIVE),
+            noise_fraction=params.value(f"{section}.noise.fraction", PROBABILITY),
+            fgm_eps=fgm_eps_from_params(params, section) if with_fgm else 0.0,
+        )
+
+
+def fgm_eps_from_params(params: Params, section: str = "perturb") -> float:
+    return params.value(f"{section}.fgm.eps", real(lambda v: 0 <= v <= 1, "a number in [0, 1] (pixel units)"))
 
 
 @dataclass
@@ -292,8 +312,10 @@ def load_plans(path: str | PathLike) -> dict[str, SplitPlan]:
     for key, value in load_npz(path, produced_by="perturb").items():
         name, field = key.rsplit(".", 1)
         if field not in _PLAN_ARRAYS + _PLAN_SETTINGS:
-            raise ValueError(f"unexpected member {key!r} in {path}: rerun `dvc repro perturb`")
+            raise InputError(f"unexpected member {key!r} in {path}: run `dvc repro -f perturb`")
         fields.setdefault(name, {})[field] = value
+    if any(set(f) != set(_PLAN_ARRAYS + _PLAN_SETTINGS) for f in fields.values()) or not fields:
+        raise InputError(f"{path} is not a complete perturbation plan: run `dvc repro -f perturb`")
     return {
         name: SplitPlan(gates=f["gates"], jitter_factors=f["jitter_factors"], noise_seed=int(f["noise_seed"]),
                         settings=PerturbSettings(**{field: float(f[field]) for field in _PLAN_SETTINGS}, fgm_eps=0.0))

@@ -4,9 +4,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from robust_cifar.params import POSITIVE_INT, Params, real, whole
 
 # umap-learn compiles with numba on first use (~30 s a process); a cache inside the project keeps
 # reruns fast.
@@ -18,6 +21,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PANEL_CONDITIONS = ("clean", "perturbed")
+SPREAD = 1.0  # umap-learn's default; min_dist must not exceed it
+
+
+@dataclass(frozen=True)
+class UmapConfig:
+    fit_samples: int    # clean training embeddings the map is fit on (0 = all)
+    plot_samples: int   # points drawn per panel
+    n_neighbors: int
+    min_dist: float
+
+    @classmethod
+    def from_params(cls, params: Params) -> "UmapConfig":
+        return cls(fit_samples=params.value("umap.fit_samples", whole(lambda v: v == 0 or v >= 10,
+                                                                       "0 (all) or a whole number >= 10")),
+                   plot_samples=params.value("umap.plot_samples", POSITIVE_INT),
+                   n_neighbors=params.value("umap.n_neighbors", whole(lambda v: 2 <= v <= 200,
+                                                                      "a whole number from 2 to 200")),
+                   min_dist=params.value("umap.min_dist", real(lambda v: 0 <= v <= SPREAD,
+                                                               f"a number in [0, {SPREAD:g}] (UMAP's spread)")))
 
 
 def import_umap_with_compile_cache():

@@ -1,11 +1,4 @@
-"""Embeddings and logits of every split under every evaluation condition.
-
-Conditions (all from the same seeded plan, so every model sees the same jitter and noise):
-- clean;
-- perturbed: the plan's perturbations, FGM white-box against the evaluated model's decision;
-- transfer: the same, FGM against the baseline model's head, so every model gets identical inputs;
-- jitter / noise / fgm (test only): one perturbation applied to every image.
-"""
+"""Embeddings and logits of every split under every evaluation condition (see robust_cifar.conditions)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -15,12 +8,10 @@ import torch
 
 from robust_cifar.compute import Compute
 from robust_cifar.inference import BatchTransform, embed_and_classify
-from robust_cifar.methods import ScoreFn
 from robust_cifar.model import CifarResNet18
-from robust_cifar.perturb import KINDS, SplitPlan, apply_perturbations, plan_draw
+from robust_cifar.conditions import KINDS
+from robust_cifar.perturb import ScoreFn, SplitPlan, apply_perturbations, plan_draw
 
-CONDITIONS = ("clean", "perturbed", "transfer")
-SINGLE_PERTURBATION_SPLIT = "test"
 
 
 def plan_transform(plan: SplitPlan, fgm_eps: float, score_fn: Optional[ScoreFn],
@@ -31,10 +22,6 @@ def plan_transform(plan: SplitPlan, fgm_eps: float, score_fn: Optional[ScoreFn],
         draw = plan_draw(plan, start, stop, tuple(images.shape[1:]), images.device)
         return apply_perturbations(images, draw.only(only) if only else draw, settings, score_fn=score_fn)
     return transform
-
-
-def conditions_for(split: str) -> tuple[str, ...]:
-    return CONDITIONS + (KINDS if split == SINGLE_PERTURBATION_SPLIT else ())
 
 
 def evaluate_conditions(model: CifarResNet18, images: torch.Tensor, plan: SplitPlan, fgm_eps: float,
@@ -63,10 +50,13 @@ def evaluate_conditions(model: CifarResNet18, images: torch.Tensor, plan: SplitP
     return results
 
 
-def flatten(split: str, results: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
+def flatten(split: str, results: dict[str, tuple[torch.Tensor, torch.Tensor]], with_logits: bool) -> dict[str, np.ndarray]:
+    """Arrays named `<split>.<condition>.embeddings` (and `.logits` for a model whose head decides;
+    an untrained head's logits are left out, so nothing can score them by mistake)."""
     arrays = {}
     for condition, (embeddings, logits) in results.items():
         arrays[f"{split}.{condition}.embeddings"] = embeddings.cpu().numpy()
-        arrays[f"{split}.{condition}.logits"] = logits.cpu().numpy()
+        if with_logits:
+            arrays[f"{split}.{condition}.logits"] = logits.cpu().numpy()
     return arrays
 

@@ -4,16 +4,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from robust_cifar.conditions import SPLITS, conditions_for
+from robust_cifar.errors import ParamsError
 from robust_cifar.knn import knn_predict
-from robust_cifar.robustness import conditions_for
-from robust_cifar.splits import SPLITS
+from robust_cifar.params import POSITIVE_INT, Params, fix_hint
 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return round(float((predicted == labels).mean()), 6)
 
 
-def score_embeddings(arrays: dict[str, np.ndarray], has_head: bool, k: int, device: torch.device,
+def knn_k(params: Params) -> int:
+    return params.value("knn.k", POSITIVE_INT)
+
+
+def has_head(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether the model's head decides: `embed` stores logits only for such models."""
+    return "test.clean.logits" in arrays
+
+
+def score_embeddings(arrays: dict[str, np.ndarray], k: int, device: torch.device,
                      ) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics {split: {condition: {"head": acc, "knn": acc}}} and the predictions behind them.
 
@@ -22,7 +32,11 @@ def score_embeddings(arrays: dict[str, np.ndarray], has_head: bool, k: int, devi
     of a perturbed training image is excluded. A model without a trained head gets no "head" key
     (not applicable, rather than zero).
     """
+    with_head = has_head(arrays)
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).to(device)
+    if k > len(fit) - 1:
+        # leave-one-out on the training split leaves len(fit) - 1 candidates
+        raise ParamsError(f"`knn.k` = {k} is invalid: must be below the {len(fit)} training images; {fix_hint('knn.k')}")
     fit_labels = torch.from_numpy(arrays["train.labels"]).to(device)
     metrics: dict = {}
     predictions: dict[str, np.ndarray] = {}
@@ -34,7 +48,7 @@ def score_embeddings(arrays: dict[str, np.ndarray], has_head: bool, k: int, devi
             knn = knn_predict(fit, fit_labels, query, k, exclude_same_index=(split == "train")).cpu().numpy()
             predictions[f"{split}.{condition}.knn"] = knn
             entry = {}
-            if has_head:
+            if with_head:
                 head = arrays[f"{split}.{condition}.logits"].argmax(1)
                 predictions[f"{split}.{condition}.head"] = head
                 entry["head"] = accuracy(head, labels)

@@ -7,9 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from robust_cifar.data import load_arrays
-from robust_cifar.npz import save_npz
+from robust_cifar.errors import InputError, ParamsError
+from robust_cifar.npz import load_npz, save_npz
+from robust_cifar.params import OPEN_FRACTION, Params
 
-SPLITS = ("train", "val", "test")
+
+
+def train_fraction(params: Params) -> float:
+    return params.value("split.train_fraction", OPEN_FRACTION)
 
 
 def stratified_split(labels: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,7 +28,7 @@ def stratified_split(labels: np.ndarray, train_fraction: float, seed: int) -> tu
         members = np.flatnonzero(labels == label)
         n_train = int(round(train_fraction * len(members)))
         if n_train == 0 or n_train == len(members):
-            raise ValueError(f"split.train_fraction = {train_fraction} leaves class {label} ({len(members)} images) "
+            raise ParamsError(f"split.train_fraction = {train_fraction} leaves class {label} ({len(members)} images) "
                              "with an empty train or validation part; choose a fraction further from 0 and 1")
         chosen = rng.permutation(members)
         train_parts.append(chosen[:n_train])
@@ -47,11 +52,13 @@ class LabelledImages:
 def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str, LabelledImages], tuple[str, ...]]:
     """train / val / test images and labels, and the class names."""
     arrays = load_arrays(raw_path)
-    split_path = Path(split_path)
-    if not split_path.is_file():
-        raise FileNotFoundError(f"{split_path} not found: run `dvc repro split`")
-    with np.load(split_path, allow_pickle=False) as indices:
-        train, val = indices["train"], indices["val"]
+    indices = load_npz(split_path, produced_by="split")
+    if set(indices) != {"train", "val"} or any(
+            index.dtype.kind not in "iu" or index.ndim != 1 or len(index) == 0
+            or index.min() < 0 or index.max() >= len(arrays.train_labels) for index in indices.values()):
+        raise InputError(f"{split_path} does not hold train and validation indices into {raw_path}: "
+                         "run `dvc repro -f split`")
+    train, val = indices["train"], indices["val"]
     splits = {
         "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),
         "val": LabelledImages(arrays.train_images[val], arrays.train_labels[val]),

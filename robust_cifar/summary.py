@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from robust_cifar.perturb import KINDS
-from robust_cifar.robustness import CONDITIONS
-from robust_cifar.splits import SPLITS
+from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS
 
 DECISIONS = {"head": "head", "knn": "3-NN"}
 # Test accuracy (clean, perturbed) reported by the write-up, with the decision rule it used.

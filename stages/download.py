@@ -1,14 +1,14 @@
 """download: the CIFAR-10 archive (official, or a local one named by data.archive) -> data/raw/cifar10.npz"""
 from pathlib import Path
 
-from robust_cifar.data import download, md5_of, read_archive, save_arrays
-from robust_cifar.outputs import run_stage
+from robust_cifar.data import DataConfig, download, md5_of, read_archive, save_arrays
 from robust_cifar.params import load_params
+from robust_cifar.stage import run_stage
 from stages import paths
 
 
 def main(argv: list[str]) -> None:
-    data = load_params().data()
+    data = DataConfig.from_params(load_params())
     if data.archive:
         archive, expected_md5 = Path(data.archive), data.archive_md5
     else:

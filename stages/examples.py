@@ -3,13 +3,14 @@ labelled by which perturbations hit them -> reports/examples.png"""
 import numpy as np
 import torch
 
-from robust_cifar.compute import Compute
+from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.figures import perturbation_examples
 from robust_cifar.model import load_model
-from robust_cifar.outputs import prepare, run_stage
+from robust_cifar.outputs import save_figure
 from robust_cifar.params import load_params
-from robust_cifar.perturb import PerturbDraw, apply_perturbations, load_plans, plan_draw
+from robust_cifar.perturb import PerturbDraw, apply_perturbations, fgm_eps_from_params, load_plans, plan_draw
 from robust_cifar.splits import load_splits
+from robust_cifar.stage import run_stage
 from stages import paths
 
 SHOWN = 8
@@ -25,10 +26,11 @@ def pick_examples(gates: np.ndarray, count: int) -> np.ndarray:
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    fgm_eps, compute = params.fgm_eps(), Compute.create(params.device(), fast=False)
+    fgm_eps = fgm_eps_from_params(params)
+    compute = Compute.create(ComputeConfig.device_from_params(params), fast=False)
     plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
-    model, _ = load_model(paths.model("baseline"), compute.device)
+    model, _ = load_model(paths.model(paths.TRANSFER_SOURCE), compute.device)
     shown = pick_examples(plan.gates, SHOWN)
 
     clean = compute.images(torch.from_numpy(splits["test"].images[shown]))
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> None:
     perturbed = apply_perturbations(clean, draw, plan.with_fgm(fgm_eps), score_fn=model)
     figure = perturbation_examples(clean.cpu().numpy(), perturbed.cpu().numpy(), plan.gates[shown],
                                    splits["test"].labels[shown], class_names)
-    figure.savefig(prepare(paths.EXAMPLES), dpi=120)
+    save_figure(figure, paths.EXAMPLES, dpi=120)
     print(f"examples: test images {shown.tolist()} -> {paths.EXAMPLES}")
 
 

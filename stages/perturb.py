@@ -4,15 +4,16 @@ import numpy as np
 
 from robust_cifar.data import load_arrays
 from robust_cifar.npz import load_npz
-from robust_cifar.outputs import run_stage
 from robust_cifar.params import load_params
-from robust_cifar.perturb import KINDS, make_plan, save_plans
+from robust_cifar.conditions import KINDS
+from robust_cifar.perturb import PerturbSettings, make_plan, save_plans
+from robust_cifar.stage import run_stage
 from stages import paths
 
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    settings, seed = params.perturb(with_fgm=False), params.seed("plan")
+    settings, seed = PerturbSettings.from_params(params, with_fgm=False), params.seed("plan")
     split = load_npz(paths.SPLIT, "split")
     sizes = {"train": len(split["train"]), "val": len(split["val"]), "test": len(load_arrays(paths.RAW).test_labels)}
     # one seed per split, derived from the plan seed, so a split's plan does not depend on the others' sizes

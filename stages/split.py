@@ -2,15 +2,15 @@
 import numpy as np
 
 from robust_cifar.data import load_arrays
-from robust_cifar.outputs import run_stage
 from robust_cifar.params import load_params
-from robust_cifar.splits import save_split, stratified_split
+from robust_cifar.splits import save_split, stratified_split, train_fraction
+from robust_cifar.stage import run_stage
 from stages import paths
 
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    fraction, seed = params.train_fraction(), params.seed("split")
+    fraction, seed = train_fraction(params), params.seed("split")
     labels = load_arrays(paths.RAW).train_labels
     train, val = stratified_split(labels, fraction, seed)
     save_split(train, val, paths.SPLIT)

@@ -4,20 +4,21 @@ import time
 
 import numpy as np
 
-from robust_cifar.methods import METHODS
+from robust_cifar.conditions import SPLITS
 from robust_cifar.npz import load_npz
-from robust_cifar.outputs import prepare, run_stage
+from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
-from robust_cifar.projection import PANEL_CONDITIONS, draw_grid, fit_umap, sample_indices
-from robust_cifar.splits import SPLITS
+from robust_cifar.projection import PANEL_CONDITIONS, UmapConfig, draw_grid, fit_umap, sample_indices
+from robust_cifar.stage import run_stage
 from stages import paths
 
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    method = METHODS[params.method(argv[0] if argv else "")]
-    config, seed = params.umap(), params.seed("umap")
-    arrays = load_npz(paths.embeddings(method.name), f"embed@{method.name}")
+    method = paths.method_argument(argv)
+    config, seed = UmapConfig.from_params(params), params.seed("umap")
+    check_writable(paths.umap_figure(method))
+    arrays = load_npz(paths.embeddings(method), f"embed@{method}")
     rng = np.random.default_rng(seed)
 
     started = time.perf_counter()
@@ -32,9 +33,9 @@ def main(argv: list[str]) -> None:
             points = reducer.transform(arrays[f"{split}.{condition}.embeddings"][shown])
             panels[(split, condition)] = (points, arrays[f"{split}.labels"][shown])
     figure = draw_grid(panels, [str(name) for name in arrays["class_names"]],
-                       f"{method.name}: UMAP of the normalized embeddings, fit on {len(fitted)} clean training images")
-    figure.savefig(prepare(paths.umap_figure(method.name)), dpi=110)
-    print(f"umap@{method.name}: {time.perf_counter() - started:.1f} s -> {paths.umap_figure(method.name)}")
+                       f"{method}: UMAP of the normalized embeddings, fit on {len(fitted)} clean training images")
+    save_figure(figure, paths.umap_figure(method))
+    print(f"umap@{method}: {time.perf_counter() - started:.1f} s -> {paths.umap_figure(method)}")
 
 
 if __name__ == "__main__":

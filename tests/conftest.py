@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages
+from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env
 
 
 @pytest.fixture(scope="session")
@@ -12,7 +12,7 @@ def reproduced_project(tmp_path_factory):
     Tests that change it must restore it (or work on a copy): it is shared.
     """
     project = create_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
-    result = dvc(project, "repro")
+    result = dvc(project, "repro", env=trace_env(project))
     assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
     return project
 

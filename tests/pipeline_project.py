@@ -18,21 +18,27 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".cache", "__pycache__",
                                     ".pytest_cache", "dvc.lock", "cache", "tmp", "*.pyc", ".whl", "tests")
 
-METHODS = ("baseline", "adversarial", "angular")
-ALL_STAGES = {"download", "split", "perturb", "summarize", "examples"} | {
+METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
+ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "examples"} | {
     f"{stage}@{method}" for stage in ("train", "embed", "eval", "umap") for method in METHODS}
 
 TINY_PARAMS = {
-    ("data", "archive"): "tiny.tar.gz",
-    ("model", "width"): 4,
-    ("train", "epochs"): 2,
-    ("train", "batch_size"): 16,
-    ("compute", "eval_batch_size"): 64,
-    ("compute", "device"): "cpu",
-    ("angular", "per_class"): 2,
-    ("umap", "plot_samples"): 40,
-    ("umap", "n_neighbors"): 5,
+    "data.archive": "tiny.tar.gz",
+    "model.width": 4,
+    "train.epochs": 2,
+    "baseline.batch_size": 16,
+    "adversarial.batch_size": 16,
+    "compute.eval_batch_size": 64,
+    "compute.device": "cpu",
+    "angular.per_class": 2,
+    "angular_adversarial.per_class": 2,
+    "umap.plot_samples": 40,
+    "umap.n_neighbors": 5,
 }
+
+
+# Where each stage process of a tiny project writes the params keys it read (tests/test_guards.py).
+PARAMS_TRACE = ".params-trace"
 
 
 def dvc_env() -> dict[str, str]:
@@ -48,15 +54,22 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def run(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=project, env=dvc_env(), capture_output=True, text=True)
+def trace_env(project: Path) -> dict[str, str]:
+    (project / PARAMS_TRACE).mkdir(exist_ok=True)
+    return {"ROBUST_CIFAR_PARAMS_TRACE": str(project / PARAMS_TRACE)}
+
+
+def run(project: Path, *command: str, check: bool = True, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=project, env={**dvc_env(), **(env or {})}, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "dvc", *args, check=check)
+def dvc(project: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", "dvc", *args, check=check, env=env)
 
 
 def set_param(params: dict, dotted: str, value) -> None:
@@ -71,9 +84,10 @@ def create_tiny_project(destination: Path) -> Path:
     shutil.copytree(ROOT, destination, ignore=NOT_COPIED)
     archives.write_official_archive(destination / "tiny.tar.gz", train_per_class=20, test_per_class=6)
     params = yaml.safe_load((destination / "params.yaml").read_text())
-    for (section, key), value in TINY_PARAMS.items():
-        params[section][key] = value
+    for key, value in TINY_PARAMS.items():
+        set_param(params, key, value)
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (destination / ".gitignore").write_text((destination / ".gitignore").read_text() + f"/{PARAMS_TRACE}/\n")
     run(destination, "git", "init", "-q")
     run(destination, "git", "add", "-A")
     run(destination, "git", "commit", "-qm", "tiny project")

@@ -9,6 +9,7 @@ import pytest
 
 from robust_cifar import data
 from robust_cifar.data import ArchiveError, CifarArrays
+from robust_cifar.errors import InputError
 from tests import archives
 
 
@@ -264,5 +265,5 @@ def test_saved_arrays_load_back_identically(tmp_path):
 
 
 def test_loading_missing_arrays_says_to_run_the_download_stage(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dvc repro download"):
+    with pytest.raises(InputError, match="dvc repro -f download"):
         data.load_arrays(tmp_path / "cifar10.npz")

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from robust_cifar.errors import InputError
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18, load_model, resnet18_trunk, save_model
 
 
@@ -133,7 +134,7 @@ def test_save_load_round_trip_gives_identical_outputs(small_model, tmp_path):
 
 
 def test_load_model_missing_file_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dvc repro"):
+    with pytest.raises(InputError, match=r"not found: retrain it with `dvc repro -f train@absent` or fetch it with `dvc pull"):
         load_model(tmp_path / "absent.pt")
 
 
@@ -159,18 +160,46 @@ def checkpoint_of(model):
 def test_load_model_refuses_a_pickled_custom_object(small_model, tmp_path):
     path = tmp_path / "model.pt"
     torch.save({**checkpoint_of(small_model), "metadata": {"extra": NotATensor(42)}}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(InputError, match="may be malicious") as error:
         load_model(path)
+    assert "weights_only" not in str(error.value)   # never the advice to turn the protection off
 
 
 def test_load_model_never_runs_pickled_code(small_model, tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "model.pt"
     torch.save({**checkpoint_of(small_model), "metadata": SideEffect(marker)}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(InputError, match="may be malicious"):
         load_model(path)
     assert not marker.exists()
     # the same file loaded without weights_only would have run the code
     handle = torch.load(path, weights_only=False)["metadata"]
     handle.close()
     assert marker.exists()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path, good: path.write_bytes(good[: len(good) // 2]), "not a readable checkpoint"),
+    (lambda path, good: path.write_bytes(b""), "not a readable checkpoint"),
+    (lambda path, good: torch.save({"state_dict": {}}, path), "not a checkpoint of this project"),
+    (lambda path, good: torch.save([1, 2, 3], path), "not a checkpoint of this project"),
+])
+def test_load_model_refuses_damaged_checkpoints_in_one_line(small_model, tmp_path, damage, words):
+    good_path = tmp_path / "good.pt"
+    save_model(small_model, good_path)
+    path = tmp_path / "baseline.pt"
+    damage(path, good_path.read_bytes())
+    with pytest.raises(InputError, match=words) as error:
+        load_model(path)
+    message = str(error.value)
+    assert "\n" not in message and "dvc repro -f train@baseline" in message
+
+
+def test_load_model_refuses_weights_that_do_not_match_the_config(small_model, tmp_path):
+    path = tmp_path / "baseline.pt"
+    save_model(small_model, path)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["embedding_dim"] += 1
+    torch.save(checkpoint, path)
+    with pytest.raises(InputError, match="weights do not match its model config"):
+        load_model(path)

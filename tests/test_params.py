@@ -7,10 +7,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_cifar.methods import METHODS
-from robust_cifar.params import (AngularConfig, ComputeConfig, DataConfig, ModelConfig, Params, ParamsError,
-                                 TrainConfig, UmapConfig, load_params)
-from robust_cifar.perturb import PerturbSettings
+from robust_cifar.compute import ComputeConfig
+from robust_cifar.data import DataConfig
+from robust_cifar.errors import ParamsError
+from robust_cifar.methods import REGISTRY, build_method
+from robust_cifar.model import ModelConfig
+from robust_cifar.params import Params, leaf_keys, load_params
+from robust_cifar.perturb import PerturbSettings, fgm_eps_from_params
+from robust_cifar.projection import UmapConfig
+from robust_cifar.scoring import knn_k
+from robust_cifar.splits import train_fraction
+from robust_cifar.training import TrainConfig
+from robust_cifar.validation import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -31,84 +39,91 @@ def params_with(raw: dict, key: str, value) -> Params:
     return Params(edited)
 
 
-def test_every_accessor_of_the_real_params_succeeds():
+def test_the_real_params_are_valid_and_every_key_is_read():
     params = load_params(PARAMS)
-    assert isinstance(params.data(), DataConfig)
-    assert 0 < params.train_fraction() < 1
-    for name in ("split", "train", "plan", "umap"):
-        assert isinstance(params.seed(name), int)
-    assert isinstance(params.model(), ModelConfig)
-    for method in METHODS:
-        assert params.method(method) == method
-        config = params.train(method)
-        assert isinstance(config, TrainConfig)
-        assert isinstance(config.epochs, int) and config.epochs > 0
-        assert isinstance(config.lr, float)
-    assert params.train("baseline").batch_size > 0
-    assert params.train("angular").batch_size == 0  # angular forms its own batches
-    assert params.device() in ("auto", "cpu") or params.device().startswith("cuda")
-    assert isinstance(params.compute(), ComputeConfig)
-    settings = params.perturb()
-    assert isinstance(settings, PerturbSettings) and settings.fgm_eps == params.fgm_eps() > 0
-    assert params.perturb(with_fgm=False).fgm_eps == 0.0
-    assert isinstance(params.angular(), AngularConfig)
-    assert params.attack_temperature() > 0
-    assert params.knn_k() >= 1
-    assert isinstance(params.umap(), UmapConfig)
+    validate_params(params)
+    assert set(params.leaf_keys()) <= params.read
+    assert params.method_names() == list(REGISTRY)
+
+
+def test_every_method_section_builds_its_method(raw):
+    params = Params(raw)
+    for name in params.method_names():
+        method = build_method(name, params)
+        assert method.name == name
+    assert build_method("angular", params).objective.alpha == float(raw["angular"]["alpha"])
+    assert build_method("baseline", params).batch_order.batch_size == raw["baseline"]["batch_size"]
+    assert build_method("adversarial", params).training_perturbation == PerturbSettings.from_params(params, "adversarial.perturb")
+    assert build_method("angular", params).training_perturbation is None
+
+
+def test_by_default_training_perturbations_are_the_evaluation_ones(raw):
+    """The write-up: adversarial training applies the same perturbations it is evaluated on."""
+    params = Params(raw)
+    evaluation = PerturbSettings.from_params(params)
+    for name in ("adversarial", "angular_adversarial"):
+        assert build_method(name, params).training_perturbation == evaluation
 
 
 def test_real_values_are_read_through(raw):
     params = Params(raw)
-    assert params.model() == ModelConfig(raw["model"]["width"], raw["model"]["embedding_dim"],
-                                         float(raw["model"]["dropout"]))
-    assert params.angular().alpha == float(raw["angular"]["alpha"])
-    assert isinstance(params.angular().alpha, float)  # ints in yaml become floats where a real is meant
-    assert params.knn_k() == raw["knn"]["k"]
-    assert params.train("baseline").batch_size == raw["train"]["batch_size"]
+    assert ModelConfig.from_params(params) == ModelConfig(raw["model"]["width"], raw["model"]["embedding_dim"],
+                                                          float(raw["model"]["dropout"]))
+    assert isinstance(build_method("angular", params).objective.alpha, float)  # ints in yaml become floats
+    assert knn_k(params) == raw["knn"]["k"]
+    assert params.seed("train") == raw["seeds"]["train"]
 
 
 # (dotted key, bad value, accessor, words that must say what is allowed)
 BAD_VALUES = [
-    ("split.train_fraction", 0, lambda p: p.train_fraction(), "strictly between 0 and 1"),
-    ("split.train_fraction", 1, lambda p: p.train_fraction(), "strictly between 0 and 1"),
-    ("split.train_fraction", 1.5, lambda p: p.train_fraction(), "strictly between 0 and 1"),
-    ("train.epochs", 0, lambda p: p.train("baseline"), "whole number > 0"),
-    ("train.epochs", -1, lambda p: p.train("baseline"), "whole number > 0"),
-    ("train.epochs", 2.5, lambda p: p.train("baseline"), "whole number > 0"),
-    ("train.epochs", True, lambda p: p.train("baseline"), "whole number > 0"),
-    ("train.batch_size", 0, lambda p: p.train("adversarial"), "whole number > 0"),
-    ("train.lr", -1, lambda p: p.train("baseline"), "number > 0"),
-    ("train.lr", float("nan"), lambda p: p.train("baseline"), "number > 0"),
-    ("compute.device", "tpu", lambda p: p.compute(), "auto, cpu, cuda or cuda:N"),
-    ("compute.device", "cuda:x", lambda p: p.device(), "auto, cpu, cuda or cuda:N"),
-    ("data.archive_md5", "xyz", lambda p: p.data(), "32 hex digits"),
-    ("angular.alpha", 0, lambda p: p.angular(), "strictly between 0 and 90"),
-    ("angular.alpha", 90, lambda p: p.angular(), "strictly between 0 and 90"),
-    ("angular.per_class", 1, lambda p: p.angular(), ">= 2"),
-    ("knn.k", 0, lambda p: p.knn_k(), "whole number > 0"),
-    ("perturb.p", 1.5, lambda p: p.perturb(), "[0, 1]"),
+    ("split.train_fraction", 0, train_fraction, "strictly between 0 and 1"),
+    ("split.train_fraction", 1, train_fraction, "strictly between 0 and 1"),
+    ("split.train_fraction", 1.5, train_fraction, "strictly between 0 and 1"),
+    ("train.epochs", 0, TrainConfig.from_params, "whole number"),
+    ("train.epochs", -1, TrainConfig.from_params, "whole number"),
+    ("train.epochs", 2.5, TrainConfig.from_params, "whole number"),
+    ("train.epochs", True, TrainConfig.from_params, "whole number"),
+    ("train.lr", -1, TrainConfig.from_params, "number"),
+    ("train.lr", float("nan"), TrainConfig.from_params, "number"),
+    ("train.lr_schedule_on", "loss", TrainConfig.from_params, "epoch_mean or last_batch"),
+    ("baseline.batch_size", 0, lambda p: build_method("baseline", p), "whole number"),
+    ("compute.device", "tpu", ComputeConfig.from_params, "auto, cpu, cuda or cuda:N"),
+    ("compute.device", "cuda:x", ComputeConfig.from_params, "auto, cpu, cuda or cuda:N"),
+    ("compute.deterministic", 1, ComputeConfig.from_params, "true or false"),
+    ("data.archive_md5", "xyz", DataConfig.from_params, "32 hex digits"),
+    ("angular.alpha", 0, lambda p: build_method("angular", p), "strictly between 0 and 90"),
+    ("angular.alpha", 90, lambda p: build_method("angular", p), "strictly between 0 and 90"),
+    ("angular.per_class", 1, lambda p: build_method("angular", p), ">= 2"),
+    ("angular_adversarial.perturb.p", 2, lambda p: build_method("angular_adversarial", p), "[0, 1]"),
+    ("knn.k", 0, knn_k, "whole number"),
+    ("perturb.p", 1.5, PerturbSettings.from_params, "[0, 1]"),
     ("seeds.train", -3, lambda p: p.seed("train"), "whole number >= 0"),
-    ("model.dropout", 1.0, lambda p: p.model(), "[0, 1)"),
-    ("compute.fast", "yes", lambda p: p.compute(), "true or false"),
+    ("model.dropout", 1.0, ModelConfig.from_params, "[0, 1)"),
+    ("compute.fast", "yes", ComputeConfig.from_params, "true or false"),
+    ("umap.min_dist", 1.5, UmapConfig.from_params, "UMAP's spread"),
+    ("umap.fit_samples", 2, UmapConfig.from_params, ">= 10"),
+    ("methods", "baseline", lambda p: p.method_names(), "list of distinct method names"),
+    ("methods", ["baseline", "baseline"], lambda p: p.method_names(), "list of distinct method names"),
 ]
 
 
 @pytest.mark.parametrize("key, value, accessor, allowed", BAD_VALUES, ids=[f"{k}={v!r}" for k, v, *_ in BAD_VALUES])
 def test_bad_value_names_key_value_and_what_is_allowed(raw, key, value, accessor, allowed):
-    with pytest.raises(ParamsError) as error:
-        accessor(params_with(raw, key, value))
-    message = str(error.value)
-    assert f"`{key}`" in message
-    assert repr(value) in message
-    assert allowed in message
-    assert f"dvc exp run -S {key}=" in message
-    assert "\n" not in message
+    for check in (accessor, validate_params):   # refused where it is used, and by the check_params stage
+        with pytest.raises(ParamsError) as error:
+            check(params_with(raw, key, value))
+        message = str(error.value)
+        assert f"`{key}`" in message
+        assert repr(value) in message
+        assert allowed in message
+        assert f"dvc exp run -S {key}=" in message
+        assert "\n" not in message
 
 
 @pytest.mark.parametrize("key, accessor", [
-    ("train.lr", lambda p: p.train("baseline")),
-    ("angular.alpha", lambda p: p.angular()),
-    ("perturb.noise.std", lambda p: p.perturb()),
+    ("train.lr", TrainConfig.from_params),
+    ("angular.alpha", lambda p: build_method("angular", p)),
+    ("perturb.noise.std", PerturbSettings.from_params),
 ])
 def test_missing_key_is_named(raw, key, accessor):
     edited = copy.deepcopy(raw)
@@ -126,33 +141,48 @@ def test_missing_section_is_named(raw):
     edited = copy.deepcopy(raw)
     del edited["knn"]
     with pytest.raises(ParamsError, match="`knn.k` is missing"):
-        Params(edited).knn_k()
+        knn_k(Params(edited))
 
 
-def test_unknown_method_lists_the_known_ones():
+@pytest.mark.parametrize("key, value, suggestion", [
+    ("train.epochz", 5, "train.epochs"),
+    ("umap.n_neighbours", 15, "umap.n_neighbors"),
+    ("angular.alfa", 40, "angular.alpha"),
+    ("foo", 1, None),
+])
+def test_unknown_keys_are_refused_with_the_nearest_known_key(raw, key, value, suggestion):
     with pytest.raises(ParamsError) as error:
-        Params.method("robust")
+        validate_params(params_with(raw, key, value))
+    message = str(error.value)
+    assert f"unknown key `{key}`" in message
+    assert (f"did you mean `{suggestion}`?" in message) if suggestion else ("remove it" in message)
+
+
+def test_an_unknown_method_lists_the_known_ones(raw):
+    with pytest.raises(ParamsError) as error:
+        validate_params(params_with(raw, "methods", ["baseline", "robust"]))
     message = str(error.value)
     assert "'robust'" in message
-    for method in METHODS:
-        assert method in message
-    with pytest.raises(ParamsError, match="unknown method"):
-        load_params(PARAMS).train("robust")
+    assert all(name in message for name in REGISTRY)
 
 
-def test_angular_training_does_not_read_train_batch_size(raw):
-    # dvc.yaml does not make train@angular depend on train.batch_size, so it must not be read
-    params = params_with(raw, "train.batch_size", 0)
-    assert params.train("angular").batch_size == 0
-    with pytest.raises(ParamsError, match="train.batch_size"):
-        params.train("baseline")
+def test_an_unlisted_method_section_is_still_checked(raw):
+    edited = params_with(raw, "angular.alpha", 100).raw
+    edited["methods"] = ["baseline"]
+    with pytest.raises(ParamsError, match="angular.alpha"):
+        validate_params(Params(edited))
 
 
 def test_stages_that_never_attack_do_not_read_the_fgm_eps(raw):
     params = params_with(raw, "perturb.fgm.eps", 5)
-    assert params.perturb(with_fgm=False).fgm_eps == 0.0
+    assert PerturbSettings.from_params(params, with_fgm=False).fgm_eps == 0.0
+    assert "perturb.fgm.eps" not in params.read
     with pytest.raises(ParamsError, match="perturb.fgm.eps"):
-        params.perturb()
+        fgm_eps_from_params(params)
+
+
+def test_leaf_keys_treat_an_empty_section_as_a_key():
+    assert leaf_keys({"a": {"b": 1, "c": {}}, "d": [1]}) == ["a.b", "a.c", "d"]
 
 
 def test_load_params_errors(tmp_path):
@@ -160,8 +190,9 @@ def test_load_params_errors(tmp_path):
         load_params(tmp_path / "params.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [unclosed\n")
-    with pytest.raises(ParamsError, match="not valid YAML"):
+    with pytest.raises(ParamsError, match="not valid YAML") as error:
         load_params(broken)
+    assert "\n" not in str(error.value)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ParamsError, match="mapping"):
@@ -201,6 +232,18 @@ def test_stage_with_good_params_gets_as_far_as_the_data(tmp_path, raw):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "cifar10.npz" in lines[0]
+
+
+def test_check_params_stage_refuses_an_unknown_key_in_one_line(tmp_path, raw):
+    edited = copy.deepcopy(raw)
+    edited["train"]["epochz"] = 5
+    result = run_stage_in(tmp_path, edited, "stages.check_params")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: unknown key `train.epochz` (nothing reads it): did you mean `train.epochs`?"]
+    assert not (tmp_path / "data").exists()
+    assert run_stage_in(tmp_path, raw, "stages.check_params").returncode == 0
+    assert (tmp_path / "data/params/checked.txt").read_text() == "params.yaml is valid\n"
 
 
 def test_stage_with_an_unknown_method_exits_2(tmp_path, raw):

@@ -84,7 +84,8 @@ def share_and_pull(owner: Path, colleague: Path, remote: str, url: str, **option
     assert shown == metrics(owner)
     (workspace,) = shown.values()  # keyed by revision: "" is the workspace
     assert {path: "data" in entry for path, entry in workspace["data"].items()} == {
-        f"reports/metrics/{method}.json": True for method in METHODS}, shown
+        path: True for method in METHODS
+        for path in (f"reports/metrics/{method}.json", f"reports/training/{method}/metrics.json")}, shown
     assert run(colleague, "git", "status", "--porcelain").stdout == ""
 
 

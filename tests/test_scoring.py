@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from robust_cifar.perturb import KINDS
-from robust_cifar.robustness import CONDITIONS, conditions_for
+from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for
+from robust_cifar.errors import ParamsError
 from robust_cifar.scoring import score_embeddings
-from robust_cifar.splits import SPLITS
 from robust_cifar.summary import NOT_APPLICABLE, markdown_report
 
 CPU = torch.device("cpu")
@@ -37,7 +36,7 @@ def reference_knn(fit, fit_labels, query, k, leave_one_out):
 
 
 def test_structure_follows_splits_and_conditions():
-    metrics, predictions = score_embeddings(random_arrays(), has_head=True, k=3, device=CPU)
+    metrics, predictions = score_embeddings(random_arrays(), k=3, device=CPU)
     assert list(metrics) == list(SPLITS)
     for split in SPLITS:
         assert tuple(metrics[split]) == conditions_for(split)
@@ -53,7 +52,7 @@ def test_structure_follows_splits_and_conditions():
 
 def test_head_accuracy_is_argmax_accuracy():
     arrays = random_arrays(seed=1)
-    metrics, predictions = score_embeddings(arrays, has_head=True, k=3, device=CPU)
+    metrics, predictions = score_embeddings(arrays, k=3, device=CPU)
     for split in SPLITS:
         labels = arrays[f"{split}.labels"]
         for condition in conditions_for(split):
@@ -65,7 +64,7 @@ def test_head_accuracy_is_argmax_accuracy():
 def test_knn_matches_brute_force_with_leave_one_out_on_train_only():
     arrays = random_arrays(seed=2)
     k = 3
-    metrics, predictions = score_embeddings(arrays, has_head=True, k=k, device=CPU)
+    metrics, predictions = score_embeddings(arrays, k=k, device=CPU)
     fit, fit_labels = arrays["train.clean.embeddings"], arrays["train.labels"]
     for split in SPLITS:
         labels = arrays[f"{split}.labels"]
@@ -96,7 +95,7 @@ def alternating_line_arrays(n: int = 20) -> dict[str, np.ndarray]:
 
 
 def test_train_knn_is_leave_one_out():
-    metrics, _ = score_embeddings(alternating_line_arrays(), has_head=True, k=1, device=CPU)
+    metrics, _ = score_embeddings(alternating_line_arrays(), k=1, device=CPU)
     # with itself as a neighbour every training point would score 100%; leave-one-out scores 0%
     assert metrics["train"]["clean"]["knn"] == 0.0
     # a perturbed training image never sees its clean twin (here: identical to it)
@@ -110,13 +109,21 @@ def test_train_knn_is_leave_one_out():
 
 def test_no_head_entry_without_a_head():
     arrays = random_arrays(seed=3)
-    with_head, _ = score_embeddings(arrays, has_head=True, k=3, device=CPU)
-    metrics, predictions = score_embeddings(arrays, has_head=False, k=3, device=CPU)
+    with_head, _ = score_embeddings(arrays, k=3, device=CPU)
+    headless = {key: value for key, value in arrays.items() if not key.endswith(".logits")}
+    metrics, predictions = score_embeddings(headless, k=3, device=CPU)
     for split in SPLITS:
         for condition in conditions_for(split):
             assert metrics[split][condition] == {"knn": with_head[split][condition]["knn"]}
     assert not any(key.endswith(".head") for key in predictions)
     assert all(key.endswith(".knn") for key in predictions)
+
+
+def test_k_beyond_the_training_set_is_a_params_error_before_any_scoring():
+    arrays = random_arrays(n=40)
+    with pytest.raises(ParamsError, match="`knn.k` = 40 is invalid: must be below the 40 training images"):
+        score_embeddings(arrays, k=40, device=CPU)
+    score_embeddings(arrays, k=39, device=CPU)
 
 
 def fake_metrics(head: bool, clean: float, perturbed: float) -> dict:

@@ -4,13 +4,13 @@ from collections import Counter
 import pytest
 import torch
 
-from robust_cifar import training
 from robust_cifar.compute import Compute
-from robust_cifar.methods import METHODS
+from robust_cifar.methods import Method
+from robust_cifar.methods.batches import BalancedBatches, ShuffledBatches
+from robust_cifar.methods.objectives import AngularEmbedding, CrossEntropyHead
 from robust_cifar.model import CifarResNet18
-from robust_cifar.params import AngularConfig, TrainConfig
 from robust_cifar.perturb import PerturbSettings
-from robust_cifar.training import SplitTensors, TrainingSetup, train_model
+from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "lr", "seconds"}
@@ -31,20 +31,27 @@ VAL = split(2, seed=1)      # 20 images
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(epochs=6, batch_size=25, lr=0.005, momentum=0.9, weight_decay=0.0, lr_factor=0.5,
-                  lr_patience=2, val_every=1)
+    values = dict(epochs=6, lr=0.005, momentum=0.9, weight_decay=0.0, lr_factor=0.5, lr_patience=2,
+                  lr_schedule_on="epoch_mean", val_every=1)
     values.update(overrides)
     return TrainConfig(**values)
 
 
-def run(method: str, seed: int = 0, width: int = 8, train_split: SplitTensors = TRAIN, **overrides):
-    train_config = config(**overrides)
-    if method == "angular":
-        train_config = TrainConfig(**{**train_config.__dict__, "batch_size": 0})  # as Params.train gives it
-    setup = TrainingSetup(method=METHODS[method], train=train_config, compute=Compute.create("cpu", fast=False),
-                          seed=seed, num_classes=CLASSES, eval_batch_size=64,
-                          perturb=PerturbSettings(p=0.5) if method == "adversarial" else None,
-                          angular=AngularConfig(alpha=45.0, per_class=3) if method == "angular" else None)
+def make_method(name: str, batch_size: int = 25, per_class: int = 3) -> Method:
+    angular = AngularEmbedding(alpha=45.0, per_class=per_class, attack_temperature=0.05)
+    perturbation = PerturbSettings(p=0.5)
+    return {
+        "baseline": Method(name, CrossEntropyHead(), ShuffledBatches(batch_size)),
+        "adversarial": Method(name, CrossEntropyHead(), ShuffledBatches(batch_size), perturbation),
+        "angular": Method(name, angular, BalancedBatches(per_class)),
+        "angular_adversarial": Method(name, angular, BalancedBatches(per_class), perturbation),
+    }[name]
+
+
+def run(method: str, seed: int = 0, width: int = 8, train_split: SplitTensors = TRAIN, batch_size: int = 25,
+        **overrides):
+    setup = TrainingSetup(method=make_method(method, batch_size), train=config(**overrides),
+                          compute=Compute.create("cpu", fast=False), seed=seed, num_classes=CLASSES, eval_batch_size=64)
     torch.manual_seed(seed)  # the initial weights, as stages/train.py does
     model = CifarResNet18(width=width, embedding_dim=16, num_classes=CLASSES)
     history = train_model(setup, model, train_split, VAL, progress=False)
@@ -110,15 +117,19 @@ def test_adversarial_rows_include_perturbed_validation_accuracy():
     assert "val_perturbed_acc" not in baseline[-1]
 
 
+def record_loss_calls(monkeypatch, objective, record):
+    original = objective.loss
+
+    def recording(self, model, images, labels):
+        record(labels)
+        return original(self, model, images, labels)
+
+    monkeypatch.setattr(objective, "loss", recording)
+
+
 def test_angular_training_uses_balanced_batches_and_has_finite_validation(monkeypatch):
     seen = []
-    original = training.objective_loss
-
-    def recording(setup, model, images, labels):
-        seen.append(Counter(labels.tolist()))
-        return original(setup, model, images, labels)
-
-    monkeypatch.setattr(training, "objective_loss", recording)
+    record_loss_calls(monkeypatch, AngularEmbedding, lambda labels: seen.append(Counter(labels.tolist())))
     history, _ = run("angular", width=4, epochs=2, val_every=1)
     assert seen, "no training step ran"
     # 10 images per class, 3 per class per batch -> ceil(10 / 3) = 4 batches per epoch, 30 images each
@@ -134,13 +145,7 @@ def test_angular_training_uses_balanced_batches_and_has_finite_validation(monkey
 
 def test_cross_entropy_methods_use_shuffled_batches_of_batch_size(monkeypatch):
     sizes = []
-    original = training.objective_loss
-
-    def recording(setup, model, images, labels):
-        sizes.append(len(labels))
-        return original(setup, model, images, labels)
-
-    monkeypatch.setattr(training, "objective_loss", recording)
+    record_loss_calls(monkeypatch, CrossEntropyHead, lambda labels: sizes.append(len(labels)))
     run("baseline", width=4, epochs=1, batch_size=30)
     assert sizes == [30, 30, 30, 10]
 
@@ -161,14 +166,14 @@ def test_same_seed_same_history_different_seed_different():
 
 def constant_loss(monkeypatch, values):
     """Replace the objective by a constant per step (zero gradients, so the weights never move)."""
-    original = training.objective_loss
+    original = CrossEntropyHead.loss
     steps = iter(values)
 
-    def constant(setup, model, images, labels):
-        loss, outputs = original(setup, model, images, labels)
+    def constant(self, model, images, labels):
+        loss, outputs = original(self, model, images, labels)
         return loss * 0 + next(steps), outputs
 
-    monkeypatch.setattr(training, "objective_loss", constant)
+    monkeypatch.setattr(CrossEntropyHead, "loss", constant)
 
 
 def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):
@@ -188,3 +193,52 @@ def test_improving_training_loss_keeps_lr(monkeypatch):
                      val_every=100)
     assert [row["train_loss"] for row in history] == pytest.approx([10.0, 9.0, 8.0, 7.0, 6.0, 5.0])
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 6)
+
+
+def test_the_scheduler_can_watch_the_last_batch_loss_as_the_notebook_did(monkeypatch):
+    # two steps per epoch: the epoch mean keeps falling while the last batch's loss stays flat
+    losses = [loss for epoch in range(8) for loss in (10.0 - 2 * epoch, 1.0)]
+    constant_loss(monkeypatch, iter(losses))
+    history, _ = run("baseline", width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
+                     lr_schedule_on="last_batch", val_every=100)
+    assert [row["lr"] for row in history] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025])
+    monkeypatch.undo()
+    constant_loss(monkeypatch, iter(losses))
+    history, _ = run("baseline", width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
+                     lr_schedule_on="epoch_mean", val_every=100)
+    assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
+
+
+def test_angular_adversarial_trains_on_perturbed_balanced_batches_and_reports_perturbed_accuracy(monkeypatch):
+    seen = []
+    record_loss_calls(monkeypatch, AngularEmbedding, lambda labels: seen.append(Counter(labels.tolist())))
+    history, _ = run("angular_adversarial", width=4, epochs=2, val_every=1)
+    assert seen and all(counts == Counter({label: 3 for label in range(CLASSES)}) for counts in seen)
+    for row in history:
+        assert set(row) == EPOCH_KEYS | VALIDATION_KEYS | {"val_perturbed_acc"}
+        assert 0.0 <= row["val_perturbed_acc"] <= 1.0
+    clean, _ = run("angular", width=4, epochs=2, val_every=1)
+    assert [r["train_loss"] for r in history] != [r["train_loss"] for r in clean]
+
+
+def test_a_headless_method_attacks_its_own_embedding_never_the_untrained_head():
+    """FGM during angular_adversarial training differentiates the soft nearest-class score: the head's
+    weights cannot change what the attack produces."""
+    method = make_method("angular_adversarial")
+    images = TRAIN.images[:30].float() / 255
+    labels = TRAIN.labels[:30]
+    compute = Compute.create("cpu", fast=False)
+
+    def attacked(model):
+        generator = torch.Generator().manual_seed(3)
+        return method.training_images(model, images, labels, CLASSES, generator, compute)
+
+    torch.manual_seed(0)
+    model = CifarResNet18(width=4, embedding_dim=16, num_classes=CLASSES)
+    first = attacked(model)
+    with torch.no_grad():
+        model.head.weight.normal_()
+        model.head.bias.normal_()
+    assert torch.equal(first, attacked(model))
+    assert not torch.equal(first, images)   # something was perturbed
+    assert model.training                   # the attack ran in eval mode and switched back

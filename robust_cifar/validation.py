@@ -1,0 +1,52 @@
+"""Every key of params.yaml checked at once, before any stage runs: the `check_params` stage.
+
+Each setting is validated by the code that uses it (`from_params`); this module calls all of
+them, so its rules never drift from theirs, and refuses every key that none of them read (a
+typo such as `train.epochz` would otherwise be silently ignored).
+"""
+from __future__ import annotations
+
+import difflib
+
+from robust_cifar.compute import ComputeConfig
+from robust_cifar.data import DataConfig
+from robust_cifar.errors import ParamsError
+from robust_cifar.methods import REGISTRY, build_method, known
+from robust_cifar.model import ModelConfig
+from robust_cifar.params import Params
+from robust_cifar.perturb import PerturbSettings
+from robust_cifar.projection import UmapConfig
+from robust_cifar.scoring import knn_k
+from robust_cifar.splits import train_fraction
+from robust_cifar.training import TrainConfig
+
+SEEDS = ("split", "train", "plan", "umap")
+
+
+def validate_params(params: Params) -> None:
+    """Raise ParamsError for the first bad, missing or unknown key."""
+    DataConfig.from_params(params)
+    train_fraction(params)
+    for name in SEEDS:
+        params.seed(name)
+    ModelConfig.from_params(params)
+    TrainConfig.from_params(params)
+    ComputeConfig.from_params(params)
+    PerturbSettings.from_params(params)
+    knn_k(params)
+    UmapConfig.from_params(params)
+    listed = [known(name) for name in params.method_names()]
+    # a registered method's section is checked even when the method is not listed, so a typo there
+    # is caught before the method is switched back on
+    for name in dict.fromkeys(listed + [name for name in REGISTRY if params.has(name)]):
+        build_method(name, params)
+    refuse_unknown_keys(params)
+
+
+def refuse_unknown_keys(params: Params) -> None:
+    unknown = [key for key in params.leaf_keys() if key not in params.read]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(params.read), n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else "remove it"
+        raise ParamsError(f"{params.source}: unknown key `{key}` (nothing reads it): {hint}")

@@ -1,0 +1,133 @@
+"""DVC can trust the pipeline: each stage declares every project module its command imports and
+exactly the params keys it reads. Both checks fail naming the stage and what is missing or extra."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from dvc.repo import Repo
+
+from tests.import_closure import import_closure
+from tests.pipeline_project import PARAMS_TRACE, dvc, stale_stages
+
+ROOT = Path(__file__).resolve().parent.parent
+# A stage that reads the whole of params.yaml declares the file itself, not its keys.
+WHOLE_FILE = "check_params"
+
+
+def stages_of(root: Path) -> dict[str, object]:
+    with Repo(str(root)) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
+def command_module(cmd: str) -> tuple[str, list[str]]:
+    match = re.fullmatch(r"python -m (\S+)((?: \S+)*)", cmd)
+    assert match, f"stage command {cmd!r} is not `python -m <module> [args]`"
+    return match.group(1), match.group(2).split()
+
+
+def code_dep_problems(name: str, cmd: str, declared: set[str], root: Path = ROOT) -> list[str]:
+    """What a stage's .py deps lack or hold beyond its command's import closure."""
+    module, _ = command_module(cmd)
+    closure = {str(path) for path in import_closure(root, module)}
+    code = {dep for dep in declared if dep.endswith(".py")}
+    problems = [f"{name}: imports {path} but does not list it in deps" for path in sorted(closure - code)]
+    problems += [f"{name}: lists {path} in deps but does not import it" for path in sorted(code - closure)]
+    return problems
+
+
+def declared_deps(stage) -> set[str]:
+    return {dep.def_path for dep in stage.deps if type(dep).__name__ == "Dependency"}
+
+
+def declared_params(stage) -> set[str]:
+    return {key for dep in stage.deps if type(dep).__name__ == "ParamsDependency" for key in dep.params}
+
+
+def covers(entry: str, key: str) -> bool:
+    return key == entry or key.startswith(f"{entry}.")
+
+
+def params_problems(name: str, declared: set[str], read: set[str]) -> list[str]:
+    """Every key read is covered by a declared entry (a key, or a section holding it); every declared
+    entry covers a key that was read."""
+    problems = [f"{name}: reads `{key}` but does not declare it under params"
+                for key in sorted(read) if not any(covers(entry, key) for entry in declared)]
+    problems += [f"{name}: declares `{entry}` under params but never reads it"
+                 for entry in sorted(declared) if not any(covers(entry, key) for key in read)]
+    return problems
+
+
+def test_every_stage_lists_exactly_its_import_closure():
+    problems = [problem for name, stage in stages_of(ROOT).items()
+                for problem in code_dep_problems(name, stage.cmd, declared_deps(stage))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_code_guard_names_a_deleted_and_a_stale_dep():
+    stage = stages_of(ROOT)["train@angular"]
+    deps = declared_deps(stage)
+    assert code_dep_problems("train@angular", stage.cmd, deps - {"robust_cifar/sampling.py"}) == [
+        "train@angular: imports robust_cifar/sampling.py but does not list it in deps"]
+    assert code_dep_problems("train@angular", stage.cmd, deps | {"robust_cifar/knn.py"}) == [
+        "train@angular: lists robust_cifar/knn.py in deps but does not import it"]
+
+
+def test_light_stages_do_not_import_torch():
+    for module in ("stages.download", "stages.split", "stages.summarize", "stages.umap_plot"):
+        closure = {str(path) for path in import_closure(ROOT, module)}
+        torch_users = [path for path in closure if "import torch" in (ROOT / path).read_text()]
+        assert not torch_users, f"{module} reaches torch through {torch_users}"
+
+
+def traces(project: Path) -> dict[str, set[str]]:
+    return {path.stem: set(json.loads(path.read_text())) for path in (project / PARAMS_TRACE).glob("*.json")}
+
+
+def trace_name(cmd: str) -> str:
+    module, args = command_module(cmd)
+    return "-".join([module.rsplit(".", 1)[-1], *args])
+
+
+def test_every_stage_declares_exactly_the_params_it_read(reproduced_project):
+    read = traces(reproduced_project)
+    problems = []
+    for name, stage in stages_of(reproduced_project).items():
+        if name == WHOLE_FILE:
+            continue
+        assert trace_name(stage.cmd) in read, f"{name} left no record of the params it read"
+        problems += params_problems(name, declared_params(stage), read[trace_name(stage.cmd)])
+    assert not problems, "\n".join(problems)
+
+
+def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_project):
+    stage = stages_of(reproduced_project)["embed@angular"]
+    read = traces(reproduced_project)[trace_name(stage.cmd)]
+    declared = declared_params(stage)
+    assert params_problems("embed@angular", declared - {"perturb.fgm.eps"}, read) == [
+        "embed@angular: reads `perturb.fgm.eps` but does not declare it under params"]
+    assert params_problems("embed@angular", declared | {"knn.k"}, read) == [
+        "embed@angular: declares `knn.k` under params but never reads it"]
+
+
+@pytest.mark.parametrize("module, stale", [
+    ("robust_cifar/knn.py", {"eval@baseline", "eval@adversarial", "eval@angular", "eval@angular_adversarial"}),
+    ("robust_cifar/live_log.py", {"train@baseline", "train@adversarial", "train@angular", "train@angular_adversarial"}),
+    ("robust_cifar/figures.py", {"summarize", "examples"}),
+    ("robust_cifar/splits.py", {"split", "examples", *(f"{stage}@{method}" for stage in ("train", "embed")
+                                                       for method in ("baseline", "adversarial", "angular",
+                                                                      "angular_adversarial"))}),
+    ("robust_cifar/bench.py", set()),
+])
+def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(reproduced_project, module, stale):
+    path = reproduced_project / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# edited\n")
+        # check_params imports most of the library (it validates every section); its output is constant
+        assert stale_stages(reproduced_project) - {"check_params"} == stale
+    finally:
+        path.write_text(original)
+    assert stale_stages(reproduced_project) == set()
