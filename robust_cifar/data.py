@@ -8,9 +8,12 @@ Two archive layouts are accepted:
   ``test/<class>/<file>``, optionally under one top-level folder).
 
 Archives come from the network or from a path a user typed, so they are
-treated as untrusted: every member is checked before any is read, nothing is
-ever extracted to disk, and the pickles are loaded with an unpickler that can
-only rebuild numpy arrays.
+treated as untrusted: every member's header is checked (kind, name, size, count)
+before any member is read, nothing is ever extracted to disk, and the pickles
+are loaded with an unpickler that can only rebuild numpy arrays.
+
+Every problem with an archive is raised as one ArchiveError whose one-line
+message names the file, says what is wrong, and says what to do.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import lzma
 import os
 import pickle
 import re
+import reprlib
 import tarfile
 import urllib.error
 import urllib.request
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from robust_cifar.errors import ArchiveError
@@ -47,9 +51,36 @@ OFFICIAL_META = "batches.meta"
 OFFICIAL_MEMBERS = (*OFFICIAL_TRAIN_BATCHES, OFFICIAL_TEST_BATCH, OFFICIAL_META)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
+# In label order: sorted, so sorted class folder names give the official labels.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+# Caps on what tar headers claim, checked as each header is read and before any
+# member's data is: gzip shrinks zeros ~1000x, so a 10 MB download can claim a
+# 10 GB member, and reading it would exhaust memory.
+#
+# Largest member: an official batch is ~31 MB (10,000 rows of 3,072 pixel
+# bytes, labels, file names), but other pickle protocols grow pixel bytes:
+# Python 3 at protocols 1-2 stores them as UTF-8 text, up to 2 bytes each
+# (~62 MB), and protocol 0, Python 2 cPickle's default, as escaped text, up to
+# 4 characters each from Python 2 and 6 from Python 3 (~185 MB, all-zero
+# pixels). 64 MiB would refuse those; 192 MiB still refuses a gigabyte member.
+MAX_MEMBER_BYTES = 192 << 20
+# A 32x32 PNG or JPEG is a few KB; 1 MiB leaves room for metadata and profiles.
+MAX_IMAGE_BYTES = 1 << 20
+# 60,000 images and ~23 folders, doubled by the ._ file macOS tar adds per file.
+MAX_MEMBERS = 200_000
+# All members together: the official archive unpacks to ~180 MB (~1.1 GB with
+# protocol-0 batches); this also bounds the decompression work of skipping them.
+MAX_UNPACKED_BYTES = 4 << 30
+# pax and GNU long-name headers hold names and metadata, a few KB; tarfile
+# reads each wholly into memory as soon as it meets it.
+MAX_HEADER_EXTENSION_BYTES = 1 << 20
 
 _CHUNK_BYTES = 1 << 20
 _DOWNLOAD_TIMEOUT_S = 60
+_USE_OFFICIAL_HINT = f"Use the official archive from {OFFICIAL_URL} (md5 {OFFICIAL_MD5})."
 _SET_ARCHIVE_HINT = (
     "point `data.archive` at a local copy of the CIFAR-10 archive, e.g. "
     "`dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz` "
@@ -189,16 +220,18 @@ def read_archive(path, expected_md5: str | None = None) -> CifarArrays:
     # Before anything is parsed: a wrong file should be refused, not half-read.
     verify_md5(path, expected_md5)
     try:
-        with tarfile.open(path, mode="r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _refuse_unsafe_member(member)
+        with tarfile.open(path, mode="r:*", tarinfo=_CappedTarInfo) as tar:
+            members = _checked_members(tar)
             arrays = _read_known_layout(tar, members)
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
-        # What tarfile and the gzip/bz2/xz layers raise for damaged or truncated files.
+    except ArchiveError as error:
+        # Messages from inside name the member; this says which archive it is in.
+        raise ArchiveError(f"{path}: {error}") from error
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, RecursionError) as error:
+        # What tarfile and the gzip/bz2/xz layers raise for damaged or truncated
+        # files; RecursionError for a long chain of pax headers.
         raise ArchiveError(
             f"{path} is not a readable tar archive, or is truncated ({type(error).__name__}: "
-            f"{error}). Re-download it, or {_SET_ARCHIVE_HINT}."
+            f"{_one_line(str(error))}). Re-download it, or {_SET_ARCHIVE_HINT}."
         ) from error
     _check_arrays(arrays, source=str(path))
     return arrays
@@ -212,7 +245,7 @@ def _read_known_layout(tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> 
     images = _find_image_folder_members(files)
     if images:
         return _read_image_folder(tar, images)
-    found = ", ".join(member.name for member in files[:5]) or "no files"
+    found = ", ".join(_printable(member.name) for member in files[:5]) or "no files"
     raise ArchiveError(
         "the archive is neither CIFAR-10 layout: expected either the official python "
         f"archive ({', '.join(f'cifar-10-batches-py/{name}' for name in OFFICIAL_MEMBERS)}) "
@@ -234,7 +267,85 @@ def _is_dotfile(name: str) -> bool:
     return bool(parts) and parts[-1].startswith(".")
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a message stays one line."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 # --- member safety ---------------------------------------------------------
+
+_HEADER_EXTENSION_TYPES = (
+    tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
+)
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses an oversized pax or GNU long-name extension.
+
+    tarfile reads such an extension wholly into memory the moment it parses
+    its header, before any caller sees a member, so the check has to sit in
+    the header class (TarFile's documented ``tarinfo`` hook). _proc_member is
+    where tarfile dispatches each parsed header, extensions included.
+    """
+
+    def _proc_member(self, archive):
+        if self.type in _HEADER_EXTENSION_TYPES and not 0 <= self.size <= MAX_HEADER_EXTENSION_BYTES:
+            raise ArchiveError(
+                f"archive member {self.name!r} is a tar header extension (pax or GNU long name) "
+                f"claiming {self.size:,} bytes, over the {_mebibytes(MAX_HEADER_EXTENSION_BYTES)} cap: "
+                "such extensions hold only names and metadata, a few KB, so the archive is "
+                f"corrupt or malicious and was not read. {_USE_OFFICIAL_HINT}"
+            )
+        return super()._proc_member(archive)
+
+
+def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """All members, each header checked when read, before any member's data is.
+
+    Iterating reads one header at a time, and the loop body runs before the
+    next header is read, so a refused member's data is neither read nor even
+    skipped over (which for a .tar.gz means decompressing it).
+    """
+    members = []
+    unpacked_bytes = 0
+    for member in tar:
+        if len(members) >= MAX_MEMBERS:
+            raise ArchiveError(
+                f"the archive has more than {MAX_MEMBERS:,} members, but a CIFAR-10 archive holds "
+                "at most 60,000 images plus their folders, so it is corrupt, malicious or not "
+                f"CIFAR-10 and was not read. {_USE_OFFICIAL_HINT}"
+            )
+        _refuse_unsafe_member(member)
+        _refuse_oversized_member(member)
+        unpacked_bytes += member.size
+        if unpacked_bytes > MAX_UNPACKED_BYTES:
+            raise ArchiveError(
+                f"the archive's members add up to more than {_mebibytes(MAX_UNPACKED_BYTES)} by "
+                f"member {member.name!r}, but CIFAR-10 unpacks to about 180 MB, so the archive is "
+                f"corrupt, malicious or not CIFAR-10 and was not read. {_USE_OFFICIAL_HINT}"
+            )
+        members.append(member)
+    return members
+
+
+def _refuse_oversized_member(member: tarfile.TarInfo) -> None:
+    if 0 <= member.size <= MAX_MEMBER_BYTES:
+        return
+    raise ArchiveError(
+        f"archive member {member.name!r} claims {member.size:,} bytes, over the "
+        f"{_mebibytes(MAX_MEMBER_BYTES)} cap for any member (the largest CIFAR-10 member, a "
+        "batch of 10,000 images, is about 31 MB), so the archive is corrupt or malicious and "
+        f"was not read. {_USE_OFFICIAL_HINT}"
+    )
+
+
+def _mebibytes(n_bytes: int) -> str:
+    return f"{n_bytes / (1 << 20):g} MiB"
+
 
 _MEMBER_KINDS = (
     (tarfile.TarInfo.issym, "a symbolic link"),
@@ -260,8 +371,7 @@ def _refuse_unsafe_member(member: tarfile.TarInfo) -> None:
         return
     raise ArchiveError(
         f"archive member {name!r} {problem}; a CIFAR-10 archive holds only plain files "
-        "and folders, so this archive is corrupt or malicious and was not read. Use the "
-        f"official archive from {OFFICIAL_URL} (md5 {OFFICIAL_MD5})."
+        f"and folders, so this archive is corrupt or malicious and was not read. {_USE_OFFICIAL_HINT}"
     )
 
 
@@ -296,13 +406,12 @@ def _read_official(tar: tarfile.TarFile, official: dict[str, tarfile.TarInfo]) -
 
     train = [arrays_of(name) for name in OFFICIAL_TRAIN_BATCHES]
     test_images, test_labels = arrays_of(OFFICIAL_TEST_BATCH)
-    label_names = _field(loaded[OFFICIAL_META], "label_names", official[OFFICIAL_META].name)
     return CifarArrays(
         train_images=np.concatenate([images for images, _ in train]),
         train_labels=np.concatenate([labels for _, labels in train]),
         test_images=test_images,
         test_labels=test_labels,
-        class_names=tuple(_as_text(name) for name in label_names),
+        class_names=_label_names(loaded[OFFICIAL_META], official[OFFICIAL_META].name),
     )
 
 
@@ -313,19 +422,24 @@ def _in_archive_order(chosen: dict[str, tarfile.TarInfo]):
 
 
 def _batch_arrays(batch: dict, member_name: str) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(_field(batch, "data", member_name))
+    data_field = _field(batch, "data", member_name)
+    labels_field = _field(batch, "labels", member_name)
     try:
-        labels = np.asarray(_field(batch, "labels", member_name), dtype=np.int64)
-    except (TypeError, ValueError) as error:
+        data = np.asarray(data_field)
+        labels = np.asarray(labels_field, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as error:
         raise ArchiveError(
-            f"archive member {member_name!r} has labels that are not integers ({error}): "
-            f"the archive is corrupt. Re-download it from {OFFICIAL_URL}."
+            f"archive member {member_name!r} has data or labels that are not arrays of numbers "
+            f"({_one_line(str(error))}): the archive is corrupt. Re-download it from {OFFICIAL_URL}."
         ) from error
     row_length = int(np.prod(IMAGE_SHAPE))
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row_length or len(data) != len(labels):
+    if (
+        data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row_length
+        or labels.ndim != 1 or len(data) != len(labels)
+    ):
         raise ArchiveError(
             f"archive member {member_name!r} holds data of dtype {data.dtype} and shape "
-            f"{data.shape} with {len(labels)} labels, but a CIFAR-10 batch holds uint8 "
+            f"{data.shape} with labels of shape {labels.shape}, but a CIFAR-10 batch holds uint8 "
             f"rows of {row_length} values, one per label: the archive is corrupt. "
             f"Re-download it from {OFFICIAL_URL}."
         )
@@ -345,25 +459,115 @@ def _field(batch, key: str, member_name: str):
     )
 
 
+def _label_names(meta, member_name: str) -> tuple[str, ...]:
+    field = _field(meta, "label_names", member_name)
+    try:
+        names = tuple(_as_text(name) for name in field)
+    except (TypeError, UnicodeDecodeError):
+        names = None
+    if names is not None and len(names) == len(CIFAR10_CLASSES):
+        return names
+    found = "no list of names" if names is None else f"{len(names)} names"
+    raise ArchiveError(
+        f"archive member {member_name!r} has {found} under 'label_names', but CIFAR-10 has "
+        f"{len(CIFAR10_CLASSES)} classes: the archive is corrupt or not CIFAR-10. Re-download "
+        f"it from {OFFICIAL_URL}."
+    )
+
+
 def _as_text(name) -> str:
     return name.decode("utf-8") if isinstance(name, bytes) else str(name)
 
 
-def _allowed_numpy_globals() -> dict[tuple[str, str], object]:
-    # Taken from numpy's own reduce output rather than imported by module
-    # path, because the path moved (numpy.core -> numpy._core) in numpy 2.
-    reconstruct = np.zeros(0).__reduce__()[0]
+# --- the restricted unpickler --------------------------------------------------
+#
+# Exactly the globals that CIFAR pickles name, from every pickler that wrote
+# them (Python 2 cPickle/pickle at protocols 0-2, Python 3 at 0-5, numpy 1 and 2):
+#
+# * numpy.ndarray and numpy.core|_core.multiarray._reconstruct: every array at
+#   protocols 0-4, rebuilt as an empty array whose bytes a BUILD fills in;
+# * numpy.dtype: every array's element type;
+# * numpy.core|_core.multiarray.scalar: numpy scalars, e.g. in batches.meta;
+# * numpy.core|_core.numeric._frombuffer: every array at protocol 5;
+# * _codecs.encode: Python 3 at protocols 0-2 writes each bytes object (array
+#   data, dtype codes) as _codecs.encode(<str>, 'latin1').
+#
+# Python 2 wrote bytes as plain strings, and numpy objects define __reduce__,
+# so copy_reg._reconstructor and the like never appear in a CIFAR pickle.
+# Where numpy's functions would do more than a pickle of numpy data needs,
+# they are wrapped to allow only what numpy itself writes.
+
+
+class _RefusedPickleCall(Exception):
+    """A permitted global was called in a way numpy's own pickles never call it."""
+
+
+def _describe_call(function: str, args: tuple) -> str:
+    return _printable(f"{function}{reprlib.repr(args)}")
+
+
+class _NdarrayClassArgument:
+    """What a pickle's reference to numpy.ndarray loads as.
+
+    numpy's pickles only pass the class to _reconstruct; calling it, as a
+    crafted pickle could, would allocate an array of whatever size it names.
+    """
+
+    def __call__(self, *args):
+        raise _RefusedPickleCall(f"calls {_describe_call('numpy.ndarray', args)}")
+
+    def __repr__(self):
+        return "numpy.ndarray"
+
+
+_NDARRAY_CLASS_ARGUMENT = _NdarrayClassArgument()
+_numpy_reconstruct = np.zeros(0).__reduce__()[0]
+
+
+def _reconstruct_empty_array(subtype, shape, typecode):
+    # numpy always writes _reconstruct(ndarray, (0,), b'b'): an empty array
+    # that BUILD then fills from bytes in the pickle. Any other shape would
+    # make numpy allocate memory that the pickle never paid for.
+    if not (subtype is _NDARRAY_CLASS_ARGUMENT and _is_exactly(shape, (0,)) and _is_exactly(typecode, b"b")):
+        call = _describe_call("numpy's _reconstruct", (subtype, shape, typecode))
+        raise _RefusedPickleCall(f"calls {call} instead of _reconstruct(numpy.ndarray, (0,), b'b')")
+    return _numpy_reconstruct(np.ndarray, (0,), typecode)
+
+
+def _is_exactly(value, expected) -> bool:
+    # The type check first: == on an array from the pickle would not give a bool.
+    return type(value) is type(expected) and value == expected
+
+
+def _latin1_bytes(text, encoding):
+    # Other codecs reach zlib, bz2, base64...; numpy's bytes only need latin1.
+    if not (isinstance(text, str) and encoding == "latin1"):
+        raise _RefusedPickleCall(
+            f"calls {_describe_call('_codecs.encode', (text, encoding))} instead of "
+            "_codecs.encode(<str>, 'latin1')"
+        )
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    # numpy's functions are taken from its own reduce output rather than
+    # imported by module path: the path moved (numpy.core -> numpy._core) in
+    # numpy 2, and pickles from either numpy name either path.
     scalar = np.float64(0).__reduce__()[0]
-    allowed = {}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
-        allowed[(module, "scalar")] = scalar
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    allowed = {
+        ("numpy", "ndarray"): _NDARRAY_CLASS_ARGUMENT,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_bytes,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = _reconstruct_empty_array
+        allowed[(f"{package}.multiarray", "scalar")] = scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
     return allowed
 
 
-_ALLOWED_GLOBALS = _allowed_numpy_globals()
+_ALLOWED_GLOBALS = _allowed_globals()
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -384,10 +588,9 @@ class _CifarUnpickler(pickle.Unpickler):
         allowed = _ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
             raise ArchiveError(
-                f"archive member {self.member_name!r} tries to load {module}.{name}, "
-                "which a CIFAR batch never needs; the archive is corrupt or malicious "
-                f"and was not loaded. Use the official archive from {OFFICIAL_URL} "
-                f"(md5 {OFFICIAL_MD5})."
+                f"archive member {self.member_name!r} tries to load {_printable(f'{module}.{name}')}, "
+                "which a CIFAR batch never needs; the archive is corrupt or malicious and was not "
+                f"loaded. {_USE_OFFICIAL_HINT}"
             )
         return allowed
 
@@ -398,11 +601,16 @@ def _unpickle_member(tar: tarfile.TarFile, member: tarfile.TarInfo):
         return _CifarUnpickler(io.BytesIO(payload), member.name).load()
     except ArchiveError:
         raise
+    except _RefusedPickleCall as refused:
+        raise ArchiveError(
+            f"archive member {member.name!r} {refused}, which a CIFAR batch never needs; the "
+            f"archive is corrupt or malicious and was not loaded. {_USE_OFFICIAL_HINT}"
+        ) from None
     except Exception as error:  # a damaged pickle can fail in many ways
         raise ArchiveError(
             f"archive member {member.name!r} is not a readable CIFAR-10 batch "
-            f"({type(error).__name__}: {error}): the archive is corrupt. Re-download it "
-            f"from {OFFICIAL_URL}."
+            f"({type(error).__name__}: {_one_line(str(error))}): the archive is corrupt. "
+            f"Re-download it from {OFFICIAL_URL}."
         ) from error
 
 
@@ -448,6 +656,8 @@ def _shared_top_folder(names: list[str]) -> str | None:
 
 
 def _read_image_folder(tar: tarfile.TarFile, images: list[_ImageMember]) -> CifarArrays:
+    for image in images:
+        _refuse_oversized_image(image.member)
     class_names = _class_names_of(images)
     class_index = {name: index for index, name in enumerate(class_names)}
     # Output order: train before test, then class, then file name, so results
@@ -476,19 +686,64 @@ def _read_image_folder(tar: tarfile.TarFile, images: list[_ImageMember]) -> Cifa
     )
 
 
+def _refuse_oversized_image(member: tarfile.TarInfo) -> None:
+    if member.size <= MAX_IMAGE_BYTES:
+        return
+    raise ArchiveError(
+        f"archive member {member.name!r} claims {member.size:,} bytes, over the "
+        f"{_mebibytes(MAX_IMAGE_BYTES)} cap per image (a 32x32 PNG or JPEG is a few KB), so it is "
+        "not a CIFAR-10 image and the archive was not read. Replace it with a 32x32 PNG or JPEG "
+        f"and rebuild the archive, or use the official archive from {OFFICIAL_URL}."
+    )
+
+
 def _class_names_of(images: list[_ImageMember]) -> tuple[str, ...]:
     classes = {split: {image.class_name for image in images if image.split == split} for split in SPLITS}
     if classes["train"] != classes["test"]:
-        def describe(names):
-            return ", ".join(sorted(names)) or "none"
         raise ArchiveError(
             "the image-folder archive's train and test splits have different classes "
-            f"(only in train: {describe(classes['train'] - classes['test'])}; only in "
-            f"test: {describe(classes['test'] - classes['train'])}). Every class needs a "
+            f"(only in train: {_describe_names(classes['train'] - classes['test'])}; only in "
+            f"test: {_describe_names(classes['test'] - classes['train'])}). Every class needs a "
             "folder under both train/ and test/; rebuild the archive accordingly."
         )
-    # Sorted folder names: for CIFAR-10 this is exactly the official label order.
+    _refuse_missing_classes(classes["train"])
+    # Sorted folder names: for CIFAR-10 (and for 0..9) this is exactly the official label order.
     return tuple(sorted(classes["train"]))
+
+
+def _refuse_missing_classes(names: set[str]) -> None:
+    """Refuse class folders that are not CIFAR-10's ten, naming what is missing where possible."""
+    expected = _implied_class_names(names)
+    missing, unexpected = (expected - names, names - expected) if expected else (set(), set())
+    if len(names) == len(CIFAR10_CLASSES) and not missing and not unexpected:
+        return
+    problems = [f"missing {_describe_names(missing)}"] if missing else []
+    problems += [f"unexpected {_describe_names(unexpected)}"] if unexpected else []
+    problems = problems or [f"{len(names)} classes instead of {len(CIFAR10_CLASSES)}"]
+    raise ArchiveError(
+        f"the image-folder archive's class folders ({_describe_names(names)}) are not "
+        f"CIFAR-10's {len(CIFAR10_CLASSES)} classes: {'; '.join(problems)}. Give each class a "
+        f"folder under both train/ and test/, named {', '.join(CIFAR10_CLASSES)} (or 0..9), and "
+        f"rebuild the archive, or use the official archive from {OFFICIAL_URL}."
+    )
+
+
+def _implied_class_names(names: set[str]) -> set[str] | None:
+    """The full set of class folder names that ``names`` imply, if they imply one.
+
+    Any official class name implies all ten; numbered folders imply the label
+    indices 0..9 (so 0..3 and 5..10 lack 4). Other names (in another language,
+    say) imply nothing beyond there being ten.
+    """
+    if names & set(CIFAR10_CLASSES):
+        return set(CIFAR10_CLASSES)
+    if names and all(name.isdecimal() for name in names):
+        return {str(label) for label in range(len(CIFAR10_CLASSES))}
+    return None
+
+
+def _describe_names(names) -> str:
+    return ", ".join(_printable(name) for name in sorted(names)) or "none"
 
 
 def _decode_image(tar: tarfile.TarFile, member: tarfile.TarInfo) -> np.ndarray:
@@ -507,10 +762,12 @@ def _decode_image(tar: tarfile.TarFile, member: tarfile.TarInfo) -> np.ndarray:
                 )
             # JPEGs are usually RGB already; convert() would only copy them.
             return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+    except ArchiveError:
+        raise
+    except Exception as error:  # a damaged image can fail in many ways
         raise ArchiveError(
-            f"archive member {member.name!r} is not a readable PNG or JPEG image ({error}). "
-            "Replace or remove that file and rebuild the archive."
+            f"archive member {member.name!r} is not a readable PNG or JPEG image "
+            f"({_one_line(str(error))}). Replace or remove that file and rebuild the archive."
         ) from error
 
 

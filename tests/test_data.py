@@ -1,7 +1,9 @@
 """Reading CIFAR-10 archives: both layouts, checksums, hostile archives, download, .npz cache."""
 
 import hashlib
+import pickle
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,36 @@ from tests import archives
 
 def tree_listing(root: Path) -> set[str]:
     return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+def refusal(path, **kwargs) -> str:
+    """The message read_archive refuses ``path`` with: one line (no traceback) naming the archive."""
+    with pytest.raises(ArchiveError) as refused:
+        data.read_archive(path, **kwargs)
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def record_headers_read(monkeypatch) -> list:
+    """Every member header tarfile reads from now on, in order (None at the end of an archive)."""
+    headers = []
+    original_next = tarfile.TarFile.next
+
+    def recording_next(self):
+        member = original_next(self)
+        headers.append(member)
+        return member
+
+    monkeypatch.setattr(tarfile.TarFile, "next", recording_next)
+    return headers
+
+
+def forbid_reading_members(monkeypatch):
+    def extractfile_must_not_be_called(*args, **kwargs):
+        raise AssertionError("a member was read before all members were checked")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", extractfile_must_not_be_called)
 
 
 def assert_same_arrays(arrays: CifarArrays, train_images, train_labels, test_images, test_labels):
@@ -63,6 +95,69 @@ def test_truncated_archive_is_refused_as_unreadable(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ArchiveError, match="truncated"):
         data.read_archive(path)  # no md5 given, so only the reader itself can notice
+
+
+PICKLE_STYLES = [
+    *(archives.PickleStyle(python2=True, protocol=protocol) for protocol in range(3)),
+    *(archives.PickleStyle(python2=False, protocol=protocol) for protocol in range(6)),
+    *(archives.PickleStyle(python2=False, protocol=protocol, numpy1_names=True) for protocol in range(6)),
+]
+
+
+def globals_each_writer_names(style: archives.PickleStyle) -> set[tuple[str, str]]:
+    """What the writer ``style`` describes puts in a batch file, by how pickle and numpy work."""
+    core = "numpy.core" if style.numpy1_names else "numpy._core"
+    if style.protocol >= 5:  # numpy hands protocol 5 its buffer directly
+        array = {(f"{core}.numeric", "_frombuffer")}
+    else:
+        array = {(f"{core}.multiarray", "_reconstruct"), ("numpy", "ndarray")}
+    # Python 3 has no bytes opcodes before protocol 3; Python 2 wrote bytes as strings.
+    latin1 = {("_codecs", "encode")} if style.protocol <= 2 and not style.python2 else set()
+    return {("numpy", "dtype"), *array, *latin1}
+
+
+@pytest.mark.parametrize("style", PICKLE_STYLES, ids=repr)
+def test_official_archive_round_trips_at_every_pickle_protocol(tmp_path, style):
+    path = archives.write_official_archive(
+        tmp_path / "cifar.tar.gz",
+        python2_pickles=style.python2, protocol=style.protocol, numpy1_names=style.numpy1_names,
+    )
+    with tarfile.open(path) as tar:  # the case covers what it claims to
+        batch = tar.extractfile("cifar-10-batches-py/data_batch_1").read()
+    assert archives.globals_named(batch) == globals_each_writer_names(style)
+    assert batch.startswith(pickle.PROTO + bytes([style.protocol])) == (style.protocol >= 2)
+
+    arrays = data.read_archive(path)
+
+    assert arrays.class_names == archives.CLASS_NAMES
+    assert_same_arrays(arrays, *archives.official_images())
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [b"a list", b"not a dict"],
+        {b"data": np.zeros((2, 3072), np.uint8), b"labels": 5},
+        {b"data": [[1, 2], [3]], b"labels": [0, 1]},
+        {b"data": np.zeros((2, 3072), np.uint8), b"labels": [b"cat", b"dog"]},
+        {b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]},
+    ],
+    ids=["not-a-dict", "scalar-labels", "ragged-data", "text-labels", "float-data"],
+)
+def test_batch_with_malformed_fields_is_refused_as_corrupt(tmp_path, batch):
+    # A later member of the same name replaces the valid one, as tar extraction would.
+    replacement = archives.file_member("cifar-10-batches-py/data_batch_2", pickle.dumps(batch, protocol=2))
+    path = archives.write_official_archive(tmp_path / "cifar.tar.gz", extra_members=[replacement])
+    message = refusal(path)
+    assert "data_batch_2" in message and "corrupt" in message
+
+
+def test_official_meta_without_ten_label_names_is_refused(tmp_path):
+    nine = {b"label_names": [name.encode() for name in archives.CLASS_NAMES[:9]]}
+    replacement = archives.file_member("cifar-10-batches-py/batches.meta", pickle.dumps(nine, protocol=2))
+    path = archives.write_official_archive(tmp_path / "cifar.tar.gz", extra_members=[replacement])
+    message = refusal(path)
+    assert "batches.meta" in message and "has 9 names" in message
 
 
 # --- image-folder archive ------------------------------------------------------
@@ -115,6 +210,48 @@ def test_image_of_wrong_size_is_refused_naming_member_and_size(tmp_path):
         data.read_archive(path)
 
 
+def test_unreadable_image_is_refused_naming_it(tmp_path):
+    broken = archives.file_member("test/cat/9999.png", b"\x89PNG\r\n\x1a\n but then nothing of a PNG")
+    path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", extra_members=[broken])
+    assert "'test/cat/9999.png' is not a readable PNG or JPEG" in refusal(path)
+
+
+@pytest.mark.parametrize(
+    "class_names, expected_fragments",
+    [
+        (archives.CLASS_NAMES[:9], ["not CIFAR-10's 10 classes: missing truck."]),
+        (("airplain", *archives.CLASS_NAMES[1:]), ["missing airplane; unexpected airplain"]),
+        (("0", "1", "2", "3", "5", "6", "7", "8", "9", "10"), ["missing 4; unexpected 10"]),
+        (("un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"), ["9 classes instead of 10"]),
+    ],
+    ids=["nine-official", "misspelled", "numbered-with-gap", "nine-unfamiliar"],
+)
+def test_image_folder_without_the_ten_classes_is_refused_naming_what_is_missing(
+    tmp_path, monkeypatch, class_names, expected_fragments
+):
+    path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", class_names=class_names)
+    forbid_reading_members(monkeypatch)  # refused from the names alone
+    message = refusal(path)
+    for fragment in expected_fragments:
+        assert fragment in message
+
+
+def test_numbered_class_folders_0_to_9_are_read_as_labels(tmp_path):
+    numbers = tuple(str(label) for label in range(10))
+    path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", class_names=numbers)
+
+    arrays = data.read_archive(path)
+
+    assert arrays.class_names == numbers
+    assert_same_arrays(arrays, *archives.image_folder_images())
+
+
+def test_message_naming_a_member_with_a_newline_stays_one_line(tmp_path):
+    odd = archives.file_member("train/ze\nbra/0000.png", archives.encode_image(np.zeros((3, 32, 32), np.uint8)))
+    path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", extra_members=[odd])
+    assert "only in train: ze\\nbra" in refusal(path)  # refusal() checks it is one line
+
+
 def test_archive_of_neither_layout_says_what_was_expected(tmp_path):
     path = archives._write_tar(tmp_path / "other.tar.gz", [archives.file_member("notes/readme.txt", b"hi")])
     with pytest.raises(ArchiveError) as refused:
@@ -123,6 +260,98 @@ def test_archive_of_neither_layout_says_what_was_expected(tmp_path):
     assert "cifar-10-batches-py/data_batch_1" in message
     assert "train/<class>/<image>" in message
     assert "notes/readme.txt" in message
+
+
+# --- caps on sizes and counts ------------------------------------------------------
+
+
+def test_member_claiming_gigabytes_is_refused_from_its_header_alone(tmp_path, monkeypatch):
+    claimed = 3 << 29  # 1.5 GiB of zeros, really there: ~1.7 MB gzipped
+    name = "cifar-10-batches-py/test_batch"  # a batch, so a reader without caps would read it all
+    path = archives.write_archive_with_huge_member(tmp_path / "huge.tar.gz", name, claimed)
+    assert path.stat().st_size < 4 << 20
+    with tarfile.open(path) as tar:  # stops at the header, so this is quick
+        assert next(member for member in tar if member.name == name).size == claimed
+
+    headers_read = record_headers_read(monkeypatch)
+    forbid_reading_members(monkeypatch)
+    tracemalloc.start()
+    try:
+        message = refusal(path)
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert f"'{name}' claims {claimed:,} bytes" in message and "official archive" in message
+    # No header was read after the huge one: its data was not even skipped over.
+    assert headers_read[-1].name == name
+    assert peak_bytes < 16 << 20
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME], ids=["pax", "gnu-longname"])
+def test_oversized_header_extension_is_refused_before_tarfile_reads_it(tmp_path, kind):
+    claimed = 3 << 29  # tarfile itself would read all of it into memory
+    path = archives.write_archive_with_huge_member(tmp_path / "huge.tar.gz", "././@LongLink", claimed, kind=kind)
+    tracemalloc.start()
+    try:
+        message = refusal(path)
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "tar header extension" in message and f"{claimed:,} bytes" in message
+    assert peak_bytes < 16 << 20
+
+
+def test_oversized_image_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
+    padded = archives.file_member("train/cat/9999.png", bytes(data.MAX_IMAGE_BYTES + 1))
+    path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", extra_members=[padded])
+    forbid_reading_members(monkeypatch)
+    message = refusal(path)
+    assert f"'train/cat/9999.png' claims {data.MAX_IMAGE_BYTES + 1:,} bytes" in message
+    assert "32x32" in message
+
+
+def test_archive_with_too_many_members_is_refused_as_soon_as_it_has_one_more(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_MEMBERS", 12)  # 60,000 would take a minute to write
+    padding = [archives.file_member(f"cifar-10-batches-py/extra_{number}", b"") for number in range(10)]
+    path = archives.write_official_archive(tmp_path / "cifar.tar.gz", extra_members=padding)
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+    headers_read = record_headers_read(monkeypatch)
+    forbid_reading_members(monkeypatch)
+    assert "more than 12 members" in refusal(path)
+    assert headers_read[-1].name == names[12]  # no header read after the first one too many
+
+
+def test_archive_whose_members_add_up_past_the_cap_is_refused(tmp_path, monkeypatch):
+    path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
+    with tarfile.open(path) as tar:
+        unpacked = sum(member.size for member in tar)
+    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", unpacked - 1)
+    forbid_reading_members(monkeypatch)
+    assert "add up to more than" in refusal(path)
+
+
+@pytest.mark.parametrize("pixel", [0x00, 0xFF], ids=["black", "white"])
+@pytest.mark.parametrize("style", [style for style in PICKLE_STYLES if not style.numpy1_names or style.python2], ids=repr)
+def test_caps_admit_a_full_size_official_archive_in_any_pickle_style(style, pixel):
+    # The worst pixels: 0x00 for protocol 0 (escaped, up to 6 characters a byte),
+    # 0xFF for Python 3's protocols 1-2 (UTF-8, 2 bytes). Pickle size grows
+    # linearly, so a tenth of a batch tells the size of a whole one.
+    tenth = 1_000
+    pickled = archives.batch_pickle(np.full((tenth, 3, 32, 32), pixel, np.uint8), np.full(tenth, 9), style)
+    full_batch_bytes = 10 * len(pickled)
+    assert full_batch_bytes <= data.MAX_MEMBER_BYTES
+    assert len(data.OFFICIAL_MEMBERS) * full_batch_bytes <= data.MAX_UNPACKED_BYTES
+
+
+def test_caps_admit_a_full_image_folder_archive_packed_on_macos():
+    noise = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32), dtype=np.uint8)  # incompressible
+    largest_image = max(len(archives.encode_image(noise, fmt)) for fmt in ("png", "jpg"))
+    assert largest_image <= data.MAX_IMAGE_BYTES
+    folders = 1 + len(data.SPLITS) * (1 + len(data.CIFAR10_CLASSES))  # top, splits, class folders
+    # macOS tar adds a ._ resource-fork file next to every file and folder.
+    assert 2 * (60_000 + folders) <= data.MAX_MEMBERS
 
 
 # --- checksums and missing files -------------------------------------------------
@@ -208,6 +437,54 @@ def test_malicious_pickle_is_refused_without_running_its_payload(tmp_path):
     message = str(refused.value)
     assert "data_batch_1" in message
     assert "system" in message and "which a CIFAR batch never needs" in message
+    assert not archives.malicious_marker(path).exists()
+    assert tree_listing(tmp_path) == before
+
+
+def named(dotted: str) -> archives.NamedGlobal:
+    module, _, name = dotted.rpartition(".")
+    return archives.NamedGlobal(module, name)
+
+
+# Each builds, from a shell command, a payload that an ordinary unpickler would
+# run; the fragment is what the refusal must name.
+HOSTILE_PAYLOADS = {
+    "os.system": lambda command: archives.Call(named("os.system"), command),
+    "posix.system": lambda command: archives.Call(named("posix.system"), command),
+    "builtins.eval": lambda command: archives.Call(named("builtins.eval"), f"__import__('os').system({command!r})"),
+    "__builtin__.eval": lambda command: archives.Call(named("__builtin__.eval"), f"__import__('os').system({command!r})"),
+    "subprocess.Popen": lambda command: archives.Call(named("subprocess.Popen"), ["sh", "-c", command]),
+    "builtins.getattr": lambda command: archives.Call(
+        archives.Call(named("builtins.getattr"), archives.Call(named("builtins.__import__"), "os"), "system"), command
+    ),
+    "numpy.load": lambda command: archives.Call(named("numpy.load"), "payload.npy", True),
+    "numpy.testing._private.utils.runstring": lambda command: archives.Call(
+        named("numpy.testing._private.utils.runstring"), f"import os; os.system({command!r})", {}
+    ),
+    "copy_reg._reconstructor": lambda command: archives.Call(
+        named("copy_reg._reconstructor"), named("numpy.dtype"), named("numpy.dtype"), "u1"
+    ),
+    # Permitted globals, called as numpy never calls them:
+    "_codecs.encode": lambda command: archives.Call(named("_codecs.encode"), command.encode(), "zlib_codec"),
+    "numpy.ndarray": lambda command: archives.Call(named("numpy.ndarray"), (1 << 40,)),
+    "numpy's _reconstruct": lambda command: archives.Call(
+        named("numpy._core.multiarray._reconstruct"), named("numpy.ndarray"), (1 << 40,), b"b"
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("fragment", list(HOSTILE_PAYLOADS))
+def test_hostile_pickle_is_refused_at_any_protocol_without_running(tmp_path, fragment, protocol):
+    path = tmp_path / "hostile.tar.gz"
+    payload = HOSTILE_PAYLOADS[fragment](archives.command_creating_marker(path))
+    archives.write_hostile_pickle_archive(path, payload, archives.PickleStyle(python2=False, protocol=protocol))
+    before = tree_listing(tmp_path)
+
+    message = refusal(path)
+
+    assert "'cifar-10-batches-py/data_batch_1' " in message
+    assert fragment in message and "which a CIFAR batch never needs" in message
     assert not archives.malicious_marker(path).exists()
     assert tree_listing(tmp_path) == before
 
