@@ -9,6 +9,15 @@ another class:
 
 and the batch loss is the mean over positive pairs. Embeddings must already be
 L2-normalized (the loss does not normalize them, so the caller decides where).
+
+Bit-reproducible on a multi-threaded CPU: the batch is permuted class-major once and
+every positive pair (a, p) is formed by broadcasting S[a, :] + S[p, :] inside dense
+(classes, n, n, B) blocks, one block per class size (a class-balanced batch is a single
+block, the size of the former (pairs, B) rows plus the n a == p rows). The backward is
+then matmuls and fixed-order reductions. Gathering the pair rows by repeated index
+(``similarity[anchor_idx]``) made the backward an ``index_put_(accumulate=True)``, which
+PyTorch's CPU kernel runs with racing atomic float adds once the tensor exceeds its
+parallel grain (32768 elements) and more than one thread is used.
 """
 
 import math
@@ -29,14 +38,23 @@ def angular_loss(embeddings: Tensor, labels: Tensor, alpha_degrees: float) -> Te
     # small differences the loss is made of, so autocast must not touch this.
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
-        anchor_idx, positive_idx = _ordered_positive_pairs(labels)
-        if anchor_idx.numel() == 0:
+        order, groups = _class_major_groups(labels)
+        n_pairs = sum(n_classes * size * (size - 1) for _, n_classes, size in groups)
+        if n_pairs == 0:
             # Still attached to the graph so callers can call backward() unconditionally.
             return x.sum() * 0
-        similarity = x @ x.T
-        exponents = _pair_negative_exponents(similarity, anchor_idx, positive_idx, tan_sq_alpha)
-        is_negative = labels[anchor_idx].unsqueeze(1) != labels.unsqueeze(0)
-        return _log_one_plus_sum_exp(exponents, is_negative).mean()
+        # A permutation: its backward writes every row exactly once (no accumulation).
+        x_sorted, labels_sorted = x[order], labels[order]
+        total = x.new_zeros(())
+        for start, n_classes, size in groups:
+            if size < 2:
+                continue
+            stop = start + n_classes * size
+            members = x_sorted[start:stop].view(n_classes, size, -1)
+            total = total + _group_pair_loss_sum(
+                members, x_sorted, labels_sorted[start:stop:size], labels_sorted, tan_sq_alpha
+            )
+        return total / n_pairs
 
 
 def _tan_squared_alpha(alpha_degrees: float) -> float:
@@ -54,33 +72,54 @@ def _check_batch_shapes(embeddings: Tensor, labels: Tensor) -> None:
         )
 
 
-def _ordered_positive_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
-    same_label = labels.unsqueeze(1) == labels.unsqueeze(0)
-    same_label.fill_diagonal_(False)
-    anchor_idx, positive_idx = torch.nonzero(same_label, as_tuple=True)
-    return anchor_idx, positive_idx
+def _class_major_groups(labels: Tensor) -> tuple[Tensor, list[tuple[int, int, int]]]:
+    """A permutation of the batch and the groups it is cut into.
 
-
-def _pair_negative_exponents(
-    similarity: Tensor, anchor_idx: Tensor, positive_idx: Tensor, tan_sq_alpha: float
-) -> Tensor:
-    """(P, B) exponents 4t(S[a,n] + S[p,n]) - 2(1+t)S[a,p], one row per positive pair.
-
-    Rows are only built for positive pairs (P = sum_c n_c (n_c - 1)), not for all
-    B x B anchor/candidate combinations: for a class-balanced batch this is
-    n_classes times smaller than the full (B, B, B) tensor.
+    The permutation sorts rows by (size of their class, class id, position), so classes of
+    equal size lie next to each other: each group (start, n_classes, size) is the block
+    order[start : start + n_classes * size], n_classes whole classes of `size` members
+    each. A class-balanced batch is a single group, so the loss is one batched block.
     """
-    pair_similarity = similarity[anchor_idx, positive_idx].unsqueeze(1)
-    to_candidates = similarity[anchor_idx] + similarity[positive_idx]
-    return 4.0 * tan_sq_alpha * to_candidates - 2.0 * (1.0 + tan_sq_alpha) * pair_similarity
+    # A few hundred labels: sorting them on the host costs one small copy (the group sizes
+    # must reach Python anyway) instead of a dozen tiny kernels on an accelerator.
+    host_labels = labels.cpu()
+    _, class_of_row, class_sizes = host_labels.unique(return_inverse=True, return_counts=True)
+    key = class_sizes[class_of_row] * len(class_sizes) + class_of_row
+    order = torch.sort(key, stable=True).indices
+    sizes, n_classes = class_sizes.unique(return_counts=True)   # ascending sizes
+    groups, start = [], 0
+    for size, count in zip(sizes.tolist(), n_classes.tolist()):
+        groups.append((start, count, size))
+        start += count * size
+    return order.to(labels.device, non_blocking=True), groups
 
 
-def _log_one_plus_sum_exp(exponents: Tensor, keep: Tensor) -> Tensor:
-    """Row-wise log(1 + sum_{keep} exp(exponents)), overflow-free.
+def _group_pair_loss_sum(members: Tensor, candidates: Tensor, member_labels: Tensor,
+                         candidate_labels: Tensor, tan_sq_alpha: float) -> Tensor:
+    """Sum of loss(a, p) over the ordered pairs a != p inside each class of a group.
+
+    members: (C, n, D), C classes of n rows each; candidates: (B, D), the whole batch;
+    member_labels: (C,) the class id of each block. Rows (a, p) are built as the
+    broadcast S[a, :] + S[p, :] of a (C, n, n, B) block: the backward is a sum over a
+    fixed axis, deterministic, where a gather by pair index would scatter-add.
+    """
+    is_negative = member_labels.view(-1, 1, 1) != candidate_labels.view(1, 1, -1)        # (C, 1, B)
+    # Scale and mask the small factors before broadcasting, so the (C, n, n, B) block is
+    # written once: a candidate of the pair's own class is -inf in both halves, so in the sum.
+    to_negatives = ((4.0 * tan_sq_alpha) * (members @ candidates.T)).masked_fill(~is_negative, -math.inf)
+    pair_term = (2.0 * (1.0 + tan_sq_alpha)) * (members @ members.transpose(1, 2))       # (C, n, n)
+    exponents = to_negatives.unsqueeze(2) + to_negatives.unsqueeze(1) - pair_term.unsqueeze(3)
+    pair_losses = _log_one_plus_sum_exp(exponents)                                      # (C, n, n)
+    is_self_pair = torch.eye(members.shape[1], dtype=torch.bool, device=members.device)  # a == p
+    return pair_losses.masked_fill(is_self_pair, 0.0).sum()
+
+
+def _log_one_plus_sum_exp(exponents: Tensor) -> Tensor:
+    """log(1 + sum exp(exponents)) over the last axis, overflow-free; -inf entries drop out.
 
     The "1 +" is an extra exp(0) term, so appending a zero column turns this into a
-    plain logsumexp; it also makes a row with no negatives come out as exactly 0.
+    plain logsumexp; it also makes a row with no negatives come out as exactly 0, with a
+    zero (not NaN) gradient.
     """
-    masked = exponents.masked_fill(~keep, -math.inf)
-    implicit_one = masked.new_zeros(masked.shape[0], 1)
-    return torch.logsumexp(torch.cat([masked, implicit_one], dim=1), dim=1)
+    implicit_one = exponents.new_zeros(*exponents.shape[:-1], 1)
+    return torch.logsumexp(torch.cat([exponents, implicit_one], dim=-1), dim=-1)
