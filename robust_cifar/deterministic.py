@@ -5,8 +5,6 @@
   thread writes last wins, so the row can hold a different occurrence's values from one run
   to the next (on CUDA too). Class-balanced batches repeat an image inside a batch when its
   class has fewer images than `angular.per_class`. `write_rows` fixes the winner.
-- `index_add_` is serial over its indices on a CPU but uses atomic adds on CUDA (unless
-  torch.use_deterministic_algorithms is on). `class_means` avoids it there.
 """
 from __future__ import annotations
 
@@ -38,26 +36,3 @@ def write_rows(buffer: Tensor, indices: Tensor, values: Tensor) -> None:
     if indices.numel() == 0:
         return
     buffer[indices] = values[last_occurrence(indices)].to(buffer.dtype)
-
-
-def class_means(embeddings: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Unit-length mean embedding of each class, the same bits on every run on any device.
-
-    A drop-in for methods.class_means. Its `index_add_` is kept on a CPU, where PyTorch runs
-    it serially over the indices (repeatable at any thread count, and the same bits as
-    before); on CUDA it accumulates with atomic adds unless torch.use_deterministic_algorithms
-    is on, so there the class sums are one float64 matmul with the one-hot label matrix
-    instead: no atomics, no TF32 rounding (TF32 touches float32 matmuls only).
-    """
-    if embeddings.device.type == "cpu":
-        sums = torch.zeros(num_classes, embeddings.shape[1], dtype=torch.float32)
-        sums.index_add_(0, labels, embeddings.float())
-    else:
-        sums = class_sums_by_matmul(embeddings, labels, num_classes)
-    return torch.nn.functional.normalize(sums, dim=1)
-
-
-def class_sums_by_matmul(embeddings: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """(num_classes, D) float32 sums of each class's rows: one-hot^T @ embeddings in float64."""
-    one_hot = torch.nn.functional.one_hot(labels, num_classes).to(torch.float64)
-    return (one_hot.T @ embeddings.to(torch.float64)).to(torch.float32)

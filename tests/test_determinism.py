@@ -14,11 +14,12 @@ import torch.nn.functional as F
 
 from robust_cifar.angular_loss import angular_loss
 from robust_cifar.compute import Compute
-from robust_cifar.deterministic import class_means, class_sums_by_matmul, last_occurrence, write_rows
-from robust_cifar.methods import METHODS
+from robust_cifar.deterministic import last_occurrence, write_rows
+from robust_cifar.methods import Method
+from robust_cifar.methods.batches import BalancedBatches
+from robust_cifar.methods.objectives import AngularEmbedding, class_means
 from robust_cifar.model import CifarResNet18
-from robust_cifar.params import AngularConfig, TrainConfig
-from robust_cifar.training import SplitTensors, TrainingSetup, train_model
+from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
 
 REPEATS = 20
@@ -111,13 +112,10 @@ def test_class_means_are_repeatable_and_equal_the_index_add_sums():
     generator = torch.Generator().manual_seed(3)
     embeddings = F.normalize(torch.randn(10_000, 128, generator=generator), dim=1)   # an epoch's buffer
     labels = torch.randint(0, 10, (10_000,), generator=generator)
-    sums = torch.zeros(10, 128).index_add_(0, labels, embeddings)
+    sums = torch.zeros(10, 128, dtype=torch.float64).index_add_(0, labels, embeddings.double())
     means = [class_means(embeddings, labels, 10) for _ in range(REPEATS)]
     assert distinct(means) == 1
-    assert torch.equal(means[0], F.normalize(sums, dim=1))   # the CPU path keeps the former bits
-    by_matmul = [class_sums_by_matmul(embeddings, labels, 10) for _ in range(REPEATS)]   # the CUDA path
-    assert distinct(by_matmul) == 1
-    torch.testing.assert_close(by_matmul[0], sums, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(means[0], F.normalize(sums, dim=1).float(), rtol=1e-6, atol=1e-7)
 
 
 def split(n_per_class: int, seed: int) -> SplitTensors:
@@ -131,10 +129,11 @@ VAL = split(2, seed=1)
 
 def train_angular(fast: bool):
     # Two epochs of two steps, each epoch's nearest-mean accuracy, one validation.
-    train_config = TrainConfig(epochs=2, batch_size=0, lr=0.05, momentum=0.9, weight_decay=0.0, lr_factor=0.5,
-                               lr_patience=2, val_every=2)
-    setup = TrainingSetup(method=METHODS["angular"], train=train_config, compute=Compute.create("cpu", fast=fast),
-                          seed=0, num_classes=10, eval_batch_size=64, angular=AngularConfig(alpha=45.0, per_class=26))
+    train_config = TrainConfig(epochs=2, lr=0.05, momentum=0.9, weight_decay=0.0, lr_factor=0.5, lr_patience=2,
+                               lr_schedule_on="epoch_mean", val_every=2)
+    method = Method("angular", AngularEmbedding(alpha=45.0, per_class=26, attack_temperature=0.05), BalancedBatches(26))
+    setup = TrainingSetup(method=method, train=train_config, compute=Compute.create("cpu", fast=fast),
+                          seed=0, num_classes=10, eval_batch_size=64)
     torch.manual_seed(0)
     model = setup.compute.prepare(CifarResNet18(width=8, embedding_dim=32, num_classes=10))
     history = train_model(setup, model, TRAIN, VAL, progress=False)

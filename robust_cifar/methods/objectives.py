@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robust_cifar.angular_loss import angular_loss
+from robust_cifar.deterministic import write_rows
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import POSITIVE, Params, real
 from robust_cifar.sampling import balanced_batches
@@ -26,11 +27,11 @@ ALPHA = real(lambda v: 0 < v < 90, "an angle in degrees strictly between 0 and 9
 def class_means(embeddings: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Unit-length mean embedding of each class.
 
-    A one-hot matrix product rather than index_add_: the same sums, in an order that does not
-    depend on how many CPU threads run it (bit-identical reruns).
+    A float64 one-hot matrix product rather than index_add_ (atomic adds on CUDA): the same
+    bits on every run on any device, and float64 escapes the TF32 rounding of float32 matmuls.
     """
-    one_hot = F.one_hot(labels, num_classes).to(torch.float32)
-    return F.normalize(one_hot.T @ embeddings.float(), dim=1)
+    one_hot = F.one_hot(labels, num_classes).to(torch.float64)
+    return F.normalize((one_hot.T @ embeddings.to(torch.float64)).float(), dim=1)
 
 
 def nearest_mean(embeddings: Tensor, means: Tensor) -> Tensor:
@@ -69,7 +70,8 @@ class NearestMeanAccuracy:
         self.num_classes = num_classes
 
     def update(self, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
-        self.embeddings[indices] = embeddings.float()
+        # a repeated index (a small class in a balanced batch) must not be a race between threads
+        write_rows(self.embeddings, indices, embeddings.float())
 
     def value(self, labels: Tensor, seen: int) -> Tensor:
         means = class_means(self.embeddings, labels, self.num_classes)
