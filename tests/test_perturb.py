@@ -24,6 +24,7 @@ from robust_cifar.perturb import (
     fgm,
     load_plans,
     make_plan,
+    pad_to_bucket,
     plan_draw,
     rgb_to_grey,
     save_plans,
@@ -385,3 +386,13 @@ def test_plans_round_trip_through_npz_byte_identically(tmp_path):
         assert np.array_equal(got.gates, plan.gates) and got.gates.dtype == bool
         assert np.array_equal(got.jitter_factors, plan.jitter_factors) and got.jitter_factors.dtype == np.float32
         assert got.noise_seed == plan.noise_seed and isinstance(got.noise_seed, int)
+
+
+@pytest.mark.parametrize("count, limit, size", [(1, 256, 32), (32, 256, 32), (33, 256, 64), (77, 256, 96),
+                                                (20, 20, 20), (5, 10, 10), (250, 256, 256)])
+def test_fgm_rows_are_padded_to_few_shapes_with_the_attacked_rows_first(count, limit, size):
+    rows = torch.arange(count) * 3
+    padded = pad_to_bucket(rows, limit)
+    assert len(padded) == size
+    assert torch.equal(padded[:count], rows)
+    assert set(padded.tolist()) == set(rows.tolist())   # padding only repeats attacked rows
