@@ -136,6 +136,45 @@ def reference_training(device: torch.device, batch: int, seconds: float, perturb
     return throughput(step, device, seconds)
 
 
+def graphed_training(compute: Compute, batch: int, seconds: float) -> float:
+    """The baseline step (forward, backward, SGD) captured once as a CUDA graph and replayed: what the
+    step costs without per-kernel launch overhead. A measurement of the lever, not yet the pipeline's
+    step (the graph bakes in the learning rate, so the scheduler could not change it)."""
+    model = compute.prepare(CifarResNet18()).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    pixels, labels = synthetic_split(batch * 8, compute.device)
+    static_images, static_labels = compute.images(pixels[:batch]).clone(), labels[:batch].clone()
+
+    def forward_backward_step():
+        # autocast's weight cache must be off inside a graph capture
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=compute.mixed_precision, cache_enabled=False):
+            loss = F.cross_entropy(model(static_images).float(), static_labels)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):   # warm-up outside the graph: creates momentum buffers, picks kernels
+            optimizer.zero_grad(set_to_none=True)
+            forward_backward_step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        forward_backward_step()
+    step_count = [0]
+
+    def step() -> int:
+        start = (step_count[0] % 8) * batch
+        step_count[0] += 1
+        static_images.copy_(compute.images(pixels[start:start + batch]))
+        static_labels.copy_(labels[start:start + batch])
+        graph.replay()
+        return batch
+    return throughput(step, compute.device, seconds)
+
+
 def evaluation_throughput(compute: Compute, batch: int, seconds: float) -> float:
     model = compute.prepare(CifarResNet18()).eval()
     images, _ = synthetic_split(batch * 4, compute.device)
@@ -206,13 +245,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long", action="store_true", help="15 s per measurement")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "knn", "umap"])
+    parser.add_argument("--deterministic", action="store_true",
+                        help="CUDA: deterministic kernels (compute.deterministic), to measure what they cost")
+    parser.add_argument("--graphs", action="store_true", help="CUDA: also time the baseline step as a CUDA graph")
     args = parser.parse_args(argv)
     seconds = 15.0 if args.long else args.seconds
 
-    compute = Compute.create(args.device, fast=not args.fp32)
+    compute = Compute.create(args.device, fast=not args.fp32, deterministic=args.deterministic)
     device = compute.device
     torch.manual_seed(0)
-    print(f"device: {compute.describe()}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
+    print(f"device: {compute.describe()}{', deterministic kernels' if args.deterministic else ''}; "
+          f"torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
     print(f"batch {args.batch}, {seconds:.0f} s per measurement after warm-up\n")
 
     # The first training measurement in a process pays one-off costs (kernel selection, allocator
@@ -232,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         reference_adversarial = reference_training(device, args.batch, seconds, perturb=True)
         print(f"reference loop, adversarial (per-batch perturbation calls): {reference_adversarial:.0f} img/s -> "
               f"project / reference = {rates['adversarial'] / reference_adversarial:.2f}x")
+
+    if device.type == "cuda" and args.graphs:
+        graphed = graphed_training(compute, args.batch, seconds)
+        print(f"train step  baseline as one CUDA graph {graphed:10.0f} img/s "
+              f"({graphed / rates['baseline']:.2f}x the eager step)")
 
     if device.type == "cuda":
         flops = training_flops_per_image(compute)
