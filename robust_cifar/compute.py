@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from robust_cifar.errors import DeviceError
-from robust_cifar.params import BOOLEAN, POSITIVE_INT, Params, Rule
+from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int
 
 
 DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None),
@@ -30,7 +30,8 @@ class ComputeConfig:
     @classmethod
     def from_params(cls, params: Params) -> "ComputeConfig":
         return cls(device=cls.device_from_params(params), fast=params.value("compute.fast", BOOLEAN),
-                   eval_batch_size=params.value("compute.eval_batch_size", POSITIVE_INT),
+                   eval_batch_size=params.value("compute.eval_batch_size",
+                                                bounded_int(1, 65_536, "images per inference batch")),
                    deterministic=params.value("compute.deterministic", BOOLEAN))
 
 

@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from robust_cifar.errors import ArchiveError
+from robust_cifar.errors import ArchiveError, ParamsError
 from robust_cifar.npz import load_npz, save_npz
-from robust_cifar.params import MD5, TEXT, Params
+from robust_cifar.params import MD5, TEXT, Params, fix_hint
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -97,8 +97,12 @@ class DataConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> "DataConfig":
-        return cls(url=params.value("data.url", TEXT), md5=params.value("data.md5", MD5).lower(),
-                   archive=params.value("data.archive", TEXT), archive_md5=params.value("data.archive_md5", MD5).lower())
+        config = cls(url=params.value("data.url", TEXT), md5=params.value("data.md5", MD5).lower(),
+                     archive=params.value("data.archive", TEXT), archive_md5=params.value("data.archive_md5", MD5).lower())
+        if not config.archive and not config.url.startswith(("https://", "http://")):
+            raise ParamsError(f"{params.source}: `data.url` = {config.url!r} is not an http(s) address and `data.archive` "
+                              f"is empty: set one of them; {fix_hint('data.archive')}")
+        return config
 
 
 # eq=False: generated __eq__/__hash__ would compare numpy arrays, which has no

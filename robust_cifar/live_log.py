@@ -2,7 +2,12 @@
 and live updates in DVC Studio when it is connected."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+# dvclive writes here while training runs; the folder replaces the stage's output only at the end,
+# so an interrupted run never leaves a half-written training log where the finished one was.
+IN_PROGRESS = Path(".cache/live")
 
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
@@ -16,9 +21,11 @@ class EpochLog:
     def __init__(self, directory: str | Path):
         from dvclive import Live  # imported here: only the training stage needs it
 
+        self.directory = Path(directory)
+        self.in_progress = IN_PROGRESS / self.directory.name
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
         # (or `dvc repro`) owns the experiment, not the logger.
-        self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+        self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
 
     def __call__(self, row: dict) -> None:
         self.live.step = row["epoch"]
@@ -28,4 +35,8 @@ class EpochLog:
         self.live.make_summary()
 
     def close(self) -> None:
+        """Finish the log and move it into place."""
         self.live.end()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        self.in_progress.replace(self.directory)

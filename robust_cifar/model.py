@@ -17,7 +17,7 @@ from torch import nn
 
 from robust_cifar.errors import InputError
 from robust_cifar.outputs import atomic_path
-from robust_cifar.params import BELOW_ONE, POSITIVE_INT, Params
+from robust_cifar.params import BELOW_ONE, Params, bounded_int
 
 # Per-channel statistics of the CIFAR-10 training images (pixel units).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -32,8 +32,8 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> "ModelConfig":
-        return cls(width=params.value("model.width", POSITIVE_INT),
-                   embedding_dim=params.value("model.embedding_dim", POSITIVE_INT),
+        return cls(width=params.value("model.width", bounded_int(1, 512, "channels of the first stage; ResNet18 has 64")),
+                   embedding_dim=params.value("model.embedding_dim", bounded_int(1, 4_096, "the study uses 128")),
                    dropout=params.value("model.dropout", BELOW_ONE))
 
     def build(self, num_classes: int) -> "CifarResNet18":

@@ -56,6 +56,17 @@ def whole(check: Callable[[int], bool], allowed: str) -> Rule:
 
 
 POSITIVE_INT = whole(lambda v: v > 0, "a whole number > 0")
+
+
+def bounded_int(low: int, high: int, why: str) -> Rule:
+    """A whole number in [low, high]; `why` says where the upper bound comes from (it catches typos)."""
+    return whole(lambda v: low <= v <= high, f"a whole number from {low} to {high:,} ({why})")
+
+
+def bounded_real(low: float, high: float, why: str, open_low: bool = False) -> Rule:
+    bracket = "(" if open_low else "["
+    return real(lambda v: (low < v if open_low else low <= v) and v <= high,
+                f"a number in {bracket}{low:g}, {high:g}] ({why})")
 NON_NEGATIVE_INT = whole(lambda v: v >= 0, "a whole number >= 0")
 SEED = whole(lambda v: 0 <= v < 2**63, "a whole number >= 0")
 POSITIVE = real(lambda v: v > 0, "a number > 0")

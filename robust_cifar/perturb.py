@@ -24,7 +24,7 @@ from torch import Tensor
 from robust_cifar.conditions import KINDS  # also the column order of PerturbDraw.gates / SplitPlan.gates
 from robust_cifar.errors import InputError
 from robust_cifar.npz import load_npz, save_npz
-from robust_cifar.params import BELOW_ONE, NON_NEGATIVE, PROBABILITY, Params, real
+from robust_cifar.params import BELOW_ONE, PROBABILITY, Params, bounded_real, real
 
 ScoreFn = Callable[[Tensor], Tensor]
 
@@ -54,7 +54,7 @@ class PerturbSettings:
             brightness=params.value(f"{section}.jitter.brightness", BELOW_ONE),
             contrast=params.value(f"{section}.jitter.contrast", BELOW_ONE),
             saturation=params.value(f"{section}.jitter.saturation", BELOW_ONE),
-            noise_std=params.value(f"{section}.noise.std", NON_NEGATIVE),
+            noise_std=params.value(f"{section}.noise.std", bounded_real(0, 1, "pixel units; images are in [0, 1]")),
             noise_fraction=params.value(f"{section}.noise.fraction", PROBABILITY),
             fgm_eps=fgm_eps_from_params(params, section) if with_fgm else 0.0,
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_cifar.params import POSITIVE_INT, Params, real, whole
+from robust_cifar.params import Params, bounded_int, real, whole
 
 # umap-learn compiles with numba on first use (~30 s a process); a cache inside the project keeps
 # reruns fast.
@@ -33,9 +33,9 @@ class UmapConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> "UmapConfig":
-        return cls(fit_samples=params.value("umap.fit_samples", whole(lambda v: v == 0 or v >= 10,
-                                                                       "0 (all) or a whole number >= 10")),
-                   plot_samples=params.value("umap.plot_samples", POSITIVE_INT),
+        return cls(fit_samples=params.value("umap.fit_samples", whole(lambda v: v == 0 or 10 <= v <= 1_000_000,
+                                                                       "0 (all) or a whole number from 10 to 1,000,000")),
+                   plot_samples=params.value("umap.plot_samples", bounded_int(1, 100_000, "points per panel")),
                    n_neighbors=params.value("umap.n_neighbors", whole(lambda v: 2 <= v <= 200,
                                                                       "a whole number from 2 to 200")),
                    min_dist=params.value("umap.min_dist", real(lambda v: 0 <= v <= SPREAD,

@@ -7,7 +7,7 @@ import torch
 from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.errors import ParamsError
 from robust_cifar.knn import knn_predict
-from robust_cifar.params import POSITIVE_INT, Params, fix_hint
+from robust_cifar.params import Params, bounded_int, fix_hint
 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
@@ -15,7 +15,7 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
 
 
 def knn_k(params: Params) -> int:
-    return params.value("knn.k", POSITIVE_INT)
+    return params.value("knn.k", bounded_int(1, 99, "a vote of more neighbours is another classifier than the study's 3-NN"))
 
 
 def has_head(arrays: dict[str, np.ndarray]) -> bool:

@@ -17,7 +17,7 @@ from robust_cifar.compute import Compute
 from robust_cifar.inference import BatchTransform, embed_and_classify
 from robust_cifar.methods import Method
 from robust_cifar.model import CifarResNet18
-from robust_cifar.params import BELOW_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_INT, Params, one_of
+from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, bounded_real, one_of
 from robust_cifar.perturb import apply_perturbations, draw_perturbations
 
 # What ReduceLROnPlateau watches: the mean training loss of the epoch, or (as the original
@@ -38,13 +38,14 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: Params) -> "TrainConfig":
-        return cls(epochs=params.value("train.epochs", POSITIVE_INT), lr=params.value("train.lr", POSITIVE),
+        return cls(epochs=params.value("train.epochs", bounded_int(1, 10_000, "the study trains 100")),
+                   lr=params.value("train.lr", bounded_real(0, 10, "the study uses 0.01", open_low=True)),
                    momentum=params.value("train.momentum", BELOW_ONE),
-                   weight_decay=params.value("train.weight_decay", NON_NEGATIVE),
+                   weight_decay=params.value("train.weight_decay", bounded_real(0, 1, "the study uses 0")),
                    lr_factor=params.value("train.lr_factor", OPEN_FRACTION),
-                   lr_patience=params.value("train.lr_patience", NON_NEGATIVE_INT),
+                   lr_patience=params.value("train.lr_patience", bounded_int(0, 1_000, "epochs; the study waits 2")),
                    lr_schedule_on=params.value("train.lr_schedule_on", one_of(*SCHEDULE_SIGNALS)),
-                   val_every=params.value("train.val_every", POSITIVE_INT))
+                   val_every=params.value("train.val_every", bounded_int(1, 10_000, "epochs")))
 
 
 @dataclass

@@ -4,6 +4,15 @@ import torch
 
 from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env
 
+END_TO_END_FIXTURE = "reproduced_project"
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the reproduced tiny pipeline is slow: `pytest -m "not slow"` is the quick loop."""
+    for item in items:
+        if END_TO_END_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory):

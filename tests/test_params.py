@@ -93,7 +93,7 @@ BAD_VALUES = [
     ("data.archive_md5", "xyz", DataConfig.from_params, "32 hex digits"),
     ("angular.alpha", 0, lambda p: build_method("angular", p), "strictly between 0 and 90"),
     ("angular.alpha", 90, lambda p: build_method("angular", p), "strictly between 0 and 90"),
-    ("angular.per_class", 1, lambda p: build_method("angular", p), ">= 2"),
+    ("angular.per_class", 1, lambda p: build_method("angular", p), "from 2 to 1,000 (a class needs positive pairs"),
     ("angular_adversarial.perturb.p", 2, lambda p: build_method("angular_adversarial", p), "[0, 1]"),
     ("knn.k", 0, knn_k, "whole number"),
     ("perturb.p", 1.5, PerturbSettings.from_params, "[0, 1]"),
@@ -101,7 +101,14 @@ BAD_VALUES = [
     ("model.dropout", 1.0, ModelConfig.from_params, "[0, 1)"),
     ("compute.fast", "yes", ComputeConfig.from_params, "true or false"),
     ("umap.min_dist", 1.5, UmapConfig.from_params, "UMAP's spread"),
-    ("umap.fit_samples", 2, UmapConfig.from_params, ">= 10"),
+    ("umap.fit_samples", 2, UmapConfig.from_params, "0 (all) or a whole number from 10"),
+    # upper bounds catch typos, and say where they come from
+    ("train.epochs", 10**12, TrainConfig.from_params, "from 1 to 10,000 (the study trains 100)"),
+    ("train.lr", 1e6, TrainConfig.from_params, "(0, 10] (the study uses 0.01)"),
+    ("perturb.noise.std", 1e9, PerturbSettings.from_params, "[0, 1] (pixel units"),
+    ("knn.k", 500, knn_k, "from 1 to 99"),
+    ("model.width", 4096, ModelConfig.from_params, "from 1 to 512"),
+    ("baseline.batch_size", 10**6, lambda p: build_method("baseline", p), "from 1 to 65,536"),
     ("methods", "baseline", lambda p: p.method_names(), "list of distinct method names"),
     ("methods", ["baseline", "baseline"], lambda p: p.method_names(), "list of distinct method names"),
 ]
@@ -179,6 +186,15 @@ def test_stages_that_never_attack_do_not_read_the_fgm_eps(raw):
     assert "perturb.fgm.eps" not in params.read
     with pytest.raises(ParamsError, match="perturb.fgm.eps"):
         fgm_eps_from_params(params)
+
+
+def test_without_an_archive_the_url_must_be_an_address(raw):
+    for url in ("", "cifar-10-python.tar.gz", "ftp://example.org/c.tar.gz"):
+        with pytest.raises(ParamsError, match="not an http\\(s\\) address and `data.archive` is empty"):
+            validate_params(params_with(raw, "data.url", url))
+    edited = params_with(raw, "data.url", "").raw
+    edited["data"]["archive"] = "local.tar.gz"
+    assert DataConfig.from_params(Params(edited)).archive == "local.tar.gz"
 
 
 def test_leaf_keys_treat_an_empty_section_as_a_key():

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robust_cifar.params import POSITIVE_INT, Params, whole
+from robust_cifar.params import Params, bounded_int
 from robust_cifar.sampling import balanced_batches, shuffled_batches
 
-PER_CLASS = whole(lambda v: v >= 2, "a whole number >= 2 (a class needs positive pairs)")
+BATCH_SIZE = bounded_int(1, 65_536, "images per step; the study uses 256")
+PER_CLASS = bounded_int(2, 1_000, "a class needs positive pairs; the study uses 26")
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class ShuffledBatches:
 
     @classmethod
     def from_params(cls, params: Params, section: str) -> "ShuffledBatches":
-        return cls(params.value(f"{section}.batch_size", POSITIVE_INT))
+        return cls(params.value(f"{section}.batch_size", BATCH_SIZE))
 
     def epoch(self, labels: Tensor, generator: torch.Generator) -> list[Tensor]:
         return shuffled_batches(len(labels), self.batch_size, generator)

@@ -16,7 +16,7 @@ from torch import Tensor
 from robust_cifar.angular_loss import angular_loss
 from robust_cifar.deterministic import write_rows
 from robust_cifar.model import CifarResNet18
-from robust_cifar.params import POSITIVE, Params, real
+from robust_cifar.params import Params, bounded_real, real
 from robust_cifar.sampling import balanced_batches
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -121,7 +121,8 @@ class AngularEmbedding:
     @classmethod
     def from_params(cls, params: Params, section: str, per_class: int) -> "AngularEmbedding":
         return cls(alpha=params.value(f"{section}.alpha", ALPHA), per_class=per_class,
-                   attack_temperature=params.value(f"{section}.attack_temperature", POSITIVE))
+                   attack_temperature=params.value(f"{section}.attack_temperature",
+                                                  bounded_real(0, 100, "cosine similarities lie in [-1, 1]", open_low=True)))
 
     def loss(self, model: CifarResNet18, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings = model.embed(images)

@@ -1,0 +1,139 @@
+"""Bad input never costs work or outputs: a careless or unlucky user gets one line naming the problem
+and the fix, before any output is removed, and nothing already produced is lost."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.pipeline_project import dvc, dvc_env, set_param
+
+OUTPUT_FOLDERS = ("data", "models", "reports")
+
+
+@pytest.fixture
+def project(reproduced_project, tmp_path) -> Path:
+    return Path(shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True))
+
+
+def snapshot(project: Path) -> dict[str, str]:
+    return {str(path.relative_to(project)): hashlib.md5(path.read_bytes()).hexdigest()
+            for folder in OUTPUT_FOLDERS for path in sorted((project / folder).rglob("*")) if path.is_file()}
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+BAD_PARAMS = [
+    ("train.epochs", 1.0, "`train.epochs` = 1.0 is invalid"),          # the issue's `-S train.epochs=1e0`
+    ("knn.k", 0, "`knn.k` = 0 is invalid"),
+    ("train.epochz", 5, "unknown key `train.epochz` (nothing reads it): did you mean `train.epochs`?"),
+    ("umap.min_dist", 2.0, "`umap.min_dist` = 2.0 is invalid"),
+    ("angular.alpha", 95, "`angular.alpha` = 95 is invalid"),
+]
+
+
+@pytest.mark.parametrize("key, value, words", BAD_PARAMS, ids=[key for key, *_ in BAD_PARAMS])
+def test_a_bad_param_is_refused_before_dvc_removes_any_output(project, key, value, words):
+    before = snapshot(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    parent = params
+    for part in key.split(".")[:-1]:
+        parent = parent[part]
+    parent[key.split(".")[-1]] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(project, "repro", check=False)
+    assert result.returncode != 0
+    assert words in result.stderr + result.stdout, result.stderr
+    assert "Running stage 'check_params'" in result.stdout
+    assert result.stdout.count("Running stage") == 1, result.stdout   # nothing after the check ran
+    after = snapshot(project)
+    assert {path: digest for path, digest in after.items() if path != "data/params/checked.txt"} == {
+        path: digest for path, digest in before.items() if path != "data/params/checked.txt"}
+
+
+def test_exp_run_with_a_bad_value_keeps_every_model(project):
+    before = snapshot(project)
+    result = dvc(project, "exp", "run", "-S", "train.epochs=1e0", check=False)
+    assert result.returncode != 0 and "`train.epochs` = 1.0 is invalid" in result.stderr + result.stdout
+    assert all((project / f"models/{method}.pt").is_file() for method in ("baseline", "angular"))
+    assert {path: digest for path, digest in snapshot(project).items() if path.startswith("models/")} == {
+        path: digest for path, digest in before.items() if path.startswith("models/")}
+
+
+def stage(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=dvc_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+DAMAGE = [
+    ("truncated model", lambda p: truncate(p / "models/baseline.pt"), ("stages.embed", "baseline"),
+     "models/baseline.pt is not a readable checkpoint", "dvc repro -f train@baseline"),
+    ("model without config", lambda p: torch.save({"state_dict": {}}, p / "models/angular.pt"), ("stages.embed", "angular"),
+     "is not a checkpoint of this project", "dvc repro -f train@angular"),
+    ("truncated embeddings", lambda p: truncate(p / "data/embeddings/angular.npz"), ("stages.evaluate", "angular"),
+     "data/embeddings/angular.npz is not a readable .npz", "dvc repro -f embed@angular"),
+    ("empty split", lambda p: (p / "data/split/indices.npz").write_bytes(b""), ("stages.train", "baseline"),
+     "data/split/indices.npz is not a readable .npz", "dvc repro -f split"),
+    ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40), ("stages.embed", "baseline"),
+     "data/perturb/plan.npz is not a readable .npz", "dvc repro -f perturb"),
+    ("missing metrics", lambda p: (p / "reports/metrics/adversarial.json").unlink(), ("stages.summarize",),
+     "reports/metrics/adversarial.json not found", "dvc repro eval@adversarial"),
+]
+
+
+@pytest.mark.parametrize("name, damage, command, words, fix", DAMAGE, ids=[name for name, *_ in DAMAGE])
+def test_a_damaged_input_is_one_line_naming_the_file_and_the_fix(project, name, damage, command, words, fix):
+    damage(project)
+    result = stage(project, *command)
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert words in line and fix in line, line
+    assert "weights_only=False" not in result.stderr
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_training(project):
+    shutil.rmtree(project / "models")
+    (project / "models").write_text("a file where the models folder should be")
+    started = time.perf_counter()
+    result = stage(project, "stages.train", "baseline")
+    assert result.returncode == 2
+    assert "cannot write models/baseline.pt" in one_error_line(result.stderr)
+    assert "train@baseline:" not in result.stdout   # refused before the data was even loaded
+    assert time.perf_counter() - started < 60
+
+
+def test_ctrl_c_is_one_line_exit_130_and_keeps_the_previous_output(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    set_param(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    model = project / "models/baseline.pt"
+    before, log_before = model.read_bytes(), snapshot(project)
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline"], cwd=project, env=dvc_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("train@baseline:")   # printed once training starts
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    assert model.read_bytes() == before
+    assert snapshot(project) == log_before   # the training log of the finished run too
+    assert not list(project.rglob("*.part*"))
