@@ -13,15 +13,17 @@ CONDITION_COLOURS = {"clean": "#4c72b0", "perturbed": "#dd8452", "transfer": "#c
 
 
 def accuracy_bars(all_metrics: dict[str, dict], split: str = "test"):
-    """Grouped bars: per method and decision rule, clean vs perturbed vs transfer accuracy."""
+    """Grouped bars: per method and decision rule, clean vs perturbed vs transfer accuracy
+    (mean over training seeds, with the std as an error bar)."""
     groups = [(method, decision) for method, metrics in all_metrics.items() for decision in ("head", "knn")
               if decision in metrics[split]["clean"]]
     figure, axis = plt.subplots(figsize=(1.6 * len(groups) + 2, 4.5))
     width = 0.8 / len(CONDITION_COLOURS)
     for offset, (condition, colour) in enumerate(CONDITION_COLOURS.items()):
-        values = [100 * all_metrics[method][split][condition][decision] for method, decision in groups]
+        entries = [all_metrics[method][split][condition][decision] for method, decision in groups]
         positions = np.arange(len(groups)) + (offset - 1) * width
-        bars = axis.bar(positions, values, width, label=condition, color=colour)
+        bars = axis.bar(positions, [100 * entry["mean"] for entry in entries], width, label=condition, color=colour,
+                        yerr=[100 * entry["std"] for entry in entries], error_kw={"elinewidth": 0.8, "capsize": 2})
         axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     axis.set_xticks(np.arange(len(groups)),
                     [f"{method}\n{'head' if decision == 'head' else '3-NN'}" for method, decision in groups])
@@ -50,5 +52,39 @@ def perturbation_examples(clean: np.ndarray, perturbed: np.ndarray, gates: np.nd
             axis.set_title(title, fontsize=8)
             axis.axis("off")
     figure.suptitle("Test images: original | perturbed | difference", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+METHOD_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+
+def robustness_curves(all_metrics: dict[str, dict]):
+    """Test accuracy against attack size: PGD solid, FGM dashed, one colour per method; head and 3-NN
+    side by side; mean over seeds with the std as a band."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, (decision, label) in zip(axes, (("head", "head"), ("knn", "3-NN"))):
+        for colour, (method, metrics) in zip(METHOD_COLOURS * 3, all_metrics.items()):
+            sweep = metrics.get("robustness", {}).get("sweep", {})
+            for attack, style in (("pgd", "-"), ("fgm", "--")):
+                points = sorted((float(key.removeprefix("eps_").replace("p", ".")), entry[decision])
+                                for key, entry in sweep.get(attack, {}).items() if decision in entry)
+                if not points:
+                    continue
+                eps = np.array([p[0] for p in points])
+                mean = np.array([100 * p[1]["mean"] for p in points])
+                std = np.array([100 * p[1]["std"] for p in points])
+                axis.plot(eps, mean, style, color=colour, marker="o", markersize=3,
+                          label=f"{method} {attack.upper()}")
+                axis.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
+        axis.set_title(f"{label} decision")
+        axis.set_xlabel("L-inf attack size eps (x 1/255)")
+        axis.set_xscale("symlog", linthresh=1)
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, frameon=False)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylim(0, 100)
+    figure.suptitle("Robustness curves: PGD (solid) and FGM (dashed) against each model's own decision")
     figure.tight_layout()
     return figure

@@ -84,6 +84,8 @@ def one_of(*choices: str) -> Rule:
     return Rule(lambda v: v in choices, " or ".join(choices))
 
 
+SEEDS = Rule(lambda v: isinstance(v, list) and 0 < len(v) <= 100 and len(set(v)) == len(v)
+             and all(SEED.check(seed) for seed in v), "a list of 1 to 100 distinct whole numbers >= 0")
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and len(set(map(str, v))) == len(v)
              and all(isinstance(n, str) and NAME.fullmatch(n) for n in v),
@@ -121,6 +123,10 @@ class Params:
 
     def seed(self, name: str) -> int:
         return self.value(f"seeds.{name}", SEED)
+
+    def train_seeds(self) -> list[int]:
+        """The training seeds: every method is trained once per seed (dvc.yaml's matrix iterates over them)."""
+        return list(self.value("seeds.train", SEEDS))
 
     def method_names(self) -> list[str]:
         """The methods the pipeline trains (dvc.yaml's per-method stages iterate over this list)."""

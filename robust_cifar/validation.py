@@ -13,14 +13,15 @@ from robust_cifar.data import DataConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method, known
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import Params
+from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturb import PerturbSettings
 from robust_cifar.projection import UmapConfig
+from robust_cifar.robust_accuracy import AttackConfig
 from robust_cifar.scoring import knn_k
 from robust_cifar.splits import train_fraction
 from robust_cifar.training import TrainConfig
 
-SEEDS = ("split", "train", "plan", "umap")
+SEEDS = ("split", "plan", "umap")
 
 
 def validate_params(params: Params) -> None:
@@ -29,11 +30,16 @@ def validate_params(params: Params) -> None:
     train_fraction(params)
     for name in SEEDS:
         params.seed(name)
+    figures_seed = params.seed("figures")
+    if figures_seed not in params.train_seeds():
+        raise ParamsError(f"{params.source}: `seeds.figures` = {figures_seed} is invalid: must be one of seeds.train "
+                          f"{params.train_seeds()} (the models the figures show); {fix_hint('seeds.figures')}")
     ModelConfig.from_params(params)
     TrainConfig.from_params(params)
     ComputeConfig.from_params(params)
     PerturbSettings.from_params(params)
     knn_k(params)
+    AttackConfig.from_params(params)
     UmapConfig.from_params(params)
     listed = [known(name) for name in params.method_names()]
     # a registered method's section is checked even when the method is not listed, so a typo there

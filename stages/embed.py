@@ -1,6 +1,6 @@
-"""embed@<method>: normalized embeddings (and head logits, for a method with a head) of train / val / test,
+"""embed@<method>-<seed>: normalized embeddings (and head logits, for a method with a head) of train / val / test,
 clean and perturbed (white-box, transfer from the baseline, and each perturbation alone on test)
--> data/embeddings/<method>.npz"""
+-> data/embeddings/<method>-<seed>.npz"""
 import numpy as np
 import torch
 
@@ -21,16 +21,17 @@ from stages import paths
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    method = build_method(paths.method_argument(argv), params)
+    name, seed = paths.run_arguments(argv)
+    method = build_method(name, params)
     fgm_eps, compute_config = fgm_eps_from_params(params), ComputeConfig.from_params(params)
-    check_writable(paths.embeddings(method.name))
+    check_writable(paths.embeddings(name, seed))
     compute = Compute.from_config(compute_config)
     batch_size = compute_config.eval_batch_size
 
-    model = compute.prepare(load_model(paths.model(method.name), compute.device)[0])
-    # the transfer source's own transfer condition is its white-box one (None)
-    transfer_source = (None if method.name == paths.TRANSFER_SOURCE else
-                       compute.prepare(load_model(paths.model(paths.TRANSFER_SOURCE), compute.device)[0]))
+    model = compute.prepare(load_model(paths.model(name, seed), compute.device)[0])
+    # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one
+    transfer_source = (None if name == paths.TRANSFER_SOURCE else
+                       compute.prepare(load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device)[0]))
     plans = load_plans(paths.PLAN)
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     images = {name: torch.from_numpy(split.images).to(compute.device) for name, split in splits.items()}
@@ -40,13 +41,13 @@ def main(argv: list[str]) -> None:
     reference = method.objective.reference(clean_train[0], train_labels, model.config["num_classes"])
     score = method.objective.score_fn(model, reference)
     arrays = {"class_names": np.array(class_names)}
-    for name in SPLITS:
-        results = evaluate_conditions(model, images[name], plans[name], fgm_eps, score, transfer_source, compute,
-                                      batch_size, conditions_for(name), clean=clean_train if name == "train" else None)
-        arrays.update(flatten(name, results, with_logits=method.has_head))
-        arrays[f"{name}.labels"] = splits[name].labels
-        print(f"embed@{method.name}: {name} ({len(splits[name])} images) x {', '.join(results)}")
-    save_npz(paths.embeddings(method.name), arrays)
+    for split in SPLITS:
+        results = evaluate_conditions(model, images[split], plans[split], fgm_eps, score, transfer_source, compute,
+                                      batch_size, conditions_for(split), clean=clean_train if split == "train" else None)
+        arrays.update(flatten(split, results, with_logits=method.has_head))
+        arrays[f"{split}.labels"] = splits[split].labels
+        print(f"embed@{paths.run_name(name, seed)}: {split} ({len(splits[split])} images) x {', '.join(results)}")
+    save_npz(paths.embeddings(name, seed), arrays)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""eval@<method>: head and 3-NN accuracy on train / val / test, clean and perturbed -> reports/metrics/<method>.json
-(and the test predictions behind the confusion matrices -> reports/predictions/<method>.csv)"""
+"""eval@<method>-<seed>: head and 3-NN accuracy on train / val / test, clean and perturbed
+-> reports/seeds/<method>/<seed>.json, and the test predictions of the method's own decision
+-> reports/seeds/<method>/<seed>.csv"""
 from robust_cifar.compute import ComputeConfig, resolve_device
 from robust_cifar.npz import load_npz
 from robust_cifar.outputs import write_csv, write_json
@@ -11,11 +12,12 @@ from stages import paths
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    method = paths.method_argument(argv)
+    method, seed = paths.run_arguments(argv)
+    run = paths.run_name(method, seed)
     k, device = knn_k(params), resolve_device(ComputeConfig.device_from_params(params))
-    arrays = load_npz(paths.embeddings(method), f"embed@{method}")
+    arrays = load_npz(paths.embeddings(method, seed), f"embed@{run}")
     metrics, predictions = score_embeddings(arrays, k, device)
-    write_json(paths.metrics(method), metrics)
+    write_json(paths.seed_metrics(method, seed), metrics)
 
     # The confusion matrices show the method's own decision: its head, or the 3-NN when it has none.
     decision = "head" if has_head(arrays) else "knn"
@@ -23,9 +25,9 @@ def main(argv: list[str]) -> None:
     rows = [{"actual": class_names[actual], "clean": class_names[clean], "perturbed": class_names[perturbed]}
             for actual, clean, perturbed in zip(arrays["test.labels"], predictions[f"test.clean.{decision}"],
                                                 predictions[f"test.perturbed.{decision}"])]
-    write_csv(paths.predictions(method), rows)
+    write_csv(paths.seed_predictions(method, seed), rows)
     test = metrics["test"]
-    print(f"eval@{method}: test clean / perturbed / transfer "
+    print(f"eval@{run}: test clean / perturbed / transfer "
           + " | ".join(f"{kind} {test['clean'][kind]:.4f} / {test['perturbed'][kind]:.4f} / {test['transfer'][kind]:.4f}"
                        for kind in test["clean"]))
 

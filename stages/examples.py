@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     compute = Compute.create(ComputeConfig.device_from_params(params), fast=False)
     plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
-    model, _ = load_model(paths.model(paths.TRANSFER_SOURCE), compute.device)
+    model, _ = load_model(paths.model(paths.TRANSFER_SOURCE, params.seed("figures")), compute.device)
     shown = pick_examples(plan.gates, SHOWN)
 
     clean = compute.images(torch.from_numpy(splits["test"].images[shown]))

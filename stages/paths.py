@@ -1,4 +1,8 @@
-"""Where each stage reads and writes; dvc.yaml names the same paths."""
+"""Where each stage reads and writes; dvc.yaml names the same paths.
+
+A run is one method trained with one seed (`baseline-0`); per-run stages take the method and the
+seed as arguments (dvc.yaml's matrix passes them), so adding a seed adds stages and changes none.
+"""
 import re
 from pathlib import Path
 
@@ -11,32 +15,73 @@ PARAMS_CHECKED = Path("data/params/checked.txt")
 DOWNLOADS = Path(".cache/downloads")
 TRANSFER_SOURCE = "baseline"   # the model whose FGM gives every model the same "transfer" inputs
 
+_METHOD = r"[a-z][a-z0-9_]*"
+
 
 def method_argument(argv: list[str]) -> str:
-    """The method a per-method stage was started for (dvc.yaml passes it); a plain name, never a path."""
-    if len(argv) != 1 or not re.fullmatch(r"[a-z][a-z0-9_]*", argv[0]):
-        raise ParamsError(f"expected one method name as the argument, got {' '.join(argv) or 'none'}: "
-                          "run per-method stages through dvc (`dvc repro train@baseline`)")
+    """The method a per-method stage was started for; a plain name, never a path."""
+    if len(argv) != 1 or not re.fullmatch(_METHOD, argv[0]):
+        raise ParamsError(f"expected a method name as the argument, got {' '.join(argv) or 'none'}: "
+                          "run the stage through dvc (`dvc repro summarize`)")
     return argv[0]
 
 
-def model(method: str) -> Path:
-    return Path(f"models/{method}.pt")
+def run_arguments(argv: list[str]) -> tuple[str, int]:
+    """(method, seed) of a per-run stage."""
+    if len(argv) != 2 or not re.fullmatch(_METHOD, argv[0]) or not argv[1].isdigit():
+        raise ParamsError(f"expected a method name and a training seed as arguments, got {' '.join(argv) or 'none'}: "
+                          "run per-run stages through dvc (`dvc repro train@baseline-0`)")
+    return argv[0], int(argv[1])
 
 
-def training_live(method: str) -> Path:
+def run_name(method: str, seed: int) -> str:
+    return f"{method}-{seed}"
+
+
+def model(method: str, seed: int) -> Path:
+    return Path(f"models/{run_name(method, seed)}.pt")
+
+
+def training_live(method: str, seed: int) -> Path:
     """dvclive's folder for one training run: metrics.json (final values) and plots/metrics/**.tsv."""
-    return Path(f"reports/training/{method}")
+    return Path(f"reports/training/{run_name(method, seed)}")
 
 
-def embeddings(method: str) -> Path:
-    return Path(f"data/embeddings/{method}.npz")
+def embeddings(method: str, seed: int) -> Path:
+    return Path(f"data/embeddings/{run_name(method, seed)}.npz")
+
+
+SEED_RESULTS = Path("reports/seeds")
+
+
+def seed_metrics(method: str, seed: int) -> Path:
+    return SEED_RESULTS / method / f"{seed}.json"
+
+
+def seed_predictions(method: str, seed: int) -> Path:
+    return SEED_RESULTS / method / f"{seed}.csv"
+
+
+def seed_results(method: str) -> Path:
+    return SEED_RESULTS / method
+
+
+ROBUSTNESS = Path("reports/robustness")
+
+
+def robustness(method: str, seed: int) -> Path:
+    return ROBUSTNESS / method / f"{seed}.json"
+
+
+def robustness_results(method: str) -> Path:
+    return ROBUSTNESS / method
 
 
 METRICS = Path("reports/metrics")
 
 
 def metrics(method: str) -> Path:
+    """Across-seed mean and std of every metric: what `dvc metrics show` lists."""
     return METRICS / f"{method}.json"
 
 
@@ -52,3 +97,4 @@ SUMMARY_MD = Path("reports/summary.md")
 SUMMARY_JSON = Path("reports/summary.json")
 EXAMPLES = Path("reports/examples.png")
 ACCURACY_FIGURE = Path("reports/accuracy.png")
+ROBUSTNESS_FIGURE = Path("reports/robustness_curve.png")

@@ -1,31 +1,36 @@
-"""summarize: every method's accuracy -> reports/summary.md, reports/summary.json and reports/accuracy.png"""
-import json
-
-from robust_cifar.errors import InputError
-from robust_cifar.figures import accuracy_bars
+"""summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
+-> reports/summary.md, reports/summary.json and reports/accuracy.png"""
+from robust_cifar.figures import accuracy_bars, robustness_curves
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
+from robust_cifar.results import read_correct, read_json, read_runs
 from robust_cifar.stage import run_stage
-from robust_cifar.summary import all_split_rows, headline_rows, markdown_report, single_perturbation_rows
+from robust_cifar.summary import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
+                                  robust_rows, single_perturbation_rows)
 from stages import paths
 
 
 def main(argv: list[str]) -> None:
-    all_metrics = {}
-    for method in load_params().method_names():
-        path = paths.metrics(method)
-        if not path.is_file():
-            raise InputError(f"{path} not found: run `dvc repro eval@{method}`")
-        try:
-            all_metrics[method] = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{path} is not valid JSON (truncated?): run `dvc repro -f eval@{method}`") from None
-    report = markdown_report(all_metrics)
+    params = load_params()
+    methods, seeds = params.method_names(), params.train_seeds()
+    all_metrics = {method: read_json(paths.metrics(method), f"aggregate@{method}") for method in methods}
+    per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
+                for method in methods}
+    correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"eval@{method}-{seed}")
+                        for seed in seeds} for method in methods}
+    comparisons = compare_with_baseline(per_seed, correct) if "baseline" in methods else []
+    gates = {method: gate_failures(metrics) for method, metrics in all_metrics.items()}
+    report = markdown_report(all_metrics, comparisons, gates)
     write_text(paths.SUMMARY_MD, report)
-    write_json(paths.SUMMARY_JSON, {"test": headline_rows(all_metrics),
+    write_json(paths.SUMMARY_JSON, {"verdict": [comparison.sentence for comparison in comparisons],
+                                    "comparisons": [comparison.row for comparison in comparisons],
+                                    "sanity_gates": {method: failures for method, failures in gates.items()},
+                                    "test": headline_rows(all_metrics),
+                                    "robust": robust_rows(all_metrics),
                                     "test_single_perturbation": single_perturbation_rows(all_metrics),
                                     "all_splits": all_split_rows(all_metrics)})
     save_figure(accuracy_bars(all_metrics), paths.ACCURACY_FIGURE)
+    save_figure(robustness_curves(all_metrics), paths.ROBUSTNESS_FIGURE)
     print(report)
 
 

@@ -1,5 +1,5 @@
-"""train@<method>: train the ResNet18 the method's way -> models/<method>.pt and reports/training/<method>/
-(dvclive: per-epoch plots and the final metrics)."""
+"""train@<method>-<seed>: train the ResNet18 the method's way from one seed -> models/<method>-<seed>.pt and
+reports/training/<method>-<seed>/ (dvclive: per-epoch plots and the final metrics)."""
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
@@ -16,11 +16,12 @@ from stages import paths
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    method = build_method(paths.method_argument(argv), params)
+    name, seed = paths.run_arguments(argv)
+    method = build_method(name, params)
     model_config, train_config, compute_config = (ModelConfig.from_params(params), TrainConfig.from_params(params),
                                                   ComputeConfig.from_params(params))
-    seed = params.seed("train")
-    check_writable(paths.model(method.name), paths.training_live(method.name))
+    run = paths.run_name(name, seed)
+    check_writable(paths.model(name, seed), paths.training_live(name, seed))
     compute = Compute.from_config(compute_config)
 
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
@@ -31,14 +32,14 @@ def main(argv: list[str]) -> None:
     model = compute.prepare(model_config.build(len(class_names)))
     setup = TrainingSetup(method=method, train=train_config, compute=compute, seed=seed, num_classes=len(class_names),
                           eval_batch_size=compute_config.eval_batch_size)
-    print(f"train@{method.name}: {len(splits['train'])} images on {compute.describe()}")
-    log = EpochLog(paths.training_live(method.name))
+    print(f"train@{run}: {len(splits['train'])} images on {compute.describe()}", flush=True)
+    log = EpochLog(paths.training_live(name, seed))
     history = train_model(setup, model, on_device["train"], on_device["val"], on_epoch=log)
     log.close()
 
-    save_model(model, paths.model(method.name), method=method.name, class_names=list(class_names))
+    save_model(model, paths.model(name, seed), method=name, seed=seed, class_names=list(class_names))
     last = history[-1]
-    print(f"train@{method.name}: final train acc {last['train_acc']:.4f}, val acc {last['val_acc']:.4f}")
+    print(f"train@{run}: final train acc {last['train_acc']:.4f}, val acc {last['val_acc']:.4f}")
 
 
 if __name__ == "__main__":

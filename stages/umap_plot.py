@@ -1,5 +1,5 @@
-"""umap@<method>: UMAP of the embeddings (fit on clean training embeddings), train / val / test x
-clean / perturbed -> reports/umap/<method>.png"""
+"""umap@<method>: UMAP of the embeddings of the `seeds.figures` model (fit on its clean training embeddings),
+train / val / test x clean / perturbed -> reports/umap/<method>.png"""
 import time
 
 import numpy as np
@@ -16,9 +16,9 @@ from stages import paths
 def main(argv: list[str]) -> None:
     params = load_params()
     method = paths.method_argument(argv)
-    config, seed = UmapConfig.from_params(params), params.seed("umap")
+    config, seed, model_seed = UmapConfig.from_params(params), params.seed("umap"), params.seed("figures")
     check_writable(paths.umap_figure(method))
-    arrays = load_npz(paths.embeddings(method), f"embed@{method}")
+    arrays = load_npz(paths.embeddings(method, model_seed), f"embed@{paths.run_name(method, model_seed)}")
     rng = np.random.default_rng(seed)
 
     started = time.perf_counter()
@@ -33,7 +33,8 @@ def main(argv: list[str]) -> None:
             points = reducer.transform(arrays[f"{split}.{condition}.embeddings"][shown])
             panels[(split, condition)] = (points, arrays[f"{split}.labels"][shown])
     figure = draw_grid(panels, [str(name) for name in arrays["class_names"]],
-                       f"{method}: UMAP of the normalized embeddings, fit on {len(fitted)} clean training images")
+                       f"{method} (seed {model_seed}): UMAP of the normalized embeddings, "
+                       f"fit on {len(fitted)} clean training images")
     save_figure(figure, paths.umap_figure(method))
     print(f"umap@{method}: {time.perf_counter() - started:.1f} s -> {paths.umap_figure(method)}")
 

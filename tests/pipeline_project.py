@@ -19,13 +19,17 @@ NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports"
                                     ".pytest_cache", "dvc.lock", "cache", "tmp", "*.pyc", ".whl", "tests")
 
 METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
+SEED = 0   # the tiny project trains one seed per method; tests/test_pipeline.py adds a second
 ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "examples"} | {
-    f"{stage}@{method}" for stage in ("train", "embed", "eval", "umap") for method in METHODS}
+    f"{stage}@{method}-{SEED}" for stage in ("train", "embed", "eval", "robustness") for method in METHODS} | {
+    f"{stage}@{method}" for stage in ("aggregate", "umap") for method in METHODS}
 
 TINY_PARAMS = {
     "data.archive": "tiny.tar.gz",
     "model.width": 4,
     "train.epochs": 2,
+    "seeds.train": [SEED],
+    "seeds.figures": SEED,
     "baseline.batch_size": 16,
     "adversarial.batch_size": 16,
     "compute.eval_batch_size": 64,
@@ -34,6 +38,9 @@ TINY_PARAMS = {
     "angular_adversarial.per_class": 2,
     "umap.plot_samples": 40,
     "umap.n_neighbors": 5,
+    "attack.eps": [0, 2, 8, 32],
+    "attack.pgd_steps": 3,
+    "attack.knn_temperatures": [0.05],
 }
 
 

@@ -67,7 +67,7 @@ def test_exp_run_with_a_bad_value_keeps_every_model(project):
     before = snapshot(project)
     result = dvc(project, "exp", "run", "-S", "train.epochs=1e0", check=False)
     assert result.returncode != 0 and "`train.epochs` = 1.0 is invalid" in result.stderr + result.stdout
-    assert all((project / f"models/{method}.pt").is_file() for method in ("baseline", "angular"))
+    assert all((project / f"models/{method}-0.pt").is_file() for method in ("baseline", "angular"))
     assert {path: digest for path, digest in snapshot(project).items() if path.startswith("models/")} == {
         path: digest for path, digest in before.items() if path.startswith("models/")}
 
@@ -83,18 +83,20 @@ def truncate(path: Path) -> None:
 
 
 DAMAGE = [
-    ("truncated model", lambda p: truncate(p / "models/baseline.pt"), ("stages.embed", "baseline"),
-     "models/baseline.pt is not a readable checkpoint", "dvc repro -f train@baseline"),
-    ("model without config", lambda p: torch.save({"state_dict": {}}, p / "models/angular.pt"), ("stages.embed", "angular"),
-     "is not a checkpoint of this project", "dvc repro -f train@angular"),
-    ("truncated embeddings", lambda p: truncate(p / "data/embeddings/angular.npz"), ("stages.evaluate", "angular"),
-     "data/embeddings/angular.npz is not a readable .npz", "dvc repro -f embed@angular"),
-    ("empty split", lambda p: (p / "data/split/indices.npz").write_bytes(b""), ("stages.train", "baseline"),
+    ("truncated model", lambda p: truncate(p / "models/baseline-0.pt"), ("stages.embed", "baseline", "0"),
+     "models/baseline-0.pt is not a readable checkpoint", "dvc repro -f train@baseline-0"),
+    ("model without config", lambda p: torch.save({"state_dict": {}}, p / "models/angular-0.pt"),
+     ("stages.embed", "angular", "0"), "is not a checkpoint of this project", "dvc repro -f train@angular-0"),
+    ("truncated embeddings", lambda p: truncate(p / "data/embeddings/angular-0.npz"), ("stages.evaluate", "angular", "0"),
+     "data/embeddings/angular-0.npz is not a readable .npz", "dvc repro -f embed@angular-0"),
+    ("empty split", lambda p: (p / "data/split/indices.npz").write_bytes(b""), ("stages.train", "baseline", "0"),
      "data/split/indices.npz is not a readable .npz", "dvc repro -f split"),
-    ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40), ("stages.embed", "baseline"),
-     "data/perturb/plan.npz is not a readable .npz", "dvc repro -f perturb"),
+    ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40),
+     ("stages.embed", "baseline", "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f perturb"),
     ("missing metrics", lambda p: (p / "reports/metrics/adversarial.json").unlink(), ("stages.summarize",),
-     "reports/metrics/adversarial.json not found", "dvc repro eval@adversarial"),
+     "reports/metrics/adversarial.json not found", "dvc repro aggregate@adversarial"),
+    ("truncated seed metrics", lambda p: truncate(p / "reports/seeds/angular/0.json"), ("stages.aggregate", "angular"),
+     "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f eval@angular-0"),
 ]
 
 
@@ -112,10 +114,10 @@ def test_a_folder_that_cannot_be_written_is_refused_before_training(project):
     shutil.rmtree(project / "models")
     (project / "models").write_text("a file where the models folder should be")
     started = time.perf_counter()
-    result = stage(project, "stages.train", "baseline")
+    result = stage(project, "stages.train", "baseline", "0")
     assert result.returncode == 2
-    assert "cannot write models/baseline.pt" in one_error_line(result.stderr)
-    assert "train@baseline:" not in result.stdout   # refused before the data was even loaded
+    assert "cannot write models/baseline-0.pt" in one_error_line(result.stderr)
+    assert "train@baseline-0:" not in result.stdout   # refused before the data was even loaded
     assert time.perf_counter() - started < 60
 
 
@@ -123,11 +125,11 @@ def test_ctrl_c_is_one_line_exit_130_and_keeps_the_previous_output(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     set_param(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    model = project / "models/baseline.pt"
+    model = project / "models/baseline-0.pt"
     before, log_before = model.read_bytes(), snapshot(project)
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline"], cwd=project, env=dvc_env(),
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline", "0"], cwd=project, env=dvc_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout.readline().startswith("train@baseline:")   # printed once training starts
+    assert process.stdout.readline().startswith("train@baseline-0:")   # printed once training starts
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)

@@ -67,12 +67,12 @@ def test_every_stage_lists_exactly_its_import_closure():
 
 
 def test_the_code_guard_names_a_deleted_and_a_stale_dep():
-    stage = stages_of(ROOT)["train@angular"]
+    stage = stages_of(ROOT)["train@angular-0"]
     deps = declared_deps(stage)
-    assert code_dep_problems("train@angular", stage.cmd, deps - {"robust_cifar/sampling.py"}) == [
-        "train@angular: imports robust_cifar/sampling.py but does not list it in deps"]
-    assert code_dep_problems("train@angular", stage.cmd, deps | {"robust_cifar/knn.py"}) == [
-        "train@angular: lists robust_cifar/knn.py in deps but does not import it"]
+    assert code_dep_problems("train@angular-0", stage.cmd, deps - {"robust_cifar/sampling.py"}) == [
+        "train@angular-0: imports robust_cifar/sampling.py but does not list it in deps"]
+    assert code_dep_problems("train@angular-0", stage.cmd, deps | {"robust_cifar/knn.py"}) == [
+        "train@angular-0: lists robust_cifar/knn.py in deps but does not import it"]
 
 
 def test_light_stages_do_not_import_torch():
@@ -103,22 +103,26 @@ def test_every_stage_declares_exactly_the_params_it_read(reproduced_project):
 
 
 def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_project):
-    stage = stages_of(reproduced_project)["embed@angular"]
+    stage = stages_of(reproduced_project)["embed@angular-0"]
     read = traces(reproduced_project)[trace_name(stage.cmd)]
     declared = declared_params(stage)
-    assert params_problems("embed@angular", declared - {"perturb.fgm.eps"}, read) == [
-        "embed@angular: reads `perturb.fgm.eps` but does not declare it under params"]
-    assert params_problems("embed@angular", declared | {"knn.k"}, read) == [
-        "embed@angular: declares `knn.k` under params but never reads it"]
+    assert params_problems("embed@angular-0", declared - {"perturb.fgm.eps"}, read) == [
+        "embed@angular-0: reads `perturb.fgm.eps` but does not declare it under params"]
+    assert params_problems("embed@angular-0", declared | {"knn.k"}, read) == [
+        "embed@angular-0: declares `knn.k` under params but never reads it"]
+
+
+METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
 
 
 @pytest.mark.parametrize("module, stale", [
-    ("robust_cifar/knn.py", {"eval@baseline", "eval@adversarial", "eval@angular", "eval@angular_adversarial"}),
-    ("robust_cifar/live_log.py", {"train@baseline", "train@adversarial", "train@angular", "train@angular_adversarial"}),
+    ("robust_cifar/knn.py", {f"{stage}@{method}-0" for stage in ("eval", "robustness") for method in METHODS}),
+    ("robust_cifar/attacks.py", {f"robustness@{method}-0" for method in METHODS}),
+    ("robust_cifar/live_log.py", {f"train@{method}-0" for method in METHODS}),
+    ("robust_cifar/replicates.py", {f"aggregate@{method}" for method in METHODS} | {"summarize"}),
     ("robust_cifar/figures.py", {"summarize", "examples"}),
-    ("robust_cifar/splits.py", {"split", "examples", *(f"{stage}@{method}" for stage in ("train", "embed")
-                                                       for method in ("baseline", "adversarial", "angular",
-                                                                      "angular_adversarial"))}),
+    ("robust_cifar/splits.py", {"split", "examples", *(f"{stage}@{method}-0" for stage in ("train", "embed", "robustness")
+                                                       for method in METHODS)}),
     ("robust_cifar/bench.py", set()),
 ])
 def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(reproduced_project, module, stale):

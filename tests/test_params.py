@@ -71,7 +71,7 @@ def test_real_values_are_read_through(raw):
                                                           float(raw["model"]["dropout"]))
     assert isinstance(build_method("angular", params).objective.alpha, float)  # ints in yaml become floats
     assert knn_k(params) == raw["knn"]["k"]
-    assert params.seed("train") == raw["seeds"]["train"]
+    assert params.train_seeds() == raw["seeds"]["train"]
 
 
 # (dotted key, bad value, accessor, words that must say what is allowed)
@@ -97,7 +97,9 @@ BAD_VALUES = [
     ("angular_adversarial.perturb.p", 2, lambda p: build_method("angular_adversarial", p), "[0, 1]"),
     ("knn.k", 0, knn_k, "whole number"),
     ("perturb.p", 1.5, PerturbSettings.from_params, "[0, 1]"),
-    ("seeds.train", -3, lambda p: p.seed("train"), "whole number >= 0"),
+    ("seeds.split", -3, lambda p: p.seed("split"), "whole number >= 0"),
+    ("seeds.train", [0, 0], lambda p: p.train_seeds(), "list of 1 to 100 distinct whole numbers"),
+    ("seeds.train", 0, lambda p: p.train_seeds(), "list of 1 to 100 distinct whole numbers"),
     ("model.dropout", 1.0, ModelConfig.from_params, "[0, 1)"),
     ("compute.fast", "yes", ComputeConfig.from_params, "true or false"),
     ("umap.min_dist", 1.5, UmapConfig.from_params, "UMAP's spread"),
@@ -188,6 +190,11 @@ def test_stages_that_never_attack_do_not_read_the_fgm_eps(raw):
         fgm_eps_from_params(params)
 
 
+def test_the_figures_seed_must_be_a_training_seed(raw):
+    with pytest.raises(ParamsError, match=r"`seeds.figures` = 7 is invalid: must be one of seeds.train \[0, 1, 2\]"):
+        validate_params(params_with(raw, "seeds.figures", 7))
+
+
 def test_without_an_archive_the_url_must_be_an_address(raw):
     for url in ("", "cifar-10-python.tar.gz", "ftp://example.org/c.tar.gz"):
         with pytest.raises(ParamsError, match="not an http\\(s\\) address and `data.archive` is empty"):
@@ -225,7 +232,7 @@ def run_stage_in(tmp_path: Path, raw: dict, *args: str) -> subprocess.CompletedP
 def test_stage_with_a_bad_param_exits_2_with_one_line_before_heavy_work(tmp_path, raw):
     edited = copy.deepcopy(raw)
     edited["train"]["epochs"] = 0
-    result = run_stage_in(tmp_path, edited, "stages.train", "baseline")
+    result = run_stage_in(tmp_path, edited, "stages.train", "baseline", "0")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -242,7 +249,7 @@ def test_stage_with_good_params_gets_as_far_as_the_data(tmp_path, raw):
     """The control for the test above: with valid params the same run fails later, on the missing data."""
     edited = copy.deepcopy(raw)
     edited["compute"]["device"] = "cpu"
-    result = run_stage_in(tmp_path, edited, "stages.train", "baseline")
+    result = run_stage_in(tmp_path, edited, "stages.train", "baseline", "0")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -263,7 +270,7 @@ def test_check_params_stage_refuses_an_unknown_key_in_one_line(tmp_path, raw):
 
 
 def test_stage_with_an_unknown_method_exits_2(tmp_path, raw):
-    result = run_stage_in(tmp_path, raw, "stages.train", "robust")
+    result = run_stage_in(tmp_path, raw, "stages.train", "robust", "0")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]

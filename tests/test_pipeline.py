@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from tests.pipeline_project import (ALL_STAGES, METHODS, downstream_closure, dvc, ran_stages, set_param,
+from tests.pipeline_project import (ALL_STAGES, METHODS, SEED, downstream_closure, dvc, ran_stages, set_param,
                                     stale_stages)
 
 
@@ -16,41 +16,48 @@ def project(reproduced_project):
     return reproduced_project
 
 
+RUN_STAGES = ("train", "embed", "eval", "robustness")   # one per method and seed; the others are one per method
+
+
 def methods(stage: str, *names: str) -> tuple[str, ...]:
-    return tuple(f"{stage}@{name}" for name in (names or METHODS))
+    suffix = f"-{SEED}" if stage in RUN_STAGES else ""
+    return tuple(f"{stage}@{name}{suffix}" for name in (names or METHODS))
 
 
 # For every key in params.yaml, the stages whose own dependencies it is (dvc status after the
 # edit; check_params, which depends on the whole file, comes on top); the test adds everything
 # downstream from the DAG and compares with EXPECTED_CLOSURE.
-EVERYTHING_FROM_TRAINING = set(methods("train")) | set(methods("embed")) | set(methods("eval")) | set(
-    methods("umap")) | {"summarize", "examples"}
-EVALUATION = set(methods("embed")) | set(methods("eval")) | set(methods("umap")) | {"summarize", "examples"}
+EVALUATION = (set(methods("embed")) | set(methods("eval")) | set(methods("robustness")) | set(methods("aggregate"))
+              | set(methods("umap")) | {"summarize", "examples"})
+EVERYTHING_FROM_TRAINING = set(methods("train")) | EVALUATION
 
 
 def chain(method: str, first: str = "train") -> set[str]:
-    stages = ("train", "embed", "eval", "umap")
-    return {f"{stage}@{method}" for stage in stages[stages.index(first):]} | {"summarize"}
+    stages = ("train", "embed", "eval", "robustness", "aggregate")
+    return {methods(stage, method)[0] for stage in stages[stages.index(first):]} | {f"umap@{method}", "summarize"}
 
 
 def own_section(method: str) -> set[str]:
-    return {f"train@{method}", f"embed@{method}"}
+    return set(methods("train", method)) | set(methods("embed", method)) | set(methods("robustness", method))
 
 
 PERTURBATION_KEYS = ("p", "jitter.brightness", "jitter.contrast", "jitter.saturation", "noise.std", "noise.fraction")
 DIRECT = {
     "data.url": {"download"}, "data.md5": {"download"}, "data.archive": {"download"}, "data.archive_md5": {"download"},
     "split.train_fraction": {"split"},
-    "seeds.split": {"split"}, "seeds.train": set(methods("train")), "seeds.plan": {"perturb"},
-    "seeds.umap": set(methods("umap")),
+    "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap")),
+    "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"examples"},
     **{f"model.{key}": set(methods("train")) for key in ("width", "embedding_dim", "dropout")},
     **{f"train.{key}": set(methods("train")) for key in
        ("epochs", "lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every")},
-    "compute.device": set(methods("train")) | set(methods("embed")) | set(methods("eval")) | {"examples"},
-    **{f"compute.{key}": set(methods("train")) | set(methods("embed"))
+    "compute.device": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
+                       | set(methods("robustness")) | {"examples"}),
+    **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
        for key in ("fast", "eval_batch_size", "deterministic")},
+    **{f"attack.{key}": set(methods("robustness"))
+       for key in ("eps", "pgd_steps", "pgd_step_scale", "pgd_restarts", "knn_temperatures", "test_images")},
     **{f"perturb.{key}": {"perturb"} for key in PERTURBATION_KEYS},
-    "perturb.fgm.eps": {"examples"} | set(methods("embed")),
+    "perturb.fgm.eps": {"examples"} | set(methods("embed")) | set(methods("robustness")),
     "baseline.batch_size": own_section("baseline"),
     "adversarial.batch_size": own_section("adversarial"),
     **{f"adversarial.perturb.{key}": own_section("adversarial") for key in PERTURBATION_KEYS + ("fgm.eps",)},
@@ -58,7 +65,7 @@ DIRECT = {
        for key in ("alpha", "per_class", "attack_temperature")},
     **{f"angular_adversarial.perturb.{key}": own_section("angular_adversarial")
        for key in PERTURBATION_KEYS + ("fgm.eps",)},
-    "knn.k": set(methods("eval")),
+    "knn.k": set(methods("eval")) | set(methods("robustness")),
     **{f"umap.{key}": set(methods("umap")) for key in ("fit_samples", "plot_samples", "n_neighbors", "min_dist")},
 }
 
@@ -72,8 +79,9 @@ EXPECTED_CLOSURE = {
     "perturb.fgm.eps": EVALUATION,
     "perturb.p": {"perturb"} | EVALUATION,
     "train.lr": EVERYTHING_FROM_TRAINING,
-    "baseline.batch_size": EVERYTHING_FROM_TRAINING - {f"train@{m}" for m in METHODS if m != "baseline"},
-    "knn.k": set(methods("eval")) | {"summarize"},
+    "baseline.batch_size": EVERYTHING_FROM_TRAINING - set(methods("train", *(m for m in METHODS if m != "baseline"))),
+    "knn.k": set(methods("eval")) | set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
+    "attack.pgd_steps": set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
     "umap.min_dist": set(methods("umap")),
     "seeds.plan": {"perturb"} | EVALUATION,
     "data.archive": ALL_STAGES - {"check_params"},
@@ -98,16 +106,23 @@ def edited(value):
 
 def test_every_output_exists_and_metrics_are_accuracies(project):
     for method in METHODS:
-        for path in (f"models/{method}.pt", f"data/embeddings/{method}.npz", f"reports/umap/{method}.png",
-                     f"reports/training/{method}/metrics.json", f"reports/training/{method}/plots/metrics/val/acc.tsv",
+        run = f"{method}-{SEED}"
+        for path in (f"models/{run}.pt", f"data/embeddings/{run}.npz", f"reports/umap/{method}.png",
+                     f"reports/training/{run}/metrics.json", f"reports/training/{run}/plots/metrics/val/acc.tsv",
+                     f"reports/seeds/{method}/{SEED}.json", f"reports/seeds/{method}/{SEED}.csv",
                      f"reports/predictions/{method}.csv"):
             assert (project / path).stat().st_size > 0, path
+        per_seed = json.loads((project / f"reports/seeds/{method}/{SEED}.json").read_text())
         metrics = json.loads((project / f"reports/metrics/{method}.json").read_text())
+        assert metrics["seeds"] == [SEED]
         for split in ("train", "val", "test"):
             for condition in ("clean", "perturbed", "transfer") + (("jitter", "noise", "fgm") if split == "test" else ()):
                 entry = metrics[split][condition]
                 assert set(entry) == ({"knn"} if method.startswith("angular") else {"head", "knn"})
-                assert all(0.0 <= value <= 1.0 for value in entry.values())
+                for decision, value in entry.items():
+                    # one seed: the mean is that seed's accuracy and there is no spread
+                    assert value == {"mean": per_seed[split][condition][decision], "std": 0.0}
+                    assert 0.0 <= value["mean"] <= 1.0
     summary = json.loads((project / "reports/summary.json").read_text())
     assert [row["method"] for row in summary["test"]] == list(METHODS)
     for column in ("head clean", "head perturbed", "head transfer", "head drop",
@@ -115,7 +130,11 @@ def test_every_output_exists_and_metrics_are_accuracies(project):
         assert all(column in row for row in summary["test"])
     assert summary["test"][2]["head clean"] == "n/a"
     assert {"jitter only", "noise only", "fgm only"} <= set(summary["test_single_perturbation"][0])
-    assert "| angular" in (project / "reports/summary.md").read_text()
+    report = (project / "reports/summary.md").read_text()
+    assert "| angular" in report
+    assert len(summary["verdict"]) == len(METHODS) - 1
+    assert all("train more seeds" in sentence for sentence in summary["verdict"])   # one seed: no interval
+    assert all(f"- {sentence}" in report for sentence in summary["verdict"])
 
 
 def test_second_repro_runs_nothing_and_status_is_clean(project):
@@ -128,7 +147,8 @@ def test_every_param_makes_exactly_its_stages_stale(project):
     params_path = project / "params.yaml"
     original = params_path.read_text()
     params = yaml.safe_load(original)
-    keys = [key for key in leaf_keys(params) if key != "methods"]   # the list of methods: see its own test
+    # the lists that shape the matrix have their own tests
+    keys = [key for key in leaf_keys(params) if key not in ("methods", "seeds.train")]
     assert set(keys) == set(DIRECT), "every params.yaml key needs a row in DIRECT"
     try:
         for key in keys:
@@ -153,5 +173,30 @@ def test_exp_run_alpha_retrains_only_the_angular_chain(project, tmp_path):
     result = dvc(copy, "exp", "run", "-S", "angular.alpha=40")
     # check_params reruns on any edit of params.yaml, but its output is unchanged, so nothing follows from it
     assert ran_stages(result.stdout) == chain("angular") | {"check_params"}, result.stdout
+
+
+def test_adding_a_seed_adds_stages_and_reruns_only_what_summarises_them(project):
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["seeds"]["train"] = [SEED, SEED + 1]
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        new_runs = {f"{stage}@{method}-{SEED + 1}" for stage in RUN_STAGES for method in METHODS}
+        assert stale_stages(project) - {"check_params"} == new_runs | set(methods("aggregate")) | {"summarize"}
+    finally:
+        params_path.write_text(original)
+
+
+def test_removing_a_method_reruns_only_the_summary(project):
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["methods"] = [method for method in METHODS if method != "angular_adversarial"]
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert stale_stages(project) - {"check_params"} == {"summarize"}
+    finally:
+        params_path.write_text(original)
     shown = dvc(copy, "metrics", "show", "--json").stdout
     assert "angular.json" in shown

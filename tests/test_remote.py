@@ -54,8 +54,9 @@ def share_and_pull(owner: Path, colleague: Path, remote: str, url: str, **option
     """The owner pushes a run to a new default remote; a colleague clones and pulls it."""
     outputs = lock_outputs(owner)
     expected = {"reports/summary.md"} | {
-        f"{folder}/{method}.{ext}" for method in METHODS for folder, ext in (
-            ("models", "pt"), ("reports/metrics", "json"), ("data/embeddings", "npz"), ("reports/umap", "png"))}
+        f"{folder}/{method}{suffix}.{ext}" for method in METHODS for folder, suffix, ext in (
+            ("models", "-0", "pt"), ("reports/metrics", "", "json"), ("data/embeddings", "-0", "npz"),
+            ("reports/umap", "", "png"))}
     assert expected <= set(outputs), sorted(expected - set(outputs))
 
     dvc(owner, "remote", "add", "-d", remote, url)
@@ -85,7 +86,7 @@ def share_and_pull(owner: Path, colleague: Path, remote: str, url: str, **option
     (workspace,) = shown.values()  # keyed by revision: "" is the workspace
     assert {path: "data" in entry for path, entry in workspace["data"].items()} == {
         path: True for method in METHODS
-        for path in (f"reports/metrics/{method}.json", f"reports/training/{method}/metrics.json")}, shown
+        for path in (f"reports/metrics/{method}.json", f"reports/training/{method}-0/metrics.json")}, shown
     assert run(colleague, "git", "status", "--porcelain").stdout == ""
 
 

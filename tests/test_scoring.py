@@ -7,7 +7,8 @@ import torch
 from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for
 from robust_cifar.errors import ParamsError
 from robust_cifar.scoring import score_embeddings
-from robust_cifar.summary import NOT_APPLICABLE, markdown_report
+from robust_cifar.replicates import aggregate
+from robust_cifar.summary import NOT_APPLICABLE, compare_with_baseline, markdown_report
 
 CPU = torch.device("cpu")
 
@@ -139,20 +140,42 @@ def table_rows(report: str, method: str) -> list[list[str]]:
             for line in report.splitlines() if line.startswith(f"| {method} ")]
 
 
+def aggregated(head: bool, clean: float, perturbed: float, spread: float = 0.0) -> dict:
+    return aggregate({seed: fake_metrics(head, clean + spread * seed, perturbed + spread * seed) for seed in range(3)})
+
+
 def test_markdown_report_has_a_row_per_method_and_na_for_the_angular_head():
-    all_metrics = {"baseline": fake_metrics(True, 0.7, 0.45), "adversarial": fake_metrics(True, 0.68, 0.52),
-                   "angular": fake_metrics(False, 0.8, 0.6)}
-    report = markdown_report(all_metrics)
+    all_metrics = {"baseline": aggregated(True, 0.7, 0.45), "adversarial": aggregated(True, 0.68, 0.52),
+                   "angular": aggregated(False, 0.8, 0.6, spread=0.01)}
+    report = markdown_report(all_metrics, comparisons=[])
     headline = report.split("## Test set\n", 1)[1].split("\n## ", 1)[0]
     for method in all_metrics:
         rows = table_rows(headline, method)
         assert len(rows) == 1, (method, headline)
     baseline_row, angular_row = table_rows(headline, "baseline")[0], table_rows(headline, "angular")[0]
-    assert "70.0" in baseline_row and "45.0" in baseline_row and "25.0" in baseline_row  # clean, perturbed, drop
+    assert "70.00" in baseline_row and "45.00" in baseline_row and "25.00" in baseline_row  # clean, perturbed, drop
     assert NOT_APPLICABLE not in baseline_row
     assert angular_row.count(NOT_APPLICABLE) == 4  # head clean / perturbed / transfer / drop
-    assert "70" in angular_row and "50" in angular_row  # the 3-NN: 0.8 - 0.1 and 0.6 - 0.1
+    assert "71.00 +- 1.00" in angular_row and "51.00 +- 1.00" in angular_row  # the 3-NN: mean +- std over seeds
     # the per-decision tables list the angular model's 3-NN only
     for method, decisions in (("baseline", 2), ("adversarial", 2), ("angular", 1)):
         assert len(table_rows(report, method)) == 1 + 2 * decisions
     assert NOT_APPLICABLE == "n/a"
+
+
+def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
+    rng = np.random.default_rng(0)
+    per_seed = {"baseline": {seed: fake_metrics(True, 0.70, 0.45 + 0.01 * seed) for seed in range(3)},
+                "adversarial": {seed: fake_metrics(True, 0.68, 0.52 + 0.01 * seed) for seed in range(3)},
+                "angular": {seed: fake_metrics(False, 0.80, 0.55 - 0.02 * seed) for seed in range(3)}}
+    correct = {method: {seed: {"clean": rng.random(500) < 0.7, "perturbed": rng.random(500) < 0.5}
+                        for seed in range(3)} for method in per_seed}
+    comparisons = compare_with_baseline(per_seed, correct)
+    assert [c.method for c in comparisons] == ["adversarial", "angular"]
+    adversarial, angular = comparisons
+    # +7 points on every seed: no spread, so the interval has zero width and excludes 0
+    assert adversarial.sentence.startswith("adversarial (head) raises perturbed test accuracy over the baseline by 7.0 +- 0.0")
+    assert angular.decision == "knn"   # 3-NN 0.45, 0.43, 0.41 against the baseline head 0.45, 0.46, 0.47
+    assert angular.row["perturbed - baseline (seeds, 95%)"].startswith("-3.0 +-")
+    report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons)
+    assert f"- {adversarial.sentence}" in report and f"- {angular.sentence}" in report

@@ -1,0 +1,132 @@
+"""Seed replicates: metrics as mean and spread over training seeds, and paired comparisons with 95% intervals.
+
+A single training seed cannot tell a one-point difference from run-to-run noise. Every method is
+trained once per seed in `seeds.train`; metrics are summarised per key as mean and standard
+deviation over seeds, and a method is compared with the baseline seed by seed (same seed, same
+split, same evaluation plan), so the comparison is a paired difference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (scipy would be a dependency for this alone).
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_quantile(degrees_of_freedom: int) -> float:
+    """The 97.5% quantile of Student's t (the nearest tabulated smaller df: slightly conservative)."""
+    if degrees_of_freedom < 1:
+        raise ValueError("an interval needs at least two replicates")
+    usable = [df for df in T_95 if df <= degrees_of_freedom]
+    return T_95[max(usable)] if degrees_of_freedom <= 30 else 1.96
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def nest(flat: dict[str, object]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """{seed: metrics tree} -> the same tree with {"mean", "std", "n"} at every leaf, plus `seeds`.
+
+    The std is the sample standard deviation (n - 1); with one seed it is 0 and says nothing.
+    Only keys present for every seed are kept.
+    """
+    if not per_seed:
+        raise ValueError("no seeds to aggregate")
+    flats = {seed: leaves(tree) for seed, tree in sorted(per_seed.items())}
+    common = set.intersection(*(set(flat) for flat in flats.values()))
+    summary = {}
+    for key in sorted(common):
+        values = np.array([flats[seed][key] for seed in flats], dtype=np.float64)
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[key] = {"mean": round(float(values.mean()), 6), "std": round(std, 6)}
+    return {**nest(summary), "seeds": sorted(per_seed)}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """method minus baseline, in accuracy points (percent)."""
+    mean: float
+    half_width: float | None   # of the 95% interval over seeds; None with a single seed
+    n: int
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.half_width is not None and abs(self.mean) > self.half_width
+
+    def text(self) -> str:
+        if self.half_width is None:
+            return f"{self.mean:+.1f} points (one seed: no interval)"
+        return f"{self.mean:+.1f} +- {self.half_width:.1f} points"
+
+
+def paired_difference(method: Iterable[float], baseline: Iterable[float]) -> PairedDifference:
+    """Mean and 95% t-interval of the per-seed differences (accuracies given as fractions)."""
+    differences = 100 * (np.asarray(list(method), dtype=np.float64) - np.asarray(list(baseline), dtype=np.float64))
+    if len(differences) == 0:
+        raise ValueError("no paired seeds")
+    if len(differences) == 1:
+        return PairedDifference(float(differences[0]), None, 1)
+    half = t_quantile(len(differences) - 1) * differences.std(ddof=1) / math.sqrt(len(differences))
+    return PairedDifference(float(differences.mean()), float(half), len(differences))
+
+
+def bootstrap_difference(method_correct: np.ndarray, baseline_correct: np.ndarray, resamples: int = 2000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference in accuracy points and its 95% percentile interval, resampling test images.
+
+    Inputs are (seeds, images) booleans: whether each seed's model got each image right. The same
+    image resample is applied to both methods (paired), and the mean over seeds is taken inside.
+    """
+    method_correct = np.atleast_2d(method_correct).astype(np.float64)
+    baseline_correct = np.atleast_2d(baseline_correct).astype(np.float64)
+    per_image = (method_correct - baseline_correct).mean(axis=0)   # mean over seeds, per image
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(per_image), size=(resamples, len(per_image)))
+    means = per_image[draws].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return 100 * float(per_image.mean()), 100 * float(low), 100 * float(high)
+
+
+def verdict(method: str, perturbed: PairedDifference, clean: PairedDifference,
+            robust: PairedDifference | None = None) -> str:
+    """One sentence from the numbers: does `method` change perturbed accuracy, and at what clean cost."""
+    sentence = _perturbed_verdict(method, perturbed, clean)
+    if robust is not None:
+        sentence = sentence[:-1] + f"; robust accuracy (worst case over attacks) {robust.text()}."
+    return sentence
+
+
+def _perturbed_verdict(method: str, perturbed: PairedDifference, clean: PairedDifference) -> str:
+    if perturbed.half_width is None:
+        return (f"{method} changes perturbed test accuracy by {perturbed.text()} over the baseline "
+                f"(clean {clean.text()}): train more seeds to tell this from noise.")
+    if not perturbed.distinguishable:
+        return (f"{method} is not distinguishable from the baseline on perturbed test accuracy "
+                f"({perturbed.text()}, 95% interval over {perturbed.n} seeds; clean {clean.text()}).")
+    direction = "raises" if perturbed.mean > 0 else "lowers"
+    return (f"{method} {direction} perturbed test accuracy over the baseline by {abs(perturbed.mean):.1f} "
+            f"+- {perturbed.half_width:.1f} points (95% interval over {perturbed.n} seeds), "
+            f"with clean accuracy {clean.text()}.")

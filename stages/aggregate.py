@@ -1,0 +1,25 @@
+"""aggregate@<method>: every seed's metrics and robust accuracies -> their mean and std per key, reports/metrics/<method>.json
+(what `dvc metrics show` compares), and the figures seed's test predictions -> reports/predictions/<method>.csv"""
+import shutil
+
+from robust_cifar.outputs import atomic_path, write_json
+from robust_cifar.params import load_params
+from robust_cifar.replicates import aggregate
+from robust_cifar.results import read_runs
+from robust_cifar.stage import run_stage
+from stages import paths
+
+
+def main(argv: list[str]) -> None:
+    method = paths.method_argument(argv)
+    params = load_params()
+    seeds, figures_seed = params.train_seeds(), params.seed("figures")
+    per_seed = read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
+    write_json(paths.metrics(method), aggregate(per_seed))
+    with atomic_path(paths.predictions(method)) as partial:
+        shutil.copyfile(paths.seed_predictions(method, figures_seed), partial)
+    print(f"aggregate@{method}: seeds {sorted(per_seed)} -> {paths.metrics(method)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
