@@ -165,9 +165,13 @@ def test_markdown_report_has_a_row_per_method_and_na_for_the_angular_head():
 
 def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     rng = np.random.default_rng(0)
-    per_seed = {"baseline": {seed: fake_metrics(True, 0.70, 0.45 + 0.01 * seed) for seed in range(3)},
-                "adversarial": {seed: fake_metrics(True, 0.68, 0.52 + 0.01 * seed) for seed in range(3)},
-                "angular": {seed: fake_metrics(False, 0.80, 0.55 - 0.02 * seed) for seed in range(3)}}
+    def run(head: bool, clean: float, perturbed: float, robust: float) -> dict:
+        decisions = {"head": robust, "knn": robust - 0.05} if head else {"knn": robust}
+        return {**fake_metrics(head, clean, perturbed), "robustness": {"robust": decisions}}
+
+    per_seed = {"baseline": {seed: run(True, 0.70, 0.45 + 0.01 * seed, 0.10) for seed in range(3)},
+                "adversarial": {seed: run(True, 0.68, 0.52 + 0.01 * seed, 0.25) for seed in range(3)},
+                "angular": {seed: run(False, 0.80, 0.55 - 0.02 * seed, 0.05 + 0.01 * seed) for seed in range(3)}}
     correct = {method: {seed: {"clean": rng.random(500) < 0.7, "perturbed": rng.random(500) < 0.5}
                         for seed in range(3)} for method in per_seed}
     comparisons = compare_with_baseline(per_seed, correct)
@@ -177,5 +181,7 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     assert adversarial.sentence.startswith("adversarial (head) raises perturbed test accuracy over the baseline by 7.0 +- 0.0")
     assert angular.decision == "knn"   # 3-NN 0.45, 0.43, 0.41 against the baseline head 0.45, 0.46, 0.47
     assert angular.row["perturbed - baseline (seeds, 95%)"].startswith("-3.0 +-")
+    assert adversarial.row["robust - baseline (seeds, 95%)"] == "+15.0 +- 0.0 points"
+    assert "robust accuracy (worst case over attacks) +15.0 +- 0.0 points" in adversarial.sentence
     report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons)
     assert f"- {adversarial.sentence}" in report and f"- {angular.sentence}" in report
