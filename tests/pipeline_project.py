@@ -19,7 +19,7 @@ NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports"
                                     ".pytest_cache", "dvc.lock", "cache", "tmp", "*.pyc", ".whl", "tests")
 
 METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
-ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "examples"} | {
+ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "curves", "examples"} | {
     f"{stage}@{method}" for stage in ("train", "embed", "eval", "umap") for method in METHODS}
 
 TINY_PARAMS = {

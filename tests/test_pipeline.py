@@ -24,13 +24,15 @@ def methods(stage: str, *names: str) -> tuple[str, ...]:
 # edit; check_params, which depends on the whole file, comes on top); the test adds everything
 # downstream from the DAG and compares with EXPECTED_CLOSURE.
 EVERYTHING_FROM_TRAINING = set(methods("train")) | set(methods("embed")) | set(methods("eval")) | set(
-    methods("umap")) | {"summarize", "examples"}
+    methods("umap")) | {"summarize", "curves", "examples"}
 EVALUATION = set(methods("embed")) | set(methods("eval")) | set(methods("umap")) | {"summarize", "examples"}
 
 
 def chain(method: str, first: str = "train") -> set[str]:
     stages = ("train", "embed", "eval", "umap")
-    return {f"{stage}@{method}" for stage in stages[stages.index(first):]} | {"summarize"}
+    # curves draws every method's training logs
+    return {f"{stage}@{method}" for stage in stages[stages.index(first):]} | {"summarize"} | (
+        {"curves"} if first == "train" else set())
 
 
 def own_section(method: str) -> set[str]:
@@ -108,6 +110,8 @@ def test_every_output_exists_and_metrics_are_accuracies(project):
                 entry = metrics[split][condition]
                 assert set(entry) == ({"knn"} if method.startswith("angular") else {"head", "knn"})
                 assert all(0.0 <= value <= 1.0 for value in entry.values())
+    for figure in ("reports/training_curves.png", "reports/examples.png", "reports/accuracy.png"):
+        assert (project / figure).stat().st_size > 0, figure
     summary = json.loads((project / "reports/summary.json").read_text())
     assert [row["method"] for row in summary["test"]] == list(METHODS)
     for column in ("head clean", "head perturbed", "head transfer", "head drop",
