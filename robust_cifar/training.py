@@ -123,7 +123,9 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
                      if method.training_perturbation is not None else None)
 
     history = []
-    bar = tqdm(total=config.epochs * len(train.labels), unit="img", unit_scale=True, disable=not progress,
+    # images per epoch from the method's own batch order (balanced batches repeat images); a throwaway generator
+    bar = tqdm(total=config.epochs * sum(map(len, method.batch_order.epoch(train.labels, torch.Generator()))),
+               unit="img", unit_scale=True, disable=not progress,
                desc=f"train@{method.name}")
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
