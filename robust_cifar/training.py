@@ -72,19 +72,20 @@ def epoch_batches(setup: TrainingSetup, labels: torch.Tensor, generator: torch.G
 
 
 def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, val: SplitTensors,
-             perturbed_val: Optional[Callable[[object], BatchTransform]]) -> dict[str, float]:
+             perturbed_val: Optional[Callable[[object], BatchTransform]], progress: bool = False) -> dict[str, float]:
     """Validation loss and accuracy in the method's own terms, and perturbed accuracy for methods
     trained on perturbations (their attack aimed at the model's own decision)."""
     objective, batch_size = setup.method.objective, setup.eval_batch_size
     train_embeddings = (embed_and_classify(model, train.images, setup.compute, batch_size)[0]
                         if objective.needs_train_embeddings else None)
     reference = objective.reference(train_embeddings, train.labels, setup.num_classes)
-    embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size)
+    embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size, progress=progress and "validate")
     row = {"val_loss": objective.validation_loss(embeddings, logits, val.labels, setup.seed),
            "val_acc": accuracy(objective.predict(embeddings, logits, reference), val.labels)}
     if perturbed_val is not None:
         transform = perturbed_val(objective.score_fn(model, reference))
-        embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size, transform=transform)
+        embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size, transform=transform,
+                                                progress=progress and "validate, perturbed")
         row["val_perturbed_acc"] = accuracy(objective.predict(embeddings, logits, reference), val.labels)
     return row
 
@@ -123,7 +124,9 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
                      if method.training_perturbation is not None else None)
 
     history = []
-    bar = tqdm(total=config.epochs * len(train.labels), unit="img", unit_scale=True, disable=not progress,
+    # images per epoch from the method's own batch order (balanced batches repeat images); a throwaway generator
+    bar = tqdm(total=config.epochs * sum(map(len, method.batch_order.epoch(train.labels, torch.Generator()))),
+               unit="img", unit_scale=True, disable=not progress,
                desc=f"train@{method.name}")
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
@@ -144,7 +147,7 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         scheduler.step(train_loss if config.lr_schedule_on == "epoch_mean" else loss.item())
         if epoch % config.val_every == 0 or epoch == config.epochs:
             started = time.perf_counter()
-            row.update(validate(setup, model, train, val, perturbed_val))
+            row.update(validate(setup, model, train, val, perturbed_val, progress))
             row["val_seconds"] = time.perf_counter() - started
         history.append(row)
         if on_epoch is not None:

@@ -6,7 +6,7 @@ import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.conditions import SPLITS, conditions_for
-from robust_cifar.inference import embed_and_classify
+from robust_cifar.inference import embed_and_classify, show_progress
 from robust_cifar.methods import build_method
 from robust_cifar.model import load_model
 from robust_cifar.npz import save_npz
@@ -20,6 +20,7 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
+    show_progress()   # minutes of work on a CPU: a bar with an ETA per split and condition
     params = load_params()
     name, seed = paths.run_arguments(argv)
     method = build_method(name, params)

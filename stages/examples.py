@@ -16,12 +16,50 @@ from stages import paths
 SHOWN = 8
 
 
-def pick_examples(gates: np.ndarray, count: int) -> np.ndarray:
-    """Images covering as many different combinations of perturbations as there are, most perturbed first."""
-    combinations = gates @ np.array([1, 2, 4])
-    chosen = [int(np.flatnonzero(combinations == combination)[0]) for combination in sorted(set(combinations), reverse=True)]
-    rest = [index for index in range(len(gates)) if index not in chosen]
-    return np.array(sorted((chosen + rest)[:count]))
+def pick_examples(gates: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Up to `count` test images: every combination of perturbations that occurs (the most perturbed
+    first when there are more than `count`), each shown on an image of a class no other row shows
+    where the plan allows it, then one image of each class not yet shown.
+
+    Image-folder test sets are sorted by class, so the first indices would all be airplanes: the
+    combinations are matched to distinct classes (a bipartite matching, so a rare combination
+    found only in one class still gets that class). Rows come back ordered by how many
+    perturbations hit the image (the unperturbed one first), then by class.
+    """
+    gates, labels = np.asarray(gates, dtype=bool), np.asarray(labels)
+    combinations = gates @ (1 << np.arange(gates.shape[1]))
+    hits = gates.sum(axis=1)
+    wanted = sorted(set(combinations.tolist()), key=lambda c: (-bin(c).count("1"), -c))[:count]
+    first = {}   # (combination, class) -> its first image
+    for index, key in enumerate(zip(combinations.tolist(), labels.tolist())):
+        first.setdefault(key, index)
+    classes_with = {c: sorted((k for cc, k in first if cc == c), key=lambda k: first[(c, k)]) for c in wanted}
+    matched: dict[int, int] = {}   # class -> combination
+
+    def augment(combination: int, tried: set) -> bool:
+        for label in classes_with[combination]:
+            if label not in tried:
+                tried.add(label)
+                if label not in matched or augment(matched[label], tried):
+                    matched[label] = combination
+                    return True
+        return False
+
+    for combination in wanted:
+        augment(combination, set())
+    chosen = [first[(combination, label)] for label, combination in matched.items()]
+    covered = set(matched.values())
+    # a combination whose every class is taken is still shown, on a repeated class
+    chosen += [int(np.flatnonzero(combinations == c)[0]) for c in wanted if c not in covered]
+    # spare rows: classes not yet shown, each by its most perturbed image
+    for label in sorted(set(labels.tolist()) - {labels[i] for i in chosen}):
+        if len(chosen) >= count:
+            break
+        members = np.flatnonzero(labels == label)
+        chosen.append(int(members[np.argmax(hits[members])]))
+    taken = set(chosen)
+    chosen += [index for index in range(len(gates)) if index not in taken][:max(0, count - len(chosen))]
+    return np.array(sorted(chosen[:count], key=lambda i: (hits[i], combinations[i], labels[i], i)), dtype=int)
 
 
 def main(argv: list[str]) -> None:
@@ -31,7 +69,7 @@ def main(argv: list[str]) -> None:
     plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     model, _ = load_model(paths.model(paths.TRANSFER_SOURCE, params.seed("figures")), compute.device)
-    shown = pick_examples(plan.gates, SHOWN)
+    shown = pick_examples(plan.gates, splits["test"].labels, SHOWN)
 
     clean = compute.images(torch.from_numpy(splits["test"].images[shown]))
     draw = PerturbDraw.concat([plan_draw(plan, index, index + 1, tuple(clean.shape[1:]), compute.device)

@@ -3,6 +3,7 @@ train / val / test x clean / perturbed -> reports/umap/<method>.png"""
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from robust_cifar.conditions import SPLITS
 from robust_cifar.npz import load_npz
@@ -24,14 +25,21 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     train = arrays["train.clean.embeddings"]
     fitted = sample_indices(len(train), config.fit_samples, rng)
-    reducer = fit_umap(train[fitted], config.n_neighbors, config.min_dist, seed)
-    panels = {}
-    for split in SPLITS:
-        # the same images in the clean and perturbed panels, so the two can be compared point for point
-        shown = sample_indices(len(arrays[f"{split}.labels"]), config.plot_samples, rng)
-        for condition in PANEL_CONDITIONS:
-            points = reducer.transform(arrays[f"{split}.{condition}.embeddings"][shown])
-            panels[(split, condition)] = (points, arrays[f"{split}.labels"][shown])
+    # the same images in the clean and perturbed panels, so the two can be compared point for point
+    shown = {split: sample_indices(len(arrays[f"{split}.labels"]), config.plot_samples, rng) for split in SPLITS}
+    # one bar over the fit and every panel's transform, counted in points: a rough ETA
+    with tqdm(total=len(fitted) + len(PANEL_CONDITIONS) * sum(map(len, shown.values())), unit="pt",
+              unit_scale=True, desc=f"umap@{method}") as bar:
+        bar.set_postfix_str(f"fit on {len(fitted)} clean training embeddings")
+        reducer = fit_umap(train[fitted], config.n_neighbors, config.min_dist, seed)
+        bar.update(len(fitted))
+        panels = {}
+        for split in SPLITS:
+            for condition in PANEL_CONDITIONS:
+                bar.set_postfix_str(f"{split}, {condition}")
+                points = reducer.transform(arrays[f"{split}.{condition}.embeddings"][shown[split]])
+                panels[(split, condition)] = (points, arrays[f"{split}.labels"][shown[split]])
+                bar.update(len(shown[split]))
     figure = draw_grid(panels, [str(name) for name in arrays["class_names"]],
                        f"{method} (seed {model_seed}): UMAP of the normalized embeddings, "
                        f"fit on {len(fitted)} clean training images")

@@ -20,7 +20,7 @@ NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports"
 
 METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
 SEED = 0   # the tiny project trains one seed per method; tests/test_pipeline.py adds a second
-ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "examples"} | {
+ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "curves", "examples"} | {
     f"{stage}@{method}-{SEED}" for stage in ("train", "embed", "eval", "robustness") for method in METHODS} | {
     f"{stage}@{method}" for stage in ("aggregate", "umap") for method in METHODS}
 

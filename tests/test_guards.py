@@ -76,7 +76,7 @@ def test_the_code_guard_names_a_deleted_and_a_stale_dep():
 
 
 def test_light_stages_do_not_import_torch():
-    for module in ("stages.download", "stages.split", "stages.summarize", "stages.umap_plot"):
+    for module in ("stages.download", "stages.split", "stages.summarize", "stages.umap_plot", "stages.curves"):
         closure = {str(path) for path in import_closure(ROOT, module)}
         torch_users = [path for path in closure if "import torch" in (ROOT / path).read_text()]
         assert not torch_users, f"{module} reaches torch through {torch_users}"

@@ -29,12 +29,14 @@ def methods(stage: str, *names: str) -> tuple[str, ...]:
 # downstream from the DAG and compares with EXPECTED_CLOSURE.
 EVALUATION = (set(methods("embed")) | set(methods("eval")) | set(methods("robustness")) | set(methods("aggregate"))
               | set(methods("umap")) | {"summarize", "examples"})
-EVERYTHING_FROM_TRAINING = set(methods("train")) | EVALUATION
+EVERYTHING_FROM_TRAINING = set(methods("train")) | EVALUATION | {"curves"}
 
 
 def chain(method: str, first: str = "train") -> set[str]:
     stages = ("train", "embed", "eval", "robustness", "aggregate")
-    return {methods(stage, method)[0] for stage in stages[stages.index(first):]} | {f"umap@{method}", "summarize"}
+    # curves draws every run's training logs
+    return ({methods(stage, method)[0] for stage in stages[stages.index(first):]} | {f"umap@{method}", "summarize"}
+            | ({"curves"} if first == "train" else set()))
 
 
 def own_section(method: str) -> set[str]:
@@ -46,7 +48,7 @@ DIRECT = {
     "data.url": {"download"}, "data.md5": {"download"}, "data.archive": {"download"}, "data.archive_md5": {"download"},
     "split.train_fraction": {"split"},
     "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap")),
-    "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"examples"},
+    "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"curves", "examples"},
     **{f"model.{key}": set(methods("train")) for key in ("width", "embedding_dim", "dropout")},
     **{f"train.{key}": set(methods("train")) for key in
        ("epochs", "lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every")},
@@ -123,6 +125,9 @@ def test_every_output_exists_and_metrics_are_accuracies(project):
                     # one seed: the mean is that seed's accuracy and there is no spread
                     assert value == {"mean": per_seed[split][condition][decision], "std": 0.0}
                     assert 0.0 <= value["mean"] <= 1.0
+    for figure in ("reports/training_curves.png", "reports/examples.png", "reports/accuracy.png",
+                   "reports/robustness_curve.png"):
+        assert (project / figure).stat().st_size > 0, figure
     summary = json.loads((project / "reports/summary.json").read_text())
     assert [row["method"] for row in summary["test"]] == list(METHODS)
     for column in ("head clean", "head perturbed", "head transfer", "head drop",
@@ -188,14 +193,14 @@ def test_adding_a_seed_adds_stages_and_reruns_only_what_summarises_them(project)
         params_path.write_text(original)
 
 
-def test_removing_a_method_reruns_only_the_summary(project):
+def test_removing_a_method_reruns_only_the_summaries(project):
     params_path = project / "params.yaml"
     original = params_path.read_text()
     params = yaml.safe_load(original)
     params["methods"] = [method for method in METHODS if method != "angular_adversarial"]
     try:
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert stale_stages(project) - {"check_params"} == {"summarize"}
+        assert stale_stages(project) - {"check_params"} == {"summarize", "curves"}
     finally:
         params_path.write_text(original)
     shown = dvc(copy, "metrics", "show", "--json").stdout

@@ -1,0 +1,171 @@
+"""The training curves: the offline PNG (robust_cifar/curves.py) and the dvc plots templates that draw
+the same curves in `dvc plots show` (.dvc/plots/)."""
+import json
+from pathlib import Path
+
+import matplotlib.colors
+import numpy as np
+import pytest
+import yaml
+
+from robust_cifar.curves import (LR, LR_WIDTHS, METHOD_COLOURS, PANELS, TRAIN_LOSS, loss_kind, read_training_curves,
+                                 training_curves)
+from robust_cifar.live_log import LOGGED
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / ".dvc" / "plots"
+METHODS = ["baseline", "adversarial", "angular", "angular_adversarial"]
+PERTURBED = {"adversarial", "angular_adversarial"}
+
+
+def synthetic_curves(epochs: int = 5) -> dict:
+    steps = np.arange(1, epochs + 1)
+    curves = {}
+    for number, method in enumerate(METHODS):
+        curves[method] = {"train/loss": (steps, 2.0 / steps + number), "train/acc": (steps, 0.1 * steps),
+                          "val/loss": (steps, 2.5 / steps), "val/acc": (steps, 0.09 * steps),
+                          LR: (steps, 0.01 * 0.05 ** (steps // 3))}
+        if method in PERTURBED:
+            curves[method]["val/perturbed_acc"] = (steps, 0.05 * steps)
+    return curves
+
+
+@pytest.fixture(scope="module")
+def curves_figure():
+    return training_curves(synthetic_curves())
+
+
+def test_curves_have_one_line_per_method_in_each_panel(curves_figure):
+    axes = curves_figure.axes
+    assert len(axes) == len(PANELS) == 6
+    expected = [["baseline", "adversarial"], ["angular", "angular_adversarial"], METHODS, METHODS,
+                ["adversarial", "angular_adversarial"], METHODS]
+    for axis, methods in zip(axes, expected):
+        assert [line.get_label() for line in axis.get_lines()] == methods, axis.get_title()
+
+
+def test_each_method_keeps_its_colour_in_every_panel_and_the_legend(curves_figure):
+    for axis in curves_figure.axes:
+        for line in axis.get_lines():
+            assert matplotlib.colors.to_hex(line.get_color()) == METHOD_COLOURS[line.get_label()]
+    legend = curves_figure.legends[0]
+    assert [text.get_text() for text in legend.get_texts()] == METHODS
+    assert len({METHOD_COLOURS[method] for method in METHODS}) == len(METHODS)
+
+
+def test_learning_rate_is_on_a_log_axis_and_every_axis_is_labelled(curves_figure):
+    for axis, (title, metric, _, _) in zip(curves_figure.axes, PANELS):
+        assert axis.get_yscale() == ("log" if metric == LR else "linear"), title
+        if metric == LR:   # coinciding learning rates: the earlier method's line is wider, underneath
+            widths = [line.get_linewidth() for line in axis.get_lines()]
+            assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)
+        assert axis.get_xlabel() == "epoch"
+        assert axis.get_ylabel() and axis.get_title() == title
+    # the two kinds of loss are never on one axis
+    loss_axes = [axis for axis, panel in zip(curves_figure.axes, PANELS) if panel[1] == TRAIN_LOSS]
+    assert [{loss_kind(line.get_label()) for line in axis.get_lines()} for axis in loss_axes] == [
+        {"cross-entropy"}, {"angular"}]
+
+
+def test_a_panel_no_method_logged_says_so():
+    figure = training_curves({"baseline": synthetic_curves()["baseline"]})
+    angular_loss = figure.axes[1]
+    assert angular_loss.get_lines() == []
+    assert "no method logged" in angular_loss.texts[0].get_text()
+
+
+def test_curves_are_read_from_dvclive_tsv_files(tmp_path):
+    metrics = tmp_path / "plots" / "metrics"
+    (metrics / "train").mkdir(parents=True)
+    (metrics / "lr.tsv").write_text("step\tlr\n1\t0.01\n2\t0.0005\n")
+    (metrics / "train" / "loss.tsv").write_text("step\tloss\ttimestamp\n1\t2.5\t1\n2\t1.5\t2\n")
+    curves = read_training_curves(tmp_path)
+    assert set(curves) == {"lr", "train/loss"}
+    assert curves["lr"][0].tolist() == [1, 2] and curves["lr"][1].tolist() == [0.01, 0.0005]
+    assert curves["train/loss"][1].tolist() == [2.5, 1.5]
+
+
+def test_curves_read_the_names_the_training_logger_writes():
+    read = {metric for _, metric, _, _ in PANELS}
+    assert read <= set(LOGGED.values())
+
+
+# --- the dvc plots templates ---------------------------------------------------------------------
+
+def template(name: str) -> dict:
+    return json.loads((TEMPLATES / f"{name}.json").read_text())
+
+
+def encodings(spec, channel: str) -> list[dict]:
+    """Every encoding of `channel` anywhere in a (layered) Vega-Lite spec."""
+    found = []
+    if isinstance(spec, dict):
+        if isinstance(spec.get("encoding"), dict) and channel in spec["encoding"]:
+            found.append(spec["encoding"][channel])
+        for value in spec.values():
+            found += encodings(value, channel)
+    elif isinstance(spec, list):
+        for value in spec:
+            found += encodings(value, channel)
+    return found
+
+
+@pytest.mark.parametrize("name, y_scale", [("linear_by_method", {"zero": False}), ("linear_log_y", {"type": "log"})])
+def test_templates_colour_by_method_in_the_curves_colours(name, y_scale):
+    spec = template(name)
+    colours = encodings(spec, "color")
+    assert colours and all(colour["field"] == "method" for colour in colours)
+    for colour in colours:
+        assert dict(zip(colour["scale"]["domain"], colour["scale"]["range"])) == METHOD_COLOURS
+    assert all(y["scale"] == y_scale for y in encodings(spec, "y") if "field" in y)
+    assert all(dash["field"] == "rev" for dash in encodings(spec, "strokeDash"))
+    assert [step["as"] for step in spec["transform"]][:2] == ["path_parts", "method"]
+
+
+def test_the_log_template_stacks_line_widths_in_the_curves_order():
+    """Coinciding learning rates: earlier methods wider underneath, as on the PNG's learning-rate panel."""
+    spec = template("linear_log_y")
+    widths = spec["transform"][2]
+    assert widths["as"] == "method_width"
+    expression = widths["calculate"]
+    values = [float(expression.split(f"datum.method == '{method}' ? ")[1].split(" ")[0]) for method in METHODS]
+    assert values == sorted(values, reverse=True)
+    assert list(LR_WIDTHS) == METHODS and list(LR_WIDTHS.values()) == sorted(LR_WIDTHS.values(), reverse=True)
+    assert all(width["scale"] is None for width in encodings(spec, "strokeWidth"))
+    assert encodings(template("linear_by_method"), "strokeWidth") == []
+
+
+def plot_definitions() -> dict[str, dict]:
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    return {name: definition for entry in plots if isinstance(entry, dict) for name, definition in entry.items()}
+
+
+def test_every_curve_uses_a_method_template_and_losses_of_one_kind_share_an_axis():
+    definitions = plot_definitions()
+    curves = {name: d for name, d in definitions.items() if d.get("template") != "confusion"}
+    assert curves
+    for name, definition in curves.items():
+        assert (TEMPLATES / f"{definition['template']}.json").is_file(), name
+        # the run folder is <method>-${seeds.figures}
+        methods = [Path(path).parts[2].removesuffix("-${seeds.figures}") for path in definition["y"]]
+        assert set(methods) <= set(METHODS), name
+        if any(path.endswith("/loss.tsv") for path in definition["y"]):
+            assert len({loss_kind(method) for method in methods}) == 1, name
+        expected = "linear_log_y" if all(path.endswith("/lr.tsv") for path in definition["y"]) else "linear_by_method"
+        assert definition["template"] == expected, name
+
+
+def test_dvc_render_fills_the_template_with_each_file_as_its_own_series():
+    """The spec `dvc plots show` would write: no optional anchors, so every datapoint keeps its filename."""
+    from dvc_render import VegaRenderer
+
+    datapoints = [{"step": str(step), "loss": str(1.0 / step), "rev": "workspace", "filename": f"{method}/plots/metrics/train/loss.tsv",
+                   "field": "loss"} for method in ("angular", "angular_adversarial") for step in (1, 2)]
+    renderer = VegaRenderer(datapoints, "train loss", template="linear_by_method", template_dir=str(TEMPLATES),
+                            x="step", y="loss", title="t", x_label="epoch", y_label="loss",
+                            anchors_y_definitions=[{"filename": point["filename"], "field": "loss"}
+                                                   for point in datapoints[::2]])
+    spec = renderer.get_filled_template()
+    assert "DVC_METRIC" not in json.dumps(spec)
+    assert {point["filename"] for point in spec["data"]["values"]} == {point["filename"] for point in datapoints}
+    assert spec["layer"][0]["transform"][0]["groupby"] == ["rev", "method"]
