@@ -27,7 +27,7 @@ from robust_cifar.inference import embed_and_classify
 from robust_cifar.methods import build_method
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import Params, load_params
-from robust_cifar.splits import stratified_split, train_fraction
+from robust_cifar.splits import SplitConfig, stratified_split
 from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
 
 
@@ -73,7 +73,9 @@ def run_variant(variant: Variant, raw: dict, arrays: CifarArrays, reencoded: Cif
     data = reencoded if variant.jpeg_again else arrays
     compute = Compute.from_config(ComputeConfig.from_params(params))
     seed = params.seed("train")
-    train_index, val_index = stratified_split(data.train_labels, train_fraction(params), params.seed("split"))
+    split = SplitConfig.from_params(params)
+    train_index, val_index = stratified_split(data.train_labels, split.train_fraction, params.seed("split"),
+                                              split.val_per_class)
 
     def tensors(images, labels):
         return SplitTensors(torch.from_numpy(images).to(compute.device), torch.from_numpy(labels).to(compute.device))

@@ -18,7 +18,7 @@ from robust_cifar.perturb import PerturbSettings
 from robust_cifar.projection import UmapConfig
 from robust_cifar.robust_accuracy import AttackConfig
 from robust_cifar.scoring import knn_k
-from robust_cifar.splits import train_fraction
+from robust_cifar.splits import SplitConfig
 from robust_cifar.training import TrainConfig
 
 SEEDS = ("split", "plan", "umap")
@@ -27,7 +27,7 @@ SEEDS = ("split", "plan", "umap")
 def validate_params(params: Params) -> None:
     """Raise ParamsError for the first bad, missing or unknown key."""
     DataConfig.from_params(params)
-    train_fraction(params)
+    SplitConfig.from_params(params)
     for name in SEEDS:
         params.seed(name)
     figures_seed = params.seed("figures")

@@ -2,7 +2,6 @@
 for train / val / test -> data/perturb/plan.npz. FGM's gradient is taken later, per model."""
 import numpy as np
 
-from robust_cifar.data import load_arrays
 from robust_cifar.npz import load_npz
 from robust_cifar.params import load_params
 from robust_cifar.conditions import KINDS
@@ -15,7 +14,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     settings, seed = PerturbSettings.from_params(params, with_fgm=False), params.seed("plan")
     split = load_npz(paths.SPLIT, "split")
-    sizes = {"train": len(split["train"]), "val": len(split["val"]), "test": len(load_arrays(paths.RAW).test_labels)}
+    sizes = {name: len(split[name]) for name in ("train", "val", "test")}
     # one seed per split, derived from the plan seed, so a split's plan does not depend on the others' sizes
     plans = {name: make_plan(size, settings, int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
              for index, (name, size) in enumerate(sizes.items())}

@@ -16,7 +16,7 @@ from robust_cifar.params import Params, leaf_keys, load_params
 from robust_cifar.perturb import PerturbSettings, fgm_eps_from_params
 from robust_cifar.projection import UmapConfig
 from robust_cifar.scoring import knn_k
-from robust_cifar.splits import train_fraction
+from robust_cifar.splits import SplitConfig
 from robust_cifar.training import TrainConfig
 from robust_cifar.validation import validate_params
 
@@ -76,9 +76,9 @@ def test_real_values_are_read_through(raw):
 
 # (dotted key, bad value, accessor, words that must say what is allowed)
 BAD_VALUES = [
-    ("split.train_fraction", 0, train_fraction, "strictly between 0 and 1"),
-    ("split.train_fraction", 1, train_fraction, "strictly between 0 and 1"),
-    ("split.train_fraction", 1.5, train_fraction, "strictly between 0 and 1"),
+    ("split.train_fraction", 0, SplitConfig.from_params, "strictly between 0 and 1"),
+    ("split.train_fraction", 1, SplitConfig.from_params, "strictly between 0 and 1"),
+    ("split.train_fraction", 1.5, SplitConfig.from_params, "strictly between 0 and 1"),
     ("train.epochs", 0, TrainConfig.from_params, "whole number"),
     ("train.epochs", -1, TrainConfig.from_params, "whole number"),
     ("train.epochs", 2.5, TrainConfig.from_params, "whole number"),

@@ -46,7 +46,7 @@ def own_section(method: str) -> set[str]:
 PERTURBATION_KEYS = ("p", "jitter.brightness", "jitter.contrast", "jitter.saturation", "noise.std", "noise.fraction")
 DIRECT = {
     "data.url": {"download"}, "data.md5": {"download"}, "data.archive": {"download"}, "data.archive_md5": {"download"},
-    "split.train_fraction": {"split"},
+    "split.train_fraction": {"split"}, "split.val_per_class": {"split"}, "split.test_per_class": {"split"},
     "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap")),
     "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"curves", "examples"},
     **{f"model.{key}": set(methods("train")) for key in ("width", "embedding_dim", "dropout")},

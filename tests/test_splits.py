@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from robust_cifar.splits import stratified_split
+from robust_cifar.splits import stratified_split, stratified_subset
 
 
 def shuffled_labels(counts, seed=0):
@@ -68,3 +68,25 @@ def test_small_class_alone_triggers_the_error():
     labels = shuffled_labels([50, 50, 2])  # 0.2 * 2 rounds to 0 for class 2 only
     with pytest.raises(ValueError, match=r"class 2 \(2 images\)"):
         stratified_split(labels, 0.2, seed=0)
+
+
+def test_validation_can_be_a_stratified_subset_of_what_training_leaves():
+    labels = shuffled_labels([50, 50, 50])
+    train, full_val = stratified_split(labels, 0.2, seed=0)
+    train_again, val = stratified_split(labels, 0.2, seed=0, val_per_class=7)
+    assert np.array_equal(train, train_again)              # the subset never changes the training images
+    assert np.bincount(labels[val]).tolist() == [7, 7, 7]
+    assert set(val) <= set(full_val)
+    with pytest.raises(ValueError, match=r"`split.val_per_class` = 41 is more than the 40 images class 0"):
+        stratified_split(labels, 0.2, seed=0, val_per_class=41)
+
+
+def test_test_subset_is_stratified_seeded_and_all_for_zero():
+    labels = shuffled_labels([30, 30, 30])
+    subset = stratified_subset(labels, 5, seed=1)
+    assert np.bincount(labels[subset]).tolist() == [5, 5, 5] and np.all(np.diff(subset) > 0)
+    assert np.array_equal(subset, stratified_subset(labels, 5, seed=1))
+    assert not np.array_equal(subset, stratified_subset(labels, 5, seed=2))
+    assert np.array_equal(stratified_subset(labels, 0, seed=1), np.arange(90))
+    with pytest.raises(ValueError, match="`split.test_per_class` = 31"):
+        stratified_subset(labels, 31, seed=1)
