@@ -27,6 +27,10 @@ class EpochLog:
         # (or `dvc repro`) owns the experiment, not the logger.
         self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
 
+    def describe(self, **facts) -> None:
+        """Facts about the run (device, torch version) in the log's params.yaml, for the summary."""
+        self.live.log_params(facts)
+
     def __call__(self, row: dict) -> None:
         self.live.step = row["epoch"]
         for key, name in LOGGED.items():

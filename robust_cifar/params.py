@@ -74,6 +74,9 @@ NON_NEGATIVE = real(lambda v: v >= 0, "a number >= 0")
 PROBABILITY = real(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 OPEN_FRACTION = real(lambda v: 0 < v < 1, "a number strictly between 0 and 1")
 BELOW_ONE = real(lambda v: 0 <= v < 1, "a number in [0, 1)")
+# For a module that reports a key without owning it (the summary's provenance would otherwise need
+# ModelConfig, and with it torch): check_params has validated the key with its owner's rule already.
+VALIDATED_ELSEWHERE = Rule(lambda v: True, "any value")
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str), "a string")
 MD5 = Rule(lambda v: isinstance(v, str) and (v == "" or re.fullmatch(r"[0-9a-fA-F]{32}", v) is not None),

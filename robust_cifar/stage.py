@@ -1,7 +1,10 @@
 """Running a stage entry point: user errors and Ctrl-C become one line and an exit code, not a traceback."""
 from __future__ import annotations
 
+import json
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 from robust_cifar.errors import UserError
@@ -10,9 +13,30 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 
 
+# Each stage's last wall time on this machine, for the summary's provenance (not a DVC output: a
+# timing is a fact about a run, not a result the pipeline reproduces).
+TIMINGS = Path(".cache/timing")
+
+
+def stage_name(argv: list[str]) -> str:
+    """`train-baseline-0` for `python -m stages.train baseline 0`."""
+    return "-".join([Path(argv[0]).stem, *argv[1:]])
+
+
+def record_time(name: str, seconds: float) -> None:
+    try:
+        TIMINGS.mkdir(parents=True, exist_ok=True)
+        (TIMINGS / f"{name}.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1),
+                                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except OSError:
+        pass   # a timing is nice to have; never fail a finished stage over it
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
+    started = time.perf_counter()
     try:
         main(sys.argv[1:])
+        record_time(stage_name(sys.argv), time.perf_counter() - started)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None

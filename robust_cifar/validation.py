@@ -16,6 +16,7 @@ from robust_cifar.model import ModelConfig
 from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturb import PerturbSettings
 from robust_cifar.projection import UmapConfig
+from robust_cifar.provenance import preset_name
 from robust_cifar.robust_accuracy import AttackConfig
 from robust_cifar.scoring import knn_k
 from robust_cifar.splits import SplitConfig
@@ -39,6 +40,7 @@ def validate_params(params: Params) -> None:
     ComputeConfig.from_params(params)
     PerturbSettings.from_params(params)
     knn_k(params)
+    preset_name(params)
     AttackConfig.from_params(params)
     UmapConfig.from_params(params)
     listed = [known(name) for name in params.method_names()]

@@ -9,6 +9,7 @@ from pathlib import Path
 from robust_cifar.errors import ParamsError
 
 RAW = Path("data/raw/cifar10.npz")
+SOURCE = Path("data/raw/source.json")
 SPLIT = Path("data/split/indices.npz")
 PLAN = Path("data/perturb/plan.npz")
 PARAMS_CHECKED = Path("data/params/checked.txt")
@@ -40,6 +41,9 @@ def run_name(method: str, seed: int) -> str:
 
 def model(method: str, seed: int) -> Path:
     return Path(f"models/{run_name(method, seed)}.pt")
+
+
+TRAINING = Path("reports/training")
 
 
 def training_live(method: str, seed: int) -> Path:

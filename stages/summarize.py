@@ -3,8 +3,9 @@
 from robust_cifar.figures import accuracy_bars, robustness_curves
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
+from robust_cifar.provenance import FULL, devices, git_commit, provenance_lines, settings, stage_times
 from robust_cifar.results import read_correct, read_json, read_runs
-from robust_cifar.stage import run_stage
+from robust_cifar.stage import TIMINGS, run_stage
 from robust_cifar.summary import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
                                   robust_rows, single_perturbation_rows)
 from stages import paths
@@ -13,6 +14,9 @@ from stages import paths
 def main(argv: list[str]) -> None:
     params = load_params()
     methods, seeds = params.method_names(), params.train_seeds()
+    run_settings = settings(params)
+    provenance = provenance_lines(read_json(paths.SOURCE, "download"), run_settings, devices(paths.TRAINING),
+                                  git_commit(), stage_times(TIMINGS))
     all_metrics = {method: read_json(paths.metrics(method), f"aggregate@{method}") for method in methods}
     per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
                 for method in methods}
@@ -20,9 +24,10 @@ def main(argv: list[str]) -> None:
                         for seed in seeds} for method in methods}
     comparisons = compare_with_baseline(per_seed, correct) if "baseline" in methods else []
     gates = {method: gate_failures(metrics) for method, metrics in all_metrics.items()}
-    report = markdown_report(all_metrics, comparisons, gates)
+    report = markdown_report(all_metrics, comparisons, gates, provenance,
+                             comparable_with_write_up=run_settings["preset"] == FULL)
     write_text(paths.SUMMARY_MD, report)
-    write_json(paths.SUMMARY_JSON, {"verdict": [comparison.sentence for comparison in comparisons],
+    write_json(paths.SUMMARY_JSON, {"provenance": provenance, "settings": run_settings, "verdict": [comparison.sentence for comparison in comparisons],
                                     "comparisons": [comparison.row for comparison in comparisons],
                                     "sanity_gates": {method: failures for method, failures in gates.items()},
                                     "test": headline_rows(all_metrics),

@@ -1,0 +1,83 @@
+"""What produced a summary: data source, preset and key settings, device, commit and wall time per stage."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from robust_cifar.params import NAME, VALIDATED_ELSEWHERE, Params, Rule
+
+PRESET = Rule(lambda v: isinstance(v, str) and NAME.fullmatch(v) is not None,
+              "a short lower-case name (set by `python -m robust_cifar.preset`)")
+FULL = "full"
+
+
+def preset_name(params: Params) -> str:
+    return params.value("preset", PRESET)
+
+
+def settings(params: Params) -> dict:
+    """The settings a reader needs to judge the numbers (each read here is declared by summarize)."""
+    def read(key):
+        return params.value(key, VALIDATED_ELSEWHERE)
+    return {"preset": preset_name(params),
+            "model": {key: read(f"model.{key}") for key in ("width", "embedding_dim", "dropout")},
+            "epochs": read("train.epochs"),
+            "train_fraction": read("split.train_fraction"),
+            "val_per_class": read("split.val_per_class"),
+            "test_per_class": read("split.test_per_class"),
+            "seeds": params.train_seeds()}
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    """The commit the run was made from (+ "with uncommitted changes" when the tree differs)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return (commit or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
+def devices(training: Path) -> list[str]:
+    """Every device the training runs report (dvclive params.yaml of each run)."""
+    found = set()
+    for path in sorted(training.glob("*/params.yaml")):
+        facts = yaml.safe_load(path.read_text()) or {}
+        if "device" in facts:
+            found.add(f"{facts['device']}, torch {facts.get('torch', '?')}, {facts.get('threads', '?')} CPU threads")
+    return sorted(found)
+
+
+def stage_times(timings: Path) -> dict[str, float]:
+    times = {}
+    for path in sorted(timings.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            times[record["stage"]] = record["seconds"]
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return times
+
+
+def provenance_lines(source: dict, settings: dict, devices: list[str], commit: str, times: dict[str, float]) -> list[str]:
+    model = settings["model"]
+    lines = [
+        f"- **data**: {source['archive']} (md5 {source['md5']}): {source['description']}; "
+        f"{source['train_images']:,} training and {source['test_images']:,} test images in the archive.",
+        f"- **preset**: `{settings['preset']}`: ResNet18 width {model['width']} (64 = standard), embedding "
+        f"{model['embedding_dim']}, dropout {model['dropout']}; {settings['epochs']} epochs; train fraction "
+        f"{settings['train_fraction']}, validation {settings['val_per_class'] or 'all'} and test "
+        f"{settings['test_per_class'] or 'all'} images per class; training seeds {settings['seeds']}.",
+        f"- **device**: {'; '.join(devices) or 'unknown'}.",
+        f"- **commit**: {commit}.",
+    ]
+    if times:
+        total = sum(times.values())
+        listed = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+        lines.append(f"- **wall time per stage** (last run of each on this machine, {total / 60:.1f} min in all): {listed}.")
+    return lines
