@@ -20,8 +20,9 @@ PRESETS: dict[str, dict[str, object]] = {
     "quick": {
         "preset": "quick",
         "model.width": 8,                 # 1/64 of the standard ResNet18's FLOPs
-        "train.epochs": 15,
-        "train.val_every": 5,
+        "model.dropout": 0.0,             # learns faster in few epochs, and costs CPU time
+        "train.epochs": 12,
+        "train.val_every": 4,
         "split.train_fraction": 0.1,      # 500 training images per class
         "split.val_per_class": 50,
         "split.test_per_class": 100,

@@ -18,6 +18,7 @@ from robust_cifar.attacks import (
 )
 from robust_cifar.knn import knn_predict
 from tests.archives import make_images
+from tests.toys import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,15 +61,7 @@ def toy(one_thread):
     x_train, y_train = synthetic(20, seed=0)
     x_test, y_test = synthetic(10, seed=1)
     torch.manual_seed(0)
-    net = TinyEmbedder()
-    optimiser = torch.optim.Adam(net.parameters(), lr=0.02)
-    for _ in range(40):
-        optimiser.zero_grad()
-        F.cross_entropy(net(x_train), y_train).backward()
-        optimiser.step()
-    net.eval()
-    for p in net.parameters():
-        p.grad = None
+    net = fit(TinyEmbedder(), x_train, y_train, steps=40, lr=0.02)
     with torch.no_grad():
         train_embeddings = net.embed(x_train)
         accuracy = knn_accuracy(train_embeddings, y_train, net.embed(x_test), y_test)

@@ -28,6 +28,16 @@ def refusal(path, **kwargs) -> str:
     return message
 
 
+def refusal_and_peak_memory(path) -> tuple[str, int]:
+    """The refusal's message and the most memory Python held while reading up to it."""
+    tracemalloc.start()
+    try:
+        message = refusal(path)
+        return message, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def record_headers_read(monkeypatch) -> list:
     """Every member header tarfile reads from now on, in order (None at the end of an archive)."""
     headers = []
@@ -275,12 +285,7 @@ def test_member_claiming_gigabytes_is_refused_from_its_header_alone(tmp_path, mo
 
     headers_read = record_headers_read(monkeypatch)
     forbid_reading_members(monkeypatch)
-    tracemalloc.start()
-    try:
-        message = refusal(path)
-        peak_bytes = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    message, peak_bytes = refusal_and_peak_memory(path)
 
     assert f"'{name}' claims {claimed:,} bytes" in message and "official archive" in message
     # No header was read after the huge one: its data was not even skipped over.
@@ -292,12 +297,7 @@ def test_member_claiming_gigabytes_is_refused_from_its_header_alone(tmp_path, mo
 def test_oversized_header_extension_is_refused_before_tarfile_reads_it(tmp_path, kind):
     claimed = 3 << 29  # tarfile itself would read all of it into memory
     path = archives.write_archive_with_huge_member(tmp_path / "huge.tar.gz", "././@LongLink", claimed, kind=kind)
-    tracemalloc.start()
-    try:
-        message = refusal(path)
-        peak_bytes = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    message, peak_bytes = refusal_and_peak_memory(path)
     assert "tar header extension" in message and f"{claimed:,} bytes" in message
     assert peak_bytes < 16 << 20
 

@@ -29,6 +29,7 @@ from robust_cifar.perturb import (
     rgb_to_grey,
     save_plans,
 )
+from tests.toys import fit
 
 SETTINGS = PerturbSettings()
 SHAPE = (3, 8, 8)
@@ -63,15 +64,7 @@ def trained_net():
 
     x, y = labelled(2048, seed=1)
     torch.manual_seed(0)
-    net = tiny_net()
-    optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(100):
-        optimiser.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        optimiser.step()
-    net.eval()
-    for p in net.parameters():
-        p.grad = None
+    net = fit(tiny_net(), x, y, steps=100, lr=0.01)
     x_test, y_test = labelled(512, seed=100)
     with torch.no_grad():
         accuracy = (net(x_test).argmax(1) == y_test).float().mean().item()
