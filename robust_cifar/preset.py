@@ -10,10 +10,13 @@ outputs land in the workspace. `--dry-run` prints the command instead.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 # Each override names the lever it pulls; every key has a validation rule where its owner reads it.
 PRESETS: dict[str, dict[str, object]] = {
@@ -52,6 +55,33 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
     return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name), *data]
 
 
+# What a published run holds: small files that say what the run found (models and embeddings stay in DVC).
+PUBLISHED = ("reports/summary.md", "reports/summary.json", "reports/accuracy.png", "reports/robustness_curve.png",
+             "reports/training_curves.png", "reports/examples.png", "reports/metrics/*.json", "reports/umap/*.png")
+
+
+def publish(destination: Path, command_line: str) -> list[Path]:
+    """Copy the workspace's results into `destination` (for git), with a README saying how they were made."""
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for pattern in PUBLISHED:
+        for source in sorted(Path(".").glob(pattern)):
+            target = destination / source.relative_to("reports")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            copied.append(target)
+    summary = json.loads(Path("reports/summary.json").read_text())
+    (destination / "README.md").write_text("\n".join([
+        f"# {destination.name}: a published run", "",
+        "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
+        "```bash", command_line, "```", "",
+        "## What produced it", "", *summary["provenance"], "",
+        "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
+        "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
+        "the PNGs are the figures of `dvc plots show`.", ""]))
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", choices=sorted(PRESETS))
@@ -59,16 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive-md5", help="its md5 (data.archive_md5); default: not checked")
     parser.add_argument("--name", help="the experiment's name (default: <preset>-<date>-<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
+    parser.add_argument("--publish", type=Path, metavar="DIR",
+                        help="after a successful run, copy its summary, metrics and figures into DIR (e.g. results/quick-cpu)")
     args = parser.parse_args(argv)
     cmd = command(args.preset, args.archive, args.archive_md5, args.name)
     print(" ".join(shlex.quote(part) for part in cmd), flush=True)
     if args.dry_run:
         return 0
     try:
-        return subprocess.run(cmd).returncode
+        returncode = subprocess.run(cmd).returncode
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue; finished stages are reused", file=sys.stderr)
         return 130
+    if returncode == 0 and args.publish:
+        published = publish(args.publish, "python -m robust_cifar.preset " + " ".join(
+            shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])))
+        print(f"published {len(published)} files to {args.publish}")
+    return returncode
 
 
 if __name__ == "__main__":

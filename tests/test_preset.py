@@ -1,10 +1,11 @@
 import copy
+import json
 
 import pytest
 import yaml
 
 from robust_cifar.params import Params
-from robust_cifar.preset import PRESETS, command, main, overrides
+from robust_cifar.preset import PRESETS, command, main, overrides, publish
 from robust_cifar.validation import validate_params
 from tests.test_params import PARAMS
 
@@ -32,3 +33,21 @@ def test_the_command_is_one_dvc_experiment_with_the_archive(capsys):
     assert "data.archive=../shared/data/cifar10-jpeg.tar.gz" in cmd and "seeds.train=[0, 1]" in cmd
     assert main(["quick", "--dry-run", "--name", "x"]) == 0
     assert "dvc exp run -n x -S preset=quick" in capsys.readouterr().out
+
+
+def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reports = tmp_path / "reports"
+    (reports / "metrics").mkdir(parents=True)
+    (reports / "umap").mkdir()
+    (reports / "summary.md").write_text("# summary\n")
+    (reports / "summary.json").write_text(json.dumps({"provenance": ["- **data**: x"], "verdict": ["a raises b."]}))
+    (reports / "metrics" / "baseline.json").write_text("{}")
+    (reports / "umap" / "baseline.png").write_bytes(b"png")
+    (reports / "seeds").mkdir()
+    (reports / "seeds" / "big.csv").write_text("not published")
+    copied = publish(tmp_path / "results" / "quick-cpu", "python -m robust_cifar.preset quick")
+    names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
+    assert names == ["metrics/baseline.json", "summary.json", "summary.md", "umap/baseline.png"]
+    readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
+    assert "python -m robust_cifar.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
