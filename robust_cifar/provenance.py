@@ -31,16 +31,20 @@ def settings(params: Params) -> dict:
             "seeds": params.train_seeds()}
 
 
+# The code a run depends on; params.yaml and dvc.lock are left out because `dvc exp run -S` edits them.
+CODE = ("robust_cifar", "stages", "dvc.yaml")
+
+
 def git_commit(root: Path = Path(".")) -> str:
-    """The commit the run was made from (+ "with uncommitted changes" when the tree differs)."""
+    """The commit the run was made from (+ "with uncommitted code changes" when the code differs)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
-    return (commit or "unknown") + (" with uncommitted changes" if dirty else "")
+    return (commit or "unknown") + (" with uncommitted code changes" if dirty else "")
 
 
 def devices(training: Path) -> list[str]:
