@@ -365,10 +365,12 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     cli.warn_unpushed(owner, "")
     assert "not on the DVC remote" not in capsys.readouterr().err
 
-    result = sweep(owner, *GRID, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    with_a_broken_one = [GRID[0], GRID[1] + ",0"]                      # knn.k=0 fails in check_params
+    result = sweep(owner, *with_a_broken_one, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
+    assert result.returncode == 1, result.stdout + result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert len(progress) == 4 and all(" ok " in line for line in progress), result.stdout
+    assert sorted(line.split()[1:3] for line in progress) == [["FAILED", "k=0"]] + [["ok", f"k={k}"] for k in (1, 5, 7, 9)]
+    assert "`knn.k` = 0 is invalid" in result.stdout, result.stdout      # the remote log, shown by the driver
     assert len({line.rsplit("(node ", 1)[1] for line in progress}) == 2, result.stdout   # both worker nodes ran some
 
     shown = experiments_shown(owner)
