@@ -1,0 +1,383 @@
+"""Sweeps (robust_cifar/sweep): the grid, the worker pool, and real sweeps of the tiny pipeline.
+
+The end-to-end tests work on a baseline-only copy of the session's reproduced tiny project and
+sweep knn.k, which reruns only cheap stages (eval, summarize). The slow
+ones (pytest -m "not slow" skips them) time two CPU workers against the same experiments run one
+after another with `dvc exp run`, and run the sweep on a local multi-node Ray cluster with a Git
+and a DVC remote in local directories.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from dulwich.refs import check_ref_format
+
+from robust_cifar.sweep import cli, grid, steps
+from robust_cifar.sweep.cli import main
+from robust_cifar.sweep.grid import Experiment, SweepError
+from robust_cifar.sweep.local import Progress, clone_job, plan_slots, run_pool, visible_gpus
+from tests.pipeline_project import ROOT, dvc, dvc_env, run
+
+# four independent experiments (eval and summarize): none reuses another's stages, run serially or not
+GRID = ["-S", "knn.k=1,5,7,9"]
+
+
+# --- the grid ---------------------------------------------------------------------------------------------------
+
+def test_grid_is_every_combination_in_flag_order_named_after_its_overrides():
+    experiments = grid.experiments(["angular.alpha=30,40", "seeds.train=0,1"])
+    assert [e.name for e in experiments] == ["alpha=30,train=0", "alpha=30,train=1", "alpha=40,train=0",
+                                             "alpha=40,train=1"]
+    assert experiments[1].set_params() == ["-S", "angular.alpha=30", "-S", "seeds.train=1"]
+
+
+def test_values_split_outside_brackets_and_quotes_and_a_repeated_key_adds_values():
+    assert grid.split_values('30, 40,[a,b],{x: 1, y: 2},"c,d"') == ["30", "40", "[a,b]", "{x: 1, y: 2}", '"c,d"']
+    assert grid.parse_axes(["seeds.train=0", "knn.k=3", "seeds.train=1,0"]) == [
+        ("seeds.train", ["0", "1"]), ("knn.k", ["3"])]
+    methods = grid.experiments(["methods=[baseline],[baseline,angular]"])
+    assert [e.set_params() for e in methods] == [["-S", "methods=[baseline]"], ["-S", "methods=[baseline,angular]"]]
+
+
+@pytest.mark.parametrize("flag", ["knn.k", "=3", "knn.k=", "knn.k=1,,2", "knn.k=[1,2", "data.archive='a,b"])
+def test_malformed_flags_are_refused(flag):
+    with pytest.raises(SweepError):
+        grid.experiments([flag])
+
+
+def test_malformed_flag_is_a_usage_error_on_the_command_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-S", "knn.k", "--dry-run"])
+    assert exit_info.value.code == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_names_are_valid_unique_experiment_refs():
+    flags = ["angular.alpha=30", "angular_adversarial.alpha=40",       # the same last key: full keys are used
+             "data.archive=../x y@{1}.tar.gz,a.lock,-z,..,/abs/p," + "9" * 200]
+    experiments = grid.experiments(flags, prefix="s1-")
+    names = [e.name for e in experiments]
+    assert names[0].startswith("s1-angular.alpha=30,angular_adversarial.alpha=40,archive=")
+    assert len(set(names)) == len(names) == 6
+    for name in names:
+        assert grid.valid_exp_name(name) and len(name) <= grid.MAX_NAME + 3
+        # git's own rules (dulwich implements git check-ref-format), as DVC checks them, and no "/"
+        assert check_ref_format(f"refs/exps/ab/cdef/{name}".encode()) and "/" not in name, name
+    # values that sanitize to the same name still get distinct names
+    twins = grid.experiments(["data.archive=a b,a_b"])
+    assert [e.name for e in twins] == ["archive=a_b", "archive=a_b-2"]
+
+
+def test_dry_run_lists_the_experiments(capsys):
+    assert main(["-S", "knn.k=1,3", "-S", "seeds.umap=0", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["k=1,umap=0\t-S knn.k=1 -S seeds.umap=0",
+                                                    "k=3,umap=0\t-S knn.k=3 -S seeds.umap=0"]
+
+
+def test_the_ray_path_needs_the_dvc_remote_committed_and_reachable_from_any_clone(tmp_path):
+    config = """[core]\n    autostage = true\n    remote = shared\n['remote "shared"']\n    url = ../../store\n""" \
+             """['remote "s3remote"']\n    url = s3://bucket/path\n"""
+    assert cli.committed_remotes(config) == ("shared", {"shared": "../../store", "s3remote": "s3://bucket/path"})
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text(config)
+    run(tmp_path, "git", "init", "-q")
+    run(tmp_path, "git", "add", "-A")
+    run(tmp_path, "git", "commit", "-qm", "remotes")
+    with pytest.raises(SweepError, match="relative path '../../store'"):
+        cli.check_dvc_remote(tmp_path, "HEAD", "")
+    cli.check_dvc_remote(tmp_path, "HEAD", "s3remote")
+    with pytest.raises(SweepError, match="not in the committed .dvc/config"):
+        cli.check_dvc_remote(tmp_path, "HEAD", "local-only")
+
+
+# --- workers ------------------------------------------------------------------------------------------------------
+
+def test_visible_gpus_follow_cuda_visible_devices_else_torch():
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, lambda: 8) == ["2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-1a,GPU-2b"}, lambda: 8) == ["GPU-1a", "GPU-2b"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, lambda: 8) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,2"}, lambda: 8) == ["0"]   # CUDA stops at an invalid id
+    assert visible_gpus({}, lambda: 2) == ["0", "1"]
+    assert visible_gpus({}, lambda: 0) == []
+
+
+def test_one_worker_per_gpu_pinned_more_workers_share_them_and_cpu_workers_see_no_gpu():
+    slots = plan_slots(["0", "1"], None, cpu_count=16, environ={})
+    assert [(s.label, s.env["CUDA_VISIBLE_DEVICES"], s.env["OMP_NUM_THREADS"]) for s in slots] == [
+        ("gpu 0", "0", "8"), ("gpu 1", "1", "8")]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in plan_slots(["4", "7"], 4, cpu_count=16, environ={})] == [
+        "4", "7", "4", "7"]
+    cpu = plan_slots([], 2, cpu_count=2, environ={})
+    assert [(s.label, s.env["CUDA_VISIBLE_DEVICES"], s.env["OMP_NUM_THREADS"]) for s in cpu] == [
+        ("cpu 0", "", "1"), ("cpu 1", "", "1")]
+    assert "OMP_NUM_THREADS" not in plan_slots([], 2, cpu_count=2, environ={"OMP_NUM_THREADS": "3"})[0].env
+    assert len(plan_slots([], None, cpu_count=2, environ={})) == 1
+
+
+def test_pool_reports_a_failure_with_its_log_and_finishes_the_others(tmp_path):
+    experiments = grid.experiments(["knn.k=1,0,5,7"])
+    running, most = set(), [0]
+    lock = threading.Lock()
+
+    def job(experiment: Experiment, index: int, log: Path) -> None:
+        with lock:
+            running.add(experiment.name)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.2)
+        with lock:
+            running.discard(experiment.name)
+        if experiment.name == "k=0":
+            steps.run_logged([sys.executable, "-c", "import sys; print('knn.k = 0 is invalid'); sys.exit(3)"],
+                             tmp_path, log, os.environ.copy())
+
+    out = io.StringIO()
+    outcomes = run_pool(experiments, plan_slots([], 2, cpu_count=2, environ={}), job, tmp_path, Progress(4, out))
+    assert [(o.name, o.ok) for o in outcomes] == [("k=1", True), ("k=0", False), ("k=5", True), ("k=7", True)]
+    assert most[0] == 2
+    text = out.getvalue()
+    assert text.count(" ok ") == 3 and "FAILED k=0" in text and "exited with 3" in text
+    assert "| knn.k = 0 is invalid" in text and str(tmp_path / "k=0.log") in text
+    assert [line[:5] for line in text.splitlines() if line.startswith("[")] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+
+
+def test_a_crashing_job_fails_only_its_experiment(tmp_path):
+    def job(experiment: Experiment, index: int, log: Path) -> None:
+        if experiment.name == "k=2":
+            raise OSError("disk full")
+
+    out = io.StringIO()
+    outcomes = run_pool(grid.experiments(["knn.k=1,2,3"]), plan_slots([], 1, environ={}), job, tmp_path,
+                        Progress(3, out))
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert "OSError: disk full" in out.getvalue() and "OSError: disk full" in (tmp_path / "k=2.log").read_text()
+
+
+def test_each_worker_clones_once_and_runs_its_experiments_pinned_to_its_gpu(tmp_path, monkeypatch):
+    calls = []
+
+    def record(command, cwd, log, env):
+        calls.append((Path(cwd).name, env["CUDA_VISIBLE_DEVICES"], command))
+        if Path(cwd).name == "workers" and command[:2] == ["git", "clone"]:
+            Path(command[-1]).mkdir()
+
+    monkeypatch.setattr(steps, "run_logged", record)
+    slots = plan_slots(["3", "5"], None, cpu_count=4, environ={})
+    (tmp_path / "workers").mkdir()
+    job = clone_job(Path("/main/repo"), "c0ffee", "/main/repo/.dvc/cache", tmp_path / "workers", slots, force=False)
+    outcomes = run_pool(grid.experiments(["knn.k=1,2,3,4"]), slots, job, tmp_path, Progress(4, io.StringIO()))
+    assert all(o.ok for o in outcomes)
+    gpu_of = {"worker-0": "3", "worker-1": "5"}
+    assert all(gpu == gpu_of.get(where, gpu) for where, gpu, _ in calls)
+    runs = {command[command.index("-n") + 1]: gpu for _, gpu, command in calls if command[3:5] == ["exp", "run"]}
+    assert runs == {o.name: o.where.split()[1] for o in outcomes} and set(runs.values()) <= {"3", "5"}
+    assert sum(command[:2] == ["git", "clone"] for _, _, command in calls) == len(set(runs.values()))
+    pushes = [command[3:] for _, _, command in calls if command[3:5] == ["exp", "push"]]
+    assert sorted(pushes) == [["exp", "push", "--no-cache", "/main/repo", f"k={k}"] for k in (1, 2, 3, 4)]
+
+
+# --- real sweeps of the tiny pipeline -----------------------------------------------------------------------------
+
+def copy_project(source: Path, destination: Path) -> Path:
+    return Path(shutil.copytree(source, destination, symlinks=True))
+
+
+@pytest.fixture(scope="module")
+def sweep_base(reproduced_project, tmp_path_factory) -> Path:
+    """The reproduced tiny project, baseline only, committed with its dvc.lock (what the workers clone)."""
+    base = copy_project(reproduced_project, tmp_path_factory.mktemp("sweep") / "base")
+    params = yaml.safe_load((base / "params.yaml").read_text())
+    params["methods"] = ["baseline"]
+    (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(base, "repro")               # reruns check_params and summarize (it reads `methods`) only
+    run(base, "git", "add", "-A")
+    run(base, "git", "commit", "-qm", "baseline only, reproduced")
+    return base
+
+
+def sweep(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run(project, sys.executable, "-m", "robust_cifar.sweep", *args, check=False, env=env)
+
+
+def experiments_shown(project: Path) -> dict[str, dict]:
+    """`dvc exp show --json` of HEAD: experiment name -> its params, metrics and outs."""
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    return {exp["name"]: exp["revs"][0]["data"] for base in shown for exp in base.get("experiments") or []}
+
+
+def baseline_metrics(data: dict) -> dict:
+    return data["metrics"]["reports/metrics/baseline.json"]["data"]
+
+
+def out_hashes(data: dict) -> dict[str, str]:
+    return {path: out["hash"] for path, out in data["outs"].items()}
+
+
+def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path):
+    project = copy_project(sweep_base, tmp_path / "project")
+    result = sweep(project, "-S", "knn.k=1,0,5", "--workers", "2", "--gpus", "none")
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "on 2 workers (cpu 0, cpu 1)" in out
+    assert sorted(line.split()[1:3] for line in out.splitlines() if line.startswith("[")) == [
+        ["FAILED", "k=0"], ["ok", "k=1"], ["ok", "k=5"]]
+    assert "`knn.k` = 0 is invalid" in out and "failed: k=0" in out    # the failure's log, in the output
+    logs = list((project / ".dvc" / "tmp" / "sweep").glob("*/k=0.log"))
+    assert len(logs) == 1 and "`knn.k` = 0 is invalid" in logs[0].read_text()
+    assert not list((project / ".dvc" / "tmp" / "sweep").glob("*/workers/*"))    # clones removed, logs kept
+
+    # ordinary experiments of the main repository, with their params and metrics
+    shown = experiments_shown(project)
+    assert set(shown) == {"k=1", "k=5"}
+    for name, k in (("k=1", 1), ("k=5", 5)):
+        assert shown[name]["params"]["params.yaml"]["data"]["knn"]["k"] == k
+    assert baseline_metrics(shown["k=1"]) != baseline_metrics(shown["k=5"])
+    assert run(project, "git", "status", "--porcelain").stdout == ""       # the workspace was not touched
+
+    dvc(project, "exp", "apply", "k=5")
+    assert yaml.safe_load((project / "params.yaml").read_text())["knn"]["k"] == 5
+    applied = json.loads((project / "reports/metrics/baseline.json").read_text())
+    assert applied == baseline_metrics(shown["k=5"])
+    dvc(project, "exp", "branch", "k=1", "knn-1")
+    assert yaml.safe_load(run(project, "git", "show", "knn-1:params.yaml").stdout)["knn"]["k"] == 1
+
+    # names already taken are refused before anything runs
+    again = sweep(project, "-S", "knn.k=1", "--gpus", "none")
+    assert again.returncode == 2 and "already named k=1" in again.stderr
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished child processes (and theirs): what a run of dvc commands used."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Timed:
+    wall: float
+    cpu: float
+
+    @property
+    def cores(self) -> float:
+        return self.cpu / self.wall
+
+
+@pytest.fixture(scope="module")
+def serial_reference(sweep_base, tmp_path_factory) -> tuple[Timed, dict[str, dict]]:
+    """The grid's experiments run one after another with plain `dvc exp run`, and what that took."""
+    project = copy_project(sweep_base, tmp_path_factory.mktemp("serial") / "project")
+    cpu, start = children_cpu_seconds(), time.monotonic()
+    for experiment in grid.experiments(GRID[1::2]):
+        dvc(project, "exp", "run", "-n", experiment.name, *experiment.set_params())
+    return Timed(time.monotonic() - start, children_cpu_seconds() - cpu), experiments_shown(project)
+
+
+def assert_same_results(shown: dict[str, dict], serial: dict[str, dict]) -> None:
+    assert set(shown) == set(serial) == {e.name for e in grid.experiments(GRID[1::2])}
+    for name in serial:
+        assert baseline_metrics(shown[name]) == baseline_metrics(serial[name]), name
+        assert out_hashes(shown[name]) == out_hashes(serial[name]), name    # every output byte-identical
+
+
+def cpu_model() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_beat_running_the_experiments_one_after_another(sweep_base, serial_reference, tmp_path):
+    serial, serial_results = serial_reference
+    project = copy_project(sweep_base, tmp_path / "project")
+    cpu, start = children_cpu_seconds(), time.monotonic()
+    result = sweep(project, *GRID, "--workers", "2", "--gpus", "none")
+    parallel = Timed(time.monotonic() - start, children_cpu_seconds() - cpu)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_same_results(experiments_shown(project), serial_results)
+    report = (f"4 tiny experiments: one after another {serial.wall:.1f} s ({serial.cores:.2f} cores busy), "
+              f"sweep on 2 CPU workers {parallel.wall:.1f} s ({parallel.cores:.2f} cores busy): "
+              f"{serial.wall / parallel.wall:.2f}x on {os.cpu_count()} x {cpu_model()}")
+    print(report)
+    if parallel.wall >= serial.wall and parallel.cores < 1.3:
+        # Other jobs held the other core: two workers got no more CPU than one, so nothing can be faster.
+        pytest.skip(f"no free core for the second worker (other load on the machine): {report}")
+    assert parallel.wall < serial.wall, report
+
+
+@pytest.fixture
+def ray_cluster():
+    """A head without CPUs and two 1-CPU worker nodes on 127.0.0.1, in a process of its own."""
+    pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))   # short: Ray's socket paths must stay under 108 characters
+    env = {"RAY_TMPDIR": str(temp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(temp / "cluster.log", "w") as log:
+        holder = subprocess.Popen([sys.executable, "-m", "tests.ray_cluster", "2"], cwd=ROOT, env={**dvc_env(), **env},
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 180)
+        line = holder.stdout.readline() if ready else ""
+        assert line.startswith("address "), f"no Ray cluster: {(temp / 'cluster.log').read_text()[-3000:]}"
+        yield line.split()[1], env
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
+        sweep_base, serial_reference, ray_cluster, tmp_path, capsys):
+    address, ray_env = ray_cluster
+    git_remote, dvc_store = tmp_path / "git-remote.git", tmp_path / "dvc-remote"
+    run(tmp_path, "git", "init", "-q", "--bare", str(git_remote))
+    dvc_store.mkdir()
+    owner = copy_project(sweep_base, tmp_path / "owner")
+    run(owner, "git", "remote", "add", "origin", str(git_remote))
+    dvc(owner, "remote", "add", "-d", "shared", str(dvc_store))
+    run(owner, "git", "commit", "-qam", "a DVC remote every worker can reach")
+
+    refused = sweep(owner, *GRID, "--ray", address, env=ray_env)       # the workers could not clone HEAD
+    assert refused.returncode == 2 and "is not on the Git remote" in refused.stderr
+    run(owner, "git", "push", "-q", "origin", "HEAD")
+    cli.warn_unpushed(owner, "")
+    assert "outputs are not on the DVC remote" in capsys.readouterr().err   # warned: dvc push first
+    dvc(owner, "push")                 # the committed outputs: workers pull what their experiment does not change
+    cli.warn_unpushed(owner, "")
+    assert "not on the DVC remote" not in capsys.readouterr().err
+
+    with_a_broken_one = [GRID[0], GRID[1] + ",0"]                      # knn.k=0 fails in check_params
+    result = sweep(owner, *with_a_broken_one, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert sorted(line.split()[1:3] for line in progress) == [["FAILED", "k=0"]] + [["ok", f"k={k}"] for k in (1, 5, 7, 9)]
+    assert "`knn.k` = 0 is invalid" in result.stdout, result.stdout      # the remote log, shown by the driver
+    assert len({line.rsplit("(node ", 1)[1] for line in progress}) == 2, result.stdout   # both worker nodes ran some
+
+    shown = experiments_shown(owner)
+    _, serial = serial_reference
+    assert_same_results(shown, serial)
+    # the outputs came through the DVC remote into the driver's cache: applying needs nothing else
+    dvc(owner, "exp", "apply", "k=7")
+    assert json.loads((owner / "reports/metrics/baseline.json").read_text()) == baseline_metrics(serial["k=7"])
+    remote_refs = run(owner, "git", "ls-remote", str(git_remote), "refs/exps/*").stdout
+    assert remote_refs.count("refs/exps/") == 4
