@@ -1,6 +1,6 @@
 """Run a grid of DVC experiments in parallel: one worker per visible GPU, N CPU workers, or a Ray cluster.
 
-    python -m robust_cifar.sweep -S angular.alpha=30,40,45 -S seeds.train=0,1      # one worker per GPU
+    python -m robust_cifar.sweep -S angular.alpha=30,40,45 -S perturb.fgm.eps=0.02,0.03   # one worker per GPU
     python -m robust_cifar.sweep -S knn.k=1,3,5 --workers 2 --gpus none           # two CPU workers
     python -m robust_cifar.sweep -S angular.alpha=30,40 --ray auto                 # a Ray cluster
 
@@ -10,7 +10,7 @@ are not seen, as with `dvc exp run --queue`: commit first). The results are ordi
 experiments of this repository: `dvc exp show`, `dvc exp apply <name>`, `dvc exp branch <name> <branch>`.
 A failed experiment is reported with the end of its log and does not stop the others; the exit
 status is 1 when any failed. Values are split at commas outside brackets and quotes; repeating a
-key adds values (`-S seeds.train=0 -S seeds.train=1`); a value containing a comma is quoted:
+key adds values (`-S seeds.plan=0 -S seeds.plan=1`); a value containing a comma is quoted:
 -S 'data.archive="a,b.tar.gz"'.
 """
 from __future__ import annotations

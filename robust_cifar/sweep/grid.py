@@ -2,7 +2,7 @@
 
 Values are split at commas outside brackets and quotes, so a list value (`methods=[baseline,angular]`)
 or a quoted string (`data.archive="a,b.tar.gz"`) stays whole; repeating a key adds values
-(`-S seeds.train=0 -S seeds.train=1` is `-S seeds.train=0,1`). Every value is handed to
+(`-S seeds.plan=0 -S seeds.plan=1` is `-S seeds.plan=0,1`). Every value is handed to
 `dvc exp run -S key=value` exactly as written (DVC parses it as YAML).
 """
 from __future__ import annotations
