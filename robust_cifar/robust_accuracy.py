@@ -141,8 +141,10 @@ def robust_accuracy(config: AttackConfig, decisions: Decisions, score_fn, transf
             surrogate, x, eps, config.pgd_steps, config.step_size(eps), config.pgd_restarts, generator), compute)
         knn_attacks[f"soft_knn_t{temperature:g}".replace(".", "p")] = decisions.correct(adversarial, labels, batch_size)["knn"]
     progress("guide-sample attack")
+    # as many guides as the vote has neighbours, unless a class has fewer training images than that
+    guides = min(decisions.k, int(torch.bincount(decisions.fit_labels).min()))
     adversarial = batched(test_images, batch_size, lambda x, a, b: guide_sample_attack(
-        model, x, decisions.fit, decisions.fit_labels, eps, config.pgd_steps, config.step_size(eps), decisions.k,
+        model, x, decisions.fit, decisions.fit_labels, eps, config.pgd_steps, config.step_size(eps), guides,
         generator), compute)
     knn_attacks["guide_samples"] = decisions.correct(adversarial, labels, batch_size)["knn"]
     transfer_correct = None

@@ -46,12 +46,15 @@ def own_section(method: str) -> set[str]:
 PERTURBATION_KEYS = ("p", "jitter.brightness", "jitter.contrast", "jitter.saturation", "noise.std", "noise.fraction")
 DIRECT = {
     "data.url": {"download"}, "data.md5": {"download"}, "data.archive": {"download"}, "data.archive_md5": {"download"},
-    "split.train_fraction": {"split"}, "split.val_per_class": {"split"}, "split.test_per_class": {"split"},
+    # summarize reports the preset, the model, the epochs and the split in its provenance
+    "preset": {"summarize"},
+    **{f"split.{key}": {"split", "summarize"} for key in ("train_fraction", "val_per_class", "test_per_class")},
     "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap")),
     "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"curves", "examples"},
-    **{f"model.{key}": set(methods("train")) for key in ("width", "embedding_dim", "dropout")},
+    **{f"model.{key}": set(methods("train")) | {"summarize"} for key in ("width", "embedding_dim", "dropout")},
+    "train.epochs": set(methods("train")) | {"summarize"},
     **{f"train.{key}": set(methods("train")) for key in
-       ("epochs", "lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every")},
+       ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every")},
     "compute.device": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
                        | set(methods("robustness")) | {"examples"}),
     **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))

@@ -104,3 +104,11 @@ def test_robustness_curves_draw_pgd_and_fgm_per_method():
     assert labels == ["baseline PGD", "baseline FGM", "adversarial PGD", "adversarial FGM"]
     assert np.allclose(head_axis.get_lines()[0].get_ydata(), [90, 30, 10, 0])
     assert head_axis.get_xscale() == "symlog"
+
+
+def test_guides_are_capped_by_the_smallest_class(setting):
+    """A 3-NN whose k exceeds a class's training images (tiny data) still gets its guide attack."""
+    decisions, images, labels = setting
+    big_k = Decisions(decisions.model, decisions.fit, decisions.fit_labels, k=9, has_head=False)
+    result = robust_accuracy(config(eps=(0.0,)), big_k, decisions.model, None, images, labels, CPU, 16, seed=0)
+    assert "guide_samples" in result["at_study_eps"]["knn"]
