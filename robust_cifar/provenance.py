@@ -68,7 +68,18 @@ def stage_times(timings: Path) -> dict[str, float]:
     return times
 
 
-def provenance_lines(source: dict, settings: dict, devices: list[str], commit: str, times: dict[str, float]) -> list[str]:
+def time_lines(times: dict[str, float]) -> list[str]:
+    """Wall time per stage, for a published run's README. Never in the summary itself: a rerun that
+    reproduces every number bit for bit still takes a different time, and DVC hashes the summary."""
+    if not times:
+        return []
+    total = sum(times.values())
+    listed = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+    return [f"- **wall time per stage** (the last run of each on this machine, {total / 60:.1f} min of stage time "
+            f"in all): {listed}."]
+
+
+def provenance_lines(source: dict, settings: dict, devices: list[str], commit: str) -> list[str]:
     model = settings["model"]
     lines = [
         f"- **data**: {source['archive']} (md5 {source['md5']}): {source['description']}; "
@@ -79,9 +90,7 @@ def provenance_lines(source: dict, settings: dict, devices: list[str], commit: s
         f"{settings['test_per_class'] or 'all'} images per class; training seeds {settings['seeds']}.",
         f"- **device**: {'; '.join(devices) or 'unknown'}.",
         f"- **commit**: {commit}.",
+        "- **wall time per stage**: not in this file, which a rerun must reproduce bit for bit; "
+        "`python -m robust_cifar.preset ... --publish DIR` writes it into DIR/README.md.",
     ]
-    if times:
-        total = sum(times.values())
-        listed = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
-        lines.append(f"- **wall time per stage** (last run of each on this machine, {total / 60:.1f} min in all): {listed}.")
     return lines
