@@ -18,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from robust_cifar.provenance import stage_times, time_lines
+from robust_cifar.provenance import devices, git_commit, run_lines, stage_times
 from robust_cifar.stage import TIMINGS
+
+TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
 # Each override names the lever it pulls; every key has a validation rule where its owner reads it.
 PRESETS: dict[str, dict[str, object]] = {
@@ -78,7 +80,8 @@ def publish(destination: Path, command_line: str) -> list[Path]:
         f"# {destination.name}: a published run", "",
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
-        "## What produced it", "", *summary["provenance"], *time_lines(stage_times(TIMINGS)), "",
+        "## What produced it", "", *summary["provenance"],
+        *run_lines(devices(TRAINING), git_commit(), stage_times(TIMINGS)), "",
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
         "the PNGs are the figures of `dvc plots show`.", ""]))

@@ -79,7 +79,13 @@ def time_lines(times: dict[str, float]) -> list[str]:
             f"in all): {listed}."]
 
 
-def provenance_lines(source: dict, settings: dict, devices: list[str], commit: str) -> list[str]:
+def run_lines(devices: list[str], commit: str, times: dict[str, float]) -> list[str]:
+    """Facts of one run that a bit-identical rerun need not share (device threads, commit, wall time):
+    for a published run's README, never for the summary, which DVC hashes."""
+    return [f"- **device**: {'; '.join(devices) or 'unknown'}.", f"- **commit**: {commit}.", *time_lines(times)]
+
+
+def provenance_lines(source: dict, settings: dict) -> list[str]:
     model = settings["model"]
     lines = [
         f"- **data**: {source['archive']} (md5 {source['md5']}): {source['description']}; "
@@ -88,9 +94,7 @@ def provenance_lines(source: dict, settings: dict, devices: list[str], commit: s
         f"{model['embedding_dim']}, dropout {model['dropout']}; {settings['epochs']} epochs; train fraction "
         f"{settings['train_fraction']}, validation {settings['val_per_class'] or 'all'} and test "
         f"{settings['test_per_class'] or 'all'} images per class; training seeds {settings['seeds']}.",
-        f"- **device**: {'; '.join(devices) or 'unknown'}.",
-        f"- **commit**: {commit}.",
-        "- **wall time per stage**: not in this file, which a rerun must reproduce bit for bit; "
-        "`python -m robust_cifar.preset ... --publish DIR` writes it into DIR/README.md.",
+        "- **device, commit and wall time per stage**: not in this file, which a rerun must reproduce bit "
+        "for bit; `python -m robust_cifar.preset ... --publish DIR` writes them into DIR/README.md.",
     ]
     return lines

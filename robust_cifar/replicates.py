@@ -48,7 +48,7 @@ def nest(flat: dict[str, object]) -> dict:
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
-    """{seed: metrics tree} -> the same tree with {"mean", "std", "n"} at every leaf, plus `seeds`.
+    """{seed: metrics tree} -> the same tree with {"mean", "std"} at every leaf, plus `seeds` (how many).
 
     The std is the sample standard deviation (n - 1); with one seed it is 0 and says nothing.
     Only keys present for every seed are kept.
@@ -62,7 +62,7 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
         values = np.array([flats[seed][key] for seed in flats], dtype=np.float64)
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary[key] = {"mean": round(float(values.mean()), 6), "std": round(std, 6)}
-    return {**nest(summary), "seeds": sorted(per_seed)}
+    return {**nest(summary), "seeds": len(per_seed)}   # a number: DVC's metrics show no lists
 
 
 @dataclass(frozen=True)

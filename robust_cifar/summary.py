@@ -39,7 +39,7 @@ def headline_rows(all_metrics: dict[str, dict], with_write_up: bool = True) -> l
     the write-up's numbers beside them only where the settings are comparable."""
     rows = []
     for method, metrics in all_metrics.items():
-        row = {"method": method, "seeds": len(metrics.get("seeds", []))}
+        row = {"method": method, "seeds": metrics.get("seeds", 0)}
         for decision, label in DECISIONS.items():
             values = {c: lookup(metrics, "test", c, decision) for c in CONDITIONS}
             for condition in CONDITIONS:

@@ -10,7 +10,7 @@ def test_aggregate_gives_mean_and_sample_std_per_key():
                 1: {"test": {"clean": {"head": 0.7, "knn": 0.6}}},
                 2: {"test": {"clean": {"head": 0.6, "knn": 0.9}}}}
     summary = aggregate(per_seed)
-    assert summary["seeds"] == [0, 1, 2]
+    assert summary["seeds"] == 3
     assert summary["test"]["clean"]["head"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1)}
     assert summary["test"]["clean"]["knn"]["std"] == pytest.approx(np.std([0.6, 0.6, 0.9], ddof=1), abs=1e-6)
 
