@@ -65,8 +65,11 @@ PUBLISHED = ("reports/summary.md", "reports/summary.json", "reports/accuracy.png
              "reports/training_curves.png", "reports/examples.png", "reports/metrics/*.json", "reports/umap/*.png")
 
 
-def publish(destination: Path, command_line: str) -> list[Path]:
-    """Copy the workspace's results into `destination` (for git), with a README saying how they were made."""
+def publish(destination: Path, command_line: str, wall_seconds: float | None = None) -> list[Path]:
+    """Copy the workspace's results into `destination` (for git), with a README saying how they were made.
+
+    `wall_seconds`: how long the command took from start to end, dvc's own work included (on a fresh
+    clone, the whole study)."""
     destination.mkdir(parents=True, exist_ok=True)
     copied = []
     for pattern in PUBLISHED:
@@ -81,7 +84,9 @@ def publish(destination: Path, command_line: str) -> list[Path]:
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
         "## What produced it", "", *summary["provenance"],
-        *run_lines(devices(TRAINING), git_commit(), stage_times(TIMINGS)), "",
+        *run_lines(devices(TRAINING), git_commit(), stage_times(TIMINGS)),
+        *([f"- **wall time of the command**: {wall_seconds / 60:.1f} min from start to end (stages that DVC "
+           "reused from its cache took none)."] if wall_seconds is not None else []), "",
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
         "the PNGs are the figures of `dvc plots show`.", ""]))
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(shlex.quote(part) for part in cmd), flush=True)
     if args.dry_run:
         return 0
+    started = time.perf_counter()
     try:
         returncode = subprocess.run(cmd).returncode
     except KeyboardInterrupt:
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if returncode == 0 and args.publish:
         published = publish(args.publish, "python -m robust_cifar.preset " + " ".join(
-            shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])))
+            shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])),
+            wall_seconds=time.perf_counter() - started)
         print(f"published {len(published)} files to {args.publish}")
     return returncode
 

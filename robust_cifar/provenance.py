@@ -94,7 +94,10 @@ def provenance_lines(source: dict, settings: dict) -> list[str]:
         f"{model['embedding_dim']}, dropout {model['dropout']}; {settings['epochs']} epochs; train fraction "
         f"{settings['train_fraction']}, validation {settings['val_per_class'] or 'all'} and test "
         f"{settings['test_per_class'] or 'all'} images per class; training seeds {settings['seeds']}.",
-        "- **device, commit and wall time per stage**: not in this file, which a rerun must reproduce bit "
-        "for bit; `python -m robust_cifar.preset ... --publish DIR` writes them into DIR/README.md.",
     ]
     return lines
+
+
+# The summary's pointer to the facts it leaves out; a published README holds those facts instead.
+RUN_FACTS_ELSEWHERE = ("- **device, commit and wall time per stage**: not in this file, which a rerun must reproduce "
+                       "bit for bit; `python -m robust_cifar.preset ... --publish DIR` writes them into DIR/README.md.")

@@ -3,7 +3,7 @@
 from robust_cifar.figures import accuracy_bars, robustness_curves
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
-from robust_cifar.provenance import FULL, provenance_lines, settings
+from robust_cifar.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings
 from robust_cifar.results import read_correct, read_json, read_runs
 from robust_cifar.stage import run_stage
 from robust_cifar.summary import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
                         for seed in seeds} for method in methods}
     comparisons = compare_with_baseline(per_seed, correct) if "baseline" in methods else []
     gates = {method: gate_failures(metrics) for method, metrics in all_metrics.items()}
-    report = markdown_report(all_metrics, comparisons, gates, provenance,
+    report = markdown_report(all_metrics, comparisons, gates, [*provenance, RUN_FACTS_ELSEWHERE],
                              comparable_with_write_up=run_settings["preset"] == FULL)
     write_text(paths.SUMMARY_MD, report)
     write_json(paths.SUMMARY_JSON, {"provenance": provenance, "settings": run_settings, "verdict": [comparison.sentence for comparison in comparisons],

@@ -46,8 +46,9 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (reports / "umap" / "baseline.png").write_bytes(b"png")
     (reports / "seeds").mkdir()
     (reports / "seeds" / "big.csv").write_text("not published")
-    copied = publish(tmp_path / "results" / "quick-cpu", "python -m robust_cifar.preset quick")
+    copied = publish(tmp_path / "results" / "quick-cpu", "python -m robust_cifar.preset quick", wall_seconds=634.8)
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
     assert names == ["metrics/baseline.json", "summary.json", "summary.md", "umap/baseline.png"]
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m robust_cifar.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
+    assert "**wall time of the command**: 10.6 min" in readme
