@@ -63,7 +63,7 @@ def params_problems(name: str, declared: set[str], read: set[str]) -> list[str]:
 def test_every_stage_lists_exactly_its_import_closure():
     problems = [problem for name, stage in stages_of(ROOT).items()
                 for problem in code_dep_problems(name, stage.cmd, declared_deps(stage))]
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(problems + ["fix: python -m tests.sync_code_deps"])
 
 
 def test_the_code_guard_names_a_deleted_and_a_stale_dep():
