@@ -15,13 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from robust_cifar.colours import method_colour  # noqa: E402
 from robust_cifar.errors import InputError  # noqa: E402
 
-# The same hex colours as the domain/range of .dvc/plots/linear_by_method.json (tests check it):
-# matplotlib's tab10, in the order of params.yaml's `methods`.
-METHOD_COLOURS = {"baseline": "#1f77b4", "adversarial": "#ff7f0e", "angular": "#2ca02c",
-                  "angular_adversarial": "#d62728"}
-EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 # Learning rates of different methods often coincide for many epochs: on that panel (as in
 # .dvc/plots/linear_log_y.json) earlier methods draw wider lines underneath, so every colour shows.
 LR_WIDTHS = {"baseline": 4.5, "adversarial": 3.2, "angular": 2.0, "angular_adversarial": 1.0}
@@ -49,13 +45,6 @@ PANELS = (
     ("Perturbed validation accuracy", VAL_PERTURBED_ACC, "perturbed validation accuracy", None),
     ("Learning rate", LR, "learning rate (log scale)", None),
 )
-
-
-def method_colour(method: str, methods: list[str]) -> str:
-    if method in METHOD_COLOURS:
-        return METHOD_COLOURS[method]
-    extras = [name for name in methods if name not in METHOD_COLOURS]
-    return EXTRA_COLOURS[extras.index(method) % len(EXTRA_COLOURS)]
 
 
 def read_tsv_curve(path: Path, field: str) -> Curve:

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from robust_cifar.colours import method_colour  # noqa: E402
 from robust_cifar.conditions import KINDS  # noqa: E402
 
 CONDITION_COLOURS = {"clean": "#4c72b0", "perturbed": "#dd8452", "transfer": "#c44e52"}
@@ -65,15 +66,14 @@ def perturbation_examples(clean: np.ndarray, perturbed: np.ndarray, gates: np.nd
     return figure
 
 
-METHOD_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
-
-
 def robustness_curves(all_metrics: dict[str, dict]):
     """Test accuracy against attack size: PGD solid, FGM dashed, one colour per method; head and 3-NN
     side by side; mean over seeds with the std as a band."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for axis, (decision, label) in zip(axes, (("head", "head"), ("knn", "3-NN"))):
-        for colour, (method, metrics) in zip(METHOD_COLOURS * 3, all_metrics.items()):
+        eps_swept: set[float] = set()
+        for method, metrics in all_metrics.items():
+            colour = method_colour(method, list(all_metrics))
             sweep = metrics.get("robustness", {}).get("sweep", {})
             for attack, style in (("pgd", "-"), ("fgm", "--")):
                 points = sorted((float(key.removeprefix("eps_").replace("p", ".")), entry[decision])
@@ -81,14 +81,18 @@ def robustness_curves(all_metrics: dict[str, dict]):
                 if not points:
                     continue
                 eps = np.array([p[0] for p in points])
+                eps_swept.update(eps.tolist())
                 mean = np.array([100 * p[1]["mean"] for p in points])
                 std = np.array([100 * p[1]["std"] for p in points])
+                # one legend entry per method; the line style is the attack (the title says which)
                 axis.plot(eps, mean, style, color=colour, marker="o", markersize=3,
-                          label=f"{method} {attack.upper()}")
+                          label=method if attack == "pgd" else None)
                 axis.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
         axis.set_title(f"{label} decision")
         axis.set_xlabel("L-inf attack size eps (x 1/255)")
         axis.set_xscale("symlog", linthresh=1)
+        if eps_swept:   # ticks at the eps values that were run
+            axis.set_xticks(sorted(eps_swept), [f"{value:g}" for value in sorted(eps_swept)], fontsize=7)
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7, frameon=False)

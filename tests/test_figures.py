@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from robust_cifar.curves import (LR, LR_WIDTHS, METHOD_COLOURS, PANELS, TRAIN_LOSS, loss_kind, read_training_curves,
+from robust_cifar.colours import METHOD_COLOURS
+from robust_cifar.curves import (LR, LR_WIDTHS, PANELS, TRAIN_LOSS, loss_kind, read_training_curves,
                                  training_curves)
 from robust_cifar.live_log import LOGGED
 

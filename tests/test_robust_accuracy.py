@@ -1,8 +1,10 @@
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
 
 from robust_cifar.compute import Compute
+from robust_cifar.colours import METHOD_COLOURS
 from robust_cifar.figures import robustness_curves
 from robust_cifar.methods.objectives import class_means, soft_nearest_class_score
 from robust_cifar.model import CifarResNet18
@@ -100,10 +102,14 @@ def test_robustness_curves_draw_pgd_and_fgm_per_method():
     figure = robustness_curves({"baseline": metrics_with([0.9, 0.5, 0.3, 0.1], [0.9, 0.3, 0.1, 0.0]),
                                 "adversarial": metrics_with([0.9, 0.6, 0.4, 0.2], [0.9, 0.5, 0.2, 0.05])})
     head_axis = figure.axes[0]
-    labels = [line.get_label() for line in head_axis.get_lines()]
-    assert labels == ["baseline PGD", "baseline FGM", "adversarial PGD", "adversarial FGM"]
-    assert np.allclose(head_axis.get_lines()[0].get_ydata(), [90, 30, 10, 0])
+    lines = head_axis.get_lines()
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]   # PGD solid, FGM dashed
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in lines] == (
+        [METHOD_COLOURS["baseline"]] * 2 + [METHOD_COLOURS["adversarial"]] * 2)   # as in the training curves
+    assert head_axis.get_legend_handles_labels()[1] == ["baseline", "adversarial"]
+    assert np.allclose(lines[0].get_ydata(), [90, 30, 10, 0])
     assert head_axis.get_xscale() == "symlog"
+    assert [tick.get_text() for tick in head_axis.get_xticklabels()] == ["0", "4", "8", "32"]
 
 
 def test_guides_are_capped_by_the_smallest_class(setting):
