@@ -1,7 +1,6 @@
 """A copy of this project with a tiny generated archive and tiny params, driven through the dvc CLI."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -106,8 +105,15 @@ def ran_stages(output: str) -> set[str]:
 
 
 def stale_stages(project: Path) -> set[str]:
-    """Stages whose own dependencies changed (dvc status); not yet their downstream."""
-    return set(json.loads(dvc(project, "status", "--json").stdout or "{}"))
+    """Stages whose own dependencies changed (`dvc status`); not yet their downstream.
+
+    DVC's own status, called in this process: the same answer as `dvc status --json` in about
+    half the time (no interpreter and dvc import per call), which the key-by-key tests repeat ~80 times.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return set(repo.status())
 
 
 def downstream_closure(project: Path, stages: set[str]) -> set[str]:
