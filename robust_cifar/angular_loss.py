@@ -26,10 +26,13 @@ import torch
 from torch import Tensor
 
 
-def angular_loss(embeddings: Tensor, labels: Tensor, alpha_degrees: float) -> Tensor:
+def angular_loss(embeddings: Tensor, labels: Tensor, alpha_degrees: float, per_class: int | None = None) -> Tensor:
     """Mean N-pair angular loss over all ordered positive pairs of the batch.
 
     embeddings: (B, D), L2-normalized rows. labels: (B,) integer class ids.
+    per_class: set it when every class in the batch has exactly this many rows (a class-balanced
+    batch): the grouping is then computed on the device without reading the labels on the host,
+    so a CUDA graph can capture the loss. A batch that is not balanced fails a device-side check.
     Returns a differentiable scalar (float32, or float64 for float64 input).
     """
     tan_sq_alpha = _tan_squared_alpha(alpha_degrees)
@@ -38,7 +41,7 @@ def angular_loss(embeddings: Tensor, labels: Tensor, alpha_degrees: float) -> Te
     # small differences the loss is made of, so autocast must not touch this.
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
-        order, groups = _class_major_groups(labels)
+        order, groups = _class_major_groups(labels) if per_class is None else _balanced_groups(labels, per_class)
         n_pairs = sum(n_classes * size * (size - 1) for _, n_classes, size in groups)
         if n_pairs == 0:
             # Still attached to the graph so callers can call backward() unconditionally.
@@ -92,6 +95,19 @@ def _class_major_groups(labels: Tensor) -> tuple[Tensor, list[tuple[int, int, in
         groups.append((start, count, size))
         start += count * size
     return order.to(labels.device, non_blocking=True), groups
+
+
+def _balanced_groups(labels: Tensor, per_class: int) -> tuple[Tensor, list[tuple[int, int, int]]]:
+    """The grouping of _class_major_groups for a batch of `per_class` rows of each class: one group,
+    the rows sorted by class (stably, so the same permutation), found without a host sync."""
+    if per_class < 2 or len(labels) % per_class:
+        raise ValueError(f"a batch of {len(labels)} rows cannot hold exactly {per_class} rows of each class")
+    n_classes = len(labels) // per_class
+    order = torch.sort(labels, stable=True).indices
+    by_class = labels[order].view(n_classes, per_class)
+    torch._assert_async(((by_class == by_class[:, :1]).all() & (by_class[1:, 0] != by_class[:-1, 0]).all()),
+                        "angular_loss(per_class=...) got a batch that is not class-balanced")
+    return order, [(0, n_classes, per_class)]
 
 
 def _group_pair_loss_sum(members: Tensor, candidates: Tensor, member_labels: Tensor,

@@ -4,7 +4,8 @@
     python -m robust_cifar.bench --long     # steadier numbers
     python -m robust_cifar.bench --device cpu --fp32
 
-Prints images/s of each method's training step (the project's own `train_step`), of evaluation
+Prints images/s of each method's training step (the project's own, replayed as CUDA graphs where the
+pipeline does; on CUDA the eager step too, for the ratio), of evaluation
 and of the FGM attack; the same ResNet18 and batch trained by a reference loop written like the
 original notebook (DataLoader over a Dataset, normalization outside the model, per-batch
 perturbation calls, fp32) and the ratio; wall time of the 3-NN and UMAP work at the study's
@@ -28,7 +29,7 @@ from robust_cifar.methods.batches import ShuffledBatches
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
 from robust_cifar.params import load_params
 from robust_cifar.perturb import fgm
-from robust_cifar.training import TrainConfig, TrainingSetup, make_optimizer, train_step
+from robust_cifar.training import TrainConfig, TrainingSetup, make_optimizer, training_step, uses_cuda_graphs
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), for model FLOP utilisation.
 BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
@@ -74,19 +75,19 @@ def project_training(method_name: str, compute: Compute, batch: int, seconds: fl
     config = TrainConfig(epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, lr_factor=0.05, lr_patience=2,
                          lr_schedule_on="epoch_mean", val_every=1)
     setup = TrainingSetup(method=method, train=config, compute=compute, seed=0, num_classes=10, eval_batch_size=1024)
-    model = compute.prepare(CifarResNet18())
-    optimizer = make_optimizer(model, config)
+    model = compute.prepare(CifarResNet18()).train()
+    optimizer = make_optimizer(model, config, graphed_on=compute.device if uses_cuda_graphs(setup) else None)
     images, labels = synthetic_split(batch * 8, compute.device)
-    generator = torch.Generator(device=compute.device).manual_seed(0)
+    pipeline_step = training_step(setup, model, optimizer, torch.Generator(device=compute.device).manual_seed(0))
     step_count = [0]
 
     def step() -> int:
         start = (step_count[0] % 8) * batch
         step_count[0] += 1
-        model.train()
-        train_step(setup, model, optimizer, images[start:start + batch], labels[start:start + batch], generator)
+        pipeline_step(images[start:start + batch], labels[start:start + batch])
         return batch
-    return throughput(step, compute.device, seconds)
+    # graphs are captured after a few eager steps of each shape: warm up past them
+    return throughput(step, compute.device, seconds, warmup=6)
 
 
 class NotebookStyleDataset(torch.utils.data.Dataset):
@@ -134,45 +135,6 @@ def reference_training(device: torch.device, batch: int, seconds: float, perturb
         optimizer.step()
         return len(y)
     return throughput(step, device, seconds)
-
-
-def graphed_training(compute: Compute, batch: int, seconds: float) -> float:
-    """The baseline step (forward, backward, SGD) captured once as a CUDA graph and replayed: what the
-    step costs without per-kernel launch overhead. A measurement of the lever, not yet the pipeline's
-    step (the graph bakes in the learning rate, so the scheduler could not change it)."""
-    model = compute.prepare(CifarResNet18()).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    pixels, labels = synthetic_split(batch * 8, compute.device)
-    static_images, static_labels = compute.images(pixels[:batch]).clone(), labels[:batch].clone()
-
-    def forward_backward_step():
-        # autocast's weight cache must be off inside a graph capture
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=compute.mixed_precision, cache_enabled=False):
-            loss = F.cross_entropy(model(static_images).float(), static_labels)
-        loss.backward()
-        optimizer.step()
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):   # warm-up outside the graph: creates momentum buffers, picks kernels
-            optimizer.zero_grad(set_to_none=True)
-            forward_backward_step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        forward_backward_step()
-    step_count = [0]
-
-    def step() -> int:
-        start = (step_count[0] % 8) * batch
-        step_count[0] += 1
-        static_images.copy_(compute.images(pixels[start:start + batch]))
-        static_labels.copy_(labels[start:start + batch])
-        graph.replay()
-        return batch
-    return throughput(step, compute.device, seconds)
 
 
 def evaluation_throughput(compute: Compute, batch: int, seconds: float) -> float:
@@ -247,11 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "knn", "umap"])
     parser.add_argument("--deterministic", action="store_true",
                         help="CUDA: deterministic kernels (compute.deterministic), to measure what they cost")
-    parser.add_argument("--graphs", action="store_true", help="CUDA: also time the baseline step as a CUDA graph")
+    parser.add_argument("--no-graphs", action="store_true",
+                        help="CUDA: time only the eager training step (compute.cuda_graphs=false)")
     args = parser.parse_args(argv)
     seconds = 15.0 if args.long else args.seconds
 
-    compute = Compute.create(args.device, fast=not args.fp32, deterministic=args.deterministic)
+    compute = Compute.create(args.device, fast=not args.fp32, deterministic=args.deterministic,
+                             cuda_graphs=not args.no_graphs)
     device = compute.device
     torch.manual_seed(0)
     print(f"device: {compute.describe()}{', deterministic kernels' if args.deterministic else ''}; "
@@ -264,7 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     rates = {}
     for name in REGISTRY:
         rates[name] = project_training(name, compute, args.batch, seconds)
-        print(f"train step  {name:<20} {rates[name]:10.0f} img/s")
+        graphed = uses_cuda_graphs(TrainingSetup(study_method(name, args.batch), None, compute, 0, 10, 0))
+        line = f"train step  {name:<20} {rates[name]:10.0f} img/s"
+        if graphed:
+            eager = project_training(name, dataclasses.replace(compute, cuda_graphs=False), args.batch, seconds)
+            line += f" as CUDA graphs ({rates[name] / eager:.2f}x the eager step's {eager:.0f} img/s)"
+        print(line)
     print(f"evaluation (embed + logits) {evaluation_throughput(compute, 1024, seconds):10.0f} img/s")
     print(f"FGM attack (fwd + bwd)      {attack_throughput(compute, 1024, seconds):10.0f} img/s")
 
@@ -275,11 +244,6 @@ def main(argv: list[str] | None = None) -> None:
         reference_adversarial = reference_training(device, args.batch, seconds, perturb=True)
         print(f"reference loop, adversarial (per-batch perturbation calls): {reference_adversarial:.0f} img/s -> "
               f"project / reference = {rates['adversarial'] / reference_adversarial:.2f}x")
-
-    if device.type == "cuda" and args.graphs:
-        graphed = graphed_training(compute, args.batch, seconds)
-        print(f"train step  baseline as one CUDA graph {graphed:10.0f} img/s "
-              f"({graphed / rates['baseline']:.2f}x the eager step)")
 
     if device.type == "cuda":
         flops = training_flops_per_image(compute)

@@ -22,6 +22,7 @@ class ComputeConfig:
     fast: bool
     eval_batch_size: int
     deterministic: bool
+    cuda_graphs: bool
 
     @staticmethod
     def device_from_params(params: Params) -> str:
@@ -32,7 +33,8 @@ class ComputeConfig:
         return cls(device=cls.device_from_params(params), fast=params.value("compute.fast", BOOLEAN),
                    eval_batch_size=params.value("compute.eval_batch_size",
                                                 bounded_int(1, 65_536, "images per inference batch")),
-                   deterministic=params.value("compute.deterministic", BOOLEAN))
+                   deterministic=params.value("compute.deterministic", BOOLEAN),
+                   cuda_graphs=params.value("compute.cuda_graphs", BOOLEAN))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,9 +61,11 @@ def bf16_supported(device: torch.device) -> bool:
 class Compute:
     device: torch.device
     mixed_precision: bool   # bf16 autocast and channels_last
+    cuda_graphs: bool = False   # training steps of fixed shape replayed as CUDA graphs (robust_cifar/step_graphs.py)
 
     @classmethod
-    def create(cls, device: str = "auto", fast: bool = True, deterministic: bool = False) -> "Compute":
+    def create(cls, device: str = "auto", fast: bool = True, deterministic: bool = False,
+               cuda_graphs: bool = False) -> "Compute":
         resolved = resolve_device(device)
         if resolved.type == "cuda":
             # cuDNN's fastest kernels are chosen per shape (benchmark) and some accumulate in a
@@ -73,20 +77,22 @@ class Compute:
             if deterministic:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True, warn_only=True)
-        return cls(resolved, fast and bf16_supported(resolved))
+        return cls(resolved, fast and bf16_supported(resolved), cuda_graphs and resolved.type == "cuda")
 
     @classmethod
     def from_config(cls, config: ComputeConfig) -> "Compute":
-        return cls.create(config.device, config.fast, config.deterministic)
+        return cls.create(config.device, config.fast, config.deterministic, config.cuda_graphs)
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.mixed_precision else torch.contiguous_format
 
-    def autocast(self):
+    def autocast(self, cache_enabled: bool = True):
+        """bf16 autocast where enabled. A CUDA graph capture needs `cache_enabled=False` (the cache of
+        cast weights must not outlive the capture); the casts are the same either way."""
         if not self.mixed_precision:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
     def images(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW on the device -> float pixels in [0, 1] in the model's memory format."""
@@ -97,5 +103,6 @@ class Compute:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        return f"{self.device} ({name}), {'bf16 autocast + channels_last' if self.mixed_precision else 'fp32'}"
+        return (f"{self.device} ({name}), {'bf16 autocast + channels_last' if self.mixed_precision else 'fp32'}"
+                f"{', CUDA graphs' if self.cuda_graphs else ''}")
 

@@ -19,6 +19,7 @@ from robust_cifar.methods import Method
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, bounded_real, one_of
 from robust_cifar.perturb import apply_perturbations, draw_perturbations
+from robust_cifar.step_graphs import GraphedSteps, StepFn, keep_learning_rate_tensor, tensor_learning_rate
 
 # What ReduceLROnPlateau watches: the mean training loss of the epoch, or (as the original
 # notebook did) the loss of its last batch.
@@ -117,9 +118,11 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
     torch.manual_seed(setup.seed)
     order_generator = torch.Generator().manual_seed(setup.seed)
     perturb_generator = torch.Generator(device=compute.device).manual_seed(setup.seed)
-    optimizer = make_optimizer(model, config)
+    graphed = uses_cuda_graphs(setup)
+    optimizer = make_optimizer(model, config, graphed_on=compute.device if graphed else None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_factor,
                                                            patience=config.lr_patience)
+    step = training_step(setup, model, optimizer, perturb_generator)
     perturbed_val = (perturbed_val_transform(setup, len(val.labels), tuple(train.images.shape[1:]))
                      if method.training_perturbation is not None else None)
 
@@ -136,15 +139,17 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         seen = 0
         for indices in epoch_batches(setup, train.labels, order_generator):
             labels = train.labels[indices]
-            loss, outputs = train_step(setup, model, optimizer, train.images[indices], labels, perturb_generator)
+            loss, outputs = step(train.images[indices], labels)
             loss_sum += loss * len(indices)
             tracker.update(outputs, labels, indices)
             seen += len(indices)
             bar.update(len(indices))
         train_loss = (loss_sum / seen).item()   # the one host sync of the epoch
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": tracker.value(train.labels, seen).item(),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+               "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
         scheduler.step(train_loss if config.lr_schedule_on == "epoch_mean" else loss.item())
+        if graphed:
+            keep_learning_rate_tensor(optimizer)
         if epoch % config.val_every == 0 or epoch == config.epochs:
             started = time.perf_counter()
             row.update(validate(setup, model, train, val, perturbed_val, progress))
@@ -158,8 +163,30 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
     return history
 
 
-def make_optimizer(model: CifarResNet18, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+def make_optimizer(model: CifarResNet18, config: TrainConfig,
+                   graphed_on: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """SGD with momentum. For a step replayed as a CUDA graph (`graphed_on` its device) the learning
+    rate is a tensor on that device and the update one fused kernel that reads it."""
+    if graphed_on is None:
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=tensor_learning_rate(config.lr, graphed_on),
+                           momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
+
+
+def uses_cuda_graphs(setup: TrainingSetup) -> bool:
+    """Graphs replay fixed shapes: a method that perturbs its training batches (FGM on the gated
+    rows, a shape that changes every step) trains eagerly."""
+    return setup.compute.cuda_graphs and setup.method.training_perturbation is None
+
+
+def training_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.optim.Optimizer,
+                  perturb_generator: torch.Generator) -> StepFn:
+    """The step the loop calls with (uint8 pixels, labels): `train_step`, replayed as CUDA graphs
+    where `uses_cuda_graphs` (the optimizer must then come from make_optimizer(graphed_on=...))."""
+    def step(pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_step(setup, model, optimizer, pixels, labels, perturb_generator)
+    return GraphedSteps(step) if uses_cuda_graphs(setup) else step
 
 
 def train_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
@@ -167,7 +194,7 @@ def train_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.opti
     """One optimisation step on a batch of uint8 images; returns the detached loss and outputs."""
     images = setup.method.training_images(model, setup.compute.images(pixels), labels, setup.num_classes,
                                           perturb_generator, setup.compute)
-    with setup.compute.autocast():
+    with setup.compute.autocast(cache_enabled=False):   # capturable (step_graphs); one forward casts each weight once
         loss, outputs = setup.method.objective.loss(model, images, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

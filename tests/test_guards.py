@@ -10,7 +10,7 @@ import pytest
 from dvc.repo import Repo
 
 from tests.import_closure import import_closure
-from tests.pipeline_project import PARAMS_TRACE, dvc, stale_stages
+from tests.pipeline_project import PARAMS_TRACE, stale_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.

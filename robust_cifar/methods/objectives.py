@@ -126,7 +126,8 @@ class AngularEmbedding:
 
     def loss(self, model: CifarResNet18, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings = model.embed(images)
-        return angular_loss(embeddings, labels, self.alpha), embeddings
+        # training batches are class-balanced (BalancedBatches): the grouping needs no host sync
+        return angular_loss(embeddings, labels, self.alpha, per_class=self.per_class), embeddings
 
     def training_accuracy(self, n: int, model: CifarResNet18, num_classes: int, device) -> NearestMeanAccuracy:
         return NearestMeanAccuracy(n, model.config["embedding_dim"], num_classes, device)
@@ -150,6 +151,6 @@ class AngularEmbedding:
     def validation_loss(self, embeddings: Tensor, logits: Tensor, labels: Tensor, seed: int) -> float:
         """The angular loss itself, on class-balanced validation batches in a fixed order."""
         order = balanced_batches(labels.cpu(), self.per_class, torch.Generator().manual_seed(seed))
-        losses = [angular_loss(embeddings[batch], labels[batch], self.alpha)
+        losses = [angular_loss(embeddings[batch], labels[batch], self.alpha, per_class=self.per_class)
                   for batch in (batch.to(embeddings.device) for batch in order)]
         return torch.stack(losses).mean().item()
