@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One device call (one H100/H200, 10 minutes at most) that checks, measures and runs the study:
+#   1. the CUDA-graph training step on the GPU (tests/test_step_graphs*.py);
+#   2. the benchmark: each method's training img/s (graphed and eager), evaluation, FGM, 3-NN, MFU;
+#   3. the default study through dvc on the real JPEG images: one seed, then seeds 1 and 2 added.
+# Everything it reports lands in $OUT (at most 8 files come back): gpu.txt, tests.txt, bench.txt,
+# times.txt, study.log.gz, results.tar.gz (reports, per-stage wall times, dvc.lock).
+#
+# Before the call, in the repository root here (see .device/README.md):
+#   .device/fetch_wheels.sh                      # dvc, dvclive, umap-learn and what they need -> .whl/
+#   cp ../shared/data/cifar10-jpeg.tar.gz .device/
+# The call:  run(command=".device/gpu_study.sh", carry=[".whl", ".device/cifar10-jpeg.tar.gz"], timeout_s=600)
+#
+# Knobs (for a dry run on a CPU): BUDGET_S (seconds this script may take, default 560), ARCHIVE,
+# ARCHIVE_MD5, STUDY_SETTINGS (extra `-S key=value` words, no spaces inside one), SEEDS_FIRST, SEEDS_ALL,
+# BENCH_ARGS.
+set -uo pipefail
+BUDGET_S=${BUDGET_S:-560}
+DEADLINE=$((SECONDS + BUDGET_S))
+left() { echo $((DEADLINE - SECONDS)); }
+OUT=${OUT:?the device tool sets OUT}
+ARCHIVE=${ARCHIVE:-.device/cifar10-jpeg.tar.gz}
+ARCHIVE_MD5=${ARCHIVE_MD5-26db66ca8cac19aed87bc28f0e6c6d82}   # set but empty: not checked
+SEEDS_FIRST=${SEEDS_FIRST:-[0]}
+SEEDS_ALL=${SEEDS_ALL:-[0, 1, 2]}
+export PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+fi
+# dvc.yaml's commands say `python`; the device has `python3`
+# (a wrapper, not a symlink: python3 there is a venv's, found through the path it is called by; written
+# beside and renamed, never through an existing /tmp/bin/python, which may be a link to a real interpreter)
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python.$$ \
+  && chmod +x /tmp/bin/python.$$ && mv -f /tmp/bin/python.$$ /tmp/bin/python && export PATH=/tmp/bin:$PATH
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi";
+  python -c "import torch, numpy, platform, dvc, umap; print('torch', torch.__version__, 'numpy', numpy.__version__, 'python', platform.python_version(), 'dvc', dvc.__version__, 'umap', umap.__version__)"; } \
+  2>&1 | tee "$OUT/gpu.txt"
+
+echo "== 1. CUDA graph tests ($(left) s left)"
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_step_graphs_cuda.py tests/test_step_graphs.py 2>&1 \
+  | tail -30 | tee "$OUT/tests.txt"
+
+echo "== 2. benchmark ($(left) s left)"
+timeout 150 python -m robust_cifar.bench ${BENCH_ARGS:---seconds 2 --skip reference umap} 2>&1 | tee "$OUT/bench.txt"
+
+echo "== 3. the study through dvc ($(left) s left)"
+if [ ! -d .git ]; then   # the device gets the working tree without its history: dvc exp run needs a commit
+  git init -q && git add -A && git -c user.email=device@localhost -c user.name=device commit -qm "working tree" \
+    || { echo "git snapshot failed"; exit 1; }
+fi
+DATA=(-S "data.archive=$ARCHIVE" -S "data.archive_md5=$ARCHIVE_MD5")
+read -r -a EXTRA <<< "${STUDY_SETTINGS:-}"
+: > "$OUT/times.txt"
+run_study() {   # name, seeds: one dvc experiment, timed, bounded by what is left of the budget
+  local started=$SECONDS limit=$(( $(left) - 45 ))
+  [ "$limit" -gt 30 ] || { echo "$1: skipped, $(left) s left" | tee -a "$OUT/times.txt"; return 1; }
+  timeout "$limit" python -m dvc exp run -n "$1" -S "seeds.train=$2" "${DATA[@]}" "${EXTRA[@]}" >> "$OUT/study.log" 2>&1
+  local rc=$?
+  echo "$1 (seeds.train=$2): exit $rc, $((SECONDS - started)) s wall" | tee -a "$OUT/times.txt"
+  return $rc
+}
+run_study gpu-one-seed "$SEEDS_FIRST" && run_study gpu-three-seeds "$SEEDS_ALL"
+python -m dvc status 2>&1 | grep -c "changed" | sed 's/^/stages not yet run or changed: /' | tee -a "$OUT/times.txt"
+
+gzip -c "$OUT/study.log" > "$OUT/study.log.gz" && rm "$OUT/study.log"
+tar czf "$OUT/results.tar.gz" --ignore-failed-read params.yaml dvc.lock .cache/timing reports/summary.md \
+  reports/summary.json reports/*.png reports/metrics reports/umap reports/training reports/robustness 2>/dev/null
+ls -la "$OUT"
+echo "done, $(left) s of the budget left"
