@@ -1,6 +1,7 @@
 """A copy of this project with a tiny generated archive and tiny params, driven through the dvc CLI."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -112,7 +113,8 @@ def stale_stages(project: Path) -> set[str]:
     """
     from dvc.repo import Repo
 
-    with Repo(str(project)) as repo:
+    # from inside the project, as the CLI: elsewhere DVC names each stage by its dvc.yaml's relative path
+    with contextlib.chdir(project), Repo(".") as repo:
         return set(repo.status())
 
 

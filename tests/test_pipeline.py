@@ -58,7 +58,7 @@ DIRECT = {
     "compute.device": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
                        | set(methods("robustness")) | {"examples"}),
     **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
-       for key in ("fast", "eval_batch_size", "deterministic")},
+       for key in ("fast", "eval_batch_size", "deterministic", "cuda_graphs")},
     **{f"attack.{key}": set(methods("robustness"))
        for key in ("eps", "pgd_steps", "pgd_step_scale", "pgd_restarts", "knn_temperatures", "test_images")},
     **{f"perturb.{key}": {"perturb"} for key in PERTURBATION_KEYS},
