@@ -31,6 +31,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "model.dropout": 0.0,             # learns faster in few epochs, and costs CPU time
         "train.epochs": 12,
         "train.val_every": 4,
+        "train.perturbed_val_every": 4,
         "split.train_fraction": 0.1,      # 500 training images per class
         "split.val_per_class": 50,
         "split.test_per_class": 100,

@@ -36,6 +36,9 @@ class TrainConfig:
     lr_patience: int
     lr_schedule_on: str
     val_every: int
+    # Methods trained on perturbations also validate perturbed (FGM against the model): the dearest
+    # part of validation, so it has its own cadence. Neither cadence changes the trained model.
+    perturbed_val_every: int = 1
 
     @classmethod
     def from_params(cls, params: Params) -> "TrainConfig":
@@ -46,7 +49,14 @@ class TrainConfig:
                    lr_factor=params.value("train.lr_factor", OPEN_FRACTION),
                    lr_patience=params.value("train.lr_patience", bounded_int(0, 1_000, "epochs; the study waits 2")),
                    lr_schedule_on=params.value("train.lr_schedule_on", one_of(*SCHEDULE_SIGNALS)),
-                   val_every=params.value("train.val_every", bounded_int(1, 10_000, "epochs")))
+                   val_every=params.value("train.val_every", bounded_int(1, 10_000, "epochs")),
+                   perturbed_val_every=params.value("train.perturbed_val_every", bounded_int(1, 10_000, "epochs")))
+
+    def validates(self, epoch: int) -> bool:
+        return epoch % self.val_every == 0 or epoch == self.epochs
+
+    def validates_perturbed(self, epoch: int) -> bool:
+        return epoch % self.perturbed_val_every == 0 or epoch == self.epochs
 
 
 @dataclass
@@ -73,16 +83,21 @@ def epoch_batches(setup: TrainingSetup, labels: torch.Tensor, generator: torch.G
 
 
 def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, val: SplitTensors,
-             perturbed_val: Optional[Callable[[object], BatchTransform]], progress: bool = False) -> dict[str, float]:
-    """Validation loss and accuracy in the method's own terms, and perturbed accuracy for methods
-    trained on perturbations (their attack aimed at the model's own decision)."""
+             perturbed_val: Optional[Callable[[object], BatchTransform]], progress: bool = False,
+             clean: bool = True) -> dict[str, float]:
+    """Validation loss and accuracy in the method's own terms (when `clean`), and perturbed accuracy
+    for methods trained on perturbations (when `perturbed_val` is given: their attack aimed at the
+    model's own decision)."""
     objective, batch_size = setup.method.objective, setup.eval_batch_size
     train_embeddings = (embed_and_classify(model, train.images, setup.compute, batch_size)[0]
                         if objective.needs_train_embeddings else None)
     reference = objective.reference(train_embeddings, train.labels, setup.num_classes)
-    embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size, progress=progress and "validate")
-    row = {"val_loss": objective.validation_loss(embeddings, logits, val.labels, setup.seed),
-           "val_acc": accuracy(objective.predict(embeddings, logits, reference), val.labels)}
+    row = {}
+    if clean:
+        embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size,
+                                                progress=progress and "validate")
+        row = {"val_loss": objective.validation_loss(embeddings, logits, val.labels, setup.seed),
+               "val_acc": accuracy(objective.predict(embeddings, logits, reference), val.labels)}
     if perturbed_val is not None:
         transform = perturbed_val(objective.score_fn(model, reference))
         embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size, transform=transform,
@@ -150,9 +165,11 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         scheduler.step(train_loss if config.lr_schedule_on == "epoch_mean" else loss.item())
         if graphed:
             keep_learning_rate_tensor(optimizer)
-        if epoch % config.val_every == 0 or epoch == config.epochs:
+        perturbed_now = perturbed_val is not None and config.validates_perturbed(epoch)
+        if config.validates(epoch) or perturbed_now:
             started = time.perf_counter()
-            row.update(validate(setup, model, train, val, perturbed_val, progress))
+            row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
+                                clean=config.validates(epoch)))
             row["val_seconds"] = time.perf_counter() - started
         history.append(row)
         if on_epoch is not None:

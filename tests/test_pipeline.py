@@ -54,7 +54,8 @@ DIRECT = {
     **{f"model.{key}": set(methods("train")) | {"summarize"} for key in ("width", "embedding_dim", "dropout")},
     "train.epochs": set(methods("train")) | {"summarize"},
     **{f"train.{key}": set(methods("train")) for key in
-       ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every")},
+       ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every",
+        "perturbed_val_every")},
     "compute.device": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
                        | set(methods("robustness")) | {"examples"}),
     **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))

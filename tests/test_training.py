@@ -105,7 +105,7 @@ def test_validation_matches_the_trained_model_head(baseline_run):
 
 
 def test_adversarial_rows_include_perturbed_validation_accuracy():
-    history, _ = run("adversarial", width=4, epochs=3, val_every=2, batch_size=50)
+    history, _ = run("adversarial", width=4, epochs=3, val_every=2, perturbed_val_every=2, batch_size=50)
     for row in history:
         validated = row["epoch"] in (2, 3)
         assert set(row) == EPOCH_KEYS | ((VALIDATION_KEYS | {"val_perturbed_acc"}) if validated else set())
@@ -115,6 +115,18 @@ def test_adversarial_rows_include_perturbed_validation_accuracy():
     # same seed, same batches: only the on-the-fly perturbations make the losses differ
     assert [r["train_loss"] for r in history] != [r["train_loss"] for r in baseline]
     assert "val_perturbed_acc" not in baseline[-1]
+
+
+def test_perturbed_validation_has_its_own_cadence_and_does_not_change_the_model():
+    every_epoch, model = run("adversarial", width=4, epochs=4, val_every=3, perturbed_val_every=1, batch_size=50)
+    sparse, sparse_model = run("adversarial", width=4, epochs=4, val_every=3, perturbed_val_every=2, batch_size=50)
+    assert [row["epoch"] for row in sparse if "val_perturbed_acc" in row] == [2, 4]   # every 2nd, and the last
+    assert [row["epoch"] for row in sparse if "val_acc" in row] == [3, 4]             # clean: its own cadence
+    assert set(sparse[1]) == EPOCH_KEYS | {"val_perturbed_acc", "val_seconds"}        # perturbed only at epoch 2
+    # the same perturbed accuracy where both ran, and the same training
+    assert sparse[3]["val_perturbed_acc"] == every_epoch[3]["val_perturbed_acc"]
+    assert [row["train_loss"] for row in sparse] == [row["train_loss"] for row in every_epoch]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), sparse_model.state_dict().values()))
 
 
 def record_loss_calls(monkeypatch, objective, record):
