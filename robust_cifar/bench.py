@@ -69,14 +69,16 @@ def study_method(name: str, batch: int):
     return method
 
 
-def project_training(method_name: str, compute: Compute, batch: int, seconds: float) -> float:
+def project_training(method_name: str, compute: Compute, batch: int, seconds: float) -> tuple[float, bool]:
+    """(images/s of the pipeline's training step, whether that step was replayed as CUDA graphs)."""
     method = study_method(method_name, batch)
     batch = len(method.batch_order.epoch(torch.arange(batch * 8) % 10, torch.Generator().manual_seed(0))[0])
     config = TrainConfig(epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, lr_factor=0.05, lr_patience=2,
                          lr_schedule_on="epoch_mean", val_every=1)
     setup = TrainingSetup(method=method, train=config, compute=compute, seed=0, num_classes=10, eval_batch_size=1024)
     model = compute.prepare(CifarResNet18()).train()
-    optimizer = make_optimizer(model, config, graphed_on=compute.device if uses_cuda_graphs(setup) else None)
+    graphed = uses_cuda_graphs(setup)
+    optimizer = make_optimizer(model, config, graphed_on=compute.device if graphed else None)
     images, labels = synthetic_split(batch * 8, compute.device)
     pipeline_step = training_step(setup, model, optimizer, torch.Generator(device=compute.device).manual_seed(0))
     step_count = [0]
@@ -87,7 +89,7 @@ def project_training(method_name: str, compute: Compute, batch: int, seconds: fl
         pipeline_step(images[start:start + batch], labels[start:start + batch])
         return batch
     # graphs are captured after a few eager steps of each shape: warm up past them
-    return throughput(step, compute.device, seconds, warmup=6)
+    return throughput(step, compute.device, seconds, warmup=6), graphed
 
 
 class NotebookStyleDataset(torch.utils.data.Dataset):
@@ -227,11 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     project_training("baseline", compute, args.batch, seconds=0)
     rates = {}
     for name in REGISTRY:
-        rates[name] = project_training(name, compute, args.batch, seconds)
-        graphed = uses_cuda_graphs(TrainingSetup(study_method(name, args.batch), None, compute, 0, 10, 0))
+        rates[name], graphed = project_training(name, compute, args.batch, seconds)
         line = f"train step  {name:<20} {rates[name]:10.0f} img/s"
         if graphed:
-            eager = project_training(name, dataclasses.replace(compute, cuda_graphs=False), args.batch, seconds)
+            eager, _ = project_training(name, dataclasses.replace(compute, cuda_graphs=False), args.batch, seconds)
             line += f" as CUDA graphs ({rates[name] / eager:.2f}x the eager step's {eager:.0f} img/s)"
         print(line)
     print(f"evaluation (embed + logits) {evaluation_throughput(compute, 1024, seconds):10.0f} img/s")

@@ -110,15 +110,17 @@ def robust_accuracy(config: AttackConfig, decisions: Decisions, score_fn, transf
     def accuracies(correct: dict[str, Tensor]) -> dict[str, float]:
         return {decision: round(value.float().mean().item(), 6) for decision, value in correct.items()}
 
+    def own_decision_attacks(eps: float) -> dict[str, Attack]:
+        return {"fgm": lambda x, a, b: fgm(score_fn, x, eps),
+                "pgd": lambda x, a, b: pgd(score_fn, x, eps, config.pgd_steps, config.step_size(eps),
+                                           config.pgd_restarts, generator)}
+
     sweep: dict = {"fgm": {}, "pgd": {}}
     at_study: dict[str, dict[str, Tensor]] = {}
     for eps_255 in config.eps:
         eps = eps_255 / 255
         progress(f"eps {eps_255:g}/255")
-        attacks = {"fgm": lambda x, a, b, eps=eps: fgm(score_fn, x, eps),
-                   "pgd": lambda x, a, b, eps=eps: pgd(score_fn, x, eps, config.pgd_steps, config.step_size(eps),
-                                                       config.pgd_restarts, generator)}
-        for name, attack in attacks.items():
+        for name, attack in own_decision_attacks(eps).items():
             correct = decisions.correct(batched(test_images, batch_size, attack, compute), labels, batch_size)
             sweep[name][eps_key(eps_255)] = accuracies(correct)
             if abs(eps - config.study_eps) < 1e-9:
@@ -126,9 +128,7 @@ def robust_accuracy(config: AttackConfig, decisions: Decisions, score_fn, transf
 
     eps = config.study_eps
     if not at_study:   # the study's eps is not one of the sweep's: attack there too
-        for name, attack in {"fgm": lambda x, a, b: fgm(score_fn, x, eps),
-                             "pgd": lambda x, a, b: pgd(score_fn, x, eps, config.pgd_steps, config.step_size(eps),
-                                                        config.pgd_restarts, generator)}.items():
+        for name, attack in own_decision_attacks(eps).items():
             correct = decisions.correct(batched(test_images, batch_size, attack, compute), labels, batch_size)
             at_study.update({f"{name}.{decision}": value for decision, value in correct.items()})
 

@@ -165,11 +165,12 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         scheduler.step(train_loss if config.lr_schedule_on == "epoch_mean" else loss.item())
         if graphed:
             keep_learning_rate_tensor(optimizer)
+        clean_now = config.validates(epoch)
         perturbed_now = perturbed_val is not None and config.validates_perturbed(epoch)
-        if config.validates(epoch) or perturbed_now:
+        if clean_now or perturbed_now:
             started = time.perf_counter()
             row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
-                                clean=config.validates(epoch)))
+                                clean=clean_now))
             row["val_seconds"] = time.perf_counter() - started
         history.append(row)
         if on_epoch is not None:
