@@ -1,0 +1,157 @@
+"""robust_cifar.concurrent_repro: the schedule (unit tests with stand-in commands) and one real tiny pipeline."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robust_cifar import concurrent_repro
+from robust_cifar.concurrent_repro import Plan, plan_from_graph, run
+from tests.pipeline_project import NOT_COPIED, dvc, run as run_command, stale_stages
+
+# a diamond with a tail: a -> (b, c) -> d, and e independent of everything
+GRAPH = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"b", "c"}, "e": set()}
+
+
+def test_plan_runs_the_stale_stages_and_everything_downstream_of_them():
+    plan = plan_from_graph(GRAPH, stale={"b"})
+    assert set(plan.upstream) == {"b", "d"}
+    # `c` is up to date: `d` waits only for what runs
+    assert plan.upstream["d"] == {"b"} and plan.upstream["b"] == set()
+
+
+def test_nothing_stale_means_nothing_to_run():
+    assert plan_from_graph(GRAPH, stale=set()).upstream == {}
+
+
+def test_ready_stages_come_longest_chain_first():
+    plan = plan_from_graph(GRAPH, stale=set(GRAPH))
+    assert plan.ready(done=set(), started=set()) == ["a", "e"]   # a has three stages below it, e none
+    assert plan.ready(done={"a"}, started={"a", "e"}) == ["b", "c"]
+    assert plan.ready(done={"a", "b"}, started={"a", "b", "c", "e"}) == []   # d still waits for c
+
+
+def stand_in(log: Path, seconds: float = 0.3, fail: dict[str, int] | None = None):
+    """A command per stage that records its start and end in `log`, sleeps, and may exit non-zero."""
+    fail = fail or {}
+
+    def command(stage: str) -> list[str]:
+        code = (f"import json, sys, time\n"
+                f"def note(event):\n"
+                f"    with open({str(log)!r}, 'a') as f: f.write(json.dumps([{stage!r}, event, time.time()]) + '\\n')\n"
+                f"note('start')\n"
+                f"try:\n"
+                f"    time.sleep({seconds})\n"
+                f"except KeyboardInterrupt:\n"
+                f"    note('interrupted'); print('interrupted: stand-in'); sys.exit(130)\n"
+                f"if {fail.get(stage, 0)}:\n"
+                f"    print('error: stand-in failure of {stage}'); sys.exit({fail.get(stage, 0)})\n"
+                f"note('end')\n")
+        return [sys.executable, "-c", code]
+    return command
+
+
+def events(log: Path) -> dict[tuple[str, str], float]:
+    return {(stage, event): at for stage, event, at in map(json.loads, log.read_text().splitlines())}
+
+
+def test_each_stage_starts_after_its_upstream_and_independent_ones_overlap(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    log, lines = tmp_path / "events.jsonl", []
+    plan = plan_from_graph(GRAPH, stale=set(GRAPH))
+    assert run(plan, jobs=2, echo=lines.append, command=stand_in(log)) == 0
+    seen = events(log)
+    for stage, upstream in GRAPH.items():
+        for dependency in upstream:
+            assert seen[(dependency, "end")] <= seen[(stage, "start")], (dependency, stage)
+    assert seen[("e", "start")] < seen[("a", "end")]   # two jobs: e ran beside a
+    assert len(lines) == len(GRAPH) and lines[-1].startswith("[5/5] d: ")
+
+
+def test_never_more_stages_at_once_than_jobs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "events.jsonl"
+    independent = {name: set() for name in "pqrst"}
+    assert run(plan_from_graph(independent, set(independent)), jobs=2, echo=lambda line: None,
+               command=stand_in(log)) == 0
+    timeline = sorted((at, +1 if event == "start" else -1) for (_, event), at in events(log).items())
+    at_once = max(sum(step for _, step in timeline[: i + 1]) for i in range(len(timeline)))
+    assert at_once == 2
+
+
+def test_a_failure_starts_nothing_new_lets_running_stages_finish_and_names_the_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    log, lines = tmp_path / "events.jsonl", []
+    graph = {"a": set(), "slow": set(), "after_a": {"a"}}
+    command = stand_in(log, fail={"a": 3})
+    slow = lambda stage: stand_in(log, seconds=1.5)(stage) if stage == "slow" else command(stage)  # noqa: E731
+    assert run(plan_from_graph(graph, set(graph)), jobs=2, echo=lines.append, command=slow) == 3
+    seen = events(log)
+    assert ("after_a", "start") not in seen
+    assert ("slow", "end") in seen   # not killed: its work is kept
+    assert any(line.startswith("failed: a (exit 3): error: stand-in failure of a") for line in lines), lines
+
+
+def test_ctrl_c_reaches_each_running_stage_once_and_returns_130(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "events.jsonl"
+    graph = {"quick": set(), "long": set()}
+    command = lambda stage: stand_in(log, seconds=0.2 if stage == "quick" else 30)(stage)  # noqa: E731
+
+    def echo(line):   # Ctrl-C arrives while `long` runs
+        raise KeyboardInterrupt
+
+    started = time.perf_counter()
+    assert run(plan_from_graph(graph, set(graph)), jobs=2, echo=echo, command=command) == 130
+    assert time.perf_counter() - started < 20
+    assert ("long", "interrupted") in events(log)
+    assert capsys.readouterr().err.strip().startswith("interrupted: finished stages are kept")
+
+
+def test_bad_jobs_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        concurrent_repro.main(["--jobs", "0"])
+    assert exit_info.value.code == 2
+    assert "--jobs 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert concurrent_repro.main(["--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dvc cannot read the pipeline") and len(err.strip().splitlines()) == 1
+
+
+def outs(lock: dict, stage: str) -> list:
+    return [(out["path"], out["md5"]) for out in lock["stages"][stage]["outs"]]
+
+
+def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reproduced_project, tmp_path):
+    """Two methods of the tiny pipeline, two stages at a time: every run's outputs have the bytes
+    of the sequential `dvc repro` (the shared fixture), and DVC sees nothing left to do."""
+    project = tmp_path / "project"
+    shutil.copytree(reproduced_project, project, ignore=NOT_COPIED)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["methods"] = ["baseline", "angular_adversarial"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        run_command(project, *command)
+
+    result = run_command(project, sys.executable, "-m", "robust_cifar.concurrent_repro", "--jobs", "2")
+    assert result.stdout.splitlines()[0].startswith("19 of 19 stages to run, 2 at a time"), result.stdout
+    assert stale_stages(project) == set()
+    sequential = yaml.safe_load((reproduced_project / "dvc.lock").read_text())
+    concurrent = yaml.safe_load((project / "dvc.lock").read_text())
+    for method in params["methods"]:
+        for stage in ("train", "embed", "eval", "robustness"):
+            name = f"{stage}@{method}-0"
+            assert outs(concurrent, name) == outs(sequential, name), name
+    again = run_command(project, sys.executable, "-m", "robust_cifar.concurrent_repro")
+    assert again.stdout.strip() == "every stage is up to date"
+    assert dvc(project, "status").returncode == 0
+
