@@ -221,14 +221,17 @@ def _rows(gates: Tensor, kind: str) -> Tensor:
     return gates[:, KINDS.index(kind)].view(-1, 1, 1, 1)
 
 
-def apply_perturbations(x: Tensor, draw: PerturbDraw, settings: PerturbSettings, score_fn: ScoreFn | None = None) -> Tensor:
+def apply_perturbations(x: Tensor, draw: PerturbDraw, settings: PerturbSettings, score_fn: ScoreFn | None = None,
+                        fixed_shape: bool = False) -> Tensor:
     """Apply the gated perturbations in order jitter -> noise -> FGM; ungated rows pass through bit-identical.
 
     Jitter and noise are computed for the whole batch and selected with torch.where (cheap, and
     no host sync). FGM, a forward and backward pass, is computed only for its gated rows (about
     p of the batch): that costs one host sync to learn which rows, and saves a full-batch pass.
-    The model must be in eval mode, so a row's attack does not depend on the other rows. FGM
-    sees the already jittered/noised images of its rows.
+    With ``fixed_shape`` FGM runs on every row and keeps its gated ones instead: 1/p more work,
+    but no host read and the same shapes at every call, which a CUDA graph needs. The model must
+    be in eval mode, so a row's attack does not depend on the other rows (both ways give the same
+    images). FGM sees the already jittered/noised images of its rows.
 
     If ``score_fn`` is None (or ``settings.fgm_eps`` is 0) the FGM gate is ignored, so such
     rows only get whatever jitter/noise they were gated for.
@@ -237,6 +240,8 @@ def apply_perturbations(x: Tensor, draw: PerturbDraw, settings: PerturbSettings,
     x = torch.where(_rows(gates, "jitter"), color_jitter(x, draw.jitter_factors), x)
     noisy = (x + draw.noise.to(device=x.device, dtype=x.dtype)).clamp(0, 1)
     x = torch.where(_rows(gates, "noise"), noisy, x)
+    if score_fn is not None and settings.fgm_eps > 0 and fixed_shape:
+        return torch.where(_rows(gates, "fgm"), fgm(score_fn, x, settings.fgm_eps), x)
     if score_fn is not None and settings.fgm_eps > 0:
         attacked = gates[:, KINDS.index("fgm")].nonzero().squeeze(1)
         if len(attacked):

@@ -9,16 +9,20 @@ kernels); replaying the captured baseline step ran at 2.16x the eager rate on an
 - inputs are copied into the graph's own buffers, and the loss and outputs it returns are
   overwritten by the next replay (read them before the next step, as the training loop does);
 - the learning rate is a tensor on the device that the scheduler changes in place
-  (`tensor_learning_rate`, `keep_learning_rate_tensor`), so a graph sees every cut.
+  (`tensor_learning_rate`, `keep_learning_rate_tensor`), so a graph sees every cut;
+- random draws from a generator of the caller's (the training perturbations) are fresh at each
+  replay only if the graph knows that generator (`generators`); dropout's default one it knows.
 
-Only steps with fixed shapes and no host reads qualify: the methods without a training-time
-perturbation (FGM's gated rows change shape from step to step). The eager step is the same code.
+Only steps with fixed shapes and no host reads qualify: a method that perturbs its batches runs
+FGM on every row of a graphed step (`apply_perturbations(fixed_shape=True)`), not on the rows its
+gate hit, a shape that changes from step to step. The eager step is otherwise the same code.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -43,9 +47,10 @@ class _Captured:
 class GraphedSteps:
     """Calls `step` eagerly for the first WARMUP_STEPS batches of each size, then replays its graph."""
 
-    def __init__(self, step: StepFn, warmup_steps: int = WARMUP_STEPS):
+    def __init__(self, step: StepFn, warmup_steps: int = WARMUP_STEPS, generators: Sequence[torch.Generator] = ()):
         self.step = step
         self.warmup_steps = warmup_steps
+        self.generators = tuple(generators)
         self.graphs: dict[int, _Captured] = {}
         self.eager_steps: Counter[int] = Counter()
         self.side_stream = torch.cuda.Stream()
@@ -77,6 +82,7 @@ class GraphedSteps:
         static_pixels, static_labels = pixels.clone(), labels.clone()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
+        register_generators(graph, self.generators)
         try:
             with torch.cuda.graph(graph):
                 loss, outputs = self.step(static_pixels, static_labels)
@@ -84,6 +90,19 @@ class GraphedSteps:
             raise DeviceError(f"CUDA graph capture of the training step failed ({str(error).splitlines()[0]}); "
                               "train eagerly with `-S compute.cuda_graphs=false`") from None
         return _Captured(graph, static_pixels, static_labels, loss, outputs)
+
+
+def register_generators(graph: "torch.cuda.CUDAGraph", generators: Sequence[torch.Generator]) -> None:
+    """Make each replay draw fresh numbers from `generators` (PyTorch 2.4 to 2.12 need this before
+    capture; from 2.13 a graph registers a generator on first use and the call is a deprecated no-op)."""
+    register = getattr(graph, "register_generator_state", None)
+    if register is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        for generator in generators:
+            register(generator)
 
 
 def tensor_learning_rate(lr: float, device: torch.device) -> Tensor:

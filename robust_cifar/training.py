@@ -193,9 +193,9 @@ def make_optimizer(model: CifarResNet18, config: TrainConfig,
 
 
 def uses_cuda_graphs(setup: TrainingSetup) -> bool:
-    """Graphs replay fixed shapes: a method that perturbs its training batches (FGM on the gated
-    rows, a shape that changes every step) trains eagerly."""
-    return setup.compute.cuda_graphs and setup.method.training_perturbation is None
+    """Every method's step is replayed as CUDA graphs when `compute.cuda_graphs` is on (CUDA only);
+    a method that perturbs its training batches then runs FGM on every row (a fixed shape)."""
+    return setup.compute.cuda_graphs
 
 
 def training_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.optim.Optimizer,
@@ -204,14 +204,17 @@ def training_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.o
     where `uses_cuda_graphs` (the optimizer must then come from make_optimizer(graphed_on=...))."""
     def step(pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return train_step(setup, model, optimizer, pixels, labels, perturb_generator)
-    return GraphedSteps(step) if uses_cuda_graphs(setup) else step
+    if not uses_cuda_graphs(setup):
+        return step
+    # the perturbation draws come from their own generator, which each replay must advance
+    return GraphedSteps(step, generators=(perturb_generator,) if setup.method.training_perturbation else ())
 
 
 def train_step(setup: TrainingSetup, model: CifarResNet18, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
                labels: torch.Tensor, perturb_generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch of uint8 images; returns the detached loss and outputs."""
     images = setup.method.training_images(model, setup.compute.images(pixels), labels, setup.num_classes,
-                                          perturb_generator, setup.compute)
+                                          perturb_generator, setup.compute, fixed_shape=uses_cuda_graphs(setup))
     with setup.compute.autocast(cache_enabled=False):   # capturable (step_graphs); one forward casts each weight once
         loss, outputs = setup.method.objective.loss(model, images, labels)
     optimizer.zero_grad(set_to_none=True)

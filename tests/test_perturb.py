@@ -307,6 +307,21 @@ def test_fgm_attacks_exactly_its_gated_rows_as_if_alone(trained_net):
     assert (out[attacked] != x[attacked]).flatten(1).any(1).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fixed_shape_fgm_gives_the_images_of_fgm_on_the_gated_rows(trained_net, device):
+    """FGM on every row, kept where gated (what a CUDA graph replays), is FGM on the gated rows alone."""
+    net = trained_net.to(device)
+    x = images(96, seed=12, device=device)
+    draw = draw_perturbations(96, SHAPE, SETTINGS, torch.Generator().manual_seed(12), device)
+    gated = apply_perturbations(x, draw, SETTINGS, score_fn=net)
+    fixed = apply_perturbations(x, draw, SETTINGS, score_fn=net, fixed_shape=True)
+    attacked = draw.gates[:, KINDS.index("fgm")].to(device)
+    assert attacked.any() and (~attacked).any()
+    assert torch.equal(fixed[~attacked], gated[~attacked])
+    torch.testing.assert_close(fixed[attacked], gated[attacked], rtol=0, atol=1e-6)
+    trained_net.to("cpu")
+
+
 def test_fgm_gate_ignored_without_score_fn():
     x = images(20, seed=9)
     draw = draw_perturbations(20, SHAPE, SETTINGS, torch.Generator().manual_seed(8), "cpu").only("fgm")

@@ -1,5 +1,6 @@
 """What the CUDA-graph training step rests on, checked where it can be: the capturable angular loss,
-the tensor learning rate the scheduler must keep, and which methods qualify. The capture and replay
+the tensor learning rate the scheduler must keep, the fixed-shape perturbation of adversarial
+batches, and the perturbation generator a graph must know. The capture and replay
 themselves need a GPU: tests/test_step_graphs_cuda.py (run by the device script)."""
 import dataclasses
 
@@ -10,9 +11,11 @@ import torch.nn.functional as F
 from robust_cifar.angular_loss import angular_loss
 from robust_cifar.compute import Compute
 from robust_cifar.model import CifarResNet18
-from robust_cifar.step_graphs import keep_learning_rate_tensor
+from robust_cifar.step_graphs import keep_learning_rate_tensor, register_generators
 from robust_cifar.training import TrainingSetup, make_optimizer, uses_cuda_graphs
-from tests.test_training import CLASSES, config, make_method
+from tests.test_training import CLASSES, TRAIN, config, make_method
+
+METHODS = ["baseline", "adversarial", "angular", "angular_adversarial"]
 
 
 def balanced_batch(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,12 +92,47 @@ def test_the_fused_tensor_lr_update_trains_as_plain_sgd():
         torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method, graphed", [("baseline", True), ("angular", True), ("adversarial", False),
-                                             ("angular_adversarial", False)])
-def test_only_steps_of_fixed_shape_are_graphed(method, graphed):
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("graphs", [True, False])
+def test_every_method_is_graphed_when_the_param_says_so(method, graphs):
     setup = TrainingSetup(method=make_method(method), train=config(), seed=0, num_classes=CLASSES, eval_batch_size=64,
-                          compute=dataclasses.replace(Compute.create("cpu", fast=False), cuda_graphs=True))
-    assert uses_cuda_graphs(setup) is graphed
+                          compute=dataclasses.replace(Compute.create("cpu", fast=False), cuda_graphs=graphs))
+    assert uses_cuda_graphs(setup) is graphs
+
+
+@pytest.mark.parametrize("method", ["adversarial", "angular_adversarial"])
+def test_a_graphed_step_perturbs_its_batch_as_the_eager_one(method):
+    """The fixed-shape path (FGM on every row, for a CUDA graph) gives the training images of the
+    eager path (FGM on the gated rows) from the same draws."""
+    perturbing = make_method(method)
+    compute = Compute.create("cpu", fast=False)
+    torch.manual_seed(0)
+    model = CifarResNet18(width=4, embedding_dim=16, num_classes=CLASSES).train()
+    images, labels = TRAIN.images[:30].float() / 255, TRAIN.labels[:30]
+
+    def training_images(fixed_shape):
+        return perturbing.training_images(model, images, labels, CLASSES, torch.Generator().manual_seed(4), compute,
+                                          fixed_shape=fixed_shape)
+    eager, fixed = training_images(False), training_images(True)
+    assert not torch.equal(eager, images)
+    torch.testing.assert_close(fixed, eager, rtol=0, atol=1e-6)
+    assert model.training
+
+
+class RecordingGraph:
+    def __init__(self):
+        self.registered = []
+
+    def register_generator_state(self, generator):
+        self.registered.append(generator)
+
+
+def test_the_perturbation_generator_is_registered_with_a_graph_that_asks_for_it():
+    generator = torch.Generator()
+    graph = RecordingGraph()
+    register_generators(graph, (generator,))
+    assert graph.registered == [generator]
+    register_generators(object(), (generator,))   # a PyTorch whose graphs register generators themselves
 
 
 def test_graphs_are_off_on_a_cpu_whatever_the_param():

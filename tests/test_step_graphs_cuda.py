@@ -1,5 +1,6 @@
 """The training step as CUDA graphs, on a GPU: it trains as the eager step does, short last batches
-included, and every learning-rate change reaches the replayed update. A CPU has nothing to run
+and the on-the-fly perturbations of the adversarial methods included, and every learning-rate
+change reaches the replayed update. A CPU has nothing to run
 here; the device script (.device/gpu_study.sh) runs this file on the GPU."""
 import pytest
 import torch
@@ -30,7 +31,7 @@ def train(method: str, graphs: bool):
     return history, model
 
 
-@pytest.mark.parametrize("method", ["baseline", "angular"])
+@pytest.mark.parametrize("method", ["baseline", "angular", "adversarial", "angular_adversarial"])
 def test_graphed_training_follows_the_eager_step(method, monkeypatch):
     captured = []
 
@@ -41,8 +42,9 @@ def test_graphed_training_follows_the_eager_step(method, monkeypatch):
     monkeypatch.setattr(training, "GraphedSteps", Spy)
     eager_history, eager_model = train(method, graphs=False)
     graphed_history, graphed_model = train(method, graphs=True)
-    # baseline: batches of 32, 32, 32 and 4 each epoch; angular: four balanced batches of 3 x 10
-    assert captured == {"baseline": [32, 4], "angular": [30]}[method]
+    # shuffled: batches of 32, 32, 32 and 4 each epoch; balanced: four batches of 3 x 10. The replays
+    # draw the perturbations the eager steps would (graph-safe RNG), FGM on every row instead of the gated ones
+    assert captured == {"baseline": [32, 4], "angular": [30], "adversarial": [32, 4], "angular_adversarial": [30]}[method]
     eager_losses = torch.tensor([row["train_loss"] for row in eager_history])
     graphed_losses = torch.tensor([row["train_loss"] for row in graphed_history])
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=2e-2, atol=2e-2)

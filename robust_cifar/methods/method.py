@@ -34,19 +34,20 @@ class Method:
         return self.objective.has_head
 
     def training_images(self, model: CifarResNet18, images: Tensor, labels: Tensor, num_classes: int,
-                        generator: torch.Generator, compute: Compute) -> Tensor:
+                        generator: torch.Generator, compute: Compute, fixed_shape: bool = False) -> Tensor:
         """The images this step trains on: the clean batch, or its perturbed version.
 
         FGM attacks the model's own decision as it is at this step, in eval mode, so the attack's
-        forward passes neither move batch-norm statistics nor mix rows.
+        forward passes neither move batch-norm statistics nor mix rows. `fixed_shape`: FGM on
+        every row, for a step replayed as a CUDA graph (`apply_perturbations`).
         """
         settings = self.training_perturbation
         if settings is None:
             return images
         draw = draw_perturbations(len(images), tuple(images.shape[1:]), settings, generator, images.device)
         model.eval()
-        with compute.autocast():
+        with compute.autocast(cache_enabled=False):   # capturable; the casts are the same either way
             score = self.objective.batch_score_fn(model, images, labels, num_classes)
-            perturbed = apply_perturbations(images, draw, settings, score_fn=score)
+            perturbed = apply_perturbations(images, draw, settings, score_fn=score, fixed_shape=fixed_shape)
         model.train()
         return perturbed
