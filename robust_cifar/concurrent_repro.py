@@ -1,6 +1,6 @@
 """`dvc repro` with independent stages running at the same time.
 
-    python -m robust_cifar.concurrent_repro --jobs 4
+    python -m robust_cifar.concurrent_repro --jobs 4 [-S key=value ...]
 
 DVC runs one stage at a time. On a GPU that leaves most of the card idle: a ResNet18 step at batch
 256 is launch-bound, and every stage process spends seconds starting Python, torch and CUDA
@@ -12,7 +12,8 @@ the stages it depends on have finished, at most `--jobs` at a time, longest chai
 
 What it leaves is what `dvc repro` leaves: the same outputs, dvc.lock entries and run cache (each
 stage's bytes depend on its seeds and inputs, never on what ran beside it; tested on the CPU, where
-reruns are bit-identical). Record the result as an experiment afterwards with `dvc exp save`.
+reruns are bit-identical). Record the result as an experiment afterwards with `dvc exp save`. `-S key=value` edits
+params.yaml first, with DVC's own code for `dvc exp run -S` (same syntax, comments kept).
 Each stage's output goes to .cache/concurrent/<stage>.log; the terminal gets a line per stage.
 Stage processes keep their usual CPU threads: capping them at cores / jobs would change the bits
 of a CPU run (a reduction split over fewer threads rounds differently).
@@ -89,6 +90,21 @@ def read_pipeline(root: Path) -> tuple[dict[str, set[str]], set[str]]:
     return upstream_of, stale & set(upstream_of)
 
 
+def set_params(overrides: list[str], path: Path = Path("params.yaml")) -> None:
+    """`dvc exp run -S`'s edit of params.yaml, without the experiment."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.hydra import apply_overrides
+
+    if not path.is_file():
+        raise UserError(f"no {path} here: run from the project's root")
+    try:
+        apply_overrides(path, overrides)
+    except DvcException as error:
+        cause = str(error.__cause__).splitlines()[0] if error.__cause__ else str(error)
+        raise UserError(f"-S {' '.join(overrides)}: {cause}; write each as key=value with a key of "
+                        f"{path} (lists as [a, b])") from None
+
+
 def stage_command(stage: str) -> list[str]:
     return [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
 
@@ -158,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", "-j", type=int, default=2,
                         help="stages at a time (default 2; on one H100/H200, 4)")
+    parser.add_argument("--set-param", "-S", action="append", default=[], metavar="KEY=VALUE",
+                        help="change params.yaml first, as `dvc exp run -S` does (repeatable)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
     started = time.perf_counter()
     try:
+        if args.set_param:
+            set_params(args.set_param)
         upstream_of, stale = read_pipeline(Path("."))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

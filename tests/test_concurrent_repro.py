@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -11,7 +12,8 @@ import pytest
 import yaml
 
 from robust_cifar import concurrent_repro
-from robust_cifar.concurrent_repro import Plan, plan_from_graph, run
+from robust_cifar.concurrent_repro import plan_from_graph, run, set_params
+from robust_cifar.errors import UserError
 from tests.pipeline_project import NOT_COPIED, dvc, run as run_command, stale_stages
 
 # a diamond with a tail: a -> (b, c) -> d, and e independent of everything
@@ -125,6 +127,25 @@ def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
     assert concurrent_repro.main(["--jobs", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: dvc cannot read the pipeline") and len(err.strip().splitlines()) == 1
+
+
+def test_set_params_edits_params_yaml_as_dvc_exp_run_does(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", params)
+    set_params(["seeds.train=[0, 1]", "knn.k=1"], params)
+    values = yaml.safe_load(params.read_text())
+    assert values["seeds"]["train"] == [0, 1] and values["knn"]["k"] == 1
+    assert "# one model per method and seed" in params.read_text()   # comments kept
+
+
+@pytest.mark.parametrize("override", ["knn.kk=1", "knn.k", "seeds.train=[0,"])
+def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone(tmp_path, override):
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", params)
+    before = params.read_text()
+    with pytest.raises(UserError, match=f"-S {re.escape(override)}: .*key=value"):
+        set_params([override], params)
+    assert params.read_text() == before
 
 
 def outs(lock: dict, stage: str) -> list:
