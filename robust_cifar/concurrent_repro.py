@@ -113,10 +113,23 @@ def log_path(stage: str) -> Path:
     return LOGS / f"{stage.replace('/', '_')}.log"
 
 
-def last_line(path: Path) -> str:
+def failure_line(path: Path) -> str:
+    """What went wrong, from a failed stage's log: the stage's own one-line error, else the last line
+    of a traceback, else DVC's error."""
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.lower().startswith(("error", "interrupted"))]
-    return (errors or lines or ["(no output)"])[0 if errors else -1]
+    stage_errors = [line for line in lines if line.startswith(("error:", "interrupted:"))]
+    if stage_errors:
+        return stage_errors[-1]
+    dvc_error = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), len(lines))
+    if any(line.startswith("Traceback") for line in lines[:dvc_error]):
+        return lines[dvc_error - 1]
+    return lines[min(dvc_error, len(lines) - 1)] if lines else "(no output)"
+
+
+def stage_environment() -> dict[str, str]:
+    """dvc.yaml's commands say `python`: make it the interpreter running this (a venv's, say), as
+    `dvc repro` from an activated environment would find it."""
+    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 
 
 def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
@@ -129,6 +142,7 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
     started: set[str] = set()
     failure = 0
     total = len(plan.upstream)
+    environment = stage_environment()
     try:
         while len(done) < total and (running or not failure):
             if not failure:
@@ -136,7 +150,7 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
                     with log_path(stage).open("w") as log:
                         # its own process group: Ctrl-C here reaches each stage exactly once, from `interrupt`
                         process = subprocess.Popen(command(stage), stdout=log, stderr=subprocess.STDOUT,
-                                                   process_group=0)
+                                                   env=environment, process_group=0)
                     running[stage] = (process, time.perf_counter())
                     started.add(stage)
             time.sleep(POLL_SECONDS)
@@ -150,7 +164,7 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
                     echo(f"[{len(done)}/{total}] {stage}: {seconds:.0f} s")
                 else:
                     failure = failure or process.returncode
-                    echo(f"failed: {stage} (exit {process.returncode}): {last_line(log_path(stage))} "
+                    echo(f"failed: {stage} (exit {process.returncode}): {failure_line(log_path(stage))} "
                          f"(the whole output: {log_path(stage)})")
             if not running and not failure and len(done) < total and not plan.ready(done, started):
                 raise RuntimeError("no stage can start: the plan has a cycle")   # DVC refuses cycles first

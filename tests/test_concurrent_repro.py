@@ -99,6 +99,36 @@ def test_a_failure_starts_nothing_new_lets_running_stages_finish_and_names_the_e
     assert any(line.startswith("failed: a (exit 3): error: stand-in failure of a") for line in lines), lines
 
 
+def test_a_stage_that_crashes_is_named_by_its_exception(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    # as dvc reports a stage command that died with a traceback
+    crash = lambda stage: ["sh", "-c", f"{sys.executable} -c '1 / 0'; echo \"ERROR: failed to reproduce '{stage}'\"; exit 255"]  # noqa: E731
+    assert run(plan_from_graph({"a": set()}, {"a"}), jobs=1, echo=lines.append, command=crash) == 255
+    assert lines[0].startswith("failed: a (exit 255): ZeroDivisionError: division by zero"), lines
+
+
+@pytest.mark.parametrize("log, expected", [
+    ("Running stage 'x':\nerror: params.yaml: `knn.k` = 0 is invalid\nERROR: failed to reproduce 'x'", "error: params.yaml"),
+    ("Traceback (most recent call last):\n  File ...\nKeyError: 'k'\nERROR: failed to reproduce 'x'", "KeyError: 'k'"),
+    ("Running stage 'x':\nERROR: Unable to acquire lock", "ERROR: Unable to acquire lock"),
+    ("", "(no output)"),
+])
+def test_the_failure_line_is_the_most_telling_line_of_the_log(tmp_path, log, expected):
+    path = tmp_path / "x.log"
+    path.write_text(log)
+    assert concurrent_repro.failure_line(path).startswith(expected)
+
+
+def test_stages_run_with_the_python_that_runs_the_schedule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    found = tmp_path / "python.txt"
+    which = lambda stage: ["sh", "-c", f"command -v python > {found}"]  # noqa: E731
+    assert run(plan_from_graph({"a": set()}, {"a"}), jobs=1, echo=lambda line: None, command=which) == 0
+    assert Path(found.read_text().strip()).parent == Path(sys.executable).parent
+
+
 def test_ctrl_c_reaches_each_running_stage_once_and_returns_130(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "events.jsonl"
