@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from robust_cifar import concurrent_repro
@@ -206,3 +207,9 @@ def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reprodu
     assert again.stdout.strip() == "every stage is up to date"
     assert dvc(project, "status").returncode == 0
 
+
+
+@pytest.mark.parametrize("cuda, jobs", [(True, concurrent_repro.GPU_JOBS), (False, 1)])
+def test_stages_run_side_by_side_by_default_only_on_a_gpu(monkeypatch, cuda, jobs):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert concurrent_repro.default_jobs() == jobs
