@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before any stage started", file=sys.stderr)
+        return INTERRUPTED_EXIT
     plan = plan_from_graph(upstream_of, stale)
     if not plan.upstream:
         print("every stage is up to date")

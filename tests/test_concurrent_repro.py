@@ -146,6 +146,14 @@ def test_ctrl_c_reaches_each_running_stage_once_and_returns_130(tmp_path, monkey
     assert capsys.readouterr().err.strip().startswith("interrupted: finished stages are kept")
 
 
+def test_ctrl_c_while_reading_the_pipeline_is_one_line(monkeypatch, capsys):
+    def interrupted(root):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(concurrent_repro, "read_pipeline", interrupted)
+    assert concurrent_repro.main(["--jobs", "1"]) == 130
+    assert capsys.readouterr().err == "interrupted before any stage started\n"
+
+
 def test_bad_jobs_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         concurrent_repro.main(["--jobs", "0"])
