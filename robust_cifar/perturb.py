@@ -240,14 +240,15 @@ def apply_perturbations(x: Tensor, draw: PerturbDraw, settings: PerturbSettings,
     x = torch.where(_rows(gates, "jitter"), color_jitter(x, draw.jitter_factors), x)
     noisy = (x + draw.noise.to(device=x.device, dtype=x.dtype)).clamp(0, 1)
     x = torch.where(_rows(gates, "noise"), noisy, x)
-    if score_fn is not None and settings.fgm_eps > 0 and fixed_shape:
+    if score_fn is None or settings.fgm_eps == 0:
+        return x
+    if fixed_shape:
         return torch.where(_rows(gates, "fgm"), fgm(score_fn, x, settings.fgm_eps), x)
-    if score_fn is not None and settings.fgm_eps > 0:
-        attacked = gates[:, KINDS.index("fgm")].nonzero().squeeze(1)
-        if len(attacked):
-            padded = pad_to_bucket(attacked, len(x))
-            x = x.index_copy(0, attacked, fgm(score_fn, x[padded], settings.fgm_eps)[: len(attacked)])
-    return x
+    attacked = gates[:, KINDS.index("fgm")].nonzero().squeeze(1)
+    if not len(attacked):
+        return x
+    padded = pad_to_bucket(attacked, len(x))
+    return x.index_copy(0, attacked, fgm(score_fn, x[padded], settings.fgm_eps)[: len(attacked)])
 
 
 # ---------------------------------------------------------------------------------------------
