@@ -13,6 +13,7 @@ SPLITS = ("train", "val", "test")
 KINDS = ("jitter", "noise", "fgm")  # perturbation kinds, in the order they are applied
 CONDITIONS = ("clean", "perturbed", "transfer")
 SINGLE_PERTURBATION_SPLIT = "test"
+DECISIONS = {"head": "head", "knn": "3-NN"}   # how a model classifies: its 10-way head, a 3-NN on its embedding
 
 
 def conditions_for(split: str) -> tuple[str, ...]:

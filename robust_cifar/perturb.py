@@ -24,7 +24,7 @@ from torch import Tensor
 from robust_cifar.conditions import KINDS  # also the column order of PerturbDraw.gates / SplitPlan.gates
 from robust_cifar.errors import InputError
 from robust_cifar.npz import load_npz, save_npz
-from robust_cifar.params import BELOW_ONE, PROBABILITY, Params, bounded_real, real
+from robust_cifar.params import BELOW_ONE, PROBABILITY, Params, bounded_real
 
 ScoreFn = Callable[[Tensor], Tensor]
 
@@ -43,7 +43,7 @@ class PerturbSettings:
     saturation: float = 0.1
     noise_std: float = 0.0125  # pixel units; the write-up's 0.05 was in normalized units (~0.05*0.25)
     noise_fraction: float = 0.3  # fraction of an image's elements that get noise
-    fgm_eps: float = 0.025  # pixel units; the write-up's 0.1 in normalized units ~ 6.4/255
+    fgm_eps: float = 0.025  # pixel units (params give it in 1/255: 6.375, the write-up's 0.1 in normalized units)
 
     @classmethod
     def from_params(cls, params: Params, section: str = "perturb", with_fgm: bool = True) -> "PerturbSettings":
@@ -60,8 +60,18 @@ class PerturbSettings:
         )
 
 
+EPS_255 = bounded_real(0, 255, "L-inf, in units of 1/255; the write-up's 0.1 in normalized units is 6.375")
+
+
+def study_eps_255(params: Params) -> float:
+    """The study's attack size in 1/255 (`perturb.fgm.eps_255`): the evaluation's FGM, and where robust
+    accuracy is reported."""
+    return params.value("perturb.fgm.eps_255", EPS_255)
+
+
 def fgm_eps_from_params(params: Params, section: str = "perturb") -> float:
-    return params.value(f"{section}.fgm.eps", real(lambda v: 0 <= v <= 1, "a number in [0, 1] (pixel units)"))
+    """The FGM eps of `section` in pixel units: params.yaml sets every eps in 1/255 (`<section>.fgm.eps_255`)."""
+    return params.value(f"{section}.fgm.eps_255", EPS_255) / 255
 
 
 @dataclass

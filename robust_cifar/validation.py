@@ -17,7 +17,7 @@ from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturb import PerturbSettings
 from robust_cifar.projection import UmapConfig
 from robust_cifar.provenance import preset_name
-from robust_cifar.robust_accuracy import AttackConfig
+from robust_cifar.robust_accuracy import RobustnessConfig
 from robust_cifar.scoring import knn_k
 from robust_cifar.splits import SplitConfig
 from robust_cifar.training import TrainConfig
@@ -25,8 +25,37 @@ from robust_cifar.training import TrainConfig
 SEEDS = ("split", "plan", "umap")
 
 
+# Keys that were renamed: an old spelling is refused with its new key, so a value is never read in
+# the wrong unit (every eps is now in 1/255; it was in pixels) or silently dropped.
+MOVED = {"attack.eps": "attack.eps_255", "attack.pgd_steps": "attack.pgd.steps",
+         "attack.pgd_step_scale": "attack.pgd.step_scale", "attack.pgd_restarts": "attack.pgd.restarts",
+         "attack.knn_temperatures": "the temperatures of attack.soft_knn_pgd, attack.soft_knn_apgd_ce and attack.soft_knn_apgd_dlr"}
+
+
+def moved_key(key: str, value) -> str | None:
+    """The one-line refusal of a key this project no longer reads under that name, or None."""
+    if key == "fgm.eps" or key.endswith(".fgm.eps"):
+        converted = f"{value * 255:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "eps x 255"
+        return (f"`{key}` = {value!r} is in pixel units, which this project no longer reads: every eps is set in "
+                f"1/255 now; write `{key}_255: {converted}` instead")
+    if key in MOVED:
+        return f"`{key}` was renamed: write {MOVED[key]} instead (same values)"
+    return None
+
+
+def refuse_moved_keys(params: Params) -> None:
+    for key in params.leaf_keys():
+        node = params.raw
+        for part in key.split("."):
+            node = node[part]
+        hint = moved_key(key, node)
+        if hint:
+            raise ParamsError(f"{params.source}: {hint}")
+
+
 def validate_params(params: Params) -> None:
     """Raise ParamsError for the first bad, missing or unknown key."""
+    refuse_moved_keys(params)
     DataConfig.from_params(params)
     SplitConfig.from_params(params)
     for name in SEEDS:
@@ -41,7 +70,7 @@ def validate_params(params: Params) -> None:
     PerturbSettings.from_params(params)
     knn_k(params)
     preset_name(params)
-    AttackConfig.from_params(params)
+    RobustnessConfig.from_params(params)
     UmapConfig.from_params(params)
     listed = [known(name) for name in params.method_names()]
     # a registered method's section is checked even when the method is not listed, so a typo there

@@ -77,6 +77,10 @@ def robustness(method: str, seed: int) -> Path:
     return ROBUSTNESS / method / f"{seed}.json"
 
 
+def robustness_per_image(method: str, seed: int) -> Path:
+    return ROBUSTNESS / method / f"{seed}.csv"
+
+
 def robustness_results(method: str) -> Path:
     return ROBUSTNESS / method
 

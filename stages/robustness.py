@@ -1,5 +1,8 @@
-"""robustness@<method>-<seed>: test accuracy under an eps sweep of FGM and PGD and under attacks aimed at
-the 3-NN, with per-image worst cases -> reports/robustness/<method>/<seed>.json"""
+"""robustness@<method>-<seed>: robust test accuracy of the head and the 3-NN under every registered attack
+(true labels, fp32, cumulative over the eps sweep) -> reports/robustness/<method>/<seed>.json, and per test
+image whether each decision is right clean and robust at the study's eps -> reports/robustness/<method>/<seed>.csv"""
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -7,9 +10,9 @@ from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.methods import build_method
 from robust_cifar.model import load_model
 from robust_cifar.npz import load_npz
-from robust_cifar.outputs import check_writable, write_json
+from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
-from robust_cifar.robust_accuracy import AttackConfig, Decisions, robust_accuracy
+from robust_cifar.robust_accuracy import RobustnessConfig, Victim, percentages, robust_accuracy
 from robust_cifar.scoring import knn_k
 from robust_cifar.splits import load_splits
 from robust_cifar.stage import run_stage
@@ -26,29 +29,35 @@ def main(argv: list[str]) -> None:
     params = load_params()
     name, seed = paths.run_arguments(argv)
     method = build_method(name, params)
-    config, compute_config, k = AttackConfig.from_params(params), ComputeConfig.from_params(params), knn_k(params)
-    check_writable(paths.robustness(name, seed))
-    compute = Compute.from_config(compute_config)
+    config, compute_config, k = RobustnessConfig.from_params(params), ComputeConfig.from_params(params), knn_k(params)
+    check_writable(paths.robustness(name, seed), paths.robustness_per_image(name, seed))
+    # float32 throughout: an attack or a decision in bf16 would measure another model
+    compute = Compute.from_config(replace(compute_config, fast=False))
     run = paths.run_name(name, seed)
 
     model = compute.prepare(load_model(paths.model(name, seed), compute.device)[0])
     transfer_source = (None if name == paths.TRANSFER_SOURCE else
                        compute.prepare(load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device)[0]))
     arrays = load_npz(paths.embeddings(name, seed), f"embed@{run}")
-    fit = torch.from_numpy(arrays["train.clean.embeddings"]).to(compute.device)
+    fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(compute.device)
     fit_labels = torch.from_numpy(arrays["train.labels"]).to(compute.device)
     splits, _ = load_splits(paths.RAW, paths.SPLIT)
     chosen = evenly_spaced(len(splits["test"]), config.test_images)
     images = torch.from_numpy(splits["test"].images[chosen]).to(compute.device)
     labels = torch.from_numpy(splits["test"].labels[chosen]).to(compute.device)
 
-    reference = method.objective.reference(fit, fit_labels, model.config["num_classes"])
-    decisions = Decisions(model, fit, fit_labels, k, method.has_head)
-    result = robust_accuracy(config, decisions, method.objective.score_fn(model, reference), transfer_source,
-                             images, labels, compute, compute_config.eval_batch_size, seed,
-                             progress=lambda message: print(f"robustness@{run}: {message}", flush=True))
-    write_json(paths.robustness(name, seed), result)
-    print(f"robustness@{run}: robust test accuracy {result['robust']} on {len(labels)} images")
+    num_classes = model.config["num_classes"]
+    victim = Victim(model, method.objective.score_fn(model, method.objective.reference(fit, fit_labels, num_classes)),
+                    method.has_head, fit, fit_labels, k, num_classes, transfer_source)
+    report, per_image = robust_accuracy(config, victim, images, labels, compute, compute_config.eval_batch_size, seed,
+                                        progress=lambda message: print(f"robustness@{run}: {message}", flush=True))
+    write_json(paths.robustness(name, seed), report)
+    columns = {key: value.cpu().numpy().astype(int) for key, value in per_image.items()}
+    write_csv(paths.robustness_per_image(name, seed),
+              [{"test_index": int(index), "label": int(label), **{key: int(values[row]) for key, values in columns.items()}}
+               for row, (index, label) in enumerate(zip(chosen, labels.cpu().numpy()))])
+    print(f"robustness@{run}: robust test accuracy at {config.study_eps_255:g}/255 {percentages(report['robust'])} "
+          f"(clean {percentages(report['clean'])}) on {len(labels)} images")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
 -> reports/summary.md, reports/summary.json and reports/accuracy.png"""
-from robust_cifar.figures import accuracy_bars, robustness_curves
+from robust_cifar.figures import accuracy_bars
+from robust_cifar.robustness_figure import robustness_curves
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
 from robust_cifar.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings

@@ -38,9 +38,21 @@ TINY_PARAMS = {
     "angular_adversarial.per_class": 2,
     "umap.plot_samples": 40,
     "umap.n_neighbors": 5,
-    "attack.eps": [0, 2, 8, 32],
-    "attack.pgd_steps": 3,
-    "attack.knn_temperatures": [0.05],
+    # every registered attack runs, each as cheaply as it can still move an image
+    "attack.eps_255": [0, 6.375, 32],
+    "attack.pgd.steps": 2,
+    "attack.apgd_ce.iterations": 4,
+    "attack.apgd_dlr.iterations": 4,
+    "attack.apgd_t.iterations": 2,
+    "attack.apgd_t.targets": 2,
+    "attack.soft_knn_pgd.temperatures": [0.05],
+    "attack.soft_knn_pgd.steps": 2,
+    "attack.soft_knn_apgd_ce.temperatures": [0.05],
+    "attack.soft_knn_apgd_ce.iterations": 3,
+    "attack.soft_knn_apgd_dlr.temperatures": [0.05],
+    "attack.soft_knn_apgd_dlr.iterations": 3,
+    "attack.guide_samples.steps": 2,
+    "attack.transfer.steps": 2,
 }
 
 

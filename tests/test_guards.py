@@ -106,8 +106,8 @@ def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_p
     stage = stages_of(reproduced_project)["embed@angular-0"]
     read = traces(reproduced_project)[trace_name(stage.cmd)]
     declared = declared_params(stage)
-    assert params_problems("embed@angular-0", declared - {"perturb.fgm.eps"}, read) == [
-        "embed@angular-0: reads `perturb.fgm.eps` but does not declare it under params"]
+    assert params_problems("embed@angular-0", declared - {"perturb.fgm.eps_255"}, read) == [
+        "embed@angular-0: reads `perturb.fgm.eps_255` but does not declare it under params"]
     assert params_problems("embed@angular-0", declared | {"knn.k"}, read) == [
         "embed@angular-0: declares `knn.k` under params but never reads it"]
 

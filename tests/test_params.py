@@ -185,11 +185,40 @@ def test_an_unlisted_method_section_is_still_checked(raw):
 
 
 def test_stages_that_never_attack_do_not_read_the_fgm_eps(raw):
-    params = params_with(raw, "perturb.fgm.eps", 5)
+    params = params_with(raw, "perturb.fgm.eps_255", 500)
     assert PerturbSettings.from_params(params, with_fgm=False).fgm_eps == 0.0
-    assert "perturb.fgm.eps" not in params.read
-    with pytest.raises(ParamsError, match="perturb.fgm.eps"):
+    assert "perturb.fgm.eps_255" not in params.read
+    with pytest.raises(ParamsError, match="perturb.fgm.eps_255"):
         fgm_eps_from_params(params)
+
+
+def test_every_eps_is_set_in_units_of_1_over_255_and_read_in_pixels(raw):
+    params = Params(raw)
+    assert raw["perturb"]["fgm"]["eps_255"] == 6.375            # the write-up's 0.1 in normalized units
+    assert fgm_eps_from_params(params) == 6.375 / 255 == 0.025
+    assert build_method("adversarial", params).training_perturbation.fgm_eps == 0.025
+    assert 6.375 in raw["attack"]["eps_255"]
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("perturb.fgm.eps", 0.025, "`perturb.fgm.eps` = 0.025 is in pixel units, which this project no longer reads: "
+                               "every eps is set in 1/255 now; write `perturb.fgm.eps_255: 6.375` instead"),
+    ("adversarial.perturb.fgm.eps", 0.03, "write `adversarial.perturb.fgm.eps_255: 7.65` instead"),
+    ("attack.eps", [0, 8], "`attack.eps` was renamed: write attack.eps_255 instead (same values)"),
+    ("attack.pgd_steps", 3, "write attack.pgd.steps instead"),
+    ("attack.knn_temperatures", [0.05], "write the temperatures of attack.soft_knn_pgd, attack.soft_knn_apgd_ce and attack.soft_knn_apgd_dlr"),
+])
+def test_an_old_spelling_is_refused_with_the_new_key_and_value(raw, key, value, words):
+    """An old pixel-unit eps must never be read as 1/255 (0.025/255 would be no attack at all)."""
+    edited = copy.deepcopy(raw)
+    *parents, last = key.split(".")
+    node = edited
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(ParamsError) as error:
+        validate_params(Params(edited))
+    assert words in str(error.value)
 
 
 def test_the_figures_seed_must_be_a_training_seed(raw):

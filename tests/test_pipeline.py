@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from tests.pipeline_project import (ALL_STAGES, METHODS, SEED, downstream_closure, dvc, ran_stages, set_param,
-                                    stale_stages)
+from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, downstream_closure, dvc, ran_stages,
+                                    set_param, stale_stages)
 
 
 @pytest.fixture
@@ -39,6 +39,17 @@ def chain(method: str, first: str = "train") -> set[str]:
             | ({"curves"} if first == "train" else set()))
 
 
+def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys += leaf_keys(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
+    return keys
+
+
+ATTACK_KEYS = [f"attack.{key}" for key in leaf_keys(yaml.safe_load(open(ROOT / "params.yaml"))["attack"])]
+
+
 def own_section(method: str) -> set[str]:
     return set(methods("train", method)) | set(methods("embed", method)) | set(methods("robustness", method))
 
@@ -60,17 +71,17 @@ DIRECT = {
                        | set(methods("robustness")) | {"examples"}),
     **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
        for key in ("fast", "eval_batch_size", "deterministic", "cuda_graphs")},
-    **{f"attack.{key}": set(methods("robustness"))
-       for key in ("eps", "pgd_steps", "pgd_step_scale", "pgd_restarts", "knn_temperatures", "test_images")},
+    # every attack setting (the registry's sections) is read by the robustness stages alone
+    **{key: set(methods("robustness")) for key in ATTACK_KEYS},
     **{f"perturb.{key}": {"perturb"} for key in PERTURBATION_KEYS},
-    "perturb.fgm.eps": {"examples"} | set(methods("embed")) | set(methods("robustness")),
+    "perturb.fgm.eps_255": {"examples"} | set(methods("embed")) | set(methods("robustness")),
     "baseline.batch_size": own_section("baseline"),
     "adversarial.batch_size": own_section("adversarial"),
-    **{f"adversarial.perturb.{key}": own_section("adversarial") for key in PERTURBATION_KEYS + ("fgm.eps",)},
+    **{f"adversarial.perturb.{key}": own_section("adversarial") for key in PERTURBATION_KEYS + ("fgm.eps_255",)},
     **{f"{method}.{key}": own_section(method) for method in ("angular", "angular_adversarial")
        for key in ("alpha", "per_class", "attack_temperature")},
     **{f"angular_adversarial.perturb.{key}": own_section("angular_adversarial")
-       for key in PERTURBATION_KEYS + ("fgm.eps",)},
+       for key in PERTURBATION_KEYS + ("fgm.eps_255",)},
     "knn.k": set(methods("eval")) | set(methods("robustness")),
     **{f"umap.{key}": set(methods("umap")) for key in ("fit_samples", "plot_samples", "n_neighbors", "min_dist")},
 }
@@ -81,25 +92,18 @@ EXPECTED_CLOSURE = {
     "angular.per_class": chain("angular"),
     "angular.attack_temperature": chain("angular"),
     "angular_adversarial.alpha": chain("angular_adversarial"),
-    "adversarial.perturb.fgm.eps": chain("adversarial"),
-    "perturb.fgm.eps": EVALUATION,
+    "adversarial.perturb.fgm.eps_255": chain("adversarial"),
+    "perturb.fgm.eps_255": EVALUATION,
     "perturb.p": {"perturb"} | EVALUATION,
     "train.lr": EVERYTHING_FROM_TRAINING,
     "baseline.batch_size": EVERYTHING_FROM_TRAINING - set(methods("train", *(m for m in METHODS if m != "baseline"))),
     "knn.k": set(methods("eval")) | set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
-    "attack.pgd_steps": set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
+    "attack.pgd.steps": set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
+    "attack.eps_255": set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
     "umap.min_dist": set(methods("umap")),
     "seeds.plan": {"perturb"} | EVALUATION,
     "data.archive": ALL_STAGES - {"check_params"},
 }
-
-
-def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        keys += leaf_keys(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
-    return keys
 
 
 def edited(value):

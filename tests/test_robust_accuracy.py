@@ -1,120 +1,238 @@
+"""Robust accuracy (robust_cifar.robust_accuracy): the definition, the bookkeeping, the config, the
+sanity gates and the figure."""
 import matplotlib.colors
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 
-from robust_cifar.compute import Compute
+from robust_cifar.attack_registry import ATTACKS, PlannedAttack, eps_key
 from robust_cifar.colours import METHOD_COLOURS
-from robust_cifar.figures import robustness_curves
-from robust_cifar.methods.objectives import class_means, soft_nearest_class_score
+from robust_cifar.compute import Compute
+from robust_cifar.errors import ParamsError
+from robust_cifar.robustness_figure import robustness_curves
 from robust_cifar.model import CifarResNet18
-from robust_cifar.robust_accuracy import AttackConfig, Decisions, eps_key, robust_accuracy
-from robust_cifar.summary import gate_failures
+from robust_cifar.params import Params
+from robust_cifar.robust_accuracy import RUNS, RobustnessConfig, Victim, robust_accuracy
+from robust_cifar.summary import gate_failures, robust_rows
 from tests.archives import make_images
+from tests.test_attacks import SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = Compute.create("cpu", fast=False)
+NUM_CLASSES = 10
 
 
-def config(**changes) -> AttackConfig:
-    values = dict(eps=(0.0, 4.0, 32.0), pgd_steps=3, pgd_step_scale=2.5, pgd_restarts=1, knn_temperatures=(0.05,),
-                  test_images=0, study_eps=4 / 255)
-    values.update(changes)
-    return AttackConfig(**values)
+def config(eps=(0.0, 4.0, 8.0, 32.0), study=8.0, names=tuple(ATTACKS), at=None) -> RobustnessConfig:
+    return RobustnessConfig(eps_255=eps, study_eps_255=study, test_images=0, attacks=tuple(
+        PlannedAttack(name, (at or {}).get(name, "sweep"), SETTINGS[name]) for name in names))
+
+
+def tiny_model(seed: int) -> CifarResNet18:
+    torch.manual_seed(seed)
+    return CifarResNet18(width=4, embedding_dim=16, num_classes=NUM_CLASSES).eval()
 
 
 @pytest.fixture(scope="module")
-def setting():
-    torch.manual_seed(0)
-    model = CifarResNet18(width=4, embedding_dim=16, num_classes=10).eval()
-    train_images, train_labels = make_images(6, 10, seed=0)
-    test_images, test_labels = make_images(3, 10, seed=1)
+def data():
+    train_images, train_labels = make_images(6, NUM_CLASSES, seed=0)
+    test_images, test_labels = make_images(3, NUM_CLASSES, seed=1)
+    return torch.from_numpy(train_images), torch.from_numpy(train_labels), torch.from_numpy(test_images), \
+        torch.from_numpy(test_labels)
+
+
+def victim_of(model, data, has_head=True, transfer_source=None) -> Victim:
+    train_images, train_labels = data[0], data[1]
     with torch.no_grad():
-        fit = model.embed(torch.from_numpy(train_images).float() / 255)
-    decisions = Decisions(model, fit, torch.from_numpy(train_labels), 3, has_head=True)
-    return decisions, torch.from_numpy(test_images), torch.from_numpy(test_labels)
+        fit = model.embed(train_images.float() / 255)
+    return Victim(model, model, has_head, fit, train_labels, 3, NUM_CLASSES, transfer_source)
 
 
-def test_eps_keys_have_no_dots():
-    assert [eps_key(e) for e in (0, 6.4, 32)] == ["eps_0", "eps_6p4", "eps_32"]
+# ---------------------------------------------------------------------------------------------
+# The definition
+# ---------------------------------------------------------------------------------------------
 
 
-def test_the_sweep_starts_at_clean_accuracy_and_the_worst_case_is_below_every_attack(setting):
-    decisions, images, labels = setting
-    result = robust_accuracy(config(), decisions, decisions.model, None, images, labels, CPU, 16, seed=0)
-    clean = decisions.correct(images.float() / 255, labels, 16)
-    for attack in ("fgm", "pgd"):
-        assert result["sweep"][attack]["eps_0"] == {k: pytest.approx(v.float().mean().item()) for k, v in clean.items()}
-    for decision, robust in result["robust"].items():
-        assert all(robust <= value + 1e-9 for value in result["at_study_eps"][decision].values())
-    assert set(result["at_study_eps"]["knn"]) == {"pgd_own_decision", "fgm_own_decision", "soft_knn_t0p05",
-                                                  "guide_samples"}
-    assert result["test_images"] == len(labels)
+class RightOnlyWhenMoved(torch.nn.Module):
+    """Wrong on the exact clean test images, right on everything else: any attack that moves an image
+    "flips it into its true class". Only the clean-correct condition keeps its robust accuracy at 0."""
+
+    def __init__(self, clean: torch.Tensor, labels: torch.Tensor):
+        super().__init__()
+        self.clean, self.labels = clean.flatten(1), labels
+
+    def embed_and_classify(self, x):
+        distances = (x.flatten(1)[:, None] - self.clean[None]).pow(2).sum(-1)
+        nearest = distances.argmin(1)
+        exact = distances.min(1).values == 0
+        predicted = torch.where(exact, (self.labels[nearest] + 1) % NUM_CLASSES, self.labels[nearest])
+        logits = 10 * F.one_hot(predicted, NUM_CLASSES).float() + 1e-3 * x.flatten(1)[:, :NUM_CLASSES]
+        return F.normalize(logits, dim=1), logits
+
+    def embed(self, x):
+        return self.embed_and_classify(x)[0]
+
+    def forward(self, x):
+        return self.embed_and_classify(x)[1]
 
 
-def test_a_transfer_source_adds_a_transfer_attack_and_results_repeat(setting):
-    decisions, images, labels = setting
-    torch.manual_seed(5)
-    source = CifarResNet18(width=4, embedding_dim=16, num_classes=10).eval()
-    first = robust_accuracy(config(), decisions, decisions.model, source, images, labels, CPU, 16, seed=0)
-    again = robust_accuracy(config(), decisions, decisions.model, source, images, labels, CPU, 16, seed=0)
-    assert first == again
-    assert "transfer_from_baseline" in first["at_study_eps"]["knn"]
-    assert "transfer_from_baseline" in first["at_study_eps"]["head"]
+def test_an_image_wrong_on_the_clean_input_is_never_robust_whatever_the_attack_does(data):
+    _, _, images, labels = data
+    model = RightOnlyWhenMoved(images.float() / 255, labels)
+    victim = Victim(model, model, True, model.embed(images.float() / 255), labels, 1, NUM_CLASSES)
+    report, per_image = robust_accuracy(config(names=("pgd", "apgd_ce")), victim, images, labels, CPU, 16, seed=0)
+    # the attacks did move every image into its true class ...
+    moved = next(RUNS["pgd"](SETTINGS["pgd"], victim, images.float() / 255, labels, 8 / 255, torch.Generator()))
+    assert (model(moved).argmax(1) == labels).all()
+    # ... and still nothing counts: wrong on the clean image, so never robust
+    assert report["clean"]["head"] == 0 and report["robust"]["head"] == 0
+    assert all(point["head"] == 0 for point in report["curve"].values())
+    assert all(point["head"] == 0 for points in report["attacks"].values() for point in points.values())
+    assert not per_image["robust.head"].any()
 
 
-def test_a_headless_model_is_attacked_through_its_soft_nearest_class_score(setting):
-    decisions, images, labels = setting
-    headless = Decisions(decisions.model, decisions.fit, decisions.fit_labels, 3, has_head=False)
-    score = soft_nearest_class_score(decisions.model, class_means(decisions.fit, decisions.fit_labels, 10), 0.05)
-    result = robust_accuracy(config(eps=(0.0, 8.0)), headless, score, None, images, labels, CPU, 16, seed=0)
-    assert set(result["robust"]) == {"knn"}
-    assert all(set(entry) == {"knn"} for entry in result["sweep"]["pgd"].values())
+@pytest.mark.parametrize("seed", [0, 1])
+def test_robust_accuracy_is_below_clean_below_every_attack_and_never_rises_with_eps(data, seed):
+    model, source = tiny_model(seed), tiny_model(seed + 10)
+    victim = victim_of(model, data, transfer_source=source)
+    sweep = config(at={"apgd_t": "study"})
+    report, per_image = robust_accuracy(sweep, victim, data[2], data[3], CPU, 16, seed=seed)
+    assert report["curve"][eps_key(0)] == report["clean"]
+    assert report["robust"] == report["curve"][eps_key(8.0)]
+    for decision in ("head", "knn"):
+        curve = [report["curve"][eps_key(eps)][decision] for eps in sweep.eps_255]
+        assert curve == sorted(curve, reverse=True), curve
+        for name, points in report["attacks"].items():
+            for key, point in points.items():
+                assert report["curve"][key][decision] <= point[decision] <= report["clean"][decision]
+        assert per_image[f"robust.{decision}"].float().mean().item() == pytest.approx(report["robust"][decision], abs=1e-6)
+        assert not (per_image[f"robust.{decision}"] & ~per_image[f"clean.{decision}"]).any()
+    assert set(report["attacks"]) == set(ATTACKS) and list(report["attacks"]["apgd_t"]) == [eps_key(8.0)]
+    assert report["curve"][eps_key(32.0)]["knn"] < report["clean"]["knn"], "the attacks did nothing: a weak test"
 
 
-def curve(values: list[float]) -> dict:
-    return {eps_key(eps): {"head": {"mean": value, "std": 0.01}} for eps, value in zip((0, 4, 8, 32), values)}
+def test_results_repeat_and_the_reference_model_gets_no_transfer_attack(data):
+    victim = victim_of(tiny_model(0), data)   # no transfer source: this is the reference model itself
+    first = robust_accuracy(config(names=("fgm", "pgd", "transfer")), victim, data[2], data[3], CPU, 16, seed=0)
+    again = robust_accuracy(config(names=("fgm", "pgd", "transfer")), victim, data[2], data[3], CPU, 16, seed=0)
+    assert first[0] == again[0]
+    assert set(first[0]["attacks"]) == {"fgm", "pgd"}
 
 
-def metrics_with(fgm: list[float], pgd: list[float], white_box: float = 0.2, transfer: float = 0.4) -> dict:
-    return {"robustness": {"sweep": {"fgm": curve(fgm), "pgd": curve(pgd)},
-                           "at_study_eps": {"head": {"pgd": {"mean": white_box, "std": 0},
-                                                     "transfer_from_baseline": {"mean": transfer, "std": 0}}}}}
+def test_a_headless_model_is_scored_by_its_3nn_alone(data):
+    report, per_image = robust_accuracy(config(names=("pgd", "soft_knn_pgd")), victim_of(tiny_model(0), data, has_head=False),
+                                        data[2], data[3], CPU, 16, seed=0)
+    assert set(report["robust"]) == {"knn"} and set(per_image) == {"clean.knn", "robust.knn"}
+
+
+def test_measuring_in_bf16_is_refused(data):
+    with pytest.raises(ValueError, match="float32"):
+        robust_accuracy(config(), victim_of(tiny_model(0), data), data[2], data[3],
+                        Compute(torch.device("cpu"), mixed_precision=True), 16, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The config
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw():
+    with open("params.yaml") as handle:
+        return yaml.safe_load(handle)
+
+
+def test_the_sweep_must_hold_the_study_eps_and_only_it_runs_the_study_only_attacks(raw):
+    raw = {**raw, "attack": {**raw["attack"], "eps_255": [0, 2, 6.4, 32]}}
+    with pytest.raises(ParamsError, match=r"does not contain the study's eps `perturb.fgm.eps_255` = 6.375"):
+        RobustnessConfig.from_params(Params(raw))
+    raw["attack"]["eps_255"] = [0, 2, 6.375, 32]
+    planned = RobustnessConfig.from_params(Params(raw))
+    assert planned.attacks_at(0) == []
+    assert [a.name for a in planned.attacks_at(2)] == [name for name in ATTACKS if raw["attack"][name]["at"] == "sweep"]
+    assert "apgd_t" in [a.name for a in planned.attacks_at(6.375)]
+
+
+def test_an_attack_set_to_never_is_still_checked_but_never_runs(raw):
+    attack = {**raw["attack"], "apgd_t": {**raw["attack"]["apgd_t"], "at": "never"}}
+    assert "apgd_t" not in [a.name for a in RobustnessConfig.from_params(Params({**raw, "attack": attack})).attacks]
+    attack["apgd_t"] = {**attack["apgd_t"], "targets": 12}
+    with pytest.raises(ParamsError, match="attack.apgd_t.targets"):
+        RobustnessConfig.from_params(Params({**raw, "attack": attack}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The sanity gates
+# ---------------------------------------------------------------------------------------------
+
+
+def entry(value: float) -> dict:
+    return {"mean": value, "std": 0.01}
+
+
+def metrics_with(attacks: dict[str, list[float]], eps=(2, 8, 32), knn_only=False) -> dict:
+    """Aggregated robustness metrics of a head model, each attack's own accuracy per eps."""
+    decisions = ("knn",) if knn_only else ("head", "knn")
+    return {"robustness": {
+        "study_eps_255": entry(8), "clean": {d: entry(0.9) for d in decisions}, "robust": {d: entry(0.0) for d in decisions},
+        "curve": {eps_key(e): {d: entry(min(min(v) for v in attacks.values())) for d in decisions} for e in (0, *eps)},
+        "attacks": {name: {eps_key(e): {d: entry(v) for d in decisions} for e, v in zip(eps, values)}
+                    for name, values in attacks.items()}}}
+
+
+SOUND = {"fgm": [0.6, 0.3, 0.05], "pgd": [0.5, 0.2, 0.0], "apgd_ce": [0.45, 0.1, 0.0], "transfer": [0.8, 0.6, 0.3],
+         "soft_knn_pgd": [0.4, 0.1, 0.0], "soft_knn_apgd_ce": [0.4, 0.05, 0.0], "soft_knn_apgd_dlr": [0.3, 0.05, 0.0]}
 
 
 def test_sound_robustness_numbers_pass_every_gate():
-    assert gate_failures(metrics_with([0.9, 0.5, 0.3, 0.1], [0.9, 0.3, 0.1, 0.0])) == []
+    assert gate_failures(metrics_with(SOUND)) == []
 
 
-@pytest.mark.parametrize("metrics, words", [
-    (metrics_with([0.9, 0.5, 0.3, 0.1], [0.9, 0.6, 0.1, 0.0]), "PGD is weaker than FGM at eps 4/255"),
-    (metrics_with([0.9, 0.5, 0.6, 0.1], [0.9, 0.3, 0.1, 0.0]), "FGM accuracy rises with eps at 8/255"),
-    (metrics_with([0.9, 0.5, 0.4, 0.3], [0.9, 0.3, 0.2, 0.2]), "20.0% survive PGD at eps 32/255"),
-    (metrics_with([0.9, 0.5, 0.3, 0.1], [0.9, 0.3, 0.1, 0.0], white_box=0.5, transfer=0.3),
-     "the white-box attack is weaker than transfer"),
+@pytest.mark.parametrize("change, words", [
+    ({"pgd": [0.7, 0.2, 0.0]}, "head: pgd is weaker than fgm at eps 2/255 (70.0% vs 60.0%)"),
+    ({"apgd_ce": [0.45, 0.25, 0.0]}, "head: apgd_ce is weaker than pgd at eps 8/255"),
+    ({"transfer": [0.3, 0.15, 0.0]}, "head: pgd is weaker than transfer at eps 2, 8/255"),
+    ({"fgm": [0.6, 0.7, 0.05]}, "head: fgm accuracy rises with eps at 8/255"),
+    ({"soft_knn_apgd_ce": [0.4, 0.15, 0.0]}, "3-NN: soft_knn_apgd_ce is weaker than soft_knn_pgd at eps 8/255"),
+    ({"soft_knn_apgd_dlr": [0.9, 0.05, 0.0]}, "3-NN: soft_knn_apgd_dlr is weaker than transfer at eps 2/255"),
+    ({"apgd_ce": [0.45, 0.1, 0.05], "pgd": [0.5, 0.2, 0.05], "fgm": [0.6, 0.3, 0.06], "transfer": [0.8, 0.6, 0.3]},
+     "head: 5.0% survive the strongest attack (pgd) at eps 32/255 (expected at most 2%)"),
 ])
-def test_each_gate_names_what_failed(metrics, words):
-    failures = gate_failures(metrics)
-    assert len(failures) == 1 and words in failures[0], failures
+def test_each_gate_names_what_failed(change, words):
+    failures = gate_failures(metrics_with({**SOUND, **change}))
+    assert any(words in failure for failure in failures), failures
 
 
-def test_robustness_curves_draw_pgd_and_fgm_per_method():
-    figure = robustness_curves({"baseline": metrics_with([0.9, 0.5, 0.3, 0.1], [0.9, 0.3, 0.1, 0.0]),
-                                "adversarial": metrics_with([0.9, 0.6, 0.4, 0.2], [0.9, 0.5, 0.2, 0.05])})
-    head_axis = figure.axes[0]
-    lines = head_axis.get_lines()
-    assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]   # PGD solid, FGM dashed
-    assert [matplotlib.colors.to_hex(line.get_color()) for line in lines] == (
-        [METHOD_COLOURS["baseline"]] * 2 + [METHOD_COLOURS["adversarial"]] * 2)   # as in the training curves
-    assert head_axis.get_legend_handles_labels()[1] == ["baseline", "adversarial"]
-    assert np.allclose(lines[0].get_ydata(), [90, 30, 10, 0])
-    assert head_axis.get_xscale() == "symlog"
-    assert [tick.get_text() for tick in head_axis.get_xticklabels()] == ["0", "4", "8", "32"]
+def test_gates_apply_to_the_decisions_an_attack_aims_at():
+    """On a head-less model, attacks on its soft class-mean score aim at no decision: the 3-NN is only
+    scored on their images, so a weak FGM there is no failed gate."""
+    assert gate_failures(metrics_with({**SOUND, "pgd": [0.7, 0.2, 0.0]}, knn_only=True)) == []
 
 
-def test_guides_are_capped_by_the_smallest_class(setting):
-    """A 3-NN whose k exceeds a class's training images (tiny data) still gets its guide attack."""
-    decisions, images, labels = setting
-    big_k = Decisions(decisions.model, decisions.fit, decisions.fit_labels, k=9, has_head=False)
-    result = robust_accuracy(config(eps=(0.0,)), big_k, decisions.model, None, images, labels, CPU, 16, seed=0)
-    assert "guide_samples" in result["at_study_eps"]["knn"]
+def test_the_robust_table_shows_clean_robust_and_each_attack_at_the_study_eps():
+    rows = robust_rows({"baseline": metrics_with(SOUND)})
+    assert [row["decision"] for row in rows] == ["head", "3-NN"]
+    assert rows[0]["clean"] == "90.00 +- 1.00" and rows[0]["robust"] == "0.00 +- 1.00"
+    assert rows[0]["pgd"] == "20.00 +- 1.00" and rows[0]["apgd_ce"] == "10.00 +- 1.00"
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure
+# ---------------------------------------------------------------------------------------------
+
+
+def test_robustness_curves_show_every_method_then_each_attack_per_method():
+    figure = robustness_curves({"baseline": metrics_with(SOUND), "angular": metrics_with(SOUND, knn_only=True)})
+    overview = figure.axes[0]
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in overview.get_lines()] == [METHOD_COLOURS["baseline"]]
+    assert overview.get_legend_handles_labels()[1] == ["baseline"]
+    baseline_head = figure.axes[1]
+    lines = baseline_head.get_lines()
+    assert len(lines) == len(SOUND) + 1 and matplotlib.colors.to_hex(lines[-1].get_color()) == "#000000"
+    assert np.allclose(lines[0].get_ydata(), [90, 60, 30, 5])    # fgm, from clean accuracy at 0
+    assert baseline_head.get_xscale() == "symlog"
+    assert figure.axes[2].texts[0].get_text() == "no head"
+    knn_overview = figure.axes[3]
+    assert [tick.get_text() for tick in knn_overview.get_xticklabels()] == ["0", "2", "8", "32"]
+    assert [line.get_label() for line in knn_overview.get_lines()] == ["baseline", "angular"]

@@ -167,7 +167,8 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     rng = np.random.default_rng(0)
     def run(head: bool, clean: float, perturbed: float, robust: float) -> dict:
         decisions = {"head": robust, "knn": robust - 0.05} if head else {"knn": robust}
-        return {**fake_metrics(head, clean, perturbed), "robustness": {"robust": decisions}}
+        return {**fake_metrics(head, clean, perturbed),
+                "robustness": {"study_eps_255": 6.375, "clean": {d: clean for d in decisions}, "robust": decisions}}
 
     per_seed = {"baseline": {seed: run(True, 0.70, 0.45 + 0.01 * seed, 0.10) for seed in range(3)},
                 "adversarial": {seed: run(True, 0.68, 0.52 + 0.01 * seed, 0.25) for seed in range(3)},

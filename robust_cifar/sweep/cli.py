@@ -1,6 +1,6 @@
 """Run a grid of DVC experiments in parallel: one worker per visible GPU, N CPU workers, or a Ray cluster.
 
-    python -m robust_cifar.sweep -S angular.alpha=30,40,45 -S perturb.fgm.eps=0.02,0.03   # one worker per GPU
+    python -m robust_cifar.sweep -S angular.alpha=30,40,45 -S perturb.fgm.eps_255=4,8   # one worker per GPU
     python -m robust_cifar.sweep -S knn.k=1,3,5 --workers 2 --gpus none           # two CPU workers
     python -m robust_cifar.sweep -S angular.alpha=30,40 --ray auto                 # a Ray cluster
 

@@ -1,0 +1,84 @@
+"""The robustness figure: robust accuracy against attack size, every method, then each attack per method."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robust_cifar.attack_registry import ATTACKS, eps_of  # noqa: E402
+from robust_cifar.colours import ATTACK_PALETTE, method_colour  # noqa: E402
+from robust_cifar.conditions import DECISIONS  # noqa: E402
+
+
+def attack_colour(name: str) -> str:
+    """One colour per registered attack, in registry order."""
+    return ATTACK_PALETTE[list(ATTACKS).index(name) % len(ATTACK_PALETTE)]
+
+
+def _eps_axis(axis, eps_values: set[float]) -> None:
+    axis.set_xscale("symlog", linthresh=1)
+    if eps_values:   # ticks at the eps values that were run
+        axis.set_xticks(sorted(eps_values), [f"{value:g}" for value in sorted(eps_values)], fontsize=7)
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+
+
+def _curve(points: dict[str, dict], decision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(eps, mean %, std %) of {eps key: {decision: {mean, std}}}, in increasing eps."""
+    rows = sorted((eps_of(key), entry[decision]) for key, entry in points.items() if decision in entry)
+    return (np.array([eps for eps, _ in rows]), np.array([100 * entry["mean"] for _, entry in rows]),
+            np.array([100 * entry["std"] for _, entry in rows]))
+
+
+def robustness_curves(all_metrics: dict[str, dict]):
+    """Robust test accuracy against attack size, one row per decision (head, 3-NN).
+
+    First column: every method's robust accuracy (right on the clean image and under every attack at
+    every eps up to this one), mean over seeds with the std as a band. Then one column per method:
+    each attack's own accuracy (thin, one colour per attack, starting from clean accuracy at 0) under
+    its robust accuracy (black): the gap between the lowest thin line and the black one is what
+    combining attacks adds.
+    """
+    methods = [method for method, metrics in all_metrics.items() if metrics.get("robustness")]
+    figure, axes = plt.subplots(len(DECISIONS), 1 + len(methods), figsize=(3.3 * (1 + len(methods)), 6.6),
+                                sharex=True, sharey=True, squeeze=False)
+    used_attacks: list[str] = []
+    for row, (decision, label) in enumerate(DECISIONS.items()):
+        overview, eps_values = axes[row][0], set()
+        for column, method in enumerate(methods, start=1):
+            robustness, axis = all_metrics[method]["robustness"], axes[row][column]
+            if decision not in robustness["clean"]:
+                axis.text(0.5, 0.5, "no head", ha="center", va="center", transform=axis.transAxes, color="grey")
+                axis.set_title(f"{method}: {label}", fontsize=8)
+                _eps_axis(axis, set())
+                continue
+            eps, mean, std = _curve(robustness["curve"], decision)
+            eps_values.update(eps.tolist())
+            colour = method_colour(method, list(all_metrics))
+            overview.plot(eps, mean, "-", color=colour, marker="o", markersize=3, label=method)
+            overview.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
+            clean = robustness["clean"][decision]
+            for name, points in robustness.get("attacks", {}).items():
+                attack_eps, attack_mean, _ = _curve({"eps_0": {decision: clean}, **points}, decision)
+                axis.plot(attack_eps, attack_mean, "-", color=attack_colour(name), linewidth=0.9, marker=".",
+                          markersize=4, alpha=0.85)
+                used_attacks += [name] if name not in used_attacks else []
+            axis.plot(eps, mean, "-", color="black", linewidth=2, label="robust (every attack)")
+            axis.set_title(f"{method}: {label}", fontsize=8)
+            _eps_axis(axis, set(eps.tolist()))
+        overview.set_title(f"robust accuracy, {label}", fontsize=8)
+        overview.set_ylabel("test accuracy (%)")
+        _eps_axis(overview, eps_values)
+        if overview.get_legend_handles_labels()[0]:
+            overview.legend(fontsize=7, frameon=False)
+    for axis in axes[-1]:
+        axis.set_xlabel("L-inf eps (x 1/255)", fontsize=8)
+    handles = [plt.Line2D([], [], color=attack_colour(name), marker=".", label=name) for name in used_attacks]
+    handles.append(plt.Line2D([], [], color="black", linewidth=2, label="robust: right under every attack"))
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    figure.suptitle("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps "
+                    "up to this one (thin: each attack alone)", fontsize=9)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    return figure
