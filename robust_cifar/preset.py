@@ -38,7 +38,12 @@ PRESETS: dict[str, dict[str, object]] = {
         "seeds.train": [0, 1],            # two seeds, so the spread shows
         "attack.eps_255": [0, 2, 6.375, 32],   # the study's eps, one below and one where nothing survives
         "attack.test_images": 200,
-        "attack.apgd_t.at": "never",            # 9 targeted runs: the dearest attack, kept for the full study
+        # FGM and PGD over the sweep; the 100-iteration attacks at the study's eps only, the soft k-NN
+        # surrogates at one temperature; targeted APGD (9 runs) left to the full study
+        **{f"attack.{name}.at": "study" for name in ("apgd_ce", "apgd_dlr", "soft_knn_pgd", "soft_knn_apgd_ce",
+                                                      "soft_knn_apgd_dlr", "guide_samples", "transfer")},
+        **{f"attack.{name}.temperatures": [0.03] for name in ("soft_knn_pgd", "soft_knn_apgd_ce", "soft_knn_apgd_dlr")},
+        "attack.apgd_t.at": "never",
         "umap.fit_samples": 1000,
         "umap.plot_samples": 300,
     },

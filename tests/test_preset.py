@@ -6,6 +6,7 @@ import yaml
 
 from robust_cifar.params import Params
 from robust_cifar.preset import PRESETS, command, main, overrides, publish
+from robust_cifar.provenance import cpu_description
 from robust_cifar.validation import validate_params
 from tests.test_params import PARAMS
 
@@ -52,3 +53,12 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m robust_cifar.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
     assert "**wall time of the command**: 10.6 min" in readme
+
+
+@pytest.mark.parametrize("flags, units", [("fpu avx avx2 avx512f avx512_bf16 amx_bf16", "bf16 units: avx512_bf16, amx_bf16"),
+                                          ("fpu avx avx2", "bf16 units: none (avx2)")])
+def test_the_cpu_is_named_with_its_bf16_units(tmp_path, flags, units):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(f"processor\t: {i}\nmodel name\t: AMD EPYC 9R14\nflags\t\t: {flags}\n\n" for i in range(2)))
+    assert cpu_description(cpuinfo) == f"AMD EPYC 9R14, 2 cores, {units}"
+    assert cpu_description(tmp_path / "missing") == "unknown"
