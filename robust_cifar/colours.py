@@ -19,5 +19,6 @@ def method_colour(method: str, methods: list[str]) -> str:
 
 
 # Attacks (the robustness figure), in the attack registry's order: matplotlib's Dark2, then tab10's
-# grey and cyan.
-ATTACK_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#7f7f7f", "#17becf")
+# grey, cyan, olive and brown.
+ATTACK_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#7f7f7f", "#17becf",
+                  "#bcbd22", "#8c564b")

@@ -60,10 +60,13 @@ def robustness_curves(all_metrics: dict[str, dict]):
             overview.plot(eps, mean, "-", color=colour, marker="o", markersize=3, label=method)
             overview.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
             clean = robustness["clean"][decision]
-            for name, points in robustness.get("attacks", {}).items():
-                attack_eps, attack_mean, _ = _curve({"eps_0": {decision: clean}, **points}, decision)
-                axis.plot(attack_eps, attack_mean, "-", color=attack_colour(name), linewidth=0.9, marker=".",
-                          markersize=4, alpha=0.85)
+            for name in (name for name in ATTACKS if name in robustness.get("attacks", {})):
+                points = robustness["attacks"][name]
+                # an attack run at one eps only (the study's) is a point, not a line from clean accuracy
+                attack_eps, attack_mean, _ = _curve({"eps_0": {decision: clean}, **points} if len(points) > 1
+                                                    else points, decision)
+                axis.plot(attack_eps, attack_mean, "-" if len(points) > 1 else "none", color=attack_colour(name),
+                          linewidth=0.9, marker="." if len(points) > 1 else "D", markersize=4, alpha=0.85)
                 used_attacks += [name] if name not in used_attacks else []
             axis.plot(eps, mean, "-", color="black", linewidth=2, label="robust (every attack)")
             axis.set_title(f"{method}: {label}", fontsize=8)
@@ -75,10 +78,11 @@ def robustness_curves(all_metrics: dict[str, dict]):
             overview.legend(fontsize=7, frameon=False)
     for axis in axes[-1]:
         axis.set_xlabel("L-inf eps (x 1/255)", fontsize=8)
-    handles = [plt.Line2D([], [], color=attack_colour(name), marker=".", label=name) for name in used_attacks]
+    handles = [plt.Line2D([], [], color=attack_colour(name), marker=".", label=name)
+               for name in ATTACKS if name in used_attacks]
     handles.append(plt.Line2D([], [], color="black", linewidth=2, label="robust: right under every attack"))
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     figure.suptitle("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps "
-                    "up to this one (thin: each attack alone)", fontsize=9)
+                    "up to this one (thin: each attack alone; a diamond: run at the study's eps only)", fontsize=9)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure

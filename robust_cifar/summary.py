@@ -140,8 +140,11 @@ def robust_rows(all_metrics: dict[str, dict]) -> list[dict]:
         for decision in decisions_of(robustness):
             row = {"method": method, "decision": DECISIONS[decision],
                    "clean": cell(robustness["clean"][decision]), "robust": cell(robustness["robust"][decision])}
-            row.update({name: cell(points[study][decision]) if study in points else NOT_APPLICABLE
-                        for name, points in robustness.get("attacks", {}).items()})
+            attacks = robustness.get("attacks", {})
+            # registry order (the aggregate's keys are sorted); n/a where an attack did not run here
+            row.update({name: cell(attacks[name][study][decision]) if study in attacks.get(name, {}) else NOT_APPLICABLE
+                        for name in ATTACKS if any(name in m.get("robustness", {}).get("attacks", {})
+                                                   for m in all_metrics.values())})
             rows.append(row)
     return rows
 
