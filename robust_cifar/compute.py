@@ -1,4 +1,10 @@
-"""Where and how tensors are computed: device choice, bf16 autocast and channels_last."""
+"""Where and how tensors are computed: device, CPU threads, bf16 autocast and channels_last.
+
+Each of these changes the bits of a result, so each is a param (`compute.device`, `compute.threads`,
+`compute.fast`) that the stages it affects depend on, never a property of whichever machine runs the
+stage: a value the machine cannot honour is refused (in check_params, before DVC deletes an output),
+not quietly replaced (README "What is bit-identical").
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from robust_cifar.errors import DeviceError
+from robust_cifar.machine import cpu_description
 from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int
 
 
-DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None),
-              "auto, cpu, cuda or cuda:N")
+DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None),
+              "cpu, cuda or cuda:N (no 'auto': the device changes the numbers, so it is set, not guessed)")
+THREADS = bounded_int(1, 1024, "CPU threads per stage process (the count changes a CPU result's bits)")
 
 
 @dataclass(frozen=True)
@@ -23,10 +31,15 @@ class ComputeConfig:
     eval_batch_size: int
     deterministic: bool
     cuda_graphs: bool
+    threads: int
 
     @staticmethod
     def device_from_params(params: Params) -> str:
         return params.value("compute.device", DEVICE)
+
+    @staticmethod
+    def threads_from_params(params: Params) -> int:
+        return params.value("compute.threads", THREADS)
 
     @classmethod
     def from_params(cls, params: Params) -> "ComputeConfig":
@@ -34,17 +47,27 @@ class ComputeConfig:
                    eval_batch_size=params.value("compute.eval_batch_size",
                                                 bounded_int(1, 65_536, "images per inference batch")),
                    deterministic=params.value("compute.deterministic", BOOLEAN),
-                   cuda_graphs=params.value("compute.cuda_graphs", BOOLEAN))
+                   cuda_graphs=params.value("compute.cuda_graphs", BOOLEAN),
+                   threads=cls.threads_from_params(params))
+
+    def check_machine(self) -> None:
+        """Refuse (DeviceError) what this machine cannot run as asked, instead of running it otherwise."""
+        device = resolve_device(self.device)
+        if self.fast and not bf16_supported(device):
+            raise DeviceError("compute.fast = true asks for bf16 autocast, which this CPU has no bf16 units for "
+                              f"({cpu_description()}): use `-S compute.fast=false` (fp32; its bits differ from a bf16 run)")
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` (the GPU where there is one) is for tools such as the benchmark; params name the device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"compute.device = {name!r} but this machine has no CUDA GPU; "
-                              "use `-S compute.device=auto` (or cpu)")
+            raise DeviceError(f"compute.device = {name!r} but this machine has no CUDA GPU: the full study is a GPU "
+                              "job; on a CPU run the quick preset (`python -m robust_cifar.preset quick`) or set "
+                              "`-S compute.device=cpu -S compute.fast=false`")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(f"compute.device = {name!r} but only {torch.cuda.device_count()} GPU(s) are visible")
     return device
@@ -81,7 +104,18 @@ class Compute:
 
     @classmethod
     def from_config(cls, config: ComputeConfig) -> "Compute":
+        """What the params ask for, exactly: refused where this machine cannot do it; CPU threads set."""
+        config.check_machine()
+        torch.set_num_threads(config.threads)
         return cls.create(config.device, config.fast, config.deterministic, config.cuda_graphs)
+
+    @classmethod
+    def fp32_from_params(cls, params: Params) -> "Compute":
+        """The device and CPU threads the params name, in fp32, reading only those two keys (for the
+        stages that score and draw and so must not rerun when a training setting changes)."""
+        config = ComputeConfig(device=ComputeConfig.device_from_params(params), fast=False, eval_batch_size=1,
+                               deterministic=False, cuda_graphs=False, threads=ComputeConfig.threads_from_params(params))
+        return cls.from_config(config)
 
     @property
     def memory_format(self) -> torch.memory_format:

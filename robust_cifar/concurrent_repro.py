@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robust_cifar.errors import UserError
+from robust_cifar.signals import Stopped, signal_of, stop_group, stop_on_signals
 
 LOGS = Path(".cache/concurrent")
 POLL_SECONDS = 0.2
-INTERRUPTED_EXIT = 130
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
 # trainings side by side took 133 s each against 38 s alone (threads oversubscribed), hence 1 there.
 GPU_JOBS = 4
@@ -100,6 +100,10 @@ def set_params(overrides: list[str], path: Path = Path("params.yaml")) -> None:
 
     if not path.is_file():
         raise UserError(f"no {path} here: run from the project's root")
+    # refused here, before params.yaml is touched, rather than by check_params after the edit
+    from robust_cifar.params import load_params, with_overrides
+    from robust_cifar.validation import check_on_this_machine
+    check_on_this_machine(with_overrides(load_params(path), overrides))
     try:
         apply_overrides(path, overrides)
     except DvcException as error:
@@ -171,20 +175,22 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
                          f"(the whole output: {log_path(stage)})")
             if not running and not failure and len(done) < total and not plan.ready(done, started):
                 raise RuntimeError("no stage can start: the plan has a cycle")   # DVC refuses cycles first
-    except KeyboardInterrupt:
-        interrupt(running)
-        return INTERRUPTED_EXIT
+    except KeyboardInterrupt as stopped:
+        signum = signal_of(stopped)
+        interrupt(running, signum)
+        return Stopped(signum).exit_code
     return failure
 
 
-def interrupt(running: dict[str, tuple[subprocess.Popen, float]]) -> None:
+def interrupt(running: dict[str, tuple[subprocess.Popen, float]], signum: int = signal.SIGINT) -> None:
+    """The signal to every running stage's process group (DVC and the stage under it), then wait."""
     for process, _ in running.values():
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
+            os.killpg(process.pid, signum)
     for process, _ in running.values():
-        with contextlib.suppress(KeyboardInterrupt):
-            process.wait()
-    print("interrupted: finished stages are kept; rerun the same command to continue", file=sys.stderr)
+        stop_group(process, signum, sent=True)
+    print(f"interrupted ({Stopped(signum).name}): finished stages are kept; rerun the same command to continue",
+          file=sys.stderr)
 
 
 def default_jobs() -> int:
@@ -206,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
     started = time.perf_counter()
+    stop_on_signals()   # TERM and HUP (a closed terminal, a scheduler) stop the stages as Ctrl-C does
     try:
         if args.set_param:
             set_params(args.set_param)
@@ -213,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         print("interrupted before any stage started", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return Stopped(signal_of(stopped)).exit_code
     plan = plan_from_graph(upstream_of, stale)
     if not plan.upstream:
         print("every stage is up to date")

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from robust_cifar.errors import ArchiveError, ParamsError
+from robust_cifar.errors import ArchiveError, ParamsError, get_back
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import MD5, TEXT, Params, fix_hint
 
@@ -212,17 +212,23 @@ def _content_length(response) -> int | None:
 # --------------------------------------------------------------------------
 
 
-def read_archive(path, expected_md5: str | None = None) -> CifarArrays:
-    """Read CIFAR-10 from an official python archive or an image-folder archive."""
-    path = Path(path)
+def check_archive_file(path: Path, expected_md5: str | None) -> None:
+    """The archive is there and is the one named by its md5 (check_params runs this too, so a wrong
+    `data.archive` is refused before DVC deletes the download stage's outputs)."""
     if not path.is_file():
         raise ArchiveError(
             f"CIFAR-10 archive not found: {path}. Set `data.archive` to the path of an "
             "existing archive, e.g. `dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz`, "
             'or to "" to download the official one.'
         )
-    # Before anything is parsed: a wrong file should be refused, not half-read.
     verify_md5(path, expected_md5)
+
+
+def read_archive(path, expected_md5: str | None = None) -> CifarArrays:
+    """Read CIFAR-10 from an official python archive or an image-folder archive."""
+    path = Path(path)
+    # Before anything is parsed: a wrong file should be refused, not half-read.
+    check_archive_file(path, expected_md5)
     try:
         with tarfile.open(path, mode="r:*", tarinfo=_CappedTarInfo) as tar:
             members = _checked_members(tar)
@@ -821,7 +827,7 @@ def load_arrays(path) -> CifarArrays:
     if missing:
         raise ArchiveError(
             f"{path} lacks {', '.join(sorted(missing))}; it was not written by "
-            "save_arrays or is damaged: run `dvc repro -f download`."
+            f"save_arrays or is damaged: {get_back(path, 'download')}"
         )
     arrays = CifarArrays(
         train_images=saved["train_images"],

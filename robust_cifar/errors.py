@@ -5,6 +5,13 @@ the modules that raise them.
 """
 
 
+def get_back(path, stage: str) -> str:
+    """How to get a damaged or missing output back: from DVC's cache or remote at once, or by rerunning
+    its one stage (`-s`: `dvc repro -f <stage>` alone would rerun everything upstream too)."""
+    return (f"restore it with `dvc checkout --force {path}` (or `dvc pull --force {path}`), "
+            f"or remake it with `dvc repro -f -s {stage}`")
+
+
 class UserError(Exception):
     """Something the user can fix: its message says what is wrong and how to fix it, on one line."""
 
@@ -23,3 +30,11 @@ class DeviceError(UserError, ValueError):
 
 class InputError(UserError):
     """A file a stage reads is missing, truncated or does not match what the stage expects."""
+
+
+class PublishError(UserError):
+    """A folder a run cannot be published into."""
+
+
+class DiskFullError(UserError, OSError):
+    """No space left where an output is written."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_cifar.errors import InputError
+from robust_cifar.errors import InputError, get_back
 from robust_cifar.outputs import atomic_path
 from robust_cifar.params import BELOW_ONE, Params, bounded_int
 
@@ -126,7 +126,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ci
     """The model saved at `path`, in eval mode. Anything but a checkpoint written by `save_model` is refused
     with a one-line InputError; nothing but tensors and plain values is ever unpickled (weights_only)."""
     path = Path(path)
-    redo = f"retrain it with `dvc repro -f {_stage_of(path)}` or fetch it with `dvc pull {path}`"
+    redo = get_back(path, _stage_of(path))
     if not path.is_file():
         raise InputError(f"model checkpoint {path} not found: {redo}")
     try:

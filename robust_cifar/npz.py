@@ -1,13 +1,13 @@
 """Reproducible .npz files: the same arrays always give the same bytes (and so the same DVC hash)."""
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from robust_cifar.errors import InputError
+from robust_cifar.errors import InputError, get_back
+from robust_cifar.outputs import atomic_path
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
@@ -17,22 +17,18 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     unchanged output on every rerun and so rerun everything downstream. The file is written
     under another name and renamed, so a half-written file never looks finished.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+    with atomic_path(path) as partial, zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
         for key in sorted(arrays):
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asarray(arrays[key], order="C"), allow_pickle=False)
-    os.replace(partial, path)
 
 
 def load_npz(path: str | Path, produced_by: str) -> dict[str, np.ndarray]:
     """Every array of the .npz at `path`; a missing, truncated or foreign file is a one-line InputError
     that names the stage to rerun. Nothing is unpickled (allow_pickle=False)."""
     path = Path(path)
-    redo = f"run `dvc repro -f {produced_by}` (or `dvc pull {path}`)"
+    redo = get_back(path, produced_by)
     if not path.is_file():
         raise InputError(f"{path} not found: {redo}")
     try:

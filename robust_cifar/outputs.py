@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from robust_cifar.errors import InputError
+from robust_cifar.errors import DiskFullError, InputError
 
 
 def prepare(path: str | Path) -> Path:
@@ -17,19 +19,54 @@ def prepare(path: str | Path) -> Path:
     return path
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL = 16 * 2**20   # bytes free below which a failed write is blamed on the disk
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def no_space(path: Path) -> DiskFullError:
+    return DiskFullError(f"no space left on the disk holding {path.parent} while writing {path.name} "
+                         f"({free_bytes(path.parent) / 2**20:.0f} MiB free; the partial file was removed): free some "
+                         "space there, then rerun")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name beside `path` to write to; renamed to `path` only if the block finishes.
 
-    An interrupted stage then never leaves a half-written output that looks finished.
+    An interrupted stage then never leaves a half-written output that looks finished, and a full
+    disk is one line naming it, with the partial file removed.
     """
     path = prepare(path)
     partial = path.with_name(f".{path.name}.part{path.suffix}")
     try:
         yield partial
         os.replace(partial, path)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            partial.unlink(missing_ok=True)
+            raise no_space(path) from None
+        raise
+    except RuntimeError:
+        # torch.save's C++ writer reports a full disk as "basic_ios::clear: iostream error" or
+        # "PytorchStreamWriter failed writing file": ask the disk
+        if free_bytes(path.parent) < NEARLY_FULL:
+            partial.unlink(missing_ok=True)
+            raise no_space(path) from None
+        raise
     finally:
         partial.unlink(missing_ok=True)
+
+
+def check_free_space(path: str | Path, needed: int) -> None:
+    """Refuse to start a long stage whose output (of about `needed` bytes) would not fit."""
+    folder = prepare(path).parent
+    if free_bytes(folder) < needed:
+        raise DiskFullError(f"{path} needs about {needed / 2**20:.0f} MiB but the disk holding {folder} has "
+                            f"{free_bytes(folder) / 2**20:.0f} MiB free: free some space there, then rerun")
 
 
 def write_text(path: str | Path, text: str) -> None:

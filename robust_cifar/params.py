@@ -10,6 +10,8 @@ params.yaml that nothing reads.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import copy
 import json
 import math
 import os
@@ -17,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -156,6 +158,49 @@ def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
         dotted = f"{prefix}{key}"
         keys += leaf_keys(value, f"{dotted}.") if isinstance(value, dict) and value else [dotted]
     return keys
+
+
+def with_overrides(params: Params, settings: list[str]) -> Params:
+    """A copy of `params` with `key=value` settings applied as `dvc exp run -S` applies them (each value
+    read as YAML), so a tool can refuse a bad override before DVC edits params.yaml or deletes anything."""
+    raw = copy.deepcopy(params.raw)
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        if not equals or not key:
+            raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ParamsError(f"override {setting!r}: {text!r} is not a YAML value; quote it") from None
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {setting!r}: `{part}` in params.yaml is a value, not a section")
+        node[leaf] = value
+    return Params(raw, source=f"{params.source} with its overrides")
+
+
+@dataclass
+class Outcome:
+    returncode: int = 1
+
+
+@contextlib.contextmanager
+def restored_on_failure(path: Path) -> Iterator[Outcome]:
+    """Put `path` back byte for byte, with its times, unless the block sets `outcome.returncode = 0`:
+    `dvc exp run -S` leaves its edit of params.yaml behind when the run fails, where `git status` may
+    not show it (same size, same second)."""
+    before, times = path.read_bytes(), path.stat()
+    outcome = Outcome()
+    try:
+        yield outcome
+    finally:
+        if outcome.returncode != 0 and path.read_bytes() != before:
+            path.write_bytes(before)
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+            print(f"{path} is as it was before the run", file=sys.stderr)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

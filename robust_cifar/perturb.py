@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robust_cifar.conditions import KINDS  # also the column order of PerturbDraw.gates / SplitPlan.gates
-from robust_cifar.errors import InputError
+from robust_cifar.errors import InputError, get_back
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import BELOW_ONE, PROBABILITY, Params, bounded_real
 
@@ -342,10 +342,10 @@ def load_plans(path: str | PathLike) -> dict[str, SplitPlan]:
     for key, value in load_npz(path, produced_by="perturb").items():
         name, field = key.rsplit(".", 1)
         if field not in _PLAN_ARRAYS + _PLAN_SETTINGS:
-            raise InputError(f"unexpected member {key!r} in {path}: run `dvc repro -f perturb`")
+            raise InputError(f"unexpected member {key!r} in {path}: {get_back(path, 'perturb')}")
         fields.setdefault(name, {})[field] = value
     if any(set(f) != set(_PLAN_ARRAYS + _PLAN_SETTINGS) for f in fields.values()) or not fields:
-        raise InputError(f"{path} is not a complete perturbation plan: run `dvc repro -f perturb`")
+        raise InputError(f"{path} is not a complete perturbation plan: {get_back(path, 'perturb')}")
     return {
         name: SplitPlan(gates=f["gates"], jitter_factors=f["jitter_factors"], noise_seed=int(f["noise_seed"]),
                         settings=PerturbSettings(**{field: float(f[field]) for field in _PLAN_SETTINGS}, fgm_eps=0.0))

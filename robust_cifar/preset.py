@@ -3,23 +3,29 @@
     python -m robust_cifar.preset quick --archive ../shared/data/cifar10-jpeg.tar.gz
 
 runs `dvc exp run -n quick-<date> -S preset=quick -S model.width=8 ...`: every method, every stage,
-two seeds, on the real images, in about 20 minutes on 2 CPU cores. The experiment is an ordinary
+two seeds, on the real images, in about 15 minutes on a 2-core CPU with bf16 units. The experiment is an ordinary
 one (`dvc exp show` lists it with its `preset` column; `dvc exp apply` / `branch` work), and its
-outputs land in the workspace. `--dry-run` prints the command instead.
+outputs land in the workspace. Before DVC sees anything, every override is checked as the
+check_params stage would check it, on this machine, and so is the `--publish` folder; a failed run
+leaves params.yaml exactly as it was. `--dry-run` runs those checks and prints the command.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from robust_cifar.errors import PublishError, UserError
+from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.provenance import devices, git_commit, run_lines, stage_times
+from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
 from robust_cifar.stage import TIMINGS
+from robust_cifar.validation import check_on_this_machine
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
@@ -27,6 +33,8 @@ TRAINING = Path("reports/training")   # the dvclive folders, each with the devic
 PRESETS: dict[str, dict[str, object]] = {
     "quick": {
         "preset": "quick",
+        "compute.device": "cpu",
+        "compute.threads": 2,             # part of the result (bits differ at another count); 2 = the published run
         "model.width": 8,                 # 1/64 of the standard ResNet18's FLOPs
         "model.dropout": 0.0,             # learns faster in few epochs, and costs CPU time
         "train.epochs": 12,
@@ -50,19 +58,51 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def overrides(name: str) -> list[str]:
+def machine_settings() -> dict[str, object]:
+    """What this CPU decides, said out loud: bf16 autocast where it has bf16 units, else fp32 (the two
+    differ in bits, so the choice is a param DVC records, not a guess each stage makes)."""
+    import torch
+
+    from robust_cifar.compute import bf16_supported
+    return {"compute.fast": bf16_supported(torch.device("cpu"))}
+
+
+def overrides(name: str, machine: dict[str, object] | None = None) -> list[str]:
     """`-S key=value` arguments, values in YAML (lists as [a, b])."""
     def text(value) -> str:
-        return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
-    return [argument for key, value in PRESETS[name].items() for argument in ("-S", f"{key}={text(value)}")]
+        return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value).lower() \
+            if isinstance(value, bool) else str(value)
+    settings = {**PRESETS[name], **(machine_settings() if machine is None else machine)}
+    return [argument for key, value in settings.items() for argument in ("-S", f"{key}={text(value)}")]
 
 
-def command(name: str, archive: str | None, archive_md5: str | None, experiment: str | None) -> list[str]:
+def command(name: str, archive: str | None, archive_md5: str | None, experiment: str | None,
+            machine: dict[str, object] | None = None) -> list[str]:
     data = []
     if archive:
-        data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={archive_md5 or ''}"]
+        md5 = archive_md5 or "''"   # YAML's empty string: a bare `key=` would be read as null
+        data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
     experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name), *data]
+    return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name, machine), *data]
+
+
+def check_before_running(cmd: list[str], destination: Path | None) -> None:
+    """Refuse (a UserError) what would fail only after DVC edited params.yaml or the run ended."""
+    settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
+    check_on_this_machine(with_overrides(load_params(), settings))
+    if destination is not None:
+        check_destination(destination)
+
+
+def check_destination(destination: Path) -> None:
+    """A folder that can be made or replaced whole: not a file, under a writable parent."""
+    if destination.exists() and not destination.is_dir():
+        raise PublishError(f"--publish {destination}: is a file; name a folder (it is replaced whole)")
+    parent = next((folder for folder in [destination, *destination.parents] if folder.exists()), Path("."))
+    if not parent.is_dir():
+        raise PublishError(f"--publish {destination}: {parent} is a file, not a folder; name another place")
+    if not os.access(parent, os.W_OK | os.X_OK) or (destination.is_dir() and not os.access(destination, os.W_OK)):
+        raise PublishError(f"--publish {destination}: {parent} is not writable; name a folder you can write")
 
 
 # What a published run holds: small files that say what the run found (models and embeddings stay in DVC).
@@ -75,16 +115,19 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
 
     `wall_seconds`: how long the command took from start to end, dvc's own work included (on a fresh
     clone, the whole study)."""
-    destination.mkdir(parents=True, exist_ok=True)
+    # Built beside the destination, then swapped in: an earlier run's files never stay next to this one's.
+    staging = destination.with_name(destination.name + ".publishing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     copied = []
     for pattern in PUBLISHED:
         for source in sorted(Path(".").glob(pattern)):
-            target = destination / source.relative_to("reports")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            copied.append(target)
+            relative = source.relative_to("reports")
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / relative)
+            copied.append(destination / relative)
     summary = json.loads(Path("reports/summary.json").read_text())
-    (destination / "README.md").write_text("\n".join([
+    (staging / "README.md").write_text("\n".join([
         f"# {destination.name}: a published run", "",
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
@@ -95,6 +138,8 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
         "the PNGs are the figures of `dvc plots show`.", ""]))
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
     return copied
 
 
@@ -110,14 +155,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cmd = command(args.preset, args.archive, args.archive_md5, args.name)
     print(" ".join(shlex.quote(part) for part in cmd), flush=True)
+    try:
+        check_before_running(cmd, args.publish)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.dry_run:
         return 0
     started = time.perf_counter()
-    try:
-        returncode = subprocess.run(cmd).returncode
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to continue; finished stages are reused", file=sys.stderr)
-        return 130
+    stop_on_signals()   # TERM and HUP too: DVC and its stage are stopped, not left running
+    with restored_on_failure(Path("params.yaml")) as outcome:
+        try:
+            outcome.returncode = run_in_group(cmd)
+        except KeyboardInterrupt as stopped:
+            signum = signal_of(stopped)
+            print(f"interrupted ({Stopped(signum).name}): rerun the same command to continue; finished stages "
+                  "are reused", file=sys.stderr)
+            return Stopped(signum).exit_code
+    returncode = outcome.returncode
     if returncode == 0 and args.publish:
         published = publish(args.publish, "python -m robust_cifar.preset " + " ".join(
             shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])),

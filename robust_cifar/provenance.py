@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from robust_cifar.machine import cpu_description
 from robust_cifar.params import NAME, VALIDATED_ELSEWHERE, Params, Rule
 
 PRESET = Rule(lambda v: isinstance(v, str) and NAME.fullmatch(v) is not None,
@@ -77,25 +78,6 @@ def time_lines(times: dict[str, float]) -> list[str]:
     listed = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
     return [f"- **wall time per stage** (the last run of each on this machine, {total / 60:.1f} min of stage time "
             f"in all): {listed}."]
-
-
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # CPU flags of bf16 matrix units: bf16 autocast pays only with them
-
-
-def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """'AMD EPYC, 2 cores, bf16 units: avx512_bf16' or '..., bf16 units: none (avx2)': CPUs differ in
-    their float kernels, so a CPU result is reproduced bit for bit only on the same kind of CPU."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown"
-    fields = [line.split(":", 1) for line in text.splitlines() if ":" in line]
-    names = [value.strip() for key, value in fields if key.strip() == "model name"]
-    flags = next((value.split() for key, value in fields if key.strip() == "flags"), [])
-    units = [flag for flag in BF16_FLAGS if flag in flags]
-    vector = next((flag for flag in ("avx512f", "avx2") if flag in flags), "no avx2")
-    return (f"{names[0] if names else 'unknown'}, {len(names)} cores, bf16 units: "
-            f"{', '.join(units) if units else f'none ({vector})'}")
 
 
 def run_lines(devices: list[str], commit: str, times: dict[str, float], cpu: str | None = None) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_cifar.errors import InputError
+from robust_cifar.errors import InputError, get_back
 
 
 def read_json(path: Path, produced_by: str) -> dict:
@@ -16,7 +16,7 @@ def read_json(path: Path, produced_by: str) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise InputError(f"{path} is not valid JSON (truncated?): run `dvc repro -f {produced_by}`") from None
+        raise InputError(f"{path} is not valid JSON (truncated?): {get_back(path, produced_by)}") from None
 
 
 def read_seed_metrics(folder: Path, seeds: list[int], produced_by: str) -> dict[int, dict]:
@@ -38,6 +38,6 @@ def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or not {"actual", "clean", "perturbed"} <= set(rows[0]):
-        raise InputError(f"{path} is not a predictions table: run `dvc repro -f {produced_by}`")
+        raise InputError(f"{path} is not a predictions table: {get_back(path, produced_by)}")
     actual = np.array([row["actual"] for row in rows])
     return {condition: np.array([row[condition] for row in rows]) == actual for condition in ("clean", "perturbed")}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from robust_cifar.data import load_arrays
-from robust_cifar.errors import InputError, ParamsError
+from robust_cifar.errors import InputError, ParamsError, get_back
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import OPEN_FRACTION, Params, whole
 
@@ -91,7 +91,7 @@ def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str,
             index.dtype.kind not in "iu" or index.ndim != 1 or len(index) == 0
             or index.min() < 0 or index.max() >= sizes[name] for name, index in indices.items()):
         raise InputError(f"{split_path} does not hold train, validation and test indices into {raw_path}: "
-                         "run `dvc repro -f split`")
+                         f"{get_back(split_path, 'split')}")
     train, val, test = indices["train"], indices["val"], indices["test"]
     splits = {
         "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),

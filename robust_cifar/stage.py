@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 from robust_cifar.errors import UserError
+from robust_cifar.signals import Stopped, die_with_parent, signal_of, stop_on_signals
 
 USER_ERROR_EXIT = 2
-INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 
 
 # Each stage's last wall time on this machine, for the summary's provenance (not a DVC output: a
@@ -36,15 +36,19 @@ def record_time(name: str, seconds: float) -> None:
 def run_stage(main: Callable[[list[str]], None]) -> None:
     started = time.perf_counter()
     try:
+        stop_on_signals()
+        die_with_parent()
         main(sys.argv[1:])
         record_time(stage_name(sys.argv), time.perf_counter() - started)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
-    except KeyboardInterrupt:
-        print("interrupted: no output of this stage was written; rerun it with `dvc repro`", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as interrupt:
+        signum = signal_of(interrupt)
+        print(f"interrupted ({Stopped(signum).name}): no output of this stage was written; rerun it with `dvc repro`",
+              file=sys.stderr, flush=True)
         sys.stdout.flush()
         # Not SystemExit: after this handler had run, about 1 interrupted training in 5 still ended by
         # SIGINT (-2) at interpreter shutdown. Outputs are written atomically and partial files were
         # removed while the exception unwound, so nothing is left for shutdown to do.
-        os._exit(INTERRUPTED_EXIT)
+        os._exit(Stopped(signum).exit_code)

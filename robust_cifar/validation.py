@@ -7,9 +7,10 @@ typo such as `train.epochz` would otherwise be silently ignored).
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 from robust_cifar.compute import ComputeConfig
-from robust_cifar.data import DataConfig
+from robust_cifar.data import DataConfig, check_archive_file
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method, known
 from robust_cifar.model import ModelConfig
@@ -87,3 +88,15 @@ def refuse_unknown_keys(params: Params) -> None:
         close = difflib.get_close_matches(key, sorted(params.read), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else "remove it"
         raise ParamsError(f"{params.source}: unknown key `{key}` (nothing reads it): {hint}")
+
+
+def check_on_this_machine(params: Params) -> None:
+    """validate_params, then what only the machine that runs the stages can say: its device, its bf16
+    units and the local archive (there, and the one its md5 names). The check_params stage runs this,
+    and so does every tool of the project before it hands overrides to DVC."""
+    validate_params(params)
+    ComputeConfig.from_params(params).check_machine()
+    data = DataConfig.from_params(params)
+    if data.archive:
+        check_archive_file(Path(data.archive), data.archive_md5)
+

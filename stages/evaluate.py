@@ -1,7 +1,7 @@
 """eval@<method>-<seed>: head and 3-NN accuracy on train / val / test, clean and perturbed
 -> reports/seeds/<method>/<seed>.json, and the test predictions of the method's own decision
 -> reports/seeds/<method>/<seed>.csv"""
-from robust_cifar.compute import ComputeConfig, resolve_device
+from robust_cifar.compute import Compute
 from robust_cifar.npz import load_npz
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
@@ -14,7 +14,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     method, seed = paths.run_arguments(argv)
     run = paths.run_name(method, seed)
-    k, device = knn_k(params), resolve_device(ComputeConfig.device_from_params(params))
+    k, device = knn_k(params), Compute.fp32_from_params(params).device
     arrays = load_npz(paths.embeddings(method, seed), f"embed@{run}")
     metrics, predictions = score_embeddings(arrays, k, device)
     write_json(paths.seed_metrics(method, seed), metrics)

@@ -3,7 +3,7 @@ labelled by which perturbations hit them -> reports/examples.png"""
 import numpy as np
 import torch
 
-from robust_cifar.compute import Compute, ComputeConfig
+from robust_cifar.compute import Compute
 from robust_cifar.figures import perturbation_examples
 from robust_cifar.model import load_model
 from robust_cifar.outputs import save_figure
@@ -65,7 +65,7 @@ def pick_examples(gates: np.ndarray, labels: np.ndarray, count: int) -> np.ndarr
 def main(argv: list[str]) -> None:
     params = load_params()
     fgm_eps = fgm_eps_from_params(params)
-    compute = Compute.create(ComputeConfig.device_from_params(params), fast=False)
+    compute = Compute.fp32_from_params(params)
     plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     model, _ = load_model(paths.model(paths.TRANSFER_SOURCE, params.seed("figures")), compute.device)

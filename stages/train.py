@@ -6,7 +6,7 @@ from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.live_log import EpochLog
 from robust_cifar.methods import build_method
 from robust_cifar.model import ModelConfig, save_model
-from robust_cifar.outputs import check_writable
+from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
 from robust_cifar.splits import load_splits
 from robust_cifar.stage import run_stage
@@ -30,6 +30,8 @@ def main(argv: list[str]) -> None:
                  for name, split in splits.items() if name in ("train", "val")}
     torch.manual_seed(seed)   # the initial weights
     model = compute.prepare(model_config.build(len(class_names)))
+    # the checkpoint is its float32 tensors and a little more: refused now, not after the training
+    check_free_space(paths.model(name, seed), 2**20 + sum(4 * tensor.numel() for tensor in model.state_dict().values()))
     setup = TrainingSetup(method=method, train=train_config, compute=compute, seed=seed, num_classes=len(class_names),
                           eval_batch_size=compute_config.eval_batch_size)
     print(f"train@{run}: {len(splits['train'])} images on {compute.describe()}", flush=True)

@@ -34,6 +34,7 @@ TINY_PARAMS = {
     "adversarial.batch_size": 16,
     "compute.eval_batch_size": 64,
     "compute.device": "cpu",
+    "compute.fast": False,   # fp32 on every CPU, bf16 units or not (check_params refuses bf16 without them)
     "angular.per_class": 2,
     "angular_adversarial.per_class": 2,
     "umap.plot_samples": 40,

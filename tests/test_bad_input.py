@@ -2,6 +2,7 @@
 and the fix, before any output is removed, and nothing already produced is lost."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import shutil
 import signal
@@ -10,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+
+from robust_cifar.errors import DiskFullError
+from robust_cifar.npz import save_npz
 
 from tests.pipeline_project import dvc, dvc_env, set_param
 
@@ -35,12 +40,14 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+# One value any rule refuses (the rules themselves are unit-tested in tests/test_params.py), then what
+# only the machine running the stages can refuse, and before this check did so only after DVC had
+# deleted the download's or the trainings' outputs.
 BAD_PARAMS = [
-    ("train.epochs", 1.0, "`train.epochs` = 1.0 is invalid"),          # the issue's `-S train.epochs=1e0`
     ("knn.k", 0, "`knn.k` = 0 is invalid"),
-    ("train.epochz", 5, "unknown key `train.epochz` (nothing reads it): did you mean `train.epochs`?"),
-    ("umap.min_dist", 2.0, "`umap.min_dist` = 2.0 is invalid"),
-    ("angular.alpha", 95, "`angular.alpha` = 95 is invalid"),
+    ("compute.device", "cuda:99", "compute.device = 'cuda:99'"),
+    ("data.archive", "missing.tar.gz", "CIFAR-10 archive not found: missing.tar.gz"),
+    ("data.archive_md5", "0123456789abcdef0123456789abcdef", "but 0123456789abcdef0123456789abcdef was expected"),
 ]
 
 
@@ -84,19 +91,19 @@ def truncate(path: Path) -> None:
 
 DAMAGE = [
     ("truncated model", lambda p: truncate(p / "models/baseline-0.pt"), ("stages.embed", "baseline", "0"),
-     "models/baseline-0.pt is not a readable checkpoint", "dvc repro -f train@baseline-0"),
+     "models/baseline-0.pt is not a readable checkpoint", "dvc repro -f -s train@baseline-0"),
     ("model without config", lambda p: torch.save({"state_dict": {}}, p / "models/angular-0.pt"),
-     ("stages.embed", "angular", "0"), "is not a checkpoint of this project", "dvc repro -f train@angular-0"),
+     ("stages.embed", "angular", "0"), "is not a checkpoint of this project", "dvc repro -f -s train@angular-0"),
     ("truncated embeddings", lambda p: truncate(p / "data/embeddings/angular-0.npz"), ("stages.evaluate", "angular", "0"),
-     "data/embeddings/angular-0.npz is not a readable .npz", "dvc repro -f embed@angular-0"),
+     "data/embeddings/angular-0.npz is not a readable .npz", "dvc repro -f -s embed@angular-0"),
     ("empty split", lambda p: (p / "data/split/indices.npz").write_bytes(b""), ("stages.train", "baseline", "0"),
-     "data/split/indices.npz is not a readable .npz", "dvc repro -f split"),
+     "data/split/indices.npz is not a readable .npz", "dvc repro -f -s split"),
     ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40),
-     ("stages.embed", "baseline", "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f perturb"),
+     ("stages.embed", "baseline", "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f -s perturb"),
     ("missing metrics", lambda p: (p / "reports/metrics/adversarial.json").unlink(), ("stages.summarize",),
      "reports/metrics/adversarial.json not found", "dvc repro aggregate@adversarial"),
     ("truncated seed metrics", lambda p: truncate(p / "reports/seeds/angular/0.json"), ("stages.aggregate", "angular"),
-     "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f eval@angular-0"),
+     "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f -s eval@angular-0"),
 ]
 
 
@@ -121,21 +128,65 @@ def test_a_folder_that_cannot_be_written_is_refused_before_training(project):
     assert time.perf_counter() - started < 60
 
 
-def test_ctrl_c_is_one_line_exit_130_and_keeps_the_previous_output(project):
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # as `dvc exp run` starts its stages
+
+
+@pytest.mark.parametrize("signum, inherited_ignore", [(signal.SIGINT, False), (signal.SIGINT, True),
+                                                      (signal.SIGTERM, False), (signal.SIGHUP, False)],
+                         ids=["ctrl-c", "ctrl-c-under-exp-run", "term", "hup"])
+def test_a_stopped_stage_is_one_line_exit_128_plus_signal_and_writes_nothing(project, signum, inherited_ignore):
     params = yaml.safe_load((project / "params.yaml").read_text())
     set_param(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     model = project / "models/baseline-0.pt"
     before, log_before = model.read_bytes(), snapshot(project)
     process = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline", "0"], cwd=project, env=dvc_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ignore_sigint if inherited_ignore else None)
     assert process.stdout.readline().startswith("train@baseline-0:")   # printed once training starts
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    assert stderr.strip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(signum).name}): ")
     assert model.read_bytes() == before
     assert snapshot(project) == log_before   # the training log of the finished run too
     assert not list(project.rglob("*.part*"))
+
+
+# --- a full disk: one line, no partial file (simulated: the stage code sees what a full disk raises) ----------------
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "embeddings" / "run.npz"
+
+    def full_disk_write(member, array, allow_pickle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(np.lib.format, "write_array", full_disk_write)
+        with pytest.raises(DiskFullError, match=r"^no space left on the disk holding .*embeddings while writing "
+                                                r"run.npz .*the partial file was removed\): free some space"):
+            save_npz(target, {"a": np.zeros(3)})
+    assert list(target.parent.iterdir()) == []
+
+
+def test_torch_saves_full_disk_error_is_named_as_one(tmp_path, monkeypatch):
+    from robust_cifar import outputs
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 0)
+    with pytest.raises(DiskFullError, match="no space left"):
+        with outputs.atomic_path(tmp_path / "model.pt") as partial:
+            partial.write_bytes(b"half a checkpoint")
+            raise RuntimeError("basic_ios::clear: iostream error")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 10**12)   # plenty of space: not the disk's fault
+    with pytest.raises(RuntimeError, match="iostream"):
+        with outputs.atomic_path(tmp_path / "model.pt"):
+            raise RuntimeError("basic_ios::clear: iostream error")
+
+
+def test_a_training_whose_checkpoint_cannot_fit_is_refused_before_it_starts(tmp_path, monkeypatch):
+    from robust_cifar import outputs
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 5 * 2**20)
+    with pytest.raises(DiskFullError, match=r"models/x.pt needs about 40 MiB but the disk holding .* has 5 MiB free"):
+        outputs.check_free_space(tmp_path / "models/x.pt", 40 * 2**20)

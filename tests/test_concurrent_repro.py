@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import shutil
 import sys
 import time
@@ -15,7 +16,8 @@ import yaml
 from robust_cifar import concurrent_repro
 from robust_cifar.concurrent_repro import plan_from_graph, run, set_params
 from robust_cifar.errors import UserError
-from tests.pipeline_project import NOT_COPIED, dvc, run as run_command, stale_stages
+from robust_cifar.signals import Stopped
+from tests.pipeline_project import NOT_COPIED, ROOT, dvc, run as run_command, stale_stages
 
 # a diamond with a tail: a -> (b, c) -> d, and e independent of everything
 GRAPH = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"b", "c"}, "e": set()}
@@ -45,6 +47,9 @@ def stand_in(log: Path, seconds: float = 0.3, fail: dict[str, int] | None = None
 
     def command(stage: str) -> list[str]:
         code = (f"import json, sys, time\n"
+                f"sys.path.insert(0, {str(ROOT)!r})\n"
+                f"from robust_cifar.signals import stop_on_signals\n"
+                f"stop_on_signals()\n"
                 f"def note(event):\n"
                 f"    with open({str(log)!r}, 'a') as f: f.write(json.dumps([{stage!r}, event, time.time()]) + '\\n')\n"
                 f"note('start')\n"
@@ -143,7 +148,22 @@ def test_ctrl_c_reaches_each_running_stage_once_and_returns_130(tmp_path, monkey
     assert run(plan_from_graph(graph, set(graph)), jobs=2, echo=echo, command=command) == 130
     assert time.perf_counter() - started < 20
     assert ("long", "interrupted") in events(log)
-    assert capsys.readouterr().err.strip().startswith("interrupted: finished stages are kept")
+    assert capsys.readouterr().err.strip().startswith("interrupted (SIGINT): finished stages are kept")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_term_or_hup_stop_every_running_stage_and_return_128_plus_the_signal(tmp_path, monkeypatch, capsys, signum):
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "events.jsonl"
+    graph = {"quick": set(), "long": set()}
+    command = lambda stage: stand_in(log, seconds=0.2 if stage == "quick" else 30)(stage)  # noqa: E731
+
+    def echo(line):   # a scheduler's TERM, or a closed terminal's HUP, arrives while `long` runs
+        raise Stopped(signum)
+
+    assert run(plan_from_graph(graph, set(graph)), jobs=2, echo=echo, command=command) == 128 + signum
+    assert ("long", "interrupted") in events(log) and ("long", "end") not in events(log)
+    assert capsys.readouterr().err.strip().startswith(f"interrupted ({signal.Signals(signum).name}): ")
 
 
 def test_ctrl_c_while_reading_the_pipeline_is_one_line(monkeypatch, capsys):
@@ -171,19 +191,23 @@ def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
 def test_set_params_edits_params_yaml_as_dvc_exp_run_does(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", params)
-    set_params(["seeds.train=[0, 1]", "knn.k=1"], params)
+    set_params(["seeds.train=[0, 1]", "knn.k=1", "compute.device=cpu", "compute.fast=false"], params)
     values = yaml.safe_load(params.read_text())
-    assert values["seeds"]["train"] == [0, 1] and values["knn"]["k"] == 1
+    assert values["seeds"]["train"] == [0, 1] and values["knn"]["k"] == 1 and values["compute"]["device"] == "cpu"
     assert "# one model per method and seed" in params.read_text()   # comments kept
 
 
-@pytest.mark.parametrize("override", ["knn.kk=1", "knn.k", "seeds.train=[0,"])
-def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone(tmp_path, override):
+@pytest.mark.parametrize("override, words", [("knn.kk=1", "unknown key `knn.kk`"),
+                                             ("knn.k", "override 'knn.k' is not key=value"),
+                                             ("seeds.train=[0,", "'[0,' is not a YAML value"),
+                                             ("knn.k=0", "`knn.k` = 0 is invalid")])
+def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone(tmp_path, override, words):
     params = tmp_path / "params.yaml"
     shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", params)
     before = params.read_text()
-    with pytest.raises(UserError, match=f"-S {re.escape(override)}: .*key=value"):
-        set_params([override], params)
+    with pytest.raises(UserError, match=re.escape(words)) as refused:
+        set_params(["compute.device=cpu", "compute.fast=false", override], params)
+    assert "\n" not in str(refused.value)
     assert params.read_text() == before
 
 

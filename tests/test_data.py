@@ -542,5 +542,5 @@ def test_saved_arrays_load_back_identically(tmp_path):
 
 
 def test_loading_missing_arrays_says_to_run_the_download_stage(tmp_path):
-    with pytest.raises(InputError, match="dvc repro -f download"):
+    with pytest.raises(InputError, match="dvc repro -f -s download"):
         data.load_arrays(tmp_path / "cifar10.npz")

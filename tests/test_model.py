@@ -132,7 +132,7 @@ def test_save_load_round_trip_gives_identical_outputs(small_model, tmp_path):
 
 
 def test_load_model_missing_file_says_how_to_make_it(tmp_path):
-    with pytest.raises(InputError, match=r"not found: retrain it with `dvc repro -f train@absent` or fetch it with `dvc pull"):
+    with pytest.raises(InputError, match=r"not found: restore it with `dvc checkout --force .*absent.pt` \(or `dvc pull --force .*\), or remake it with `dvc repro -f -s train@absent`"):
         load_model(tmp_path / "absent.pt")
 
 
@@ -190,7 +190,7 @@ def test_load_model_refuses_damaged_checkpoints_in_one_line(small_model, tmp_pat
     with pytest.raises(InputError, match=words) as error:
         load_model(path)
     message = str(error.value)
-    assert "\n" not in message and "dvc repro -f train@baseline" in message
+    assert "\n" not in message and "dvc repro -f -s train@baseline" in message
 
 
 def test_load_model_refuses_weights_that_do_not_match_the_config(small_model, tmp_path):

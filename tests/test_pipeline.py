@@ -67,8 +67,9 @@ DIRECT = {
     **{f"train.{key}": set(methods("train")) for key in
        ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every",
         "perturbed_val_every")},
-    "compute.device": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
-                       | set(methods("robustness")) | {"examples"}),
+    # the device and the CPU threads change the bits of every stage that computes with torch
+    **{f"compute.{key}": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
+                          | set(methods("robustness")) | {"examples"}) for key in ("device", "threads")},
     **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
        for key in ("fast", "eval_batch_size", "deterministic", "cuda_graphs")},
     # every attack setting (the registry's sections) is read by the robustness stages alone

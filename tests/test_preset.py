@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from robust_cifar.params import Params
+from robust_cifar import preset
 from robust_cifar.preset import PRESETS, command, main, overrides, publish
-from robust_cifar.provenance import cpu_description
+from robust_cifar.machine import cpu_description
 from robust_cifar.validation import validate_params
 from tests.test_params import PARAMS
 
@@ -36,6 +37,50 @@ def test_the_command_is_one_dvc_experiment_with_the_archive(capsys):
     assert "dvc exp run -n x -S preset=quick" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_command_names_the_numerics_it_runs_with(bf16):
+    cmd = command("quick", None, None, "x", machine={"compute.fast": bf16})
+    assert {"compute.device=cpu", "compute.threads=2", f"compute.fast={str(bf16).lower()}"} <= set(cmd)
+
+
+def test_an_archive_without_an_md5_is_an_empty_string_not_null():
+    cmd = command("quick", "a.tar.gz", None, "x", machine={})
+    assert "data.archive_md5=''" in cmd
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A folder with this project's params.yaml, where a stand-in for `dvc exp run` records its calls."""
+    (tmp_path / "params.yaml").write_bytes(PARAMS.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(preset, "run_in_group", lambda cmd: calls.append(cmd))
+    return calls
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--archive", "missing.tar.gz"], "CIFAR-10 archive not found: missing.tar.gz"),
+    (["--publish", "params.yaml"], "--publish params.yaml: is a file"),
+    (["--publish", "params.yaml/sub"], "params.yaml is a file, not a folder")])
+def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):
+    assert main(["quick", "--name", "x", *arguments]) == 2
+    assert workspace == []   # dvc never ran
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and words in errors[0]
+
+
+def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_bytes(PARAMS.read_bytes())
+    monkeypatch.chdir(tmp_path)
+
+    def failing_dvc(cmd):
+        (tmp_path / "params.yaml").write_text(PARAMS.read_text().replace("k: 3", "k: 0"))  # what dvc leaves
+        return 255
+    monkeypatch.setattr(preset, "run_in_group", failing_dvc)
+    assert main(["quick", "--name", "x"]) == 255
+    assert (tmp_path / "params.yaml").read_bytes() == PARAMS.read_bytes()
+
+
 def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     reports = tmp_path / "reports"
@@ -47,7 +92,10 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (reports / "umap" / "baseline.png").write_bytes(b"png")
     (reports / "seeds").mkdir()
     (reports / "seeds" / "big.csv").write_text("not published")
+    (tmp_path / "results" / "quick-cpu" / "umap").mkdir(parents=True)
+    (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").write_bytes(b"an earlier run's")
     copied = publish(tmp_path / "results" / "quick-cpu", "python -m robust_cifar.preset quick", wall_seconds=634.8)
+    assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
     assert names == ["metrics/baseline.json", "summary.json", "summary.md", "umap/baseline.png"]
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()

@@ -52,6 +52,20 @@ def test_values_split_outside_brackets_and_quotes_and_a_repeated_key_adds_values
     assert [e.set_params() for e in methods] == [["-S", "methods=[baseline]"], ["-S", "methods=[baseline,angular]"]]
 
 
+def test_a_value_given_twice_is_one_experiment():
+    assert [e.describe() for e in grid.experiments(["knn.k=1,1,2", "knn.k=2.0"])] == ["knn.k=1", "knn.k=2"]
+
+
+def test_a_bad_value_is_refused_before_any_worker_starts(tmp_path):
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
+        run(tmp_path, "git", *command, env=dvc_env())
+    commit = cli.git(tmp_path, "rev-parse", "HEAD").stdout.strip()
+    cli.check_overrides(tmp_path, commit, grid.experiments(["knn.k=1,5"]))
+    with pytest.raises(SweepError, match=r"experiment k=0: .*`knn.k` = 0 is invalid"):
+        cli.check_overrides(tmp_path, commit, grid.experiments(["knn.k=3,0"]))
+
+
 @pytest.mark.parametrize("flag", ["knn.k", "=3", "knn.k=", "knn.k=1,,2", "knn.k=[1,2", "data.archive='a,b"])
 def test_malformed_flags_are_refused(flag):
     with pytest.raises(SweepError):
@@ -114,6 +128,13 @@ def test_visible_gpus_follow_cuda_visible_devices_else_torch():
     assert visible_gpus({}, lambda: 0) == []
 
 
+def test_gpus_are_chosen_among_those_this_machine_sees():
+    assert cli.parse_gpus("all", visible=["0", "1"]) == ["0", "1"] and cli.parse_gpus("none", visible=["0"]) == []
+    assert cli.parse_gpus("1", visible=["0", "1"]) == ["1"]
+    with pytest.raises(SweepError, match="--gpus 7: no GPU 7 on this machine .visible: none.; use --gpus all"):
+        cli.parse_gpus("7", visible=[])
+
+
 def test_one_worker_per_gpu_pinned_more_workers_share_them_and_cpu_workers_see_no_gpu():
     slots = plan_slots(["0", "1"], None, cpu_count=16, environ={})
     assert [(s.label, s.env["CUDA_VISIBLE_DEVICES"], s.env["OMP_NUM_THREADS"]) for s in slots] == [
@@ -125,6 +146,10 @@ def test_one_worker_per_gpu_pinned_more_workers_share_them_and_cpu_workers_see_n
         ("cpu 0", "", "1"), ("cpu 1", "", "1")]
     assert "OMP_NUM_THREADS" not in plan_slots([], 2, cpu_count=2, environ={"OMP_NUM_THREADS": "3"})[0].env
     assert len(plan_slots([], None, cpu_count=2, environ={})) == 1
+    # the device and the thread count are params of every experiment the slot runs (DVC records them)
+    assert slots[0].set_params() == ["-S", "compute.device=cuda", "-S", "compute.threads=8"]
+    assert cpu[1].set_params() == ["-S", "compute.device=cpu", "-S", "compute.threads=1"]
+    assert plan_slots([], 2, cpu_count=2, environ={"OMP_NUM_THREADS": "3"})[0].numerics[1] == "compute.threads=3"
 
 
 def test_pool_reports_a_failure_with_its_log_and_finishes_the_others(tmp_path):
@@ -182,6 +207,8 @@ def test_each_worker_clones_once_and_runs_its_experiments_pinned_to_its_gpu(tmp_
     gpu_of = {"worker-0": "3", "worker-1": "5"}
     assert all(gpu == gpu_of.get(where, gpu) for where, gpu, _ in calls)
     runs = {command[command.index("-n") + 1]: gpu for _, gpu, command in calls if command[3:5] == ["exp", "run"]}
+    settings = [command[command.index("-n") + 2:] for _, _, command in calls if command[3:5] == ["exp", "run"]]
+    assert all(setting[:4] == ["-S", "compute.device=cuda", "-S", "compute.threads=2"] for setting in settings)
     assert runs == {o.name: o.where.split()[1] for o in outcomes} and set(runs.values()) <= {"3", "5"}
     assert sum(command[:2] == ["git", "clone"] for _, _, command in calls) == len(set(runs.values()))
     pushes = [command[3:] for _, _, command in calls if command[3:5] == ["exp", "push"]]

@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from robust_cifar.signals import Stopped, signal_of, stop_all, stop_on_signals
 from robust_cifar.sweep import grid, steps
 from robust_cifar.sweep.grid import SweepError
 from robust_cifar.sweep.local import Progress, clone_job, plan_slots, run_pool, shown, visible_gpus
@@ -42,6 +45,8 @@ def run_dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def repo_root(path: str) -> Path:
+    if not Path(path).is_dir():
+        raise SweepError(f"--repo {path}: no such folder; name the project's checkout")
     result = git(Path(path), "rev-parse", "--show-toplevel", check=False)
     if result.returncode or not (Path(result.stdout.strip()) / ".dvc").is_dir():
         raise SweepError(f"{path} is not inside a git repository with DVC (.dvc/)")
@@ -54,12 +59,20 @@ def existing_names(root: Path) -> set[str]:
     return set(result.stdout.split()) if result.returncode == 0 else set()
 
 
-def parse_gpus(text: str) -> list[str]:
+def parse_gpus(text: str, visible: list[str] | None = None) -> list[str]:
+    """`all`, `none` or ids/UUIDs among the GPUs this process sees (a GPU it cannot see would run on
+    nothing: its experiments would fail, one by one, in check_params)."""
+    visible = visible_gpus() if visible is None else visible
     if text == "all":
-        return visible_gpus()
+        return visible
     if text == "none":
         return []
-    return [part.strip() for part in text.split(",") if part.strip()]
+    asked = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [gpu for gpu in asked if gpu not in visible]
+    if unknown:
+        raise SweepError(f"--gpus {text}: no GPU {', '.join(unknown)} on this machine (visible: "
+                         f"{', '.join(visible) or 'none'}); use --gpus all, or none to run on the CPU")
+    return asked
 
 
 def looks_remote(url: str) -> bool:
@@ -176,11 +189,34 @@ def main(argv: list[str] | None = None) -> int:
         for experiment in experiments:
             print(f"{experiment.name}\t{' '.join(experiment.set_params())}")
         return 0
+    stop_on_signals()   # INT, TERM and HUP stop every running experiment and its stages
     try:
         return sweep(args, experiments)
     except SweepError as error:
         print(f"sweep: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stopped:
+        stopped = Stopped(signal_of(stopped))
+        print(f"sweep: interrupted ({stopped.name}): running experiments stopped, worker clones removed; "
+              "finished experiments are in `dvc exp show`", file=sys.stderr)
+        return stopped.exit_code
+
+
+def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment]) -> None:
+    """Every experiment's params as check_params will read them, refused here before any worker starts
+    (a refusal inside `dvc exp run` comes after DVC edited params.yaml and deleted outputs)."""
+    from robust_cifar.errors import UserError
+    from robust_cifar.params import Params, with_overrides
+    from robust_cifar.validation import validate_params
+    try:
+        committed = Params(yaml.safe_load(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
+    except (SweepError, yaml.YAMLError) as error:
+        raise SweepError(f"params.yaml of {commit[:7]} cannot be read ({error})") from None
+    for experiment in experiments:
+        try:
+            validate_params(with_overrides(committed, experiment.set_params()[1::2]))
+        except UserError as error:
+            raise SweepError(f"experiment {experiment.name}: {error}") from None
 
 
 def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
@@ -189,6 +225,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     if git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip():
         print(f"sweep: warning: uncommitted changes are not part of the sweep, which runs commit {commit[:7]}",
               file=sys.stderr)
+    check_overrides(root, commit, experiments)
     clashes = sorted(existing_names(root) & {experiment.name for experiment in experiments})
     if clashes and not args.force:
         raise SweepError(f"experiments of HEAD already named {', '.join(clashes)}: pass --force to replace them, "
@@ -220,7 +257,12 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
         progress.say(f"sweep: {len(experiments)} experiments of {commit[:7]} on {len(slots)} workers ({where}); "
                      f"logs in {shown(sweep_dir)}")
         job = clone_job(root, commit, cache_dir, workdir, slots, args.force)
-        outcomes = run_pool(experiments, slots, job, sweep_dir, progress)
+        try:
+            outcomes = run_pool(experiments, slots, job, sweep_dir, progress)
+        except KeyboardInterrupt as stopped:
+            stop_all(signal_of(stopped))   # each worker's `dvc exp run` and its stage, then the clones
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         if not args.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
         pulled = True

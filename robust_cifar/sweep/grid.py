@@ -12,6 +12,8 @@ import itertools
 import re
 from dataclasses import dataclass
 
+import yaml
+
 
 class SweepError(ValueError):
     """A sweep that cannot start: a malformed flag, a bad name, a missing remote."""
@@ -68,10 +70,24 @@ def parse_axes(flags: list[str]) -> list[tuple[str, list[str]]]:
         if any(value == "" for value in parsed):
             raise SweepError(f"-S {flag!r}: empty value (quote a value that is an empty string: {key}='')")
         known = axes.setdefault(key, [])
-        known += [value for value in parsed if value not in known]
+        for value in parsed:   # a value given twice (`knn.k=1,1`, `1,1.0`) is one experiment, not two alike
+            if all(same_value(value, other) is False for other in known):
+                known.append(value)
     if not axes:
         raise SweepError("nothing to sweep: give at least one -S KEY=VALUE[,VALUE...]")
     return list(axes.items())
+
+
+def same_value(first: str, second: str) -> bool:
+    """Whether two values as written are read alike as YAML, the way DVC reads `-S` values."""
+    if first == second:
+        return True
+    try:
+        a, b = yaml.safe_load(first), yaml.safe_load(second)
+    except yaml.YAMLError:
+        return False
+    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                                             and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:

@@ -29,6 +29,12 @@ from robust_cifar.sweep.grid import Experiment
 class Slot:
     label: str                     # "gpu 0" / "cpu 1": where the progress line says it ran
     env: dict[str, str]            # CUDA_VISIBLE_DEVICES and thread counts for its commands
+    numerics: tuple[str, ...] = ()  # the device and CPU threads its experiments run with, as `key=value`
+
+    def set_params(self) -> list[str]:
+        """`-S` arguments that put the slot's device and thread count into each experiment's params,
+        where DVC records them (they change a result's bits); the experiment's own `-S` come after."""
+        return [arg for setting in self.numerics for arg in ("-S", setting)]
 
 
 def visible_gpus(environ: dict[str, str] | None = None, device_count: Callable[[], int] | None = None) -> list[str]:
@@ -57,21 +63,25 @@ def plan_slots(gpus: list[str], workers: int | None, cpu_count: int | None = Non
                environ: dict[str, str] | None = None) -> list[Slot]:
     """Workers pinned round-robin to `gpus` (default: one per GPU); CPU workers when `gpus` is empty.
 
-    Each worker's CPU threads are capped at cpu_count / workers (unless OMP_NUM_THREADS is set),
-    so N processes do not each start one thread per core.
+    Each worker's CPU threads are capped at cpu_count / workers (OMP_NUM_THREADS when it is set),
+    so N processes do not each start one thread per core. The count is also `compute.threads` of
+    every experiment it runs, and the device `compute.device`: both change a result's bits, so DVC
+    records them and never mixes these results with a run at other settings.
     """
     environ = os.environ if environ is None else environ
     count = workers or max(1, len(gpus))
     if count < 1:
         raise ValueError("--workers must be at least 1")
     threads = {}
-    if "OMP_NUM_THREADS" not in environ:
+    per_worker = environ.get("OMP_NUM_THREADS", "")
+    if not per_worker.isdigit() or int(per_worker) < 1:
         per_worker = str(max(1, (cpu_count or os.cpu_count() or 1) // count))
         threads = {"OMP_NUM_THREADS": per_worker, "MKL_NUM_THREADS": per_worker}
     if gpus:
-        return [Slot(f"gpu {gpus[k % len(gpus)]}", {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)], **threads})
-                for k in range(count)]
-    return [Slot(f"cpu {k}", {"CUDA_VISIBLE_DEVICES": "", **threads}) for k in range(count)]
+        return [Slot(f"gpu {gpus[k % len(gpus)]}", {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)], **threads},
+                     ("compute.device=cuda", f"compute.threads={per_worker}")) for k in range(count)]
+    return [Slot(f"cpu {k}", {"CUDA_VISIBLE_DEVICES": "", **threads},
+                 ("compute.device=cpu", f"compute.threads={per_worker}")) for k in range(count)]
 
 
 def shown(path: Path | str) -> str:
@@ -173,7 +183,7 @@ def clone_job(root: Path, commit: str, cache_dir: str, workdir: Path, slots: lis
             steps.clone(str(root), commit, workspace, log, env)
             steps.use_cache(workspace, cache_dir, log, env)   # `dvc exp run` checks the outputs out of it
             ready.add(index)
-        steps.run_experiment(workspace, experiment.name, experiment.set_params(), log, env)
+        steps.run_experiment(workspace, experiment.name, slots[index].set_params() + experiment.set_params(), log, env)
         with pushing:
             steps.push_experiment(workspace, str(root), experiment.name, log, env, force=force, cache=False)
 

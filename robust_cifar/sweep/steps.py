@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robust_cifar.signals import run_in_group
+
 
 @dataclass
 class Outcome:
@@ -51,8 +53,9 @@ def run_logged(command: list[str], cwd: Path | str, log: Path, env: dict[str, st
         out.write(f"$ {shlex.join(command)}   (in {cwd})\n")
         out.flush()
         start = time.monotonic()
-        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL).returncode
+        # its own process group, so a stopped sweep stops it and everything under it (signals.stop_all)
+        returncode = run_in_group(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
         out.write(f"[{f'exit {returncode}' if returncode else 'done'} after {time.monotonic() - start:.1f} s]\n")
     if returncode:
         raise StepFailed(command, returncode)
@@ -125,7 +128,9 @@ def run_remote(spec: dict) -> dict:
         if spec["dvc_remote"]:
             run_logged(dvc("remote", "default", "--local", spec["dvc_remote"]), workspace, log, env)
         # --pull: the outputs of stages this experiment does not change come from the DVC remote
-        run_experiment(workspace, spec["name"], spec["set_params"], log, env, pull=True)
+        # the device and thread count Ray gave the task are params (they change a result's bits)
+        numerics = ["-S", f"compute.device={'cuda' if spec['gpus'] else 'cpu'}", "-S", f"compute.threads={spec['cpus']}"]
+        run_experiment(workspace, spec["name"], numerics + spec["set_params"], log, env, pull=True)
         push_experiment(workspace, spec["git_url"], spec["name"], log, env, force=spec["force"],
                         dvc_remote=spec["dvc_remote"])
     except StepFailed as error:

@@ -1,0 +1,22 @@
+"""Which CPU this is, in the words a reader needs to judge whether a CPU result can be reproduced."""
+from __future__ import annotations
+
+from pathlib import Path
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # CPU flags of bf16 matrix units: bf16 autocast pays only with them
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """'AMD EPYC, 2 cores, bf16 units: avx512_bf16' or '..., bf16 units: none (avx2)': CPUs differ in
+    their float kernels, so a CPU result is reproduced bit for bit only on the same kind of CPU."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return "unknown"
+    fields = [line.split(":", 1) for line in text.splitlines() if ":" in line]
+    names = [value.strip() for key, value in fields if key.strip() == "model name"]
+    flags = next((value.split() for key, value in fields if key.strip() == "flags"), [])
+    units = [flag for flag in BF16_FLAGS if flag in flags]
+    vector = next((flag for flag in ("avx512f", "avx2") if flag in flags), "no avx2")
+    return (f"{names[0] if names else 'unknown'}, {len(names)} cores, bf16 units: "
+            f"{', '.join(units) if units else f'none ({vector})'}")

@@ -1,0 +1,116 @@
+"""Stopping cleanly on INT, TERM and HUP, and never outliving the process that started us.
+
+A stage that outlives DVC (killed by a scheduler, a closed terminal) would keep the CPU or a GPU
+for hours and write outputs no dvc.lock records. So a stage asks the kernel for SIGTERM when its
+parent dies, and treats TERM and HUP as it treats Ctrl-C: the exception unwinds, partial files are
+removed, one line is printed, and the exit code is 128 + the signal's number. A tool that starts
+stages or DVC (preset, concurrent_repro, sweep) passes the signal on to their whole process
+groups, waits for them, and exits the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
+
+
+class Stopped(KeyboardInterrupt):
+    """INT, TERM or HUP arrived: unwind as Ctrl-C does, then exit with `exit_code`."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> int:
+    return interrupt.signum if isinstance(interrupt, Stopped) else signal.SIGINT
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    """INT, TERM and HUP raise Stopped in the main thread, even where the parent left them ignored
+    (`dvc exp run` starts its stages with INT and HUP ignored, so Ctrl-C could not stop them)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stopped)
+
+
+def die_with_parent() -> None:
+    """SIGTERM when the parent process dies (Linux; elsewhere nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:   # it died before the request was in place
+        raise Stopped(signal.SIGTERM)
+
+
+def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20.0, sent: bool = False) -> None:
+    """Pass `signum` to the process group led by `process` (started with process_group=0) unless it was
+    `sent` already, wait for it, then TERM and KILL what is left. Stages handle INT, TERM and HUP
+    alike, so any of them stops one."""
+    for number, (escalation, wait) in enumerate(((signum, grace_seconds), (signal.SIGTERM, 5.0),
+                                                 (signal.SIGKILL, 5.0))):
+        if number or not sent:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, escalation)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:   # a second Ctrl-C: stop waiting politely
+            continue
+
+
+_running: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def run_in_group(command: list[str], **popen) -> int:
+    """Run `command` in a process group of its own and return its exit code. Stopped in the main thread
+    while waiting passes the signal on to the group and waits for it; `stop_all` does the same from
+    anywhere for every command still running (a sweep's workers), and no new one starts after it."""
+    if _stopping.is_set():
+        raise Stopped(signal.SIGTERM)
+    process = subprocess.Popen(command, process_group=0, **popen)
+    with _lock:
+        _running.add(process)
+    try:
+        return process.wait()
+    except KeyboardInterrupt as stopped:
+        stop_group(process, signal_of(stopped))
+        raise
+    finally:
+        with _lock:
+            _running.discard(process)
+
+
+def stop_all(signum: int) -> None:
+    _stopping.set()
+    with _lock:
+        running = list(_running)
+    for process in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+    for process in running:
+        stop_group(process, signum, sent=True)

@@ -1,0 +1,73 @@
+"""The numerics a result depends on are params, and a machine that cannot honour them refuses them."""
+import os
+
+import pytest
+import torch
+import yaml
+
+from robust_cifar import compute as compute_module
+from robust_cifar.compute import Compute, ComputeConfig
+from robust_cifar.errors import DeviceError, ParamsError
+from robust_cifar.params import Params, restored_on_failure, with_overrides
+from tests.test_params import PARAMS
+
+
+def config(**changes) -> ComputeConfig:
+    settings = dict(device="cpu", fast=False, eval_batch_size=64, deterministic=False, cuda_graphs=False, threads=1)
+    return ComputeConfig(**{**settings, **changes})
+
+
+def test_the_params_thread_count_is_the_one_the_stage_runs_with():
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            Compute.from_config(config(threads=threads))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_refused_not_quietly_run_in_fp32(monkeypatch):
+    monkeypatch.setattr(compute_module, "bf16_supported", lambda device: False)
+    with pytest.raises(DeviceError, match="compute.fast=false"):
+        Compute.from_config(config(fast=True))
+    assert Compute.from_config(config(fast=False)).mixed_precision is False
+
+
+def test_bf16_where_the_cpu_has_the_units_is_what_runs(monkeypatch):
+    monkeypatch.setattr(compute_module, "bf16_supported", lambda device: True)
+    assert Compute.from_config(config(fast=True)).mixed_precision is True
+
+
+def test_a_gpu_the_machine_lacks_is_refused_with_the_cpu_settings_to_use():
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    with pytest.raises(DeviceError, match=missing):
+        config(device=missing).check_machine()
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="compute.device=cpu -S compute.fast=false"):
+            config(device="cuda").check_machine()
+
+
+def test_overrides_are_read_as_dvc_exp_run_reads_them():
+    params = Params(yaml.safe_load(PARAMS.read_text()))
+    edited = with_overrides(params, ["knn.k=5", "seeds.train=[0, 1, 2]", "compute.fast=false", "data.archive_md5=''",
+                                     "preset=quick"])
+    assert edited.raw["knn"]["k"] == 5 and edited.raw["seeds"]["train"] == [0, 1, 2]
+    assert edited.raw["compute"]["fast"] is False and edited.raw["data"]["archive_md5"] == ""
+    assert params.raw["knn"]["k"] != 5   # the original is untouched
+    for bad in ("knn.k", "=3", "knn.k.deeper=1", "knn.k=[1"):
+        with pytest.raises(ParamsError, match="override"):
+            with_overrides(params, [bad])
+
+
+def test_a_failed_run_leaves_params_yaml_byte_for_byte_with_its_times(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("knn:\n  k: 3\n")
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    with restored_on_failure(path):
+        path.write_text("knn:\n  k: 0\n")     # what a refused `dvc exp run -S knn.k=0` leaves
+    assert path.read_text() == "knn:\n  k: 3\n" and path.stat().st_mtime_ns == 2_000_000_000
+    with restored_on_failure(path) as outcome:
+        path.write_text("knn:\n  k: 5\n")
+        outcome.returncode = 0
+    assert path.read_text() == "knn:\n  k: 5\n"
