@@ -254,15 +254,17 @@ def out_hashes(data: dict) -> dict[str, str]:
 
 def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path):
     project = copy_project(sweep_base, tmp_path / "project")
-    result = sweep(project, "-S", "knn.k=1,0,5", "--workers", "2", "--gpus", "none")
+    # knn.k=60 passes check_params and fails in eval, where the 40 training images are known
+    assert sweep(project, "-S", "knn.k=1,0", "--gpus", "none").returncode == 2   # knn.k=0 never gets that far
+    result = sweep(project, "-S", "knn.k=1,60,5", "--workers", "2", "--gpus", "none")
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     assert "on 2 workers (cpu 0, cpu 1)" in out
     assert sorted(line.split()[1:3] for line in out.splitlines() if line.startswith("[")) == [
-        ["FAILED", "k=0"], ["ok", "k=1"], ["ok", "k=5"]]
-    assert "`knn.k` = 0 is invalid" in out and "failed: k=0" in out    # the failure's log, in the output
-    logs = list((project / ".dvc" / "tmp" / "sweep").glob("*/k=0.log"))
-    assert len(logs) == 1 and "`knn.k` = 0 is invalid" in logs[0].read_text()
+        ["FAILED", "k=60"], ["ok", "k=1"], ["ok", "k=5"]]
+    assert "`knn.k` = 60 is invalid" in out and "failed: k=60" in out    # the failure's log, in the output
+    logs = list((project / ".dvc" / "tmp" / "sweep").glob("*/k=60.log"))
+    assert len(logs) == 1 and "`knn.k` = 60 is invalid" in logs[0].read_text()
     assert not list((project / ".dvc" / "tmp" / "sweep").glob("*/workers/*"))    # clones removed, logs kept
 
     # ordinary experiments of the main repository, with their params and metrics
@@ -290,7 +292,9 @@ def serial_reference(sweep_base, tmp_path_factory) -> dict[str, dict]:
     """RAY_GRID's experiments run one after another with plain `dvc exp run`."""
     project = copy_project(sweep_base, tmp_path_factory.mktemp("serial") / "project")
     for experiment in grid.experiments(RAY_GRID[1::2]):
-        dvc(project, "exp", "run", "-n", experiment.name, *experiment.set_params())
+        # with the numerics a one-CPU Ray task gives its experiment (they change the bits)
+        dvc(project, "exp", "run", "-n", experiment.name, "-S", "compute.device=cpu", "-S", "compute.threads=1",
+            *experiment.set_params())
     return experiments_shown(project)
 
 
@@ -346,12 +350,12 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     cli.warn_unpushed(owner, "")
     assert "not on the DVC remote" not in capsys.readouterr().err
 
-    with_a_broken_one = [RAY_GRID[0], RAY_GRID[1] + ",0"]              # knn.k=0 fails in check_params
+    with_a_broken_one = [RAY_GRID[0], RAY_GRID[1] + ",60"]             # knn.k=60 fails in eval (40 training images)
     result = sweep(owner, *with_a_broken_one, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
     assert result.returncode == 1, result.stdout + result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert sorted(line.split()[1:3] for line in progress) == [["FAILED", "k=0"]] + [["ok", f"k={k}"] for k in (1, 5)]
-    assert "`knn.k` = 0 is invalid" in result.stdout, result.stdout      # the remote log, shown by the driver
+    assert sorted(line.split()[1:3] for line in progress) == [["FAILED", "k=60"]] + [["ok", f"k={k}"] for k in (1, 5)]
+    assert "`knn.k` = 60 is invalid" in result.stdout, result.stdout     # the remote log, shown by the driver
     assert len({line.rsplit("(node ", 1)[1] for line in progress}) == 2, result.stdout   # both worker nodes ran some
 
     shown = experiments_shown(owner)
