@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
+from ruamel.yaml import YAMLError
 
 from robust_cifar.errors import ParamsError
 
@@ -160,6 +160,14 @@ def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def parse_yaml(text: str):
+    """YAML as DVC reads params.yaml: YAML 1.2 (ruamel.yaml's safe loader, DVC's own). PyYAML reads
+    YAML 1.1, where `1e-3` is a string, `010` is 8 and `yes` is true: DVC would record one value and
+    the stages would use another."""
+    from ruamel.yaml import YAML
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def with_overrides(params: Params, settings: list[str]) -> Params:
     """A copy of `params` with `key=value` settings applied as `dvc exp run -S` applies them (each value
     read as YAML), so a tool can refuse a bad override before DVC edits params.yaml or deletes anything."""
@@ -169,8 +177,8 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
         if not equals or not key:
             raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = parse_yaml(text)
+        except YAMLError:
             raise ParamsError(f"override {setting!r}: {text!r} is not a YAML value; quote it") from None
         node = raw
         *parents, leaf = key.split(".")
@@ -208,8 +216,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"{path} not found: run the stage from the project root, where params.yaml lives")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        raw = parse_yaml(path.read_text())
+    except YAMLError as error:
         first_line = str(error).strip().splitlines()[0]
         raise ParamsError(f"{path} is not valid YAML ({first_line}): fix the file, or `git checkout {path}`") from None
     params = Params(raw, source=str(path))

@@ -12,7 +12,7 @@ from robust_cifar.data import DataConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import Params, leaf_keys, load_params
+from robust_cifar.params import BOOLEAN, Params, leaf_keys, load_params
 from robust_cifar.perturb import PerturbSettings, fgm_eps_from_params
 from robust_cifar.projection import UmapConfig
 from robust_cifar.scoring import knn_k
@@ -312,3 +312,13 @@ def test_stage_with_an_unknown_method_exits_2(tmp_path, raw):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: unknown method 'robust'")
+
+
+def test_params_are_read_as_dvc_reads_them_yaml_1_2(tmp_path):
+    """PyYAML (YAML 1.1) read `1e-3` as a string, `010` as 8 and `yes` as true; DVC records 0.001, 10, 'yes'."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1e-3\nseeds:\n  split: 010\ncompute:\n  fast: yes\n")
+    params = load_params(path)
+    assert params.raw == {"train": {"lr": 0.001}, "seeds": {"split": 10}, "compute": {"fast": "yes"}}
+    with pytest.raises(ParamsError, match="`compute.fast` = 'yes' is invalid: must be true or false"):
+        params.value("compute.fast", BOOLEAN)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAMLError
 
 from robust_cifar.signals import Stopped, signal_of, stop_all, stop_on_signals
 from robust_cifar.sweep import grid, steps
@@ -206,11 +206,11 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment])
     """Every experiment's params as check_params will read them, refused here before any worker starts
     (a refusal inside `dvc exp run` comes after DVC edited params.yaml and deleted outputs)."""
     from robust_cifar.errors import UserError
-    from robust_cifar.params import Params, with_overrides
+    from robust_cifar.params import Params, parse_yaml, with_overrides
     from robust_cifar.validation import validate_params
     try:
-        committed = Params(yaml.safe_load(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
-    except (SweepError, yaml.YAMLError) as error:
+        committed = Params(parse_yaml(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
+    except (SweepError, YAMLError) as error:
         raise SweepError(f"params.yaml of {commit[:7]} cannot be read ({error})") from None
     for experiment in experiments:
         try:

@@ -12,7 +12,9 @@ import itertools
 import re
 from dataclasses import dataclass
 
-import yaml
+from ruamel.yaml import YAMLError
+
+from robust_cifar.params import parse_yaml
 
 
 class SweepError(ValueError):
@@ -83,8 +85,8 @@ def same_value(first: str, second: str) -> bool:
     if first == second:
         return True
     try:
-        a, b = yaml.safe_load(first), yaml.safe_load(second)
-    except yaml.YAMLError:
+        a, b = parse_yaml(first), parse_yaml(second)
+    except YAMLError:
         return False
     return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
