@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robust_cifar.colours import method_colour  # noqa: E402
-from robust_cifar.errors import InputError  # noqa: E402
+from robust_cifar.errors import InputError, get_back  # noqa: E402
+from robust_cifar.schema import refuse  # noqa: E402
 
 # Learning rates of different methods often coincide for many epochs: on that panel (as in
 # .dvc/plots/linear_log_y.json) earlier methods draw wider lines underneath, so every colour shows.
@@ -47,26 +48,45 @@ PANELS = (
 )
 
 
-def read_tsv_curve(path: Path, field: str) -> Curve:
-    """dvclive's plots/metrics/<name>.tsv: a header (step, <field>[, timestamp]) and one row per step."""
+def read_tsv_curve(path: Path, field: str, produced_by: str, output: Path) -> Curve:
+    """dvclive's plots/metrics/<name>.tsv: a header (step, <field>[, timestamp]) and one row per step, whole
+    steps and finite values. Anything else is a one-line InputError: `output` is the training log it belongs to."""
     try:
         with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        return (np.array([int(row["step"]) for row in rows]), np.array([float(row[field]) for row in rows]))
-    except (KeyError, ValueError, TypeError) as error:
-        raise InputError(f"{path} is not a dvclive metric file with `step` and `{field}` columns ({error}): "
-                         "rerun its training stage") from None
+            reader = csv.DictReader(handle, delimiter="\t")
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError, OSError) as error:
+        raise refuse(path, produced_by, f"unreadable: {type(error).__name__}", output) from None
+    if not {"step", field} <= set(columns):
+        raise refuse(path, produced_by, f"no `step` and `{field}` columns", output)
+    if not rows:
+        raise refuse(path, produced_by, "no steps", output)
+    try:
+        steps = np.array([int(row["step"]) for row in rows])
+        values = np.array([float(row[field]) for row in rows])
+    except (TypeError, ValueError):   # a short row reads as None
+        raise refuse(path, produced_by, f"a row without a whole `step` and a number `{field}`", output) from None
+    if steps.min() < 0 or not np.isfinite(values).all():
+        raise refuse(path, produced_by, f"a negative step or a `{field}` that is not finite", output)
+    return steps, values
 
 
-def read_training_curves(directory: str | Path) -> dict[str, Curve]:
+def read_training_curves(directory: str | Path, produced_by: str | None = None) -> dict[str, Curve]:
     """Every metric of METRICS that one training run logged (perturbed accuracy only for the methods
-    trained on perturbations), keyed by dvclive name."""
-    base = Path(directory) / "plots" / "metrics"
+    trained on perturbations), keyed by dvclive name; a log with none of them, or a damaged one, is a one-line
+    InputError naming `produced_by` (the training stage of the run the folder is named after, by default)."""
+    directory = Path(directory)
+    produced_by = produced_by or f"train@{directory.name}"
+    base = directory / "plots" / "metrics"
     curves = {}
     for name in METRICS:
         path = base / f"{name}.tsv"
         if path.is_file():
-            curves[name] = read_tsv_curve(path, name.rsplit("/", 1)[-1])
+            curves[name] = read_tsv_curve(path, name.rsplit("/", 1)[-1], produced_by, directory)
+    if not curves:
+        raise InputError(f"{directory} holds no training curves (no plots/metrics/*.tsv of dvclive): "
+                         f"{get_back(directory, produced_by)}")
     return curves
 
 

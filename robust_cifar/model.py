@@ -122,9 +122,12 @@ def save_model(model: CifarResNet18, path: str | Path, **metadata) -> None:
         torch.save({"state_dict": state, "config": dict(model.config), "metadata": metadata}, partial)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CifarResNet18, dict]:
+def load_model(path: str | Path, device: torch.device | str = "cpu", expect: ModelConfig | None = None,
+               num_classes: int | None = None) -> tuple[CifarResNet18, dict]:
     """The model saved at `path`, in eval mode. Anything but a checkpoint written by `save_model` is refused
-    with a one-line InputError; nothing but tensors and plain values is ever unpickled (weights_only)."""
+    with a one-line InputError; nothing but tensors and plain values is ever unpickled (weights_only).
+    So is a checkpoint of another model than the caller's: `expect` (params.yaml's model section) and
+    `num_classes` (the data's), where given, must be what it was built with."""
     path = Path(path)
     redo = get_back(path, _stage_of(path))
     if not path.is_file():
@@ -141,6 +144,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ci
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
             and set(checkpoint["config"]) == set(CONFIG_KEYS) and isinstance(checkpoint.get("state_dict"), dict)):
         raise InputError(f"{path} is not a checkpoint of this project (no model config and weights): {redo}")
+    mismatches = config_mismatches(checkpoint["config"], expect, num_classes)
+    if mismatches:
+        raise InputError(f"{path} has {'; '.join(mismatches)}: {redo}")
     try:
         model = CifarResNet18(**checkpoint["config"])
         model.load_state_dict(checkpoint["state_dict"])
@@ -148,6 +154,21 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ci
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: its weights do not match its model config ({first}): {redo}") from None
     return model.to(device).eval(), checkpoint.get("metadata", {})
+
+
+# how a message names each key of a checkpoint's config
+CONFIG_WORDS = {"width": "width {}", "embedding_dim": "embedding size {}", "dropout": "dropout {}",
+                "num_classes": "{} classes"}
+
+
+def config_mismatches(config: dict, expect: ModelConfig | None, num_classes: int | None) -> list[str]:
+    """How a checkpoint's config differs from params.yaml's model section and the data's class count:
+    ["5 classes, the data 10", ...]."""
+    expected = {key: (value, f"params.yaml's model.{key}") for key, value in asdict(expect).items()} if expect else {}
+    if num_classes is not None:
+        expected["num_classes"] = (num_classes, "the data")
+    return [f"{CONFIG_WORDS[key].format(config[key])}, {source} {value}"
+            for key, (value, source) in expected.items() if config[key] != value]
 
 
 def _stage_of(path: Path) -> str:

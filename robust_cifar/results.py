@@ -1,42 +1,73 @@
-"""Reading the per-seed results that eval writes (reports/seeds/<method>/<seed>.json and .csv)."""
+"""Reading the results that eval and robustness write per seed (reports/seeds/<method>/<seed>.json and .csv,
+reports/robustness/<method>/<seed>.json) and aggregate per method (reports/metrics/<method>.json), each
+checked against its schema: what summarize, the figures and aggregate look up in it."""
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.errors import InputError, get_back
+from robust_cifar.schema import NUMBER, WHOLE, Each, Optional, check_tree, map_leaves
+
+# Accuracy per decision: every method has the 3-NN, only a method whose head decides has "head".
+SCORES = {"knn": NUMBER, "head": Optional(NUMBER)}
+# eval (scoring.score_embeddings): {split: {condition: scores}}
+SEED_METRICS = {split: {condition: SCORES for condition in conditions_for(split)} for split in SPLITS}
+# robustness (robust_accuracy.robust_accuracy): at the study's eps, the cumulative curve per eps key, and
+# each attack's own accuracy per eps key it ran at
+ROBUSTNESS_REPORT = {"test_images": WHOLE, "study_eps_255": NUMBER, "clean": SCORES, "robust": SCORES,
+                     "curve": Each(SCORES), "attacks": Each(Each(SCORES))}
+# aggregate (replicates.aggregate) of one run per seed (read_runs): every number becomes its mean and std over
+# seeds; an empty object has no numbers, so it vanishes
+METRICS = {**map_leaves({**SEED_METRICS, "robustness": ROBUSTNESS_REPORT},
+                        leaf=lambda _: {"mean": NUMBER, "std": NUMBER}, each=Optional),
+           "seeds": WHOLE}
 
 
-def read_json(path: Path, produced_by: str) -> dict:
+def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
+    """The JSON at `path`, checked against `schema` where one is given."""
     if not path.is_file():
         raise InputError(f"{path} not found: run `dvc repro {produced_by}`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        tree = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{path} is not valid JSON (truncated?): {get_back(path, produced_by)}") from None
+    if schema is not None:
+        check_tree(tree, schema, path, produced_by)
+    return tree
 
 
-def read_seed_metrics(folder: Path, seeds: list[int], produced_by: str) -> dict[int, dict]:
+def read_seed_metrics(folder: Path, seeds: list[int], produced_by: str, schema: Any) -> dict[int, dict]:
     """{seed: metrics} of one method for exactly `seeds` (files of seeds no longer listed are ignored)."""
-    return {seed: read_json(folder / f"{seed}.json", f"{produced_by}-{seed}") for seed in sorted(seeds)}
+    return {seed: read_json(folder / f"{seed}.json", f"{produced_by}-{seed}", schema) for seed in sorted(seeds)}
 
 
 def read_runs(seed_results: Path, robustness_results: Path, seeds: list[int], method: str) -> dict[int, dict]:
     """{seed: eval's metrics with the robustness stage's results under "robustness"} of one method."""
-    metrics = read_seed_metrics(seed_results, seeds, f"eval@{method}")
-    robustness = read_seed_metrics(robustness_results, seeds, f"robustness@{method}")
+    metrics = read_seed_metrics(seed_results, seeds, f"eval@{method}", SEED_METRICS)
+    robustness = read_seed_metrics(robustness_results, seeds, f"robustness@{method}", ROBUSTNESS_REPORT)
     return {seed: {**metrics[seed], "robustness": robustness[seed]} for seed in metrics}
+
+
+def read_metrics(path: Path, produced_by: str) -> dict:
+    """One method's metrics over seeds, as aggregate writes them."""
+    return read_json(path, produced_by, METRICS)
 
 
 def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
     """Per test image, whether the method's own decision was right: {"clean": bool (N,), "perturbed": ...}."""
     if not path.is_file():
         raise InputError(f"{path} not found: run `dvc repro {produced_by}`")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (csv.Error, UnicodeDecodeError):
+        rows = []
     if not rows or not {"actual", "clean", "perturbed"} <= set(rows[0]):
         raise InputError(f"{path} is not a predictions table: {get_back(path, produced_by)}")
     actual = np.array([row["actual"] for row in rows])

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from robust_cifar.curves import read_training_curves, training_curves
-from robust_cifar.errors import InputError
 from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
@@ -20,10 +19,8 @@ def main(argv: list[str]) -> None:
     params = load_params()
     seed = params.seed("figures")
     for method in params.method_names():
-        directory = paths.training_live(method, seed)
-        curves[method] = read_training_curves(directory)
-        if not curves[method]:
-            raise InputError(f"{directory} holds no training curves: run `dvc repro train@{paths.run_name(method, seed)}`")
+        run = paths.run_name(method, seed)
+        curves[method] = read_training_curves(paths.training_live(method, seed), f"train@{run}")
     save_figure(training_curves(curves), TRAINING_CURVES)
     print(f"curves: {', '.join(curves)} -> {TRAINING_CURVES}")
 

@@ -8,7 +8,7 @@ from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.inference import embed_and_classify, show_progress
 from robust_cifar.methods import build_method
-from robust_cifar.model import load_model
+from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.npz import save_npz
 from robust_cifar.outputs import check_writable
 from robust_cifar.params import load_params
@@ -25,16 +25,18 @@ def main(argv: list[str]) -> None:
     name, seed = paths.run_arguments(argv)
     method = build_method(name, params)
     fgm_eps, compute_config = fgm_eps_from_params(params), ComputeConfig.from_params(params)
+    model_config = ModelConfig.from_params(params)
     check_writable(paths.embeddings(name, seed))
     compute = Compute.from_config(compute_config)
     batch_size = compute_config.eval_batch_size
 
-    model = compute.prepare(load_model(paths.model(name, seed), compute.device)[0])
-    # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one
-    transfer_source = (None if name == paths.TRANSFER_SOURCE else
-                       compute.prepare(load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device)[0]))
     plans = load_plans(paths.PLAN)
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
+    expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
+    model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
+    # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one
+    transfer_source = (None if name == paths.TRANSFER_SOURCE else compute.prepare(
+        load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device, **expected)[0]))
     images = {name: torch.from_numpy(split.images).to(compute.device) for name, split in splits.items()}
 
     clean_train = embed_and_classify(model, images["train"], compute, batch_size)

@@ -2,7 +2,7 @@
 -> reports/seeds/<method>/<seed>.json, and the test predictions of the method's own decision
 -> reports/seeds/<method>/<seed>.csv"""
 from robust_cifar.compute import Compute
-from robust_cifar.npz import load_npz
+from robust_cifar.embeddings import load_embeddings
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.scoring import has_head, knn_k, score_embeddings
@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
     method, seed = paths.run_arguments(argv)
     run = paths.run_name(method, seed)
     k, device = knn_k(params), Compute.fp32_from_params(params).device
-    arrays = load_npz(paths.embeddings(method, seed), f"embed@{run}")
+    arrays = load_embeddings(paths.embeddings(method, seed), f"embed@{run}")
     metrics, predictions = score_embeddings(arrays, k, device)
     write_json(paths.seed_metrics(method, seed), metrics)
 

@@ -5,7 +5,7 @@ import torch
 
 from robust_cifar.compute import Compute
 from robust_cifar.figures import perturbation_examples
-from robust_cifar.model import load_model
+from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import save_figure
 from robust_cifar.params import load_params
 from robust_cifar.perturb import PerturbDraw, apply_perturbations, fgm_eps_from_params, load_plans, plan_draw
@@ -66,9 +66,11 @@ def main(argv: list[str]) -> None:
     params = load_params()
     fgm_eps = fgm_eps_from_params(params)
     compute = Compute.fp32_from_params(params)
+    model_config = ModelConfig.from_params(params)
     plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
-    model, _ = load_model(paths.model(paths.TRANSFER_SOURCE, params.seed("figures")), compute.device)
+    model, _ = load_model(paths.model(paths.TRANSFER_SOURCE, params.seed("figures")), compute.device,
+                          expect=model_config, num_classes=len(class_names))
     shown = pick_examples(plan.gates, splits["test"].labels, SHOWN)
 
     clean = compute.images(torch.from_numpy(splits["test"].images[shown]))

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
+from robust_cifar.embeddings import load_embeddings
 from robust_cifar.methods import build_method
-from robust_cifar.model import load_model
-from robust_cifar.npz import load_npz
+from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.robust_accuracy import RobustnessConfig, Victim, percentages, robust_accuracy
@@ -30,18 +30,21 @@ def main(argv: list[str]) -> None:
     name, seed = paths.run_arguments(argv)
     method = build_method(name, params)
     config, compute_config, k = RobustnessConfig.from_params(params), ComputeConfig.from_params(params), knn_k(params)
+    model_config = ModelConfig.from_params(params)
     check_writable(paths.robustness(name, seed), paths.robustness_per_image(name, seed))
     # float32 throughout: an attack or a decision in bf16 would measure another model
     compute = Compute.from_config(replace(compute_config, fast=False))
     run = paths.run_name(name, seed)
 
-    model = compute.prepare(load_model(paths.model(name, seed), compute.device)[0])
-    transfer_source = (None if name == paths.TRANSFER_SOURCE else
-                       compute.prepare(load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device)[0]))
-    arrays = load_npz(paths.embeddings(name, seed), f"embed@{run}")
+    splits, class_names = load_splits(paths.RAW, paths.SPLIT)
+    expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
+    model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
+    transfer_source = (None if name == paths.TRANSFER_SOURCE else compute.prepare(
+        load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device, **expected)[0]))
+    arrays = load_embeddings(paths.embeddings(name, seed), f"embed@{run}", num_classes=model.config["num_classes"],
+                             embedding_dim=model.config["embedding_dim"])
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(compute.device)
     fit_labels = torch.from_numpy(arrays["train.labels"]).to(compute.device)
-    splits, _ = load_splits(paths.RAW, paths.SPLIT)
     chosen = evenly_spaced(len(splits["test"]), config.test_images)
     images = torch.from_numpy(splits["test"].images[chosen]).to(compute.device)
     labels = torch.from_numpy(splits["test"].labels[chosen]).to(compute.device)

@@ -5,7 +5,7 @@ from robust_cifar.robustness_figure import robustness_curves
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
 from robust_cifar.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings
-from robust_cifar.results import read_correct, read_json, read_runs
+from robust_cifar.results import read_correct, read_json, read_metrics, read_runs
 from robust_cifar.stage import run_stage
 from robust_cifar.summary import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
                                   robust_rows, single_perturbation_rows)
@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     methods, seeds = params.method_names(), params.train_seeds()
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download"), run_settings)
-    all_metrics = {method: read_json(paths.metrics(method), f"aggregate@{method}") for method in methods}
+    all_metrics = {method: read_metrics(paths.metrics(method), f"aggregate@{method}") for method in methods}
     per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
                 for method in methods}
     correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"eval@{method}-{seed}")

@@ -6,7 +6,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robust_cifar.conditions import SPLITS
-from robust_cifar.npz import load_npz
+from robust_cifar.embeddings import load_embeddings
 from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
 from robust_cifar.projection import PANEL_CONDITIONS, UmapConfig, draw_grid, fit_umap, sample_indices
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     method = paths.method_argument(argv)
     config, seed, model_seed = UmapConfig.from_params(params), params.seed("umap"), params.seed("figures")
     check_writable(paths.umap_figure(method))
-    arrays = load_npz(paths.embeddings(method, model_seed), f"embed@{paths.run_name(method, model_seed)}")
+    arrays = load_embeddings(paths.embeddings(method, model_seed), f"embed@{paths.run_name(method, model_seed)}")
     rng = np.random.default_rng(seed)
 
     started = time.perf_counter()

@@ -62,7 +62,9 @@ DIRECT = {
     **{f"split.{key}": {"split", "summarize"} for key in ("train_fraction", "val_per_class", "test_per_class")},
     "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap")),
     "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"curves", "examples"},
-    **{f"model.{key}": set(methods("train")) | {"summarize"} for key in ("width", "embedding_dim", "dropout")},
+    # the model stages also check each checkpoint they load against these
+    **{f"model.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
+       | {"summarize", "examples"} for key in ("width", "embedding_dim", "dropout")},
     "train.epochs": set(methods("train")) | {"summarize"},
     **{f"train.{key}": set(methods("train")) for key in
        ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every",

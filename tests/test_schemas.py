@@ -1,0 +1,319 @@
+"""Files of the wrong shape (issue 22, item 5): every file a stage reads is checked against its declared schema,
+and one that does not match is exactly one line naming the file, what is wrong and the command that remakes it.
+
+The valid files are made by the writers themselves (robustness.flatten and embed's arrays, scoring, aggregate,
+save_model), so a schema that drifted from its writer fails here too."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robust_cifar.conditions import SPLITS, conditions_for
+from robust_cifar.curves import read_training_curves
+from robust_cifar.embeddings import load_embeddings
+from robust_cifar.errors import InputError
+from robust_cifar.model import CifarResNet18, ModelConfig, load_model, save_model
+from robust_cifar.npz import save_npz
+from robust_cifar.replicates import aggregate
+from robust_cifar.results import read_metrics, read_runs
+from robust_cifar.robustness import flatten
+from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
+from robust_cifar.scoring import score_embeddings
+
+CLASSES = tuple(f"class{index}" for index in range(10))
+ROWS, DIM = 12, 8
+RUN = "baseline-0"
+STAGE = f"embed@{RUN}"
+
+
+def one_line(error: pytest.ExceptionInfo, path: Path, stage: str, *words: str) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    assert str(path) in message and f"dvc repro -f -s {stage}`" in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+def embedding_arrays(with_logits: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+    """What stages/embed.py writes: class_names, then per split flatten(...) and the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    arrays = {"class_names": np.array(CLASSES)}
+    for split in SPLITS:
+        results = {condition: (torch.randn(ROWS, DIM, generator=generator), torch.randn(ROWS, len(CLASSES), generator=generator))
+                   for condition in conditions_for(split)}
+        arrays.update(flatten(split, results, with_logits=with_logits))
+        arrays[f"{split}.labels"] = np.arange(ROWS, dtype=np.int64) % len(CLASSES)
+    return arrays
+
+
+def written(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    path = tmp_path / "data" / "embeddings" / f"{RUN}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(path, arrays)
+    return path
+
+
+@pytest.mark.parametrize("with_logits", [True, False], ids=["head", "no head"])
+def test_the_embeddings_embed_writes_pass_and_score(tmp_path, with_logits):
+    path = written(tmp_path, embedding_arrays(with_logits))
+    arrays = load_embeddings(path, STAGE, num_classes=len(CLASSES), embedding_dim=DIM)
+    metrics, _ = score_embeddings(arrays, 1, torch.device("cpu"))
+    assert ("head" in metrics["test"]["clean"]) == with_logits
+
+
+def without(key):
+    return lambda arrays: arrays.pop(key)
+
+
+def replaced(key, value):
+    return lambda arrays: arrays.__setitem__(key, value(arrays[key]))
+
+
+BAD_EMBEDDINGS = [
+    ("without a key", without("val.transfer.embeddings"), "no val.transfer.embeddings"),
+    ("without the labels", without("test.labels"), "no test.labels"),
+    ("without the class names", without("class_names"), "no class_names"),
+    ("5 labels for 12 rows", replaced("train.labels", lambda labels: labels[:5]),
+     "train.labels has 5 train images, train.clean.embeddings 12"),
+    ("string embeddings", replaced("train.clean.embeddings", lambda values: values.astype(str)),
+     "train.clean.embeddings holds text"),
+    ("string labels", replaced("test.labels", lambda labels: labels.astype(str)), "test.labels holds text (<U21), not integers"),
+    ("float labels", replaced("val.labels", lambda labels: labels.astype(np.float32)), "val.labels holds floats"),
+    ("numeric class names", replaced("class_names", lambda names: np.arange(len(names))), "class_names holds integers"),
+    ("1-D embeddings", replaced("test.noise.embeddings", lambda values: values[:, 0]),
+     "test.noise.embeddings has 1 dimension (12,), not 2"),
+    ("one condition of another width", replaced("test.fgm.embeddings", lambda values: values[:, :3]),
+     "test.fgm.embeddings has 3 embedding dimensions, train.clean.embeddings 8"),
+    ("a label past the classes", replaced("train.labels", lambda labels: labels + 5), "train.labels holds values outside 0..9"),
+    ("logits of 5 classes", replaced("val.clean.logits", lambda values: values[:, :5]),
+     "val.clean.logits has 5 classes, class_names 10"),
+    ("logits of one condition missing", without("val.perturbed.logits"), "no val.perturbed.logits"),
+    ("an empty split", lambda arrays: arrays.update({key: value[:0] for key, value in arrays.items() if key.startswith("val.")}),
+     "has no val images"),
+]
+
+
+@pytest.mark.parametrize("damage, words", [case[1:] for case in BAD_EMBEDDINGS], ids=[case[0] for case in BAD_EMBEDDINGS])
+def test_an_embeddings_file_of_the_wrong_shape_is_one_line(tmp_path, damage, words):
+    arrays = embedding_arrays()
+    damage(arrays)
+    path = written(tmp_path, arrays)
+    with pytest.raises(InputError) as error:
+        load_embeddings(path, STAGE)
+    one_line(error, path, STAGE, f"does not hold what {STAGE} writes", words)
+
+
+@pytest.mark.parametrize("known, words", [
+    (dict(num_classes=5), "class_names has 10 classes, the model 5"),
+    (dict(embedding_dim=128), "train.clean.embeddings has 8 embedding dimensions, the model 128"),
+])
+def test_embeddings_of_another_model_are_refused(tmp_path, known, words):
+    path = written(tmp_path, embedding_arrays())
+    with pytest.raises(InputError) as error:
+        load_embeddings(path, STAGE, **known)
+    one_line(error, path, STAGE, words)
+
+
+# --- per-seed reports and metrics --------------------------------------------------------------
+
+ROBUSTNESS_REPORT = {"test_images": ROWS, "study_eps_255": 8.0, "clean": {"head": 0.5, "knn": 0.25},
+                     "robust": {"head": 0.0, "knn": 0.0},
+                     "curve": {"eps_2": {"head": 0.25, "knn": 0.25}, "eps_8": {"head": 0.0, "knn": 0.0}},
+                     "attacks": {"fgm": {"eps_2": {"head": 0.25, "knn": 0.5}, "eps_8": {"head": 0.0, "knn": 0.0}},
+                                 "pgd": {"eps_8": {"head": 0.0, "knn": 0.0}}}}
+
+
+def seed_files(root: Path, seeds=(0, 1), method: str = "baseline") -> tuple[Path, Path]:
+    """eval's metrics (scored by scoring.score_embeddings) and robustness reports, one per seed."""
+    seeds_folder, robustness_folder = root / "reports/seeds" / method, root / "reports/robustness" / method
+    seeds_folder.mkdir(parents=True)
+    robustness_folder.mkdir(parents=True)
+    for seed in seeds:
+        metrics, _ = score_embeddings(embedding_arrays(seed=seed), 1, torch.device("cpu"))
+        (seeds_folder / f"{seed}.json").write_text(json.dumps(metrics))
+        (robustness_folder / f"{seed}.json").write_text(json.dumps(ROBUSTNESS_REPORT))
+    return seeds_folder, robustness_folder
+
+
+def test_the_reports_eval_robustness_and_aggregate_write_pass(tmp_path):
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    runs = read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")
+    assert sorted(runs) == [0, 1] and runs[0]["robustness"]["robust"]["knn"] == 0.0
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(aggregate(runs)))
+    assert read_metrics(path, "aggregate@baseline")["seeds"] == 2
+
+
+def test_the_published_metrics_pass():
+    for path in sorted(Path("results").glob("*/metrics/*.json")):
+        read_metrics(path, f"aggregate@{path.stem}")
+
+
+BAD_REPORTS = [
+    ("eval", "[]", "the file is an empty list, not an object with train, val, test"),
+    ("eval", "{}", "the file has no `train`, `val`, `test`"),
+    ("eval", '{"train": {}, "val": {}, "test": {}}', "`train` has no `clean`, `perturbed`, `transfer`"),
+    ("eval", "3", "the file is `3`, not an object"),
+    ("robustness", "[]", "the file is an empty list, not an object with test_images, study_eps_255, clean"),
+    ("robustness", "{}", "the file has no `test_images`, `study_eps_255`, `clean` and 3 more keys"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"head": "0.5"}}), "`robust` has no `knn`"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": None}}}), "`curve.eps_2.knn` is `null`, not a number"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "attacks": {"fgm": [0.5]}}), "`attacks.fgm` is a list, not an object"),
+]
+
+
+@pytest.mark.parametrize("stage, text, words", BAD_REPORTS, ids=[f"{stage} {text[:30]}" for stage, text, _ in BAD_REPORTS])
+def test_a_per_seed_report_of_the_wrong_shape_is_one_line(tmp_path, stage, text, words):
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    path = (seeds_folder if stage == "eval" else robustness_folder) / "1.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")
+    one_line(error, path, f"{stage}@baseline-1", words)
+
+
+def test_a_report_of_a_seed_no_longer_listed_is_not_read(tmp_path):
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    (seeds_folder / "1.json").write_text("[]")
+    assert list(read_runs(seeds_folder, robustness_folder, [0], "baseline")) == [0]
+
+
+def damaged_metrics(change):
+    def damage(metrics):
+        change(metrics)
+        return metrics
+    return damage
+
+
+BAD_METRICS = [
+    ("empty list", lambda metrics: [], "the file is an empty list, not an object with train, val, test, robustness, seeds"),
+    ("empty object", lambda metrics: {}, "the file has no `train`, `val`, `test` and 2 more keys"),
+    ("no test", damaged_metrics(lambda metrics: metrics.pop("test")), "the file has no `test`"),
+    ("no robustness", damaged_metrics(lambda metrics: metrics.pop("robustness")), "the file has no `robustness`"),
+    ("no seeds", damaged_metrics(lambda metrics: metrics.pop("seeds")), "the file has no `seeds`"),
+    ("per-seed numbers", damaged_metrics(lambda metrics: metrics["test"]["clean"].update(knn=0.5)),
+     "`test.clean.knn` is `0.5`, not an object with mean, std"),
+    ("no std", damaged_metrics(lambda metrics: metrics["test"]["perturbed"]["head"].pop("std")),
+     "`test.perturbed.head` has no `std`"),
+    ("text mean", damaged_metrics(lambda metrics: metrics["robustness"]["robust"]["knn"].update(mean="high")),
+     "`robustness.robust.knn.mean` is text, not a number"),
+    ("seeds a fraction", damaged_metrics(lambda metrics: metrics.update(seeds=1.5)), "`seeds` is `1.5`, not a whole number"),
+]
+
+
+@pytest.mark.parametrize("damage, words", [case[1:] for case in BAD_METRICS], ids=[case[0] for case in BAD_METRICS])
+def test_metrics_without_the_expected_keys_are_one_line(tmp_path, damage, words):
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    path = tmp_path / "reports/metrics/baseline.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(damage(aggregate(read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")))))
+    with pytest.raises(InputError) as error:
+        read_metrics(path, "aggregate@baseline")
+    one_line(error, path, "aggregate@baseline", words)
+
+
+def test_optional_and_free_keys():
+    schema = {"a": NUMBER, "b": Optional({"c": NUMBER}), "d": Each(NUMBER)}
+    assert tree_problem({"a": 1, "d": {}}, schema) is None
+    assert tree_problem({"a": 1, "b": {"c": 2}, "d": {"x": 3, "y": 4.5}, "extra": "ignored"}, schema) is None
+    assert tree_problem({"a": True, "d": {}}, schema) == "`a` is `true`, not a number"
+    assert tree_problem({"a": 1, "b": {}, "d": {}}, schema) == "`b` has no `c`"
+    assert tree_problem({"a": 1, "d": {"x": "3"}}, schema) == "`d.x` is text, not a number"
+
+
+# --- training logs -----------------------------------------------------------------------------
+
+def training_log(root: Path, files: dict[str, bytes | str]) -> Path:
+    directory = root / "reports/training" / RUN
+    for name, content in files.items():
+        path = directory / "plots/metrics" / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return directory
+
+
+GOOD_LR = "step\tlr\ttimestamp\n0\t0.1\t1\n1\t0.05\t2\n"
+BAD_LOGS = [
+    ("binary garbage", bytes(range(256)) * 8, "unreadable"),
+    ("text garbage", "this is not a training log\n", "no `step` and `lr` columns"),
+    ("a header only", "step\tlr\n", "no steps"),
+    ("words for numbers", "step\tlr\nfirst\tfast\n", "a row without a whole `step` and a number `lr`"),
+    ("a short row", "step\tlr\n0\t0.1\n1\n", "a row without a whole `step` and a number `lr`"),
+    ("an infinite rate", "step\tlr\n0\tinf\n", "not finite"),
+]
+
+
+def test_a_training_log_dvclive_writes_passes(tmp_path):
+    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/loss": "step\tloss\n0\t2.5\n1\t1.5\n"})
+    curves = read_training_curves(directory, f"train@{RUN}")
+    assert curves["lr"][0].tolist() == [0, 1] and curves["train/loss"][1].tolist() == [2.5, 1.5]
+
+
+@pytest.mark.parametrize("content, words", [case[1:] for case in BAD_LOGS], ids=[case[0] for case in BAD_LOGS])
+def test_a_garbage_training_log_is_one_line(tmp_path, content, words):
+    directory = training_log(tmp_path, {"train/loss": "step\tloss\n0\t2.5\n", "lr": content})
+    with pytest.raises(InputError) as error:
+        read_training_curves(directory)
+    message = one_line(error, directory / "plots/metrics/lr.tsv", f"train@{RUN}", words)
+    assert f"dvc checkout --force {directory}`" in message   # the output DVC tracks is the whole folder
+
+
+def test_a_training_log_without_curves_is_one_line(tmp_path):
+    directory = tmp_path / "reports/training" / RUN
+    directory.mkdir(parents=True)
+    (directory / "metrics.json").write_text("{}")
+    with pytest.raises(InputError) as error:
+        read_training_curves(directory, f"train@{RUN}")
+    one_line(error, directory, f"train@{RUN}", "holds no training curves")
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+EXPECTED = ModelConfig(width=4, embedding_dim=16, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """models/<run>.pt of the expected config and of another width, embedding size and class count."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    made = {}
+    for name, config, classes in [("baseline-0", EXPECTED, 10), ("wide-0", ModelConfig(8, 16, 0.0), 10),
+                                  ("embedding-0", ModelConfig(4, 32, 0.0), 10), ("five-0", EXPECTED, 5),
+                                  ("dropout-0", ModelConfig(4, 16, 0.25), 10), ("everything-0", ModelConfig(8, 32, 0.0), 5)]:
+        made[name] = folder / f"{name}.pt"
+        save_model(config.build(classes), made[name])
+    return made
+
+
+def test_a_checkpoint_of_the_expected_model_loads(checkpoints):
+    model, _ = load_model(checkpoints["baseline-0"], expect=EXPECTED, num_classes=10)
+    assert isinstance(model, CifarResNet18) and model.config["num_classes"] == 10
+    load_model(checkpoints["five-0"])   # nothing expected: any checkpoint of this project
+
+
+@pytest.mark.parametrize("name, words", [
+    ("wide-0", "has width 8, params.yaml's model.width 4:"),
+    ("embedding-0", "has embedding size 32, params.yaml's model.embedding_dim 16:"),
+    ("five-0", "has 5 classes, the data 10:"),
+    ("dropout-0", "has dropout 0.25, params.yaml's model.dropout 0.0:"),
+    ("everything-0", "has width 8, params.yaml's model.width 4; embedding size 32, params.yaml's model.embedding_dim 16; "
+                     "5 classes, the data 10:"),
+])
+def test_a_checkpoint_of_another_model_is_one_line(checkpoints, name, words):
+    with pytest.raises(InputError) as error:
+        load_model(checkpoints[name], expect=EXPECTED, num_classes=10)
+    one_line(error, checkpoints[name], f"train@{name}", words)
+
+
+def test_the_class_count_alone_can_be_expected(checkpoints):
+    with pytest.raises(InputError, match="has 5 classes, the data 10"):
+        load_model(checkpoints["five-0"], num_classes=10)
+    load_model(checkpoints["wide-0"], num_classes=10)
