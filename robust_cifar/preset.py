@@ -83,7 +83,9 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
         md5 = archive_md5 or "''"   # YAML's empty string: a bare `key=` would be read as null
         data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
     experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name, machine), *data]
+    # dvc.yaml as the target: without one, `dvc exp run` deletes the outputs it recorded of stages the new
+    # params drop before check_params can refuse anything (README "Working with experiments")
+    return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name, machine), *data, "dvc.yaml"]
 
 
 def check_before_running(cmd: list[str], destination: Path | None) -> None:

@@ -82,7 +82,8 @@ def reset(workspace: Path, log: Path, env: dict[str, str]) -> None:
 
 def run_experiment(workspace: Path, name: str, set_params: list[str], log: Path, env: dict[str, str],
                    pull: bool = False) -> None:
-    run_logged(dvc("exp", "run", *(["--pull"] if pull else []), "-n", name, *set_params), workspace, log, env)
+    # dvc.yaml as the target, so that DVC deletes no recorded output before check_params runs (see preset.command)
+    run_logged(dvc("exp", "run", *(["--pull"] if pull else []), "-n", name, *set_params, "dvc.yaml"), workspace, log, env)
 
 
 def push_experiment(workspace: Path, git_remote: str, name: str, log: Path, env: dict[str, str],
