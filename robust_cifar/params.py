@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -169,25 +170,28 @@ def parse_yaml(text: str):
 
 
 def with_overrides(params: Params, settings: list[str]) -> Params:
-    """A copy of `params` with `key=value` settings applied as `dvc exp run -S` applies them (each value
-    read as YAML), so a tool can refuse a bad override before DVC edits params.yaml or deletes anything."""
-    raw = copy.deepcopy(params.raw)
+    """A copy of `params` with `key=value` settings applied by `dvc exp run -S`'s own code (Hydra's
+    override grammar: `key=` is an empty string, a key params.yaml lacks is refused), so a tool can
+    refuse a bad override before DVC edits params.yaml or deletes anything."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.hydra import apply_overrides
+    from ruamel.yaml import YAML
+
     for setting in settings:
-        key, equals, text = setting.partition("=")
+        key, equals, _ = setting.partition("=")
         if not equals or not key:
             raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        with path.open("w") as stream:
+            YAML(typ="safe", pure=True).dump(copy.deepcopy(params.raw), stream)
         try:
-            value = parse_yaml(text)
-        except YAMLError:
-            raise ParamsError(f"override {setting!r}: {text!r} is not a YAML value; quote it") from None
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ParamsError(f"override {setting!r}: `{part}` in params.yaml is a value, not a section")
-        node[leaf] = value
-    return Params(raw, source=f"{params.source} with its overrides")
+            apply_overrides(path, settings)
+        except DvcException as error:
+            cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)
+            raise ParamsError(f"override {' '.join(settings)}: {cause}; write each as key=value with a key of "
+                              "params.yaml (lists as [a, b])") from None
+        return Params(parse_yaml(path.read_text()), source=f"{params.source} with its overrides")
 
 
 @dataclass

@@ -48,12 +48,13 @@ def test_a_gpu_the_machine_lacks_is_refused_with_the_cpu_settings_to_use():
             config(device="cuda").check_machine()
 
 
-def test_overrides_are_read_as_dvc_exp_run_reads_them():
+def test_overrides_are_applied_by_dvc_exp_runs_own_code():
     params = Params(yaml.safe_load(PARAMS.read_text()))
-    edited = with_overrides(params, ["knn.k=5", "seeds.train=[0, 1, 2]", "compute.fast=false", "data.archive_md5=''",
-                                     "preset=quick"])
+    edited = with_overrides(params, ["knn.k=5", "seeds.train=[0, 1, 2]", "compute.fast=false", "data.archive_md5=",
+                                     "preset=quick", "data.archive=''"])
     assert edited.raw["knn"]["k"] == 5 and edited.raw["seeds"]["train"] == [0, 1, 2]
-    assert edited.raw["compute"]["fast"] is False and edited.raw["data"]["archive_md5"] == ""
+    assert edited.raw["compute"]["fast"] is False
+    assert edited.raw["data"]["archive_md5"] == "" and edited.raw["data"]["archive"] == ""   # `key=` is '' to DVC
     assert params.raw["knn"]["k"] != 5   # the original is untouched
     for bad in ("knn.k", "=3", "knn.k.deeper=1", "knn.k=[1"):
         with pytest.raises(ParamsError, match="override"):

@@ -197,9 +197,9 @@ def test_set_params_edits_params_yaml_as_dvc_exp_run_does(tmp_path):
     assert "# one model per method and seed" in params.read_text()   # comments kept
 
 
-@pytest.mark.parametrize("override, words", [("knn.kk=1", "unknown key `knn.kk`"),
+@pytest.mark.parametrize("override, words", [("knn.kk=1", "Could not override 'knn.kk'"),
                                              ("knn.k", "override 'knn.k' is not key=value"),
-                                             ("seeds.train=[0,", "'[0,' is not a YAML value"),
+                                             ("seeds.train=[0,", "no viable alternative at input '[0,'"),
                                              ("knn.k=0", "`knn.k` = 0 is invalid")])
 def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone(tmp_path, override, words):
     params = tmp_path / "params.yaml"
