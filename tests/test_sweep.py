@@ -366,3 +366,31 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     assert json.loads((owner / "reports/metrics/baseline.json").read_text()) == baseline_metrics(serial["k=5"])
     remote_refs = run(owner, "git", "ls-remote", str(git_remote), "refs/exps/*").stdout
     assert remote_refs.count("refs/exps/") == 2
+
+
+def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
+    """Ray's cancel interrupts a task's main thread, where run_in_group stops its `dvc exp run`."""
+    from robust_cifar.sweep import on_ray
+
+    cancelled, registered = [], []
+
+    class FakeRay:
+        cloudpickle = type("cp", (), {"register_pickle_by_value": staticmethod(registered.append)})
+
+        def init(self, **kwargs): pass
+        def shutdown(self): pass
+        def cluster_resources(self): return {"CPU": 2}
+        def cancel(self, reference): cancelled.append(reference)
+        def wait(self, references, num_returns): raise KeyboardInterrupt   # Ctrl-C while waiting
+        def remote(self, function):
+            return type("task", (), {"options": lambda self, **kw: self,
+                                     "remote": lambda self, spec: f"ref-{spec['name']}"})()
+
+    fake = FakeRay()
+    monkeypatch.setattr(on_ray, "import_ray", lambda: fake)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(KeyboardInterrupt):
+        on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, 1.0, None,
+                          str(tmp_path), tmp_path, Progress(2, io.StringIO()))
+    assert sorted(cancelled) == ["ref-k=1", "ref-k=5"]
+    assert {module.__name__ for module in registered} == {"robust_cifar.sweep.steps", "robust_cifar.signals"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from robust_cifar import signals
 from robust_cifar.sweep import steps
 from robust_cifar.sweep.grid import Experiment, SweepError
 from robust_cifar.sweep.local import Progress
@@ -34,6 +35,7 @@ def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit
     from ray import cloudpickle
     # the task travels by value: a node needs Ray, dvc and git, not this checkout on its sys.path
     cloudpickle.register_pickle_by_value(steps)
+    cloudpickle.register_pickle_by_value(signals)   # what steps runs its commands with
     ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     try:
         if gpus is None:
@@ -49,7 +51,13 @@ def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit
             pending[task.remote(spec)] = experiment
         outcomes: dict[str, steps.Outcome] = {}
         while pending:
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            try:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+            except KeyboardInterrupt:
+                # Ray interrupts each task's main thread, where run_in_group stops its `dvc exp run` and stage
+                for reference in pending:
+                    ray.cancel(reference)
+                raise
             experiment = pending.pop(ready)
             try:
                 outcome = steps.Outcome(**ray.get(ready))
