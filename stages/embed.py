@@ -10,7 +10,7 @@ from robust_cifar.inference import embed_and_classify, show_progress
 from robust_cifar.methods import build_method
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.npz import save_npz
-from robust_cifar.outputs import check_writable
+from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
 from robust_cifar.perturb import fgm_eps_from_params, load_plans
 from robust_cifar.robustness import evaluate_conditions, flatten
@@ -38,6 +38,10 @@ def main(argv: list[str]) -> None:
     transfer_source = (None if name == paths.TRANSFER_SOURCE else compute.prepare(
         load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device, **expected)[0]))
     images = {name: torch.from_numpy(split.images).to(compute.device) for name, split in splits.items()}
+    # float32 embeddings (and logits) per image and condition, and the labels: refused now if they cannot fit
+    per_image = 4 * (model_config.embedding_dim + (len(class_names) if method.has_head else 0))
+    check_free_space(paths.embeddings(name, seed), 2**20 + sum(
+        len(splits[split]) * (per_image * len(conditions_for(split)) + 8) for split in SPLITS))
 
     clean_train = embed_and_classify(model, images["train"], compute, batch_size)
     train_labels = torch.from_numpy(splits["train"].labels).to(compute.device)
