@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -81,36 +80,21 @@ def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20
             continue
 
 
-_running: set[subprocess.Popen] = set()
-_lock = threading.Lock()
-_stopping = threading.Event()
-
-
 def run_in_group(command: list[str], **popen) -> int:
-    """Run `command` in a process group of its own and return its exit code. Stopped in the main thread
-    while waiting passes the signal on to the group and waits for it; `stop_all` does the same from
-    anywhere for every command still running (a sweep's workers), and no new one starts after it."""
-    if _stopping.is_set():
-        raise Stopped(signal.SIGTERM)
+    """Run `command` in a process group of its own and return its exit code; Stopped while waiting
+    passes the signal on to that group and waits for it (the preset's `dvc exp run`)."""
     process = subprocess.Popen(command, process_group=0, **popen)
-    with _lock:
-        _running.add(process)
     try:
         return process.wait()
     except KeyboardInterrupt as stopped:
         stop_group(process, signal_of(stopped))
         raise
-    finally:
-        with _lock:
-            _running.discard(process)
 
 
-def stop_all(signum: int) -> None:
-    _stopping.set()
-    with _lock:
-        running = list(_running)
-    for process in running:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signum)
-    for process in running:
-        stop_group(process, signum, sent=True)
+def pass_on(signum: int) -> None:
+    """Send `signum` to our own process group, where a sweep's commands run, and ignore it here from now
+    on. A Ctrl-C at the terminal reached them already; a TERM or HUP sent to this process alone did not."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(0, signum)

@@ -2,7 +2,6 @@
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -63,18 +62,34 @@ def test_stopped_is_a_keyboard_interrupt_with_the_shells_exit_code():
     assert (Stopped(signal.SIGTERM).exit_code, Stopped(signal.SIGHUP).exit_code, Stopped().exit_code) == (143, 129, 130)
 
 
-def test_stop_all_stops_commands_running_in_other_threads_and_starts_no_new_one(monkeypatch):
-    from robust_cifar import signals
-    monkeypatch.setattr(signals, "_stopping", threading.Event())
-    codes = []
-    worker = threading.Thread(target=lambda: codes.append(signals.run_in_group(["sleep", "30"])))
-    worker.start()
-    deadline = time.monotonic() + 10
-    while not signals._running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    started = time.monotonic()
-    signals.stop_all(signal.SIGTERM)
-    worker.join(10)
-    assert codes == [-signal.SIGTERM] and time.monotonic() - started < 5
-    with pytest.raises(Stopped):
-        signals.run_in_group(["true"])
+SWEEP = """
+import io, subprocess, sys
+from pathlib import Path
+from robust_cifar.signals import Stopped, signal_of, stop_on_signals
+from robust_cifar.sweep import grid
+from robust_cifar.sweep.local import Progress, plan_slots, run_pool
+stop_on_signals()
+
+def job(experiment, index, log):   # an experiment that takes a minute, in the sweep's process group
+    child = subprocess.Popen(["sleep", "60"])
+    print(experiment.name, child.pid, flush=True)
+    child.wait()
+
+try:
+    run_pool(grid.experiments(["knn.k=1,2,3,4"]), plan_slots([], 2, cpu_count=2, environ={}), job, Path(sys.argv[1]),
+             Progress(4, io.StringIO()))
+except KeyboardInterrupt as stopped:
+    sys.exit(Stopped(signal_of(stopped)).exit_code)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_sweep_stops_its_running_experiments_and_starts_no_more(tmp_path, signum):
+    # a session of its own: the sweep passes the signal on to its whole process group
+    sweep = subprocess.Popen([sys.executable, "-c", SWEEP, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    started = [sweep.stdout.readline().split() for _ in range(2)]   # two workers, one experiment each
+    sweep.send_signal(signum)   # to the sweep alone, as a scheduler or a closed terminal does
+    assert sweep.wait(timeout=30) == 128 + signum
+    assert all(wait_until_gone(int(pid), 10) for _, pid in started)
+    assert sweep.stdout.read() == ""   # the other two experiments never started

@@ -393,4 +393,4 @@ def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
         on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, 1.0, None,
                           str(tmp_path), tmp_path, Progress(2, io.StringIO()))
     assert sorted(cancelled) == ["ref-k=1", "ref-k=5"]
-    assert {module.__name__ for module in registered} == {"robust_cifar.sweep.steps", "robust_cifar.signals"}
+    assert [module.__name__ for module in registered] == ["robust_cifar.sweep.steps"]   # all a node needs

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAMLError
 
-from robust_cifar.signals import Stopped, signal_of, stop_all, stop_on_signals
+from robust_cifar.signals import Stopped, signal_of, stop_on_signals
 from robust_cifar.sweep import grid, steps
 from robust_cifar.sweep.grid import SweepError
 from robust_cifar.sweep.local import Progress, clone_job, plan_slots, run_pool, shown, visible_gpus
@@ -259,9 +259,8 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
         job = clone_job(root, commit, cache_dir, workdir, slots, args.force)
         try:
             outcomes = run_pool(experiments, slots, job, sweep_dir, progress)
-        except KeyboardInterrupt as stopped:
-            stop_all(signal_of(stopped))   # each worker's `dvc exp run` and its stage, then the clones
-            shutil.rmtree(workdir, ignore_errors=True)
+        except KeyboardInterrupt:
+            shutil.rmtree(workdir, ignore_errors=True)   # run_pool stopped the experiments; the clones go
             raise
         if not args.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
+from robust_cifar.signals import pass_on, signal_of
 from robust_cifar.sweep import steps
 from robust_cifar.sweep.grid import Experiment
+
+STOP_WAIT_SECONDS = 60   # for each worker's running experiment to stop, after the signal
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,10 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
         todo.put(experiment)
     outcomes: dict[str, steps.Outcome] = {}
 
+    stopping = threading.Event()
+
     def worker(index: int) -> None:
-        while True:
+        while not stopping.is_set():
             try:
                 experiment = todo.get_nowait()
             except queue.Empty:
@@ -159,9 +164,18 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
                for index in range(min(len(slots), len(experiments)))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():       # a join with a timeout lets Ctrl-C reach the main thread
-            thread.join(0.5)
+    try:
+        for thread in threads:
+            while thread.is_alive():       # a join with a timeout lets Ctrl-C reach the main thread
+                thread.join(0.5)
+    except KeyboardInterrupt as stopped:
+        # INT, TERM or HUP: no new experiment starts; each running `dvc exp run` and its stage get the signal
+        # (they are in this process group) and stop; their workers then end
+        stopping.set()
+        pass_on(signal_of(stopped))
+        for thread in threads:
+            thread.join(STOP_WAIT_SECONDS)
+        raise
     return [outcomes[experiment.name] for experiment in experiments]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robust_cifar import signals
 from robust_cifar.sweep import steps
 from robust_cifar.sweep.grid import Experiment, SweepError
 from robust_cifar.sweep.local import Progress
@@ -35,7 +34,6 @@ def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit
     from ray import cloudpickle
     # the task travels by value: a node needs Ray, dvc and git, not this checkout on its sys.path
     cloudpickle.register_pickle_by_value(steps)
-    cloudpickle.register_pickle_by_value(signals)   # what steps runs its commands with
     ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     try:
         if gpus is None:

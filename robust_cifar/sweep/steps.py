@@ -15,8 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from robust_cifar.signals import run_in_group
-
 
 @dataclass
 class Outcome:
@@ -53,9 +51,9 @@ def run_logged(command: list[str], cwd: Path | str, log: Path, env: dict[str, st
         out.write(f"$ {shlex.join(command)}   (in {cwd})\n")
         out.flush()
         start = time.monotonic()
-        # its own process group, so a stopped sweep stops it and everything under it (signals.stop_all)
-        returncode = run_in_group(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        # in the sweep's process group: a stopped sweep passes the signal on to it (signals.pass_on)
+        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL).returncode
         out.write(f"[{f'exit {returncode}' if returncode else 'done'} after {time.monotonic() - start:.1f} s]\n")
     if returncode:
         raise StepFailed(command, returncode)
