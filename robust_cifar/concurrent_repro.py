@@ -94,22 +94,17 @@ def read_pipeline(root: Path) -> tuple[dict[str, set[str]], set[str]]:
 
 
 def set_params(overrides: list[str], path: Path = Path("params.yaml")) -> None:
-    """`dvc exp run -S`'s edit of params.yaml, without the experiment."""
-    from dvc.exceptions import DvcException
+    """`dvc exp run -S`'s edit of params.yaml, without the experiment; a value refused (by DVC's own -S
+    code or by what check_params will check) before params.yaml is touched."""
     from dvc.utils.hydra import apply_overrides
+
+    from robust_cifar.params import load_params, with_overrides
+    from robust_cifar.validation import check_on_this_machine
 
     if not path.is_file():
         raise UserError(f"no {path} here: run from the project's root")
-    # refused here, before params.yaml is touched, rather than by check_params after the edit
-    from robust_cifar.params import load_params, with_overrides
-    from robust_cifar.validation import check_on_this_machine
-    check_on_this_machine(with_overrides(load_params(path), overrides))
-    try:
-        apply_overrides(path, overrides)
-    except DvcException as error:
-        cause = str(error.__cause__).splitlines()[0] if error.__cause__ else str(error)
-        raise UserError(f"-S {' '.join(overrides)}: {cause}; write each as key=value with a key of "
-                        f"{path} (lists as [a, b])") from None
+    check_on_this_machine(with_overrides(load_params(path), overrides))   # the same edit, on a copy
+    apply_overrides(path, overrides)
 
 
 def stage_command(stage: str) -> list[str]:

@@ -80,7 +80,7 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
             machine: dict[str, object] | None = None) -> list[str]:
     data = []
     if archive:
-        md5 = archive_md5 or "''"   # YAML's empty string: a bare `key=` would be read as null
+        md5 = archive_md5 or "''"   # no md5: the empty string, spelled out (DVC reads a bare `key=` so too)
         data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
     experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # dvc.yaml as the target: without one, `dvc exp run` deletes the outputs it recorded of stages the new

@@ -91,10 +91,15 @@ def run_in_group(command: list[str], **popen) -> int:
         raise
 
 
+def ignore_stop_signals() -> None:
+    """From now on INT, TERM and HUP change nothing here (while this process stops on the first one)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def pass_on(signum: int) -> None:
     """Send `signum` to our own process group, where a sweep's commands run, and ignore it here from now
     on. A Ctrl-C at the terminal reached them already; a TERM or HUP sent to this process alone did not."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+    ignore_stop_signals()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(0, signum)

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from robust_cifar.errors import UserError
-from robust_cifar.signals import STOP_SIGNALS, Stopped, die_with_parent, signal_of, stop_on_signals
+from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
 USER_ERROR_EXIT = 2
 
@@ -45,8 +44,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
     except KeyboardInterrupt as interrupt:
-        for number in STOP_SIGNALS:   # a second signal (a terminal's Ctrl-C and a tool passing it on) changes nothing
-            signal.signal(number, signal.SIG_IGN)
+        ignore_stop_signals()   # a second signal (a terminal's Ctrl-C and a tool passing it on) changes nothing
         signum = signal_of(interrupt)
         print(f"interrupted ({Stopped(signum).name}): no output of this stage was written; rerun it with `dvc repro`",
               file=sys.stderr, flush=True)

@@ -73,7 +73,7 @@ def parse_axes(flags: list[str]) -> list[tuple[str, list[str]]]:
             raise SweepError(f"-S {flag!r}: empty value (quote a value that is an empty string: {key}='')")
         known = axes.setdefault(key, [])
         for value in parsed:   # a value given twice (`knn.k=1,1`, `1,1.0`) is one experiment, not two alike
-            if all(same_value(value, other) is False for other in known):
+            if not any(same_value(value, other) for other in known):
                 known.append(value)
     if not axes:
         raise SweepError("nothing to sweep: give at least one -S KEY=VALUE[,VALUE...]")
@@ -88,8 +88,7 @@ def same_value(first: str, second: str) -> bool:
         a, b = parse_yaml(first), parse_yaml(second)
     except YAMLError:
         return False
-    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
-                                             and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+    return a == b and isinstance(a, bool) == isinstance(b, bool)   # 1 and 1.0 alike; true and 1 not
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:
