@@ -19,9 +19,10 @@ SCORES = {"knn": NUMBER, "head": Optional(NUMBER)}
 # eval (scoring.score_embeddings): {split: {condition: scores}}
 SEED_METRICS = {split: {condition: SCORES for condition in conditions_for(split)} for split in SPLITS}
 # robustness (robust_accuracy.robust_accuracy): at the study's eps, the cumulative curve per eps key, and
-# each attack's own accuracy per eps key it ran at
+# each attack's own accuracy per eps key it ran at, or (attack.cascade) the share each attack broke first
 ROBUSTNESS_REPORT = {"test_images": WHOLE, "study_eps_255": NUMBER, "clean": SCORES, "robust": SCORES,
-                     "curve": Each(SCORES), "attacks": Each(Each(SCORES))}
+                     "curve": Each(SCORES), "attacks": Optional(Each(Each(SCORES))),
+                     "broken": Optional(Each(Each(SCORES)))}
 # aggregate (replicates.aggregate) of one run per seed (read_runs): every number becomes its mean and std over
 # seeds; an empty object has no numbers, so it vanishes
 METRICS = {**map_leaves({**SEED_METRICS, "robustness": ROBUSTNESS_REPORT},

@@ -10,7 +10,11 @@ both scored on every adversarial image, whichever decision the attack aimed at.
 
 Each attack's own accuracy at each eps it ran at (clean-correct AND correct on its adversarial
 images) is reported beside the cumulative curve: the sanity gates compare those
-(``robust_cifar.summary``), since cumulative numbers pass them trivially.
+(``robust_cifar.summary``), since cumulative numbers pass them trivially. With ``attack.cascade``
+(AutoAttack's protocol) each attack runs only on the images that every earlier attack (registry
+order, eps ascending) left right: the same robust accuracy up to the attacks' random starts, at a
+fraction of the cost where few images survive, but no attack's own accuracy; the report then says
+what share of the attacked images each attack was the first to break.
 
 Everything runs in float32 without autocast: a bf16 gradient or decision would be another model.
 Which attacks run, with which settings, is ``robust_cifar.attack_registry`` and params.yaml
@@ -34,7 +38,7 @@ from robust_cifar.compute import Compute
 from robust_cifar.conditions import DECISIONS
 from robust_cifar.errors import ParamsError
 from robust_cifar.knn import knn_predict
-from robust_cifar.params import Params, Rule, bounded_int, fix_hint
+from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int, fix_hint
 from robust_cifar.perturb import study_eps_255
 
 EPS_SWEEP = Rule(lambda v: isinstance(v, list) and 0 < len(v) <= 20 and all(
@@ -48,6 +52,7 @@ class RobustnessConfig:
     study_eps_255: float             # perturb.fgm.eps_255: where robust accuracy is reported
     test_images: int                 # 0 = the whole test set
     attacks: tuple[PlannedAttack, ...]
+    cascade: bool = False            # each attack only on the images every earlier one left right
 
     @classmethod
     def from_params(cls, params: Params) -> "RobustnessConfig":
@@ -59,7 +64,7 @@ class RobustnessConfig:
                               f"accuracy is reported at the study's eps; {fix_hint('attack.eps_255')}")
         return cls(eps_255=tuple(float(e) for e in sweep), study_eps_255=float(study),
                    test_images=params.value("attack.test_images", bounded_int(0, 10_000_000, "0 = all")),
-                   attacks=tuple(planned_attacks(params)))
+                   attacks=tuple(planned_attacks(params)), cascade=params.value("attack.cascade", BOOLEAN))
 
     def attacks_at(self, eps_255: float) -> list[PlannedAttack]:
         """The attacks that run at this eps: none at 0 (robust = clean there)."""
@@ -209,24 +214,27 @@ def robust_accuracy(config: RobustnessConfig, victim: Victim, images: Tensor, la
     """(report, per image) for uint8 test ``images`` (N, 3, H, W) and their true ``labels``.
 
     The report: ``clean`` and ``robust`` (at the study's eps) accuracy per decision, the cumulative
-    ``curve`` per eps, and ``attacks``: each attack's own accuracy per eps it ran at. Per image:
+    ``curve`` per eps, and either ``attacks``: each attack's own accuracy per eps it ran at, or, in a
+    cascade, ``broken``: the share of the images each attack was the first to break, per eps. Per image:
     ``clean.<decision>`` and ``robust.<decision>`` (at the study's eps) as bool tensors.
-    Only images some decision gets right on the clean input are attacked: the others are not
-    robust whatever an attack does.
+    Only images some decision gets right on the clean input are attacked (in a cascade: still gets
+    right under every earlier attack): the others are not robust whatever an attack does.
     """
     if compute.mixed_precision:
         raise ValueError("robust accuracy is measured in float32: pass a Compute without mixed precision")
     labels = labels.to(compute.device)
     batches = lambda rows: [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
     pixels = lambda rows: compute.images(images[rows])
+    standing = lambda right: torch.stack(list(right.values())).any(dim=0).nonzero().squeeze(1)
     everything = torch.arange(len(labels), device=compute.device)
 
     clean: dict[str, Tensor] = {}
     for rows in batches(everything):
         for decision, ok in victim.correct(pixels(rows), labels[rows]).items():
             clean.setdefault(decision, torch.zeros(len(labels), dtype=torch.bool, device=compute.device))[rows] = ok
-    attacked = torch.stack(list(clean.values())).any(dim=0).nonzero().squeeze(1)
-    progress(f"clean {percentages(accuracies(clean))} on {len(labels)} images; {len(attacked)} attacked")
+    attacked = standing(clean)
+    progress(f"clean {percentages(accuracies(clean))} on {len(labels)} images; {len(attacked)} attacked"
+             + (" (a cascade: each attack on what the earlier ones left)" if config.cascade else ""))
 
     robust = {decision: ok.clone() for decision, ok in clean.items()}
     per_attack = {attack.name: {} for attack in config.attacks if applies(attack.name, victim)}   # registry order
@@ -237,23 +245,30 @@ def robust_accuracy(config: RobustnessConfig, victim: Victim, images: Tensor, la
                 continue
             started = time.perf_counter()
             generator = torch.Generator(device=compute.device).manual_seed(attack_seed(seed, attack.name, eps_255))
-            survived = {decision: ok.clone() for decision, ok in clean.items()}
-            for rows in batches(attacked):
+            before = robust if config.cascade else clean
+            targets = standing(robust) if config.cascade else attacked
+            survived = {decision: ok.clone() for decision, ok in before.items()}
+            for rows in batches(targets):
                 x, y = pixels(rows), labels[rows]
                 for candidate in RUNS[attack.name](attack.settings, victim, x, y, eps_255 / 255, generator):
                     for decision, ok in victim.correct(candidate, y).items():
                         survived[decision][rows] &= ok
-            per_attack[attack.name][eps_key(eps_255)] = accuracies(survived)
+            if config.cascade:
+                outcome = accuracies({decision: robust[decision] & ~survived[decision] for decision in robust})
+                said = f"broke {percentages(outcome)} of {len(labels)} images ({len(targets)} attacked)"
+            else:
+                outcome = accuracies(survived)
+                said = percentages(outcome)
+            per_attack[attack.name][eps_key(eps_255)] = outcome
             for decision in robust:
                 robust[decision] &= survived[decision]
-            progress(f"eps {eps_255:g}/255, {attack.name}: {percentages(accuracies(survived))} "
-                     f"({time.perf_counter() - started:.1f} s)")
+            progress(f"eps {eps_255:g}/255, {attack.name}: {said} ({time.perf_counter() - started:.1f} s)")
         curve[eps_key(eps_255)] = accuracies(robust)
         if eps_255 == config.study_eps_255:
             at_study = {decision: ok.clone() for decision, ok in robust.items()}
     report = {"test_images": len(labels), "study_eps_255": config.study_eps_255, "clean": accuracies(clean),
               "robust": accuracies(at_study), "curve": curve,
-              "attacks": {name: points for name, points in per_attack.items() if points}}
+              "broken" if config.cascade else "attacks": {name: points for name, points in per_attack.items() if points}}
     per_image = {**{f"clean.{d}": ok for d, ok in clean.items()}, **{f"robust.{d}": ok for d, ok in at_study.items()}}
     return report, per_image
 

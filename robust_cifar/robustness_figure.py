@@ -39,7 +39,7 @@ def robustness_curves(all_metrics: dict[str, dict]):
     every eps up to this one), mean over seeds with the std as a band. Then one column per method:
     each attack's own accuracy (thin, one colour per attack, starting from clean accuracy at 0) under
     its robust accuracy (black): the gap between the lowest thin line and the black one is what
-    combining attacks adds.
+    combining attacks adds. A cascade (`attack.cascade`) measures no attack alone: black only.
     """
     methods = [method for method, metrics in all_metrics.items() if metrics.get("robustness")]
     figure, axes = plt.subplots(len(DECISIONS), 1 + len(methods), figsize=(3.3 * (1 + len(methods)), 6.6),
@@ -83,6 +83,7 @@ def robustness_curves(all_metrics: dict[str, dict]):
     handles.append(plt.Line2D([], [], color="black", linewidth=2, label="robust: right under every attack"))
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     figure.suptitle("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps "
-                    "up to this one (thin: each attack alone; a diamond: run at the study's eps only)", fontsize=9)
+                    "up to this one" + (" (thin: each attack alone; a diamond: run at the study's eps only)"
+                                        if used_attacks else " (a cascade: no attack's own accuracy)"), fontsize=9)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure

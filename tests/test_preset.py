@@ -29,10 +29,20 @@ def test_every_preset_sets_known_keys_to_valid_values(name):
     assert len(edited["seeds"]["train"]) >= 2   # so the spread shows
 
 
+def test_the_cpu_preset_keeps_the_write_ups_data_and_runs_the_attacks_as_a_cascade():
+    """The hour-long CPU study: the full 20% training split, the whole test set, 1,000 attacked images, 3 seeds."""
+    raw = yaml.safe_load(PARAMS.read_text())
+    cpu = PRESETS["cpu"]
+    assert "split.train_fraction" not in cpu and raw["split"]["train_fraction"] == 0.2
+    assert cpu.get("split.test_per_class", raw["split"]["test_per_class"]) == 0
+    assert cpu["attack.test_images"] >= 1000 and len(cpu["seeds.train"]) >= 3 and cpu["attack.cascade"] is True
+    assert cpu["attack.apgd_ce.at"] == cpu["attack.apgd_dlr.at"] == cpu["attack.apgd_t.at"] == "study"
+
+
 def test_the_command_is_one_dvc_experiment_with_the_archive(capsys):
     cmd = command("quick", "../shared/data/cifar10-jpeg.tar.gz", "26db66ca8cac19aed87bc28f0e6c6d82", "quick-cpu")
     assert cmd[1:6] == ["-m", "dvc", "exp", "run", "-n"] and cmd[6] == "quick-cpu"
-    assert "data.archive=../shared/data/cifar10-jpeg.tar.gz" in cmd and "seeds.train=[0, 1]" in cmd
+    assert "data.archive=../shared/data/cifar10-jpeg.tar.gz" in cmd and "seeds.train=[0, 1, 2, 3, 4]" in cmd
     assert main(["quick", "--dry-run", "--name", "x"]) == 0
     assert "dvc exp run -n x -S preset=quick" in capsys.readouterr().out
 

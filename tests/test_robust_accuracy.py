@@ -24,9 +24,9 @@ CPU = Compute.create("cpu", fast=False)
 NUM_CLASSES = 10
 
 
-def config(eps=(0.0, 4.0, 8.0, 32.0), study=8.0, names=tuple(ATTACKS), at=None) -> RobustnessConfig:
+def config(eps=(0.0, 4.0, 8.0, 32.0), study=8.0, names=tuple(ATTACKS), at=None, cascade=False) -> RobustnessConfig:
     return RobustnessConfig(eps_255=eps, study_eps_255=study, test_images=0, attacks=tuple(
-        PlannedAttack(name, (at or {}).get(name, "sweep"), SETTINGS[name]) for name in names))
+        PlannedAttack(name, (at or {}).get(name, "sweep"), SETTINGS[name]) for name in names), cascade=cascade)
 
 
 def tiny_model(seed: int) -> CifarResNet18:
@@ -126,6 +126,31 @@ def test_a_headless_model_is_scored_by_its_3nn_alone(data):
     assert set(report["robust"]) == {"knn"} and set(per_image) == {"clean.knn", "robust.knn"}
 
 
+def test_a_cascade_attacks_only_what_every_earlier_attack_left_and_says_what_each_broke(data, monkeypatch):
+    """AutoAttack's protocol: FGM, a deterministic attack, gives the same robust accuracy either way, while
+    the later attacks see only the images still standing; clean minus what each broke is the curve."""
+    victim = victim_of(tiny_model(0), data, transfer_source=tiny_model(10))
+    seen: list[tuple[str, int]] = []
+    for name in ("fgm", "pgd"):
+        monkeypatch.setitem(RUNS, name, lambda settings, victim, x, *rest, run=RUNS[name], name=name: (
+            seen.append((name, len(x))), (yield from run(settings, victim, x, *rest)))[-1])
+    full, _ = robust_accuracy(config(names=("fgm",)), victim, data[2], data[3], CPU, 64, seed=0)
+    cascade, per_image = robust_accuracy(config(names=("fgm",), cascade=True), victim, data[2], data[3], CPU, 64, seed=0)
+    assert cascade["curve"] == full["curve"] and "attacks" not in cascade and "broken" not in full
+    seen.clear()
+    report, per_image = robust_accuracy(config(names=("fgm", "pgd"), cascade=True), victim, data[2], data[3], CPU, 64,
+                                        seed=0)
+    attacked = [size for name, size in seen]
+    assert attacked[0] == max(attacked) and attacked[-1] < attacked[0], seen   # fewer and fewer images
+    for decision in ("head", "knn"):
+        left = report["clean"][decision]
+        for eps in (4.0, 8.0, 32.0):
+            left -= sum(report["broken"][name][eps_key(eps)][decision] for name in ("fgm", "pgd"))
+            assert report["curve"][eps_key(eps)][decision] == pytest.approx(left, abs=1e-5)
+        assert per_image[f"robust.{decision}"].float().mean().item() == pytest.approx(report["robust"][decision], abs=1e-6)
+    assert report["curve"][eps_key(32.0)]["knn"] < report["clean"]["knn"], "the attacks did nothing: a weak test"
+
+
 def test_measuring_in_bf16_is_refused(data):
     with pytest.raises(ValueError, match="float32"):
         robust_accuracy(config(), victim_of(tiny_model(0), data), data[2], data[3],
@@ -202,6 +227,24 @@ def test_sound_robustness_numbers_pass_every_gate():
 def test_each_gate_names_what_failed(change, words):
     failures = gate_failures(metrics_with({**SOUND, **change}))
     assert any(words in failure for failure in failures), failures
+
+
+def cascade_metrics(robust_at_32: float) -> dict:
+    """Aggregated robustness metrics of a cascade: no attack's own accuracy, what each broke first."""
+    metrics = metrics_with(SOUND)["robustness"]
+    del metrics["attacks"]
+    metrics["curve"][eps_key(32)] = {d: entry(robust_at_32) for d in ("head", "knn")}
+    metrics["broken"] = {"fgm": {eps_key(8): {d: entry(0.6) for d in ("head", "knn")}},
+                         "apgd_ce": {eps_key(8): {d: entry(0.3) for d in ("head", "knn")}}}
+    return {"robustness": metrics}
+
+
+def test_a_cascade_is_gated_on_robust_accuracy_at_the_break_eps_and_shows_what_each_attack_broke():
+    assert gate_failures(cascade_metrics(0.01)) == []
+    assert gate_failures(cascade_metrics(0.05)) == ["head: 5.0% survive every attack at eps 32/255 (expected at most 2%)",
+                                                    "3-NN: 5.0% survive every attack at eps 32/255 (expected at most 2%)"]
+    row = robust_rows({"baseline": cascade_metrics(0.0)})[0]
+    assert row["fgm broke"] == "60.00 +- 1.00" and row["apgd_ce broke"] == "30.00 +- 1.00" and "pgd" not in row
 
 
 def test_one_step_of_fgm_may_lose_ground_at_a_large_eps():

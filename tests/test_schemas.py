@@ -162,7 +162,7 @@ BAD_REPORTS = [
     ("eval", '{"train": {}, "val": {}, "test": {}}', "`train` has no `clean`, `perturbed`, `transfer`"),
     ("eval", "3", "the file is `3`, not an object"),
     ("robustness", "[]", "the file is an empty list, not an object with test_images, study_eps_255, clean"),
-    ("robustness", "{}", "the file has no `test_images`, `study_eps_255`, `clean` and 3 more keys"),
+    ("robustness", "{}", "the file has no `test_images`, `study_eps_255`, `clean` and 2 more keys"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"head": "0.5"}}), "`robust` has no `knn`"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": None}}}), "`curve.eps_2.knn` is `null`, not a number"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "attacks": {"fgm": [0.5]}}), "`attacks.fgm` is a list, not an object"),
