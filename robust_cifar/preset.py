@@ -22,7 +22,7 @@ from pathlib import Path
 
 from robust_cifar.errors import PublishError, UserError
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
-from robust_cifar.provenance import devices, git_commit, run_lines, stage_times
+from robust_cifar.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
 from robust_cifar.stage import TIMINGS
 from robust_cifar.validation import check_on_this_machine
@@ -152,9 +152,10 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
         "## What produced it", "", *summary["provenance"],
-        *run_lines(devices(TRAINING), git_commit(), stage_times(TIMINGS)),
+        *run_lines(devices(TRAINING), git_commit(), {}),
         *([f"- **wall time of the command**: {wall_seconds / 60:.1f} min from start to end (stages that DVC "
-           "reused from its cache took none)."] if wall_seconds is not None else []), "",
+           "reused from its cache took none)."] if wall_seconds is not None else []),
+        *time_lines(stage_times(TIMINGS), wall_seconds), "",
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
         "the PNGs are the figures of `dvc plots show`.", ""]))

@@ -69,22 +69,34 @@ def stage_times(timings: Path) -> dict[str, float]:
     return times
 
 
-def time_lines(times: dict[str, float]) -> list[str]:
-    """Wall time per stage, for a published run's README. Never in the summary itself: a rerun that
-    reproduces every number bit for bit still takes a different time, and DVC hashes the summary."""
+def time_lines(times: dict[str, float], wall_seconds: float | None = None) -> list[str]:
+    """Wall time per kind of stage (train, embed, ...: how many, in all, the range of one), and what the
+    command's wall time left for DVC and the stages' start-up, for a published run's README. Never in
+    the summary itself: a rerun that reproduces every number bit for bit still takes a different time,
+    and DVC hashes the summary."""
     if not times:
         return []
+    kinds: dict[str, list[float]] = {}
+    for name, seconds in times.items():
+        kinds.setdefault(name.split("-")[0], []).append(seconds)
     total = sum(times.values())
-    listed = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
-    return [f"- **wall time per stage** (the last run of each on this machine, {total / 60:.1f} min of stage time "
-            f"in all): {listed}."]
+    rows = [f"| {kind} | {len(values)} | {sum(values):.0f} s | {min(values):.0f}-{max(values):.0f} s |"
+            for kind, values in sorted(kinds.items(), key=lambda item: -sum(item[1]))]
+    if wall_seconds is not None and wall_seconds > total:
+        rest = wall_seconds - total
+        rows.append(f"| DVC and each stage's start-up (the rest of the wall time) | {len(times)} | {rest:.0f} s | "
+                    f"{rest / len(times):.1f} s per stage |")
+    return [f"- **time budget per stage kind** (each stage's last run on this machine: {total / 60:.1f} min of "
+            f"stage time{f' in a wall time of {wall_seconds / 60:.1f} min' if wall_seconds else ''}):", "",
+            "| stage | runs | in all | one run |", "|---|---|---|---|", *rows, ""]
 
 
-def run_lines(devices: list[str], commit: str, times: dict[str, float], cpu: str | None = None) -> list[str]:
+def run_lines(devices: list[str], commit: str, times: dict[str, float], cpu: str | None = None,
+              wall_seconds: float | None = None) -> list[str]:
     """Facts of one run that a bit-identical rerun need not share (device threads, commit, wall time):
     for a published run's README, never for the summary, which DVC hashes."""
     return [f"- **device**: {'; '.join(devices) or 'unknown'}.", f"- **CPU**: {cpu or cpu_description()}.",
-            f"- **commit**: {commit}.", *time_lines(times)]
+            f"- **commit**: {commit}.", *time_lines(times, wall_seconds)]
 
 
 def provenance_lines(source: dict, settings: dict) -> list[str]:

@@ -81,6 +81,12 @@ class PairedDifference:
             return f"{self.mean:+.1f} points (one seed: no interval)"
         return f"{self.mean:+.1f} +- {self.half_width:.1f} points"
 
+    def judged(self) -> str:
+        """The text, and whether its interval excludes zero (nothing to say with one seed)."""
+        if self.half_width is None:
+            return self.text()
+        return f"{self.text()} ({'' if self.distinguishable else 'not '}distinguishable from zero)"
+
 
 def paired_difference(method: Iterable[float], baseline: Iterable[float]) -> PairedDifference:
     """Mean and 95% t-interval of the per-seed differences (accuracies given as fractions)."""
@@ -115,7 +121,7 @@ def verdict(method: str, perturbed: PairedDifference, clean: PairedDifference,
     """One sentence from the numbers: does `method` change perturbed accuracy, and at what clean cost."""
     sentence = _perturbed_verdict(method, perturbed, clean)
     if robust is not None:
-        sentence = sentence[:-1] + f"; robust accuracy (worst case over attacks) {robust.text()}."
+        sentence = sentence[:-1] + f"; robust accuracy (worst case over attacks) {robust.judged()}."
     return sentence
 
 
@@ -125,8 +131,8 @@ def _perturbed_verdict(method: str, perturbed: PairedDifference, clean: PairedDi
                 f"(clean {clean.text()}): train more seeds to tell this from noise.")
     if not perturbed.distinguishable:
         return (f"{method} is not distinguishable from the baseline on perturbed test accuracy "
-                f"({perturbed.text()}, 95% interval over {perturbed.n} seeds; clean {clean.text()}).")
+                f"({perturbed.text()}, 95% interval over {perturbed.n} seeds; clean {clean.judged()}).")
     direction = "raises" if perturbed.mean > 0 else "lowers"
     return (f"{method} {direction} perturbed test accuracy over the baseline by {abs(perturbed.mean):.1f} "
             f"+- {perturbed.half_width:.1f} points (95% interval over {perturbed.n} seeds), "
-            f"with clean accuracy {clean.text()}.")
+            f"with clean accuracy {clean.judged()}.")

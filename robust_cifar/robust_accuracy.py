@@ -14,7 +14,7 @@ images) is reported beside the cumulative curve: the sanity gates compare those
 (AutoAttack's protocol) each attack runs only on the images that every earlier attack (registry
 order, eps ascending) left right: the same robust accuracy up to the attacks' random starts, at a
 fraction of the cost where few images survive, but no attack's own accuracy; the report then says
-what share of the attacked images each attack was the first to break.
+what share of the images each attack was the first to break.
 
 Everything runs in float32 without autocast: a bf16 gradient or decision would be another model.
 Which attacks run, with which settings, is ``robust_cifar.attack_registry`` and params.yaml
@@ -215,7 +215,9 @@ def robust_accuracy(config: RobustnessConfig, victim: Victim, images: Tensor, la
 
     The report: ``clean`` and ``robust`` (at the study's eps) accuracy per decision, the cumulative
     ``curve`` per eps, and either ``attacks``: each attack's own accuracy per eps it ran at, or, in a
-    cascade, ``broken``: the share of the images each attack was the first to break, per eps. Per image:
+    cascade, ``broken``: per eps it ran at, the share of the images this attack was the first to break,
+    at that eps or a smaller one (so robust accuracy at eps = clean minus, over attacks, each one's
+    latest entry up to eps). Per image:
     ``clean.<decision>`` and ``robust.<decision>`` (at the study's eps) as bool tensors.
     Only images some decision gets right on the clean input are attacked (in a cascade: still gets
     right under every earlier attack): the others are not robust whatever an attack does.
@@ -238,6 +240,7 @@ def robust_accuracy(config: RobustnessConfig, victim: Victim, images: Tensor, la
 
     robust = {decision: ok.clone() for decision, ok in clean.items()}
     per_attack = {attack.name: {} for attack in config.attacks if applies(attack.name, victim)}   # registry order
+    first_broken = {name: {decision: torch.zeros_like(ok) for decision, ok in clean.items()} for name in per_attack}
     curve, at_study = {}, None
     for eps_255 in config.eps_255:
         for attack in config.attacks_at(eps_255):
@@ -254,8 +257,10 @@ def robust_accuracy(config: RobustnessConfig, victim: Victim, images: Tensor, la
                     for decision, ok in victim.correct(candidate, y).items():
                         survived[decision][rows] &= ok
             if config.cascade:
-                outcome = accuracies({decision: robust[decision] & ~survived[decision] for decision in robust})
-                said = f"broke {percentages(outcome)} of {len(labels)} images ({len(targets)} attacked)"
+                for decision in robust:
+                    first_broken[attack.name][decision] |= robust[decision] & ~survived[decision]
+                outcome = accuracies(first_broken[attack.name])
+                said = f"first broke {percentages(outcome)} of {len(labels)} images so far ({len(targets)} attacked)"
             else:
                 outcome = accuracies(survived)
                 said = percentages(outcome)

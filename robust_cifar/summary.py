@@ -140,7 +140,8 @@ def gate_failures(metrics: dict) -> list[str]:
 def robust_rows(all_metrics: dict[str, dict]) -> list[dict]:
     """Per method and decision, at the study's eps (%): clean accuracy on the attacked images, robust
     accuracy (right on the clean image and under every attack, cumulative over eps), and each
-    attack's own accuracy (or, in a cascade, the share of the images it was the first to break)."""
+    attack's own accuracy (or, in a cascade, the share of the images it was the first to break, at this
+    eps or a smaller one)."""
     rows = []
     for method, metrics in all_metrics.items():
         robustness = metrics.get("robustness", {})
@@ -247,8 +248,9 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         "attack at every eps up to this one, each attack aiming away from the true label (float32); the "
         "other columns are each attack's own accuracy (right on the clean image and on that attack's "
         "images), or, where `attack.cascade` ran each attack only on what the earlier ones left (AutoAttack's "
-        "protocol), *broke*: the share of the test images it was the first to break (robust = clean minus "
-        "every *broke* up to this eps). Every attack's images are scored by both decisions, whichever it aimed at. "
+        "protocol), *broke*: the share of the test images it was the first to break, at this eps or a smaller "
+        "one (robust = clean minus every *broke*). Every attack's images are scored by both decisions, whichever it "
+        "aimed at. "
         "`reports/robustness_curve.png` shows the curves over eps.", "",
         table(robust_rows(all_metrics)), "",
         *[f"- `{name}`: {spec.about}." for name, spec in ATTACKS.items()], "",

@@ -131,8 +131,13 @@ def stale_stages(project: Path) -> set[str]:
         return set(repo.status())
 
 
-def downstream_closure(project: Path, stages: set[str]) -> set[str]:
-    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dvc(project, "dag", "--dot").stdout)
+def dag_edges(project: Path) -> list[tuple[str, str]]:
+    """(upstream, downstream) stage pairs of `dvc dag`."""
+    return re.findall(r'"([^"]+)" -> "([^"]+)"', dvc(project, "dag", "--dot").stdout)
+
+
+def downstream_closure(project: Path, stages: set[str], edges: list[tuple[str, str]] | None = None) -> set[str]:
+    edges = dag_edges(project) if edges is None else edges
     closure, frontier = set(stages), list(stages)
     while frontier:
         stage = frontier.pop()

@@ -7,8 +7,9 @@ import shutil
 import pytest
 import yaml
 
-from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, downstream_closure, dvc, ran_stages,
-                                    set_param, stale_stages)
+from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, dag_edges, downstream_closure, dvc,
+                                    ran_stages, set_param, stale_stages)
+from tests.test_guards import covers, declared_params, stages_of
 
 
 @pytest.fixture
@@ -159,15 +160,22 @@ def test_second_repro_runs_nothing_and_status_is_clean(project):
 
 
 def test_every_param_makes_exactly_its_stages_stale(project):
-    """A table, checked key by key: a new param cannot over- or under-invalidate silently."""
+    """A table, checked key by key against the params each stage declares (DVC's parsed dvc.yaml): a new
+    param cannot over- or under-invalidate silently. Then DVC itself, edit by edit, for the keys whose
+    whole rerun is spelled out: `dvc status` agrees with the declarations, and the DAG adds the rest."""
     params_path = project / "params.yaml"
     original = params_path.read_text()
     params = yaml.safe_load(original)
     # the lists that shape the matrix have their own tests
     keys = [key for key in leaf_keys(params) if key not in ("methods", "seeds.train")]
     assert set(keys) == set(DIRECT), "every params.yaml key needs a row in DIRECT"
+    declared = {name: declared_params(stage) for name, stage in stages_of(project).items()}
+    reading = lambda key: {name for name, entries in declared.items() if any(covers(entry, key) for entry in entries)}
+    for key in keys:
+        assert reading(key) - {"check_params"} == DIRECT[key], key
+    edges = dag_edges(project)
     try:
-        for key in keys:
+        for key in EXPECTED_CLOSURE:
             changed = yaml.safe_load(original)
             node = changed
             for part in key.split(".")[:-1]:
@@ -176,8 +184,7 @@ def test_every_param_makes_exactly_its_stages_stale(project):
             params_path.write_text(yaml.safe_dump(changed, sort_keys=False))
             direct = stale_stages(project) - {"check_params"}
             assert direct == DIRECT[key], key
-            if key in EXPECTED_CLOSURE:
-                assert downstream_closure(project, direct) == EXPECTED_CLOSURE[key], key
+            assert downstream_closure(project, direct, edges) == EXPECTED_CLOSURE[key], key
     finally:
         params_path.write_text(original)
     assert stale_stages(project) == set()

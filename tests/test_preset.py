@@ -104,6 +104,9 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (reports / "seeds" / "big.csv").write_text("not published")
     (tmp_path / "results" / "quick-cpu" / "umap").mkdir(parents=True)
     (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").write_bytes(b"an earlier run's")
+    (tmp_path / ".cache" / "timing").mkdir(parents=True)
+    for stage, seconds in (("train-baseline-0", 30.0), ("train-baseline-1", 40.2), ("embed-baseline-0", 5.0)):
+        (tmp_path / ".cache" / "timing" / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": seconds}))
     copied = publish(tmp_path / "results" / "quick-cpu", "python -m robust_cifar.preset quick", wall_seconds=634.8)
     assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
@@ -111,6 +114,9 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m robust_cifar.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
     assert "**wall time of the command**: 10.6 min" in readme
+    # the time budget per stage kind, and what DVC and the stages' start-up took beside them
+    assert "| train | 2 | 70 s | 30-40 s |" in readme and "| embed | 1 | 5 s | 5-5 s |" in readme
+    assert "| DVC and each stage's start-up (the rest of the wall time) | 3 | 560 s | 186.5 s per stage |" in readme
 
 
 @pytest.mark.parametrize("flags, units", [("fpu avx avx2 avx512f avx512_bf16 amx_bf16", "bf16 units: avx512_bf16, amx_bf16"),

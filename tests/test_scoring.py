@@ -183,6 +183,6 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     assert angular.decision == "knn"   # 3-NN 0.45, 0.43, 0.41 against the baseline head 0.45, 0.46, 0.47
     assert angular.row["perturbed - baseline (seeds, 95%)"].startswith("-3.0 +-")
     assert adversarial.row["robust - baseline (seeds, 95%)"] == "+15.0 +- 0.0 points"
-    assert "robust accuracy (worst case over attacks) +15.0 +- 0.0 points" in adversarial.sentence
+    assert "robust accuracy (worst case over attacks) +15.0 +- 0.0 points (distinguishable from zero)" in adversarial.sentence
     report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons)
     assert f"- {adversarial.sentence}" in report and f"- {angular.sentence}" in report
