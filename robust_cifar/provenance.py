@@ -86,8 +86,14 @@ def time_lines(times: dict[str, float], wall_seconds: float | None = None) -> li
         rest = wall_seconds - total
         rows.append(f"| DVC and each stage's start-up (the rest of the wall time) | {len(times)} | {rest:.0f} s | "
                     f"{rest / len(times):.1f} s per stage |")
+    if wall_seconds is None:
+        context = ""
+    elif wall_seconds > total:
+        context = f" in a wall time of {wall_seconds / 60:.1f} min"
+    else:
+        context = " (more than this command's wall time: it reused stages of an earlier run, whose times these are)"
     return [f"- **time budget per stage kind** (each stage's last run on this machine: {total / 60:.1f} min of "
-            f"stage time{f' in a wall time of {wall_seconds / 60:.1f} min' if wall_seconds else ''}):", "",
+            f"stage time{context}):", "",
             "| stage | runs | in all | one run |", "|---|---|---|---|", *rows, ""]
 
 

@@ -131,7 +131,7 @@ def _perturbed_verdict(method: str, perturbed: PairedDifference, clean: PairedDi
                 f"(clean {clean.text()}): train more seeds to tell this from noise.")
     if not perturbed.distinguishable:
         return (f"{method} is not distinguishable from the baseline on perturbed test accuracy "
-                f"({perturbed.text()}, 95% interval over {perturbed.n} seeds; clean {clean.judged()}).")
+                f"({perturbed.text()}, 95% interval over {perturbed.n} seeds), with clean accuracy {clean.judged()}.")
     direction = "raises" if perturbed.mean > 0 else "lowers"
     return (f"{method} {direction} perturbed test accuracy over the baseline by {abs(perturbed.mean):.1f} "
             f"+- {perturbed.half_width:.1f} points (95% interval over {perturbed.n} seeds), "

@@ -32,6 +32,22 @@ def _curve(points: dict[str, dict], decision: str) -> tuple[np.ndarray, np.ndarr
             np.array([100 * entry["std"] for _, entry in rows]))
 
 
+def left_after_each_attack(robustness: dict, decision: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A cascade's bookkeeping as curves: {attack: (eps, % still right after it and every attack before it
+    in registry order)}, at every eps of the robust curve. The last one is the robust accuracy."""
+    eps = np.array(sorted(eps_of(key) for key in robustness["curve"]))
+    clean, taken, lines = robustness["clean"][decision]["mean"], np.zeros(len(eps)), {}
+    for name in ATTACKS:
+        ran = [(eps_of(key), entry[decision]["mean"]) for key, entry in robustness.get("broken", {}).get(name, {}).items()
+               if decision in entry]
+        if not ran:
+            continue
+        # each entry counts what the attack broke first at that eps or a smaller one: the latest one counts
+        taken = taken + np.array([max((value for at, value in ran if at <= point), default=0.0) for point in eps])
+        lines[name] = (eps, 100 * (clean - taken))
+    return lines
+
+
 def robustness_curves(all_metrics: dict[str, dict]):
     """Robust test accuracy against attack size, one row per decision (head, 3-NN).
 
@@ -39,12 +55,14 @@ def robustness_curves(all_metrics: dict[str, dict]):
     every eps up to this one), mean over seeds with the std as a band. Then one column per method:
     each attack's own accuracy (thin, one colour per attack, starting from clean accuracy at 0) under
     its robust accuracy (black): the gap between the lowest thin line and the black one is what
-    combining attacks adds. A cascade (`attack.cascade`) measures no attack alone: black only.
+    combining attacks adds. A cascade (`attack.cascade`) measures no attack alone: there the thin lines
+    are what was still right after each attack in turn (registry order), down to the black one.
     """
     methods = [method for method, metrics in all_metrics.items() if metrics.get("robustness")]
     figure, axes = plt.subplots(len(DECISIONS), 1 + len(methods), figsize=(3.3 * (1 + len(methods)), 6.6),
                                 sharex=True, sharey=True, squeeze=False)
     used_attacks: list[str] = []
+    cascade = any("broken" in all_metrics[method]["robustness"] for method in methods)
     for row, (decision, label) in enumerate(DECISIONS.items()):
         overview, eps_values = axes[row][0], set()
         for column, method in enumerate(methods, start=1):
@@ -60,6 +78,10 @@ def robustness_curves(all_metrics: dict[str, dict]):
             overview.plot(eps, mean, "-", color=colour, marker="o", markersize=3, label=method)
             overview.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
             clean = robustness["clean"][decision]
+            for name, (attack_eps, left) in left_after_each_attack(robustness, decision).items():
+                axis.plot(attack_eps, left, "-", color=attack_colour(name), linewidth=0.9, marker=".", markersize=4,
+                          alpha=0.85)
+                used_attacks += [name] if name not in used_attacks else []
             for name in (name for name in ATTACKS if name in robustness.get("attacks", {})):
                 points = robustness["attacks"][name]
                 # an attack run at one eps only (the study's) is a point, not a line from clean accuracy
@@ -83,7 +105,7 @@ def robustness_curves(all_metrics: dict[str, dict]):
     handles.append(plt.Line2D([], [], color="black", linewidth=2, label="robust: right under every attack"))
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     figure.suptitle("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps "
-                    "up to this one" + (" (thin: each attack alone; a diamond: run at the study's eps only)"
-                                        if used_attacks else " (a cascade: no attack's own accuracy)"), fontsize=9)
+                    "up to this one" + (" (thin: what a cascade left after each attack in turn)" if cascade else
+                                        " (thin: each attack alone; a diamond: run at the study's eps only)"), fontsize=9)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure

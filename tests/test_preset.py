@@ -7,6 +7,7 @@ import yaml
 from robust_cifar.params import Params
 from robust_cifar import preset
 from robust_cifar.preset import PRESETS, command, main, overrides, publish
+from robust_cifar.provenance import time_lines
 from robust_cifar.machine import cpu_description
 from robust_cifar.validation import validate_params
 from tests.test_params import PARAMS
@@ -117,6 +118,9 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     # the time budget per stage kind, and what DVC and the stages' start-up took beside them
     assert "| train | 2 | 70 s | 30-40 s |" in readme and "| embed | 1 | 5 s | 5-5 s |" in readme
     assert "| DVC and each stage's start-up (the rest of the wall time) | 3 | 560 s | 186.5 s per stage |" in readme
+    # a rerun that reused most stages says whose times the table holds
+    assert "reused stages of an earlier run, whose times these are" in "\n".join(time_lines(
+        {"train-baseline-0": 30.0, "summarize-": 1.0}, wall_seconds=5.0))
 
 
 @pytest.mark.parametrize("flags, units", [("fpu avx avx2 avx512f avx512_bf16 amx_bf16", "bf16 units: avx512_bf16, amx_bf16"),

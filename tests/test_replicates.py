@@ -63,7 +63,7 @@ def test_verdict_sentences_follow_the_numbers():
     assert raised.endswith("points (distinguishable from zero).")   # every difference says whether it is
     robust = verdict("z", paired_difference([0.50, 0.52], [0.51, 0.50]), paired_difference([0.6, 0.6], [0.6, 0.6]),
                      paired_difference([0.02, 0.03], [0.0, 0.01]))
-    assert "clean +0.0 +- 0.0 points (not distinguishable from zero)" in robust
+    assert "seeds), with clean accuracy +0.0 +- 0.0 points (not distinguishable from zero); robust" in robust
     assert robust.endswith("robust accuracy (worst case over attacks) +2.0 +- 0.0 points (distinguishable from zero).")
     noise = verdict("angular", paired_difference([0.50, 0.52], [0.51, 0.50]), paired_difference([0.6, 0.6], [0.6, 0.6]))
     assert noise.startswith("angular is not distinguishable from the baseline")

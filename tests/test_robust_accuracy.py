@@ -11,7 +11,7 @@ from robust_cifar.attack_registry import ATTACKS, PlannedAttack, eps_key
 from robust_cifar.colours import METHOD_COLOURS
 from robust_cifar.compute import Compute
 from robust_cifar.errors import ParamsError
-from robust_cifar.robustness_figure import robustness_curves
+from robust_cifar.robustness_figure import left_after_each_attack, robustness_curves
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import Params
 from robust_cifar.robust_accuracy import RUNS, RobustnessConfig, Victim, robust_accuracy
@@ -244,6 +244,16 @@ def test_a_cascade_is_gated_on_robust_accuracy_at_the_break_eps_and_shows_what_e
                                                     "3-NN: 5.0% survive every attack at eps 32/255 (expected at most 2%)"]
     row = robust_rows({"baseline": cascade_metrics(0.0)})[0]
     assert row["fgm broke"] == "60.00 +- 1.00" and row["apgd_ce broke"] == "30.00 +- 1.00" and "pgd" not in row
+
+
+def test_a_cascade_is_drawn_as_what_was_left_after_each_attack_in_turn():
+    metrics = cascade_metrics(0.0)["robustness"]
+    metrics["broken"]["fgm"][eps_key(2)] = {d: entry(0.2) for d in ("head", "knn")}   # 20 of the 60 points at 2/255
+    lines = left_after_each_attack(metrics, "head")
+    assert list(lines) == ["fgm", "apgd_ce"]   # registry order
+    assert np.allclose(lines["fgm"][1], [90, 70, 30, 30]) and np.allclose(lines["apgd_ce"][1], [90, 70, 0, 0])
+    panel = robustness_curves({"baseline": {"robustness": metrics}}).axes[1]
+    assert len(panel.get_lines()) == 3 and np.allclose(panel.get_lines()[1].get_ydata(), [90, 70, 0, 0])
 
 
 def test_one_step_of_fgm_may_lose_ground_at_a_large_eps():
