@@ -3,7 +3,8 @@
     python -m robust_cifar.preset quick --archive ../shared/data/cifar10-jpeg.tar.gz
 
 runs `dvc exp run -n quick-<date> -S preset=quick -S model.width=8 ...`: every method, every stage,
-two seeds, on the real images, in about 15 minutes on a 2-core CPU with bf16 units. The experiment is an ordinary
+five seeds, on the real images, in about 24 minutes on a 2-core CPU with bf16 units (`cpu`: the write-up's
+data scale, three seeds, longer; README "The study on a CPU"). The experiment is an ordinary
 one (`dvc exp show` lists it with its `preset` column; `dvc exp apply` / `branch` work), and its
 outputs land in the workspace. Before DVC sees anything, every override is checked as the
 check_params stage would check it, on this machine, and so is the `--publish` folder; a failed run
@@ -152,7 +153,7 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
         "## What produced it", "", *summary["provenance"],
-        *run_lines(devices(TRAINING), git_commit(), {}),
+        *run_lines(devices(TRAINING), git_commit()),
         *([f"- **wall time of the command**: {wall_seconds / 60:.1f} min from start to end (stages that DVC "
            "reused from its cache took none)."] if wall_seconds is not None else []),
         *time_lines(stage_times(TIMINGS), wall_seconds), "",

@@ -82,27 +82,24 @@ def time_lines(times: dict[str, float], wall_seconds: float | None = None) -> li
     total = sum(times.values())
     rows = [f"| {kind} | {len(values)} | {sum(values):.0f} s | {min(values):.0f}-{max(values):.0f} s |"
             for kind, values in sorted(kinds.items(), key=lambda item: -sum(item[1]))]
+    context = ""
     if wall_seconds is not None and wall_seconds > total:
         rest = wall_seconds - total
         rows.append(f"| DVC and each stage's start-up (the rest of the wall time) | {len(times)} | {rest:.0f} s | "
                     f"{rest / len(times):.1f} s per stage |")
-    if wall_seconds is None:
-        context = ""
-    elif wall_seconds > total:
         context = f" in a wall time of {wall_seconds / 60:.1f} min"
-    else:
+    elif wall_seconds is not None:
         context = " (more than this command's wall time: it reused stages of an earlier run, whose times these are)"
     return [f"- **time budget per stage kind** (each stage's last run on this machine: {total / 60:.1f} min of "
             f"stage time{context}):", "",
             "| stage | runs | in all | one run |", "|---|---|---|---|", *rows, ""]
 
 
-def run_lines(devices: list[str], commit: str, times: dict[str, float], cpu: str | None = None,
-              wall_seconds: float | None = None) -> list[str]:
-    """Facts of one run that a bit-identical rerun need not share (device threads, commit, wall time):
-    for a published run's README, never for the summary, which DVC hashes."""
+def run_lines(devices: list[str], commit: str, cpu: str | None = None) -> list[str]:
+    """Facts of one run that a bit-identical rerun need not share (device threads, CPU, commit): for a
+    published run's README, never for the summary, which DVC hashes."""
     return [f"- **device**: {'; '.join(devices) or 'unknown'}.", f"- **CPU**: {cpu or cpu_description()}.",
-            f"- **commit**: {commit}.", *time_lines(times, wall_seconds)]
+            f"- **commit**: {commit}."]
 
 
 def provenance_lines(source: dict, settings: dict) -> list[str]:

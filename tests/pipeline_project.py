@@ -118,6 +118,24 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def stages_of(root: Path) -> dict[str, object]:
+    """DVC's parsed stages of the project at `root`, by name (`train@baseline-0`)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
+def declared_params(stage) -> set[str]:
+    """The params.yaml entries (keys or sections) a stage declares under `params`."""
+    return {key for dep in stage.deps if type(dep).__name__ == "ParamsDependency" for key in dep.params}
+
+
+def covers(entry: str, key: str) -> bool:
+    """A declared entry (a key, or a section) covers the key itself and every key under it."""
+    return key == entry or key.startswith(f"{entry}.")
+
+
 def stale_stages(project: Path) -> set[str]:
     """Stages whose own dependencies changed (`dvc status`); not yet their downstream.
 

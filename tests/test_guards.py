@@ -7,19 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
-from dvc.repo import Repo
 
 from tests.import_closure import import_closure
-from tests.pipeline_project import PARAMS_TRACE, stale_stages
+from tests.pipeline_project import PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
 WHOLE_FILE = "check_params"
-
-
-def stages_of(root: Path) -> dict[str, object]:
-    with Repo(str(root)) as repo:
-        return {stage.name: stage for stage in repo.index.stages}
 
 
 def command_module(cmd: str) -> tuple[str, list[str]]:
@@ -40,14 +34,6 @@ def code_dep_problems(name: str, cmd: str, declared: set[str], root: Path = ROOT
 
 def declared_deps(stage) -> set[str]:
     return {dep.def_path for dep in stage.deps if type(dep).__name__ == "Dependency"}
-
-
-def declared_params(stage) -> set[str]:
-    return {key for dep in stage.deps if type(dep).__name__ == "ParamsDependency" for key in dep.params}
-
-
-def covers(entry: str, key: str) -> bool:
-    return key == entry or key.startswith(f"{entry}.")
 
 
 def params_problems(name: str, declared: set[str], read: set[str]) -> list[str]:

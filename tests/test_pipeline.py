@@ -7,9 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, dag_edges, downstream_closure, dvc,
-                                    ran_stages, set_param, stale_stages)
-from tests.test_guards import covers, declared_params, stages_of
+from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, covers, dag_edges, declared_params,
+                                    downstream_closure, dvc, ran_stages, set_param, stages_of, stale_stages)
 
 
 @pytest.fixture
