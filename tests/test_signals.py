@@ -63,16 +63,18 @@ def test_stopped_is_a_keyboard_interrupt_with_the_shells_exit_code():
 
 
 SWEEP = """
-import io, subprocess, sys
+import io, subprocess, sys, threading
 from pathlib import Path
 from robust_cifar.signals import Stopped, signal_of, stop_on_signals
 from robust_cifar.sweep import grid
 from robust_cifar.sweep.local import Progress, plan_slots, run_pool
 stop_on_signals()
+saying = threading.Lock()   # two workers print at once: one whole line each, never interleaved
 
 def job(experiment, index, log):   # an experiment that takes a minute, in the sweep's process group
     child = subprocess.Popen(["sleep", "60"])
-    print(experiment.name, child.pid, flush=True)
+    with saying:
+        print(experiment.name, child.pid, flush=True)
     child.wait()
 
 try:

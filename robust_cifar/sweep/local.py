@@ -162,9 +162,11 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
 
     threads = [threading.Thread(target=worker, args=(index,), daemon=True, name=f"sweep-{slots[index].label}")
                for index in range(min(len(slots), len(experiments)))]
-    for thread in threads:
-        thread.start()
     try:
+        # started inside the try: a signal while the threads start (its handler runs in this thread) must
+        # stop the experiments the first ones already began, not leave them running
+        for thread in threads:
+            thread.start()
         for thread in threads:
             while thread.is_alive():       # a join with a timeout lets Ctrl-C reach the main thread
                 thread.join(0.5)
@@ -174,7 +176,8 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
         stopping.set()
         pass_on(signal_of(stopped))
         for thread in threads:
-            thread.join(STOP_WAIT_SECONDS)
+            if thread.ident is not None:   # started
+                thread.join(STOP_WAIT_SECONDS)
         raise
     return [outcomes[experiment.name] for experiment in experiments]
 
