@@ -21,9 +21,9 @@ from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, b
 from robust_cifar.perturb import apply_perturbations, draw_perturbations
 from robust_cifar.step_graphs import GraphedSteps, StepFn, keep_learning_rate_tensor, tensor_learning_rate
 
-# What ReduceLROnPlateau watches: the mean training loss of the epoch, or (as the original
-# notebook did) the loss of its last batch.
-SCHEDULE_SIGNALS = ("epoch_mean", "last_batch")
+# What ReduceLROnPlateau watches: the mean training loss of the epoch, (as the original notebook did)
+# the loss of its last batch, or the clean validation loss (then validation runs every epoch).
+SCHEDULE_SIGNALS = ("epoch_mean", "last_batch", "validation")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class TrainConfig:
     lr_schedule_on: str
     val_every: int
     # Methods trained on perturbations also validate perturbed (FGM against the model): the dearest
-    # part of validation, so it has its own cadence. Neither cadence changes the trained model.
+    # part of validation, so it has its own cadence. Neither cadence changes the trained model (the
+    # validation schedule signal computes the clean validation loss, alone, in every other epoch).
     perturbed_val_every: int = 1
 
     @classmethod
@@ -84,20 +85,23 @@ def epoch_batches(setup: TrainingSetup, labels: torch.Tensor, generator: torch.G
 
 def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, val: SplitTensors,
              perturbed_val: Optional[Callable[[object], BatchTransform]], progress: bool = False,
-             clean: bool = True) -> dict[str, float]:
-    """Validation loss and accuracy in the method's own terms (when `clean`), and perturbed accuracy
-    for methods trained on perturbations (when `perturbed_val` is given: their attack aimed at the
-    model's own decision)."""
+             clean: bool = True, loss_only: bool = False) -> dict[str, float]:
+    """Validation loss and accuracy in the method's own terms (when `clean`; the loss alone when
+    `loss_only`, which needs no training embeddings), and perturbed accuracy for methods trained on
+    perturbations (when `perturbed_val` is given: their attack aimed at the model's own decision)."""
     objective, batch_size = setup.method.objective, setup.eval_batch_size
+    row = {}
+    if clean or loss_only:
+        embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size,
+                                                progress=progress and "validate")
+        row["val_loss"] = objective.validation_loss(embeddings, logits, val.labels, setup.seed)
+    if not clean and perturbed_val is None:
+        return row
     train_embeddings = (embed_and_classify(model, train.images, setup.compute, batch_size)[0]
                         if objective.needs_train_embeddings else None)
     reference = objective.reference(train_embeddings, train.labels, setup.num_classes)
-    row = {}
     if clean:
-        embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size,
-                                                progress=progress and "validate")
-        row = {"val_loss": objective.validation_loss(embeddings, logits, val.labels, setup.seed),
-               "val_acc": accuracy(objective.predict(embeddings, logits, reference), val.labels)}
+        row["val_acc"] = accuracy(objective.predict(embeddings, logits, reference), val.labels)
     if perturbed_val is not None:
         transform = perturbed_val(objective.score_fn(model, reference))
         embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size, transform=transform,
@@ -162,16 +166,18 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         train_loss = (loss_sum / seen).item()   # the one host sync of the epoch
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": tracker.value(train.labels, seen).item(),
                "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
-        scheduler.step(train_loss if config.lr_schedule_on == "epoch_mean" else loss.item())
-        if graphed:
-            keep_learning_rate_tensor(optimizer)
         clean_now = config.validates(epoch)
         perturbed_now = perturbed_val is not None and config.validates_perturbed(epoch)
-        if clean_now or perturbed_now:
+        loss_now = config.lr_schedule_on == "validation"
+        if clean_now or perturbed_now or loss_now:
             started = time.perf_counter()
             row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
-                                clean=clean_now))
+                                clean=clean_now, loss_only=loss_now))
             row["val_seconds"] = time.perf_counter() - started
+        scheduler.step({"epoch_mean": train_loss, "last_batch": loss.item(),
+                        "validation": row.get("val_loss")}[config.lr_schedule_on])
+        if graphed:
+            keep_learning_rate_tensor(optimizer)
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

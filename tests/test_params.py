@@ -85,7 +85,7 @@ BAD_VALUES = [
     ("train.epochs", True, TrainConfig.from_params, "whole number"),
     ("train.lr", -1, TrainConfig.from_params, "number"),
     ("train.lr", float("nan"), TrainConfig.from_params, "number"),
-    ("train.lr_schedule_on", "loss", TrainConfig.from_params, "epoch_mean or last_batch"),
+    ("train.lr_schedule_on", "loss", TrainConfig.from_params, "epoch_mean or last_batch or validation"),
     ("train.perturbed_val_every", 0, TrainConfig.from_params, "whole number"),
     ("baseline.batch_size", 0, lambda p: build_method("baseline", p), "whole number"),
     ("compute.device", "tpu", ComputeConfig.from_params, "cpu, cuda or cuda:N"),

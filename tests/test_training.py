@@ -221,6 +221,22 @@ def test_the_scheduler_can_watch_the_last_batch_loss_as_the_notebook_did(monkeyp
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
 
 
+def test_the_scheduler_can_watch_the_validation_loss_which_then_runs_every_epoch(monkeypatch):
+    # the training loss keeps falling while the validation loss stays flat
+    constant_loss(monkeypatch, (10.0 - step for step in range(100)))
+    monkeypatch.setattr(CrossEntropyHead, "validation_loss", lambda self, embeddings, logits, labels, seed: 1.0)
+    history, _ = run("baseline", width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+                     lr_schedule_on="validation", val_every=100)
+    # the loss alone in every epoch, val_every notwithstanding; the accuracy at the last
+    assert all(row["val_loss"] == 1.0 for row in history)
+    assert ["val_acc" in row for row in history] == [False] * 7 + [True]
+    assert [row["lr"] for row in history] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025])
+    history, _ = run("baseline", width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+                     lr_schedule_on="epoch_mean", val_every=100)
+    assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
+    assert ["val_loss" in row for row in history] == [False] * 7 + [True]
+
+
 def test_angular_adversarial_trains_on_perturbed_balanced_batches_and_reports_perturbed_accuracy(monkeypatch):
     seen = []
     record_loss_calls(monkeypatch, AngularEmbedding, lambda labels: seen.append(Counter(labels.tolist())))
