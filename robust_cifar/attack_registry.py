@@ -39,7 +39,7 @@ TEMPERATURES = Rule(lambda v: isinstance(v, list) and 0 < len(v) <= 10 and all(
 @dataclass(frozen=True)
 class AttackSpec:
     aims_at: str
-    about: str                                   # one line: what it does (README, summary)
+    about: str                                   # one line: what it does (summary; docs/robustness.md)
     settings: dict[str, Rule] = field(default_factory=dict)   # its own keys under attack.<name>, beside `at`
     at_most: tuple[str, ...] = ()                # gates: never more accurate than these, on what it aims at
     iterative: bool = True                       # gate: accuracy never rises with eps (a single step may

@@ -3,7 +3,7 @@
 Each of these changes the bits of a result, so each is a param (`compute.device`, `compute.threads`,
 `compute.fast`) that the stages it affects depend on, never a property of whichever machine runs the
 stage: a value the machine cannot honour is refused (in check_params, before DVC deletes an output),
-not quietly replaced (README "What is bit-identical").
+not quietly replaced (docs/reproducibility.md "What is bit-identical").
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 runs `dvc exp run -n quick-<date> -S preset=quick -S model.width=8 ...`: every method, every stage,
 five seeds, on the real images, in about 24 minutes on a 2-core CPU with bf16 units (`cpu`: the write-up's
-data scale, three seeds, longer; README "The study on a CPU"). The experiment is an ordinary
+data scale, three seeds, longer; docs/speed.md "The study on a CPU"). The experiment is an ordinary
 one (`dvc exp show` lists it with its `preset` column; `dvc exp apply` / `branch` work), and its
 outputs land in the workspace. Before DVC sees anything, every override is checked as the
 check_params stage would check it, on this machine, and so is the `--publish` folder; a failed run
@@ -64,10 +64,10 @@ PRESETS: dict[str, dict[str, object]] = {
     "cpu": {                          # the write-up's data in about an hour: 1,000 training images per class,
         "preset": "cpu",              # the whole test set, three seeds, a model four times the quick one
         **ON_A_CPU,
-        "model.width": 16,                # 1/16 of the standard ResNet18's FLOPs (README: the width x epochs table)
+        "model.width": 16,                # 1/16 of the standard ResNet18's FLOPs (docs/speed.md: the width x epochs table)
         "train.epochs": 12,
         "train.lr_schedule_on": "validation",   # the plateau on the validation loss lowers the lr when the model
-        "train.val_every": 5,             # starts to overfit (epochs 6-10), not never in 20 (README: the table)
+        "train.val_every": 5,             # starts to overfit (epochs 6-10), not never in 20 (docs/speed.md: the table)
         "train.perturbed_val_every": 5,
         "split.val_per_class": 100,       # 1,000 validation images, not 40,000: the loss the schedule watches
         "seeds.train": [0, 1, 2],
@@ -105,7 +105,7 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
         data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
     experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # dvc.yaml as the target: without one, `dvc exp run` deletes the outputs it recorded of stages the new
-    # params drop before check_params can refuse anything (README "Working with experiments")
+    # params drop before check_params can refuse anything (docs/experiments.md "Working with experiments")
     return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name, machine), *data, "dvc.yaml"]
 
 

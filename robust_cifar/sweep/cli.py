@@ -270,7 +270,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
                  f"{time.monotonic() - start:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
                  + ("" if pulled else "; `dvc exp pull` failed, see above"))
     if len(failed) < len(outcomes) and pulled:
-        progress.say("sweep: compare them with `dvc exp show` (README: Working with experiments)")
+        progress.say("sweep: compare them with `dvc exp show` (docs/experiments.md: Working with experiments)")
     return 0 if not failed and pulled else 1
 
 
