@@ -14,6 +14,9 @@ KINDS = ("jitter", "noise", "fgm")  # perturbation kinds, in the order they are 
 CONDITIONS = ("clean", "perturbed", "transfer")
 SINGLE_PERTURBATION_SPLIT = "test"
 DECISIONS = {"head": "head", "knn": "3-NN"}   # how a model classifies: its 10-way head, a 3-NN on its embedding
+# The method every other is compared with (the verdict) and whose models, of the same seed, give every model
+# the same "transfer" inputs; check_params refuses a `methods` list without it.
+REFERENCE_METHOD = "baseline"
 
 
 def conditions_for(split: str) -> tuple[str, ...]:

@@ -8,10 +8,9 @@ import numpy as np
 from tabulate import tabulate
 
 from robust_cifar.attack_registry import ATTACKS, eps_key, eps_of
-from robust_cifar.conditions import CONDITIONS, DECISIONS, KINDS, SPLITS
+from robust_cifar.conditions import CONDITIONS, DECISIONS, KINDS, REFERENCE_METHOD, SPLITS
 from robust_cifar.replicates import bootstrap_difference, paired_difference, verdict
 
-BASELINE = "baseline"
 # Test accuracy (clean, perturbed) reported by the write-up, with the decision rule it used.
 WRITE_UP = {"baseline": ("head", 70.93, 46.56), "adversarial": ("head", 68.46, 51.92), "angular": ("knn", 73.23, 52.07)}
 NOT_APPLICABLE = "n/a"
@@ -181,9 +180,9 @@ def compare_with_baseline(per_seed: dict[str, dict[int, dict]], correct: dict[st
     whether the method's own decision was right.
     """
     comparisons = []
-    baseline_seeds = per_seed[BASELINE]
+    baseline_seeds = per_seed[REFERENCE_METHOD]
     for method, seeds in per_seed.items():
-        if method == BASELINE:
+        if method == REFERENCE_METHOD:
             continue
         paired = sorted(set(seeds) & set(baseline_seeds))
         decision = own_decision(seeds[paired[0]])
@@ -191,12 +190,12 @@ def compare_with_baseline(per_seed: dict[str, dict[int, dict]], correct: dict[st
         def accuracies(name, rule, condition):
             return [per_seed[name][seed]["test"][condition][rule] for seed in paired]
 
-        perturbed = paired_difference(accuracies(method, decision, "perturbed"), accuracies(BASELINE, "head", "perturbed"))
+        perturbed = paired_difference(accuracies(method, decision, "perturbed"), accuracies(REFERENCE_METHOD, "head", "perturbed"))
         robust = paired_difference([per_seed[method][seed]["robustness"]["robust"][decision] for seed in paired],
-                                   [per_seed[BASELINE][seed]["robustness"]["robust"]["head"] for seed in paired])
-        clean = paired_difference(accuracies(method, decision, "clean"), accuracies(BASELINE, "head", "clean"))
+                                   [per_seed[REFERENCE_METHOD][seed]["robustness"]["robust"]["head"] for seed in paired])
+        clean = paired_difference(accuracies(method, decision, "clean"), accuracies(REFERENCE_METHOD, "head", "clean"))
         mean, low, high = bootstrap_difference(np.stack([correct[method][seed]["perturbed"] for seed in paired]),
-                                               np.stack([correct[BASELINE][seed]["perturbed"] for seed in paired]))
+                                               np.stack([correct[REFERENCE_METHOD][seed]["perturbed"] for seed in paired]))
         label = f"{method} ({DECISIONS[decision]})"
         comparisons.append(Comparison(method, decision, verdict(label, perturbed, clean, robust), {
             "method": label, "seeds": len(paired),

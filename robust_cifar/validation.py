@@ -11,6 +11,7 @@ from pathlib import Path
 
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data import DataConfig, check_archive_file
+from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method, known
 from robust_cifar.model import ModelConfig
@@ -74,6 +75,9 @@ def validate_params(params: Params) -> None:
     RobustnessConfig.from_params(params)
     UmapConfig.from_params(params)
     listed = [known(name) for name in params.method_names()]
+    if REFERENCE_METHOD not in listed:
+        raise ParamsError(f"{params.source}: `methods` = {listed} lacks {REFERENCE_METHOD!r}, the method every other is "
+                          f"compared with and attacked through (transfer): add it to the list")
     # a registered method's section is checked even when the method is not listed, so a typo there
     # is caught before the method is switched back on
     for name in dict.fromkeys(listed + [name for name in REGISTRY if params.has(name)]):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
-from robust_cifar.conditions import SPLITS, conditions_for
+from robust_cifar.conditions import REFERENCE_METHOD, SPLITS, conditions_for
 from robust_cifar.inference import embed_and_classify, show_progress
 from robust_cifar.methods import build_method
 from robust_cifar.model import ModelConfig, load_model
@@ -35,8 +35,8 @@ def main(argv: list[str]) -> None:
     expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
     model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
     # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one
-    transfer_source = (None if name == paths.TRANSFER_SOURCE else compute.prepare(
-        load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device, **expected)[0]))
+    transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
+        load_model(paths.model(REFERENCE_METHOD, seed), compute.device, **expected)[0]))
     images = {name: torch.from_numpy(split.images).to(compute.device) for name, split in splits.items()}
     # float32 embeddings (and logits) per image and condition, and the labels: refused now if they cannot fit
     per_image = 4 * (model_config.embedding_dim + (len(class_names) if method.has_head else 0))

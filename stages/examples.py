@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from robust_cifar.compute import Compute
+from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.figures import perturbation_examples
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import save_figure
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> None:
     model_config = ModelConfig.from_params(params)
     plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
-    model, _ = load_model(paths.model(paths.TRANSFER_SOURCE, params.seed("figures")), compute.device,
+    model, _ = load_model(paths.model(REFERENCE_METHOD, params.seed("figures")), compute.device,
                           expect=model_config, num_classes=len(class_names))
     shown = pick_examples(plan.gates, splits["test"].labels, SHOWN)
 

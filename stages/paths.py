@@ -14,7 +14,6 @@ SPLIT = Path("data/split/indices.npz")
 PLAN = Path("data/perturb/plan.npz")
 PARAMS_CHECKED = Path("data/params/checked.txt")
 DOWNLOADS = Path(".cache/downloads")
-TRANSFER_SOURCE = "baseline"   # the model whose FGM gives every model the same "transfer" inputs
 
 _METHOD = r"[a-z][a-z0-9_]*"
 

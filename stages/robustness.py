@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
+from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.embeddings import load_embeddings
 from robust_cifar.methods import build_method
 from robust_cifar.model import ModelConfig, load_model
@@ -39,8 +40,8 @@ def main(argv: list[str]) -> None:
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
     model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
-    transfer_source = (None if name == paths.TRANSFER_SOURCE else compute.prepare(
-        load_model(paths.model(paths.TRANSFER_SOURCE, seed), compute.device, **expected)[0]))
+    transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
+        load_model(paths.model(REFERENCE_METHOD, seed), compute.device, **expected)[0]))
     arrays = load_embeddings(paths.embeddings(name, seed), f"embed@{run}", num_classes=model.config["num_classes"],
                              embedding_dim=model.config["embedding_dim"])
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(compute.device)

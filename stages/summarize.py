@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
                 for method in methods}
     correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"eval@{method}-{seed}")
                         for seed in seeds} for method in methods}
-    comparisons = compare_with_baseline(per_seed, correct) if "baseline" in methods else []
+    comparisons = compare_with_baseline(per_seed, correct)
     gates = {method: gate_failures(metrics) for method, metrics in all_metrics.items()}
     report = markdown_report(all_metrics, comparisons, gates, [*provenance, RUN_FACTS_ELSEWHERE],
                              comparable_with_write_up=run_settings["preset"] == FULL)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
+from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.model import load_model
 from robust_cifar.npz import load_npz
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
@@ -95,8 +96,8 @@ def check_run(method: str, seed: int, device: torch.device, iterations: int = IT
     x = torch.from_numpy(splits["test"].images[chosen]).float().div(255).to(device)
     y = torch.from_numpy(splits["test"].labels[chosen]).long().to(device)
     model = load_model(paths.model(method, seed), device)[0].float().eval()
-    baseline = (None if method == paths.TRANSFER_SOURCE else
-                load_model(paths.model(paths.TRANSFER_SOURCE, seed), device)[0].float().eval())
+    baseline = (None if method == REFERENCE_METHOD else
+                load_model(paths.model(REFERENCE_METHOD, seed), device)[0].float().eval())
     arrays = load_npz(paths.embeddings(method, seed), f"embed@{method}-{seed}")
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(device)
     fit_labels = torch.from_numpy(arrays["train.labels"]).long().to(device)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from robust_cifar.compute import ComputeConfig
+from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.data import DataConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method
@@ -178,6 +179,15 @@ def test_an_unknown_method_lists_the_known_ones(raw):
     message = str(error.value)
     assert "'robust'" in message
     assert all(name in message for name in REGISTRY)
+
+
+def test_methods_without_the_reference_method_are_refused_in_one_line(raw):
+    with pytest.raises(ParamsError) as error:
+        validate_params(params_with(raw, "methods", [name for name in REGISTRY if name != REFERENCE_METHOD]))
+    message = str(error.value)
+    assert f"lacks {REFERENCE_METHOD!r}" in message and "\n" not in message
+    assert REFERENCE_METHOD in REGISTRY
+    validate_params(params_with(raw, "methods", [REFERENCE_METHOD]))   # the reference alone is a study
 
 
 def test_an_unlisted_method_section_is_still_checked(raw):
