@@ -2,7 +2,6 @@
 the tensor learning rate the scheduler must keep, the fixed-shape perturbation of adversarial
 batches, and the perturbation generator a graph must know. The capture and replay
 themselves need a GPU: tests/test_step_graphs_cuda.py (run by the device script)."""
-import dataclasses
 
 import pytest
 import torch
@@ -12,10 +11,8 @@ from robust_cifar.angular_loss import angular_loss
 from robust_cifar.compute import Compute
 from robust_cifar.model import CifarResNet18
 from robust_cifar.step_graphs import keep_learning_rate_tensor, register_generators
-from robust_cifar.training import TrainingSetup, make_optimizer, uses_cuda_graphs
+from robust_cifar.training import make_optimizer
 from tests.test_training import CLASSES, TRAIN, config, make_method
-
-METHODS = ["baseline", "adversarial", "angular", "angular_adversarial"]
 
 
 def balanced_batch(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,14 +87,6 @@ def test_the_fused_tensor_lr_update_trains_as_plain_sgd():
         models.append(model)
     for eager, fused in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("graphs", [True, False])
-def test_every_method_is_graphed_when_the_param_says_so(method, graphs):
-    setup = TrainingSetup(method=make_method(method), train=config(), seed=0, num_classes=CLASSES, eval_batch_size=64,
-                          compute=dataclasses.replace(Compute.create("cpu", fast=False), cuda_graphs=graphs))
-    assert uses_cuda_graphs(setup) is graphs
 
 
 @pytest.mark.parametrize("method", ["adversarial", "angular_adversarial"])
