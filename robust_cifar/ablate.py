@@ -26,7 +26,7 @@ from robust_cifar.data import CifarArrays, read_archive
 from robust_cifar.inference import embed_and_classify
 from robust_cifar.methods import build_method
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import Params, load_params
+from robust_cifar.params import Params, load_params, set_dotted
 from robust_cifar.splits import SplitConfig, stratified_split
 from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
 
@@ -60,11 +60,7 @@ def reencode_jpeg(images: np.ndarray, quality: int = 75) -> np.ndarray:
 def with_changes(raw: dict, changes: dict) -> Params:
     edited = copy.deepcopy(raw)
     for key, value in changes.items():
-        *parents, last = key.split(".")
-        node = edited
-        for part in parents:
-            node = node[part]
-        node[last] = value
+        set_dotted(edited, key, value)
     return Params(edited)
 
 

@@ -152,6 +152,19 @@ class Params:
         path.write_text(json.dumps(sorted(self.read | earlier)))
 
 
+def get_dotted(tree: dict, key: str) -> Any:
+    """The value at a dotted key (`train.lr`) of a nested mapping."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def set_dotted(tree: dict, key: str, value) -> None:
+    """Set the value at a dotted key of a nested mapping, in place (its parents must exist)."""
+    parent, _, last = key.rpartition(".")
+    (get_dotted(tree, parent) if parent else tree)[last] = value
+
+
 def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
     """Dotted keys of every value that is not a mapping (an empty mapping counts as a leaf)."""
     keys = []

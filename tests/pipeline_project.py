@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from robust_cifar.params import set_dotted
 from tests import archives
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,20 +93,12 @@ def dvc(project: Path, *args: str, check: bool = True, env: dict[str, str] | Non
     return run(project, sys.executable, "-m", "dvc", *args, check=check, env=env)
 
 
-def set_param(params: dict, dotted: str, value) -> None:
-    node = params
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node[part]
-    node[last] = value
-
-
 def create_tiny_project(destination: Path) -> Path:
     shutil.copytree(ROOT, destination, ignore=NOT_COPIED)
     archives.write_official_archive(destination / "tiny.tar.gz", train_per_class=20, test_per_class=6)
     params = yaml.safe_load((destination / "params.yaml").read_text())
     for key, value in TINY_PARAMS.items():
-        set_param(params, key, value)
+        set_dotted(params, key, value)
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (destination / ".gitignore").write_text((destination / ".gitignore").read_text() + f"/{PARAMS_TRACE}/\n")
     run(destination, "git", "init", "-q")

@@ -18,8 +18,9 @@ import yaml
 
 from robust_cifar.errors import DiskFullError
 from robust_cifar.npz import save_npz
+from robust_cifar.params import set_dotted
 
-from tests.pipeline_project import dvc, dvc_env, set_param
+from tests.pipeline_project import dvc, dvc_env
 
 OUTPUT_FOLDERS = ("data", "models", "reports")
 
@@ -55,10 +56,7 @@ BAD_PARAMS = [
 def test_a_bad_param_is_refused_before_dvc_removes_any_output(project, key, value, words):
     before = snapshot(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    parent = params
-    for part in key.split(".")[:-1]:
-        parent = parent[part]
-    parent[key.split(".")[-1]] = value
+    set_dotted(params, key, value)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = dvc(project, "repro", check=False)
     assert result.returncode != 0
@@ -155,7 +153,7 @@ def ignore_sigint():
                          ids=["ctrl-c", "ctrl-c-under-exp-run", "term", "hup"])
 def test_a_stopped_stage_is_one_line_exit_128_plus_signal_and_writes_nothing(project, signum, inherited_ignore):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    set_param(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
+    set_dotted(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     model = project / "models/baseline-0.pt"
     before, log_before = model.read_bytes(), snapshot(project)

@@ -13,7 +13,7 @@ from robust_cifar.data import DataConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import BOOLEAN, Params, leaf_keys, load_params
+from robust_cifar.params import BOOLEAN, Params, get_dotted, leaf_keys, load_params, set_dotted
 from robust_cifar.perturb import PerturbSettings, fgm_eps_from_params
 from robust_cifar.projection import UmapConfig
 from robust_cifar.scoring import knn_k
@@ -32,11 +32,7 @@ def raw():
 
 def params_with(raw: dict, key: str, value) -> Params:
     edited = copy.deepcopy(raw)
-    *parents, last = key.split(".")
-    node = edited
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    set_dotted(edited, key, value)
     return Params(edited)
 
 
@@ -142,11 +138,8 @@ def test_bad_value_names_key_value_and_what_is_allowed(raw, key, value, accessor
 ])
 def test_missing_key_is_named(raw, key, accessor):
     edited = copy.deepcopy(raw)
-    *parents, last = key.split(".")
-    node = edited
-    for part in parents:
-        node = node[part]
-    del node[last]
+    parent, _, last = key.rpartition(".")
+    del get_dotted(edited, parent)[last]
     with pytest.raises(ParamsError, match=rf"`{key}` is missing") as error:
         accessor(Params(edited))
     assert "params.yaml" in str(error.value)
@@ -179,6 +172,16 @@ def test_an_unknown_method_lists_the_known_ones(raw):
     message = str(error.value)
     assert "'robust'" in message
     assert all(name in message for name in REGISTRY)
+
+
+def test_dotted_keys_reach_into_nested_mappings_and_the_top_level():
+    tree = {"train": {"lr": 0.01, "schedule": {"factor": 0.05}}, "methods": ["baseline"]}
+    set_dotted(tree, "train.schedule.factor", 0.5)
+    set_dotted(tree, "methods", ["baseline", "angular"])
+    assert tree == {"train": {"lr": 0.01, "schedule": {"factor": 0.5}}, "methods": ["baseline", "angular"]}
+    assert get_dotted(tree, "train.schedule") == {"factor": 0.5} and get_dotted(tree, "train.lr") == 0.01
+    with pytest.raises(KeyError):
+        set_dotted(tree, "model.width", 8)   # a parent that is not there
 
 
 def test_methods_without_the_reference_method_are_refused_in_one_line(raw):
@@ -223,14 +226,8 @@ def test_every_eps_is_set_in_units_of_1_over_255_and_read_in_pixels(raw):
 ])
 def test_an_old_spelling_is_refused_with_the_new_key_and_value(raw, key, value, words):
     """An old pixel-unit eps must never be read as 1/255 (0.025/255 would be no attack at all)."""
-    edited = copy.deepcopy(raw)
-    *parents, last = key.split(".")
-    node = edited
-    for part in parents:
-        node = node[part]
-    node[last] = value
     with pytest.raises(ParamsError) as error:
-        validate_params(Params(edited))
+        validate_params(params_with(raw, key, value))
     assert words in str(error.value)
 
 

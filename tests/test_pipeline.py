@@ -7,8 +7,9 @@ import shutil
 import pytest
 import yaml
 
+from robust_cifar.params import get_dotted, set_dotted
 from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, covers, dag_edges, declared_params,
-                                    downstream_closure, dvc, ran_stages, set_param, stages_of, stale_stages)
+                                    downstream_closure, dvc, ran_stages, stages_of, stale_stages)
 
 
 @pytest.fixture
@@ -176,10 +177,7 @@ def test_every_param_makes_exactly_its_stages_stale(project):
     try:
         for key in EXPECTED_CLOSURE:
             changed = yaml.safe_load(original)
-            node = changed
-            for part in key.split(".")[:-1]:
-                node = node[part]
-            set_param(changed, key, edited(node[key.split(".")[-1]]))
+            set_dotted(changed, key, edited(get_dotted(changed, key)))
             params_path.write_text(yaml.safe_dump(changed, sort_keys=False))
             direct = stale_stages(project) - {"check_params"}
             assert direct == DIRECT[key], key

@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from robust_cifar.params import Params
+from robust_cifar.params import Params, set_dotted
 from robust_cifar import preset
 from robust_cifar.preset import PRESETS, command, main, overrides, publish
 from robust_cifar.provenance import time_lines
@@ -19,12 +19,8 @@ def test_every_preset_sets_known_keys_to_valid_values(name):
     edited = copy.deepcopy(raw)
     for argument in overrides(name)[1::2]:
         key, text = argument.split("=", 1)
-        node = edited
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        assert last in node, f"{key} is not a params.yaml key"
-        node[last] = yaml.safe_load(text)
+        assert Params(edited).has(key), f"{key} is not a params.yaml key"
+        set_dotted(edited, key, yaml.safe_load(text))
     validate_params(Params(edited))   # the check_params stage would accept the experiment
     assert edited["preset"] == name
     assert len(edited["seeds"]["train"]) >= 2   # so the spread shows
