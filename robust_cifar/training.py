@@ -21,6 +21,11 @@ from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, b
 from robust_cifar.perturb import apply_perturbations, draw_perturbations
 from robust_cifar.step_graphs import GraphedSteps, StepFn, keep_learning_rate_tensor, tensor_learning_rate
 
+# The perturbed validation draws its perturbations from the training seed plus this, apart from the
+# training batches' draws (the seed itself). A constant, not a param: it changes the validation curve only,
+# never the trained model.
+PERTURBED_VAL_SEED_OFFSET = 1
+
 # What ReduceLROnPlateau watches: the mean training loss of the epoch, (as the original notebook did)
 # the loss of its last batch, or the clean validation loss (then validation runs every epoch).
 SCHEDULE_SIGNALS = ("epoch_mean", "last_batch", "validation")
@@ -117,7 +122,7 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
 def perturbed_val_transform(setup: TrainingSetup, n_images: int, image_shape) -> Callable[[object], BatchTransform]:
     """One fixed draw for the whole run (seeded), so the per-epoch curve compares like with like."""
     settings = setup.method.training_perturbation
-    generator = torch.Generator(device=setup.compute.device).manual_seed(setup.seed + 1)
+    generator = torch.Generator(device=setup.compute.device).manual_seed(setup.seed + PERTURBED_VAL_SEED_OFFSET)
     draw = draw_perturbations(n_images, image_shape, settings, generator, setup.compute.device)
 
     def with_score(score_fn) -> BatchTransform:
