@@ -10,8 +10,8 @@ import difflib
 from pathlib import Path
 
 from robust_cifar.compute import ComputeConfig
-from robust_cifar.data import DataConfig, check_archive_file
 from robust_cifar.conditions import REFERENCE_METHOD
+from robust_cifar.data import DataConfig, check_archive_file
 from robust_cifar.errors import ParamsError
 from robust_cifar.methods import REGISTRY, build_method, known
 from robust_cifar.model import ModelConfig
