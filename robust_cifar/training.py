@@ -27,7 +27,7 @@ from robust_cifar.step_graphs import GraphedSteps, StepFn, keep_learning_rate_te
 PERTURBED_VAL_SEED_OFFSET = 1
 
 # What ReduceLROnPlateau watches: the mean training loss of the epoch, (as the original notebook did)
-# the loss of its last batch, or the clean validation loss (then validation runs every epoch).
+# the loss of its last batch, or the clean validation loss (then computed, alone, in every epoch).
 SCHEDULE_SIGNALS = ("epoch_mean", "last_batch", "validation")
 
 
@@ -179,8 +179,8 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
             row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
                                 clean=clean_now, loss_only=loss_now))
             row["val_seconds"] = time.perf_counter() - started
-        scheduler.step({"epoch_mean": train_loss, "last_batch": loss.item(),
-                        "validation": row.get("val_loss")}[config.lr_schedule_on])
+        scheduler.step(row["val_loss"] if loss_now else loss.item() if config.lr_schedule_on == "last_batch"
+                       else train_loss)   # the last batch's loss is read from the device only when it is watched
         if graphed:
             keep_learning_rate_tensor(optimizer)
         history.append(row)
