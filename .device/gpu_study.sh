@@ -5,7 +5,7 @@
 #      CPU, a UMAP fit warms the numba cache the umap stages read;
 #   2. the benchmark: each method's training img/s (graphed and eager), evaluation, FGM, 3-NN, MFU;
 #   3. the default study through dvc on the real JPEG images, JOBS stages at a time
-#      (python -m robust_cifar.concurrent_repro): one seed, then seeds 1 and 2 added.
+#      (python -m tools.concurrent_repro): one seed, then seeds 1 and 2 added.
 # Everything it reports lands in $OUT (at most 8 files come back): gpu.txt, tests.txt, bench.txt,
 # times.txt, study.log.gz, results-one-seed.tar.gz and results.tar.gz (reports, per-stage wall times
 # and logs, dvc.lock, params.yaml).
@@ -57,7 +57,7 @@ mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" 
 # NN-descent path of the stages' 10,000, and few enough that the fit itself is quick)
 WARM_UMAP='
 import numpy as np
-from robust_cifar.projection import fit_umap
+from robust_cifar.reporting.umap_plot import fit_umap
 rng = np.random.default_rng(0)
 points = (rng.normal(size=(10, 128))[np.arange(5_000) % 10] + rng.normal(scale=0.5, size=(5_000, 128))).astype(np.float32)
 fit_umap(points, 15, 0.1, seed=0).transform(points[:500])'
@@ -82,7 +82,7 @@ wait "$WARMING"   # before the bench: its numbers must not share the CPU
 tee -a "$OUT/tests.txt" < /tmp/umap_warm.txt
 
 echo "== 2. benchmark ($(left) s left)"
-timeout 150 python -m robust_cifar.bench ${BENCH_ARGS:---seconds 2 --skip reference umap} "${NO_GRAPHS[@]}" 2>&1 \
+timeout 150 python -m tools.bench ${BENCH_ARGS:---seconds 2 --skip reference umap} "${NO_GRAPHS[@]}" 2>&1 \
   | tee "$OUT/bench.txt"
 
 echo "== 3. the study through dvc ($(left) s left)"
@@ -97,7 +97,7 @@ run_study() {   # name, seeds: the pipeline through dvc, JOBS stages at a time, 
   [ "$limit" -gt 30 ] || { echo "$1: skipped, $(left) s left" | tee -a "$OUT/times.txt"; return 1; }
   echo "== $1" >> "$OUT/study.log"
   # SIGINT first: each running stage stops with its one line and keeps what it finished
-  timeout -s INT -k 20 "$limit" python -m robust_cifar.concurrent_repro --jobs "$JOBS" -S "seeds.train=$2" \
+  timeout -s INT -k 20 "$limit" python -m tools.concurrent_repro --jobs "$JOBS" -S "seeds.train=$2" \
     "${DATA[@]}" "${EXTRA[@]}" >> "$OUT/study.log" 2>&1
   local rc=$?
   echo "$1 (seeds.train=$2, $JOBS stages at a time): exit $rc, $((SECONDS - started)) s wall" | tee -a "$OUT/times.txt"

@@ -66,7 +66,7 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"compute.device = {name!r} but this machine has no CUDA GPU: the full study is a GPU "
-                              "job; on a CPU run the quick preset (`python -m robust_cifar.preset quick`) or set "
+                              "job; on a CPU run the quick preset (`python -m tools.preset quick`) or set "
                               "`-S compute.device=cpu -S compute.fast=false`")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(f"compute.device = {name!r} but only {torch.cuda.device_count()} GPU(s) are visible")
@@ -84,7 +84,7 @@ def bf16_supported(device: torch.device) -> bool:
 class Compute:
     device: torch.device
     mixed_precision: bool   # bf16 autocast and channels_last
-    cuda_graphs: bool = False   # training steps of fixed shape replayed as CUDA graphs (robust_cifar/step_graphs.py)
+    cuda_graphs: bool = False   # training steps of fixed shape replayed as CUDA graphs (robust_cifar/training/step_graphs.py)
 
     @classmethod
     def create(cls, device: str = "auto", fast: bool = True, deterministic: bool = False,

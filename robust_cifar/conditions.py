@@ -1,6 +1,6 @@
 """The names that evaluation results are filed under: splits, perturbation kinds and conditions.
 
-A leaf module (no torch), so the stages that only read results (eval, umap, summarize) stay light.
+A leaf module (no torch), so the stages that only read results (evaluate, umap_plot, summarize) stay light.
 
 Conditions (all from the same seeded plan, so every model sees the same jitter and noise):
 - clean;

@@ -4,8 +4,8 @@ import shutil
 
 from robust_cifar.outputs import atomic_path, write_json
 from robust_cifar.params import load_params
-from robust_cifar.replicates import aggregate
-from robust_cifar.results import read_runs
+from robust_cifar.reporting.aggregate import aggregate
+from robust_cifar.reporting.results import read_runs
 from robust_cifar.stage import run_stage
 from stages import paths
 

@@ -6,10 +6,10 @@ deleted. That includes what only this machine can say is wrong: a device it does
 without bf16 units, a local archive that is missing or not the one its md5 names. The file's
 content never changes, so a valid edit reruns only the stages that read it.
 """
+from robust_cifar.check_params import check_on_this_machine
 from robust_cifar.outputs import write_text
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
-from robust_cifar.validation import check_on_this_machine
 from stages import paths
 
 

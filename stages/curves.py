@@ -2,9 +2,9 @@
 -> reports/training_curves.png"""
 from pathlib import Path
 
-from robust_cifar.curves import read_training_curves, training_curves
 from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
+from robust_cifar.reporting.curves import read_training_curves, training_curves
 from robust_cifar.stage import run_stage
 from stages import paths
 

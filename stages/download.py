@@ -2,7 +2,7 @@
 and where the images came from -> data/raw/source.json"""
 from pathlib import Path
 
-from robust_cifar.data import OFFICIAL_MD5, DataConfig, download, md5_of, read_archive, save_arrays
+from robust_cifar.data.download import OFFICIAL_MD5, DataConfig, download, md5_of, read_archive, save_arrays
 from robust_cifar.outputs import write_json
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage

@@ -1,11 +1,11 @@
-"""eval@<method>-<seed>: head and 3-NN accuracy on train / val / test, clean and perturbed
+"""evaluate@<method>-<seed>: head and 3-NN accuracy on train / val / test, clean and perturbed
 -> reports/seeds/<method>/<seed>.json, and the test predictions of the method's own decision
 -> reports/seeds/<method>/<seed>.csv"""
 from robust_cifar.compute import Compute
-from robust_cifar.embeddings import load_embeddings
+from robust_cifar.evaluation.embeddings import load_embeddings
+from robust_cifar.evaluation.evaluate import has_head, knn_k, score_embeddings
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
-from robust_cifar.scoring import has_head, knn_k, score_embeddings
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
                                                 predictions[f"test.perturbed.{decision}"])]
     write_csv(paths.seed_predictions(method, seed), rows)
     test = metrics["test"]
-    print(f"eval@{run}: test clean / perturbed / transfer "
+    print(f"evaluate@{run}: test clean / perturbed / transfer "
           + " | ".join(f"{kind} {test['clean'][kind]:.4f} / {test['perturbed'][kind]:.4f} / {test['transfer'][kind]:.4f}"
                        for kind in test["clean"]))
 

@@ -2,10 +2,10 @@
 for train / val / test -> data/perturb/plan.npz. FGM's gradient is taken later, per model."""
 import numpy as np
 
+from robust_cifar.conditions import KINDS
 from robust_cifar.npz import load_npz
 from robust_cifar.params import load_params
-from robust_cifar.conditions import KINDS
-from robust_cifar.perturb import PerturbSettings, make_plan, save_plans
+from robust_cifar.perturbations.perturb import PerturbSettings, make_plan, save_plans
 from robust_cifar.stage import run_stage
 from stages import paths
 

@@ -1,13 +1,12 @@
 """summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
 -> reports/summary.md, reports/summary.json and reports/accuracy.png"""
-from robust_cifar.figures import accuracy_bars
-from robust_cifar.robustness_figure import robustness_curves
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
-from robust_cifar.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings
-from robust_cifar.results import read_correct, read_json, read_metrics, read_runs
+from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
+from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings
+from robust_cifar.reporting.results import read_correct, read_json, read_metrics, read_runs
 from robust_cifar.stage import run_stage
-from robust_cifar.summary import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
+from robust_cifar.reporting.summarize import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
                                   robust_rows, single_perturbation_rows)
 from stages import paths
 
@@ -20,7 +19,7 @@ def main(argv: list[str]) -> None:
     all_metrics = {method: read_metrics(paths.metrics(method), f"aggregate@{method}") for method in methods}
     per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
                 for method in methods}
-    correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"eval@{method}-{seed}")
+    correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"evaluate@{method}-{seed}")
                         for seed in seeds} for method in methods}
     comparisons = compare_with_baseline(per_seed, correct)
     gates = {method: gate_failures(metrics) for method, metrics in all_metrics.items()}

@@ -3,14 +3,14 @@ reports/training/<method>-<seed>/ (dvclive: per-epoch plots and the final metric
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
-from robust_cifar.live_log import EpochLog
-from robust_cifar.methods import build_method
+from robust_cifar.data.split import load_splits
 from robust_cifar.model import ModelConfig, save_model
 from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
-from robust_cifar.splits import load_splits
 from robust_cifar.stage import run_stage
-from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
+from robust_cifar.training.live_log import EpochLog
+from robust_cifar.training.methods import build_method
+from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from stages import paths
 
 

@@ -1,4 +1,4 @@
-"""umap@<method>: UMAP of the embeddings of the `seeds.figures` model (fit on its clean training embeddings),
+"""umap_plot@<method>: UMAP of the embeddings of the `seeds.figures` model (fit on its clean training embeddings),
 train / val / test x clean / perturbed -> reports/umap/<method>.png"""
 import time
 
@@ -6,10 +6,10 @@ import numpy as np
 from tqdm import tqdm
 
 from robust_cifar.conditions import SPLITS
-from robust_cifar.embeddings import load_embeddings
+from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
-from robust_cifar.projection import PANEL_CONDITIONS, UmapConfig, draw_grid, fit_umap, sample_indices
+from robust_cifar.reporting.umap_plot import PANEL_CONDITIONS, UmapConfig, draw_grid, fit_umap, sample_indices
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     shown = {split: sample_indices(len(arrays[f"{split}.labels"]), config.plot_samples, rng) for split in SPLITS}
     # one bar over the fit and every panel's transform, counted in points: a rough ETA
     with tqdm(total=len(fitted) + len(PANEL_CONDITIONS) * sum(map(len, shown.values())), unit="pt",
-              unit_scale=True, desc=f"umap@{method}") as bar:
+              unit_scale=True, desc=f"umap_plot@{method}") as bar:
         bar.set_postfix_str(f"fit on {len(fitted)} clean training embeddings")
         reducer = fit_umap(train[fitted], config.n_neighbors, config.min_dist, seed)
         bar.update(len(fitted))
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
                        f"{method} (seed {model_seed}): UMAP of the normalized embeddings, "
                        f"fit on {len(fitted)} clean training images")
     save_figure(figure, paths.umap_figure(method))
-    print(f"umap@{method}: {time.perf_counter() - started:.1f} s -> {paths.umap_figure(method)}")
+    print(f"umap_plot@{method}: {time.perf_counter() - started:.1f} s -> {paths.umap_figure(method)}")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,25 @@ from tests import archives
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a fresh clone holds that the pipeline needs; outputs, caches and environments stay behind.
-NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".cache", "__pycache__",
-                                    ".pytest_cache", "dvc.lock", "cache", "tmp", "*.pyc", ".whl", "tests")
+# DVC's outputs and the local environment at the top level only (robust_cifar/data/ is code), and
+# what no copy needs at any depth
+TOP_LEVEL_NOT_COPIED = {".venv", ".git", "data", "models", "reports", ".cache", ".pytest_cache", "dvc.lock", ".whl",
+                        "tests"}
+ANYWHERE_NOT_COPIED = shutil.ignore_patterns("__pycache__", "cache", "tmp", "*.pyc")
+
+
+def not_copied(source: Path):
+    """The `ignore` of shutil.copytree for a copy of the project at `source`."""
+    def ignored(folder: str, names: list[str]) -> set[str]:
+        top = TOP_LEVEL_NOT_COPIED & set(names) if Path(folder) == source else set()
+        return top | ANYWHERE_NOT_COPIED(folder, names)
+    return ignored
 
 METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
 SEED = 0   # the tiny project trains one seed per method; tests/test_pipeline.py adds a second
 ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "curves", "examples"} | {
-    f"{stage}@{method}-{SEED}" for stage in ("train", "embed", "eval", "robustness") for method in METHODS} | {
-    f"{stage}@{method}" for stage in ("aggregate", "umap") for method in METHODS}
+    f"{stage}@{method}-{SEED}" for stage in ("train", "embed", "evaluate", "robustness") for method in METHODS} | {
+    f"{stage}@{method}" for stage in ("aggregate", "umap_plot") for method in METHODS}
 
 TINY_PARAMS = {
     "data.archive": "tiny.tar.gz",
@@ -94,7 +105,7 @@ def dvc(project: Path, *args: str, check: bool = True, env: dict[str, str] | Non
 
 
 def create_tiny_project(destination: Path) -> Path:
-    shutil.copytree(ROOT, destination, ignore=NOT_COPIED)
+    shutil.copytree(ROOT, destination, ignore=not_copied(ROOT))
     archives.write_official_archive(destination / "tiny.tar.gz", train_per_class=20, test_per_class=6)
     params = yaml.safe_load((destination / "params.yaml").read_text())
     for key, value in TINY_PARAMS.items():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_cifar.angular_loss import angular_loss
+from robust_cifar.training.angular_loss import angular_loss
 
 ALPHAS = [30.0, 40.0, 45.0, 50.0]
 

@@ -1,11 +1,11 @@
-"""APGD (robust_cifar.apgd) against the reference implementation of its authors (pyautoattack, the
+"""APGD (robust_cifar.evaluation.apgd) against the reference implementation of its authors (pyautoattack, the
 packaged fra31/auto-attack, installed for the tests only), and against PGD on a trained toy model."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_cifar.apgd import apgd, apgd_run, apgd_start, cross_entropy, dlr, target_classes, targeted_dlr
-from robust_cifar.attacks import pgd
+from robust_cifar.evaluation.apgd import apgd, apgd_run, apgd_start, cross_entropy, dlr, target_classes, targeted_dlr
+from robust_cifar.evaluation.attacks import pgd
 from tests.test_attacks import EPS, NUM_CLASSES, toy  # noqa: F401 (toy is a fixture)
 from tests.toys import seeded
 

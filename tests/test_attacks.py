@@ -1,15 +1,15 @@
-"""FGM, PGD, the soft k-NN score and the guide-sample attack (robust_cifar.attacks), every registered
-attack's candidates (robust_cifar.robust_accuracy.RUNS), all aimed away from the true label."""
+"""FGM, PGD, the soft k-NN score and the guide-sample attack (robust_cifar.evaluation.attacks), every registered
+attack's candidates (robust_cifar.evaluation.robustness.RUNS), all aimed away from the true label."""
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_cifar.attack_registry import ATTACKS
-from robust_cifar.attacks import choose_guides, fgm_step, guide_sample_attack, pgd, soft_knn_score
-from robust_cifar.knn import knn_predict
-from robust_cifar.robust_accuracy import RUNS, Victim
+from robust_cifar.evaluation.attack_registry import ATTACKS
+from robust_cifar.evaluation.attacks import choose_guides, fgm_step, guide_sample_attack, pgd, soft_knn_score
+from robust_cifar.evaluation.knn import knn_predict
+from robust_cifar.evaluation.robustness import RUNS, Victim
 from tests.archives import make_images
 from tests.toys import TinyEmbedder, fit, seeded
 

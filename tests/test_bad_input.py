@@ -119,7 +119,7 @@ DAMAGE = [
     ("missing metrics", lambda p: (p / "reports/metrics/adversarial.json").unlink(), ("stages.summarize",),
      "reports/metrics/adversarial.json not found", "dvc repro aggregate@adversarial"),
     ("truncated seed metrics", lambda p: truncate(p / "reports/seeds/angular/0.json"), ("stages.aggregate", "angular"),
-     "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f -s eval@angular-0"),
+     "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f -s evaluate@angular-0"),
 ]
 
 

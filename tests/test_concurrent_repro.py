@@ -1,4 +1,4 @@
-"""robust_cifar.concurrent_repro: the schedule (unit tests with stand-in commands) and one real tiny pipeline."""
+"""tools.concurrent_repro: the schedule (unit tests with stand-in commands) and one real tiny pipeline."""
 from __future__ import annotations
 
 import json
@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from robust_cifar import concurrent_repro
-from robust_cifar.concurrent_repro import plan_from_graph, run, set_params
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped
-from tests.pipeline_project import NOT_COPIED, ROOT, dvc, run as run_command, stale_stages
+from tests.pipeline_project import ROOT, dvc, not_copied, run as run_command, stale_stages
+from tools import concurrent_repro
+from tools.concurrent_repro import plan_from_graph, run, set_params
 
 # a diamond with a tail: a -> (b, c) -> d, and e independent of everything
 GRAPH = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"b", "c"}, "e": set()}
@@ -219,23 +219,23 @@ def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reprodu
     """Two methods of the tiny pipeline, two stages at a time: every run's outputs have the bytes
     of the sequential `dvc repro` (the shared fixture), and DVC sees nothing left to do."""
     project = tmp_path / "project"
-    shutil.copytree(reproduced_project, project, ignore=NOT_COPIED)
+    shutil.copytree(reproduced_project, project, ignore=not_copied(reproduced_project))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["methods"] = ["baseline", "angular_adversarial"]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run_command(project, *command)
 
-    result = run_command(project, sys.executable, "-m", "robust_cifar.concurrent_repro", "--jobs", "2")
+    result = run_command(project, sys.executable, "-m", "tools.concurrent_repro", "--jobs", "2")
     assert result.stdout.splitlines()[0].startswith("19 of 19 stages to run, 2 at a time"), result.stdout
     assert stale_stages(project) == set()
     sequential = yaml.safe_load((reproduced_project / "dvc.lock").read_text())
     concurrent = yaml.safe_load((project / "dvc.lock").read_text())
     for method in params["methods"]:
-        for stage in ("train", "embed", "eval", "robustness"):
+        for stage in ("train", "embed", "evaluate", "robustness"):
             name = f"{stage}@{method}-0"
             assert outs(concurrent, name) == outs(sequential, name), name
-    again = run_command(project, sys.executable, "-m", "robust_cifar.concurrent_repro")
+    again = run_command(project, sys.executable, "-m", "tools.concurrent_repro")
     assert again.stdout.strip() == "every stage is up to date"
     assert dvc(project, "status").returncode == 0
 

@@ -1,8 +1,8 @@
-"""The independent check (python -m tests.crosscheck) on the reproduced tiny project."""
+"""The independent check (python -m tools.crosscheck) on the reproduced tiny project."""
 import pytest
 
-from tests import crosscheck
 from tests.pipeline_project import METHODS
+from tools import crosscheck
 
 pytest.importorskip("pyautoattack")
 

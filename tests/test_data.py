@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robust_cifar import data
-from robust_cifar.data import ArchiveError, CifarArrays
+from robust_cifar.data import download as data
+from robust_cifar.data.download import ArchiveError, CifarArrays
 from robust_cifar.errors import InputError
 from tests import archives
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_cifar.angular_loss import angular_loss
 from robust_cifar.compute import Compute
 from robust_cifar.deterministic import last_occurrence, write_rows
-from robust_cifar.methods import Method
-from robust_cifar.methods.batches import BalancedBatches
-from robust_cifar.methods.objectives import AngularEmbedding, class_means
 from robust_cifar.model import CifarResNet18
-from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
+from robust_cifar.training.angular_loss import angular_loss
+from robust_cifar.training.methods import Method
+from robust_cifar.training.methods.batches import BalancedBatches
+from robust_cifar.training.methods.objectives import AngularEmbedding, class_means
+from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
 
 REPEATS = 20

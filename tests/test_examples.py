@@ -1,7 +1,7 @@
 """reports/examples.png: which test images it shows, and how its difference panel is labelled."""
 import numpy as np
 
-from robust_cifar.figures import perturbation_examples
+from robust_cifar.reporting.examples import perturbation_examples
 from stages.examples import pick_examples
 
 

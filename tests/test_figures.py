@@ -1,4 +1,4 @@
-"""The training curves: the offline PNG (robust_cifar/curves.py) and the dvc plots templates that draw
+"""The training curves: the offline PNG (robust_cifar/reporting/curves.py) and the dvc plots templates that draw
 the same curves in `dvc plots show` (.dvc/plots/)."""
 import json
 from pathlib import Path
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-from robust_cifar.colours import METHOD_COLOURS
-from robust_cifar.curves import (LR, LR_WIDTHS, PANELS, TRAIN_LOSS, loss_kind, read_training_curves,
+from robust_cifar.reporting.colours import METHOD_COLOURS
+from robust_cifar.reporting.curves import (LR, LR_WIDTHS, PANELS, TRAIN_LOSS, loss_kind, read_training_curves,
                                  training_curves)
-from robust_cifar.live_log import LOGGED
+from robust_cifar.training.live_log import LOGGED
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / ".dvc" / "plots"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.import_closure import import_closure
 from tests.pipeline_project import PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
+from tools.import_closure import import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
@@ -49,16 +49,16 @@ def params_problems(name: str, declared: set[str], read: set[str]) -> list[str]:
 def test_every_stage_lists_exactly_its_import_closure():
     problems = [problem for name, stage in stages_of(ROOT).items()
                 for problem in code_dep_problems(name, stage.cmd, declared_deps(stage))]
-    assert not problems, "\n".join(problems + ["fix: python -m tests.sync_code_deps"])
+    assert not problems, "\n".join(problems + ["fix: python -m tools.sync_code_deps"])
 
 
 def test_the_code_guard_names_a_deleted_and_a_stale_dep():
     stage = stages_of(ROOT)["train@angular-0"]
     deps = declared_deps(stage)
-    assert code_dep_problems("train@angular-0", stage.cmd, deps - {"robust_cifar/sampling.py"}) == [
-        "train@angular-0: imports robust_cifar/sampling.py but does not list it in deps"]
-    assert code_dep_problems("train@angular-0", stage.cmd, deps | {"robust_cifar/knn.py"}) == [
-        "train@angular-0: lists robust_cifar/knn.py in deps but does not import it"]
+    assert code_dep_problems("train@angular-0", stage.cmd, deps - {"robust_cifar/training/sampling.py"}) == [
+        "train@angular-0: imports robust_cifar/training/sampling.py but does not list it in deps"]
+    assert code_dep_problems("train@angular-0", stage.cmd, deps | {"robust_cifar/evaluation/knn.py"}) == [
+        "train@angular-0: lists robust_cifar/evaluation/knn.py in deps but does not import it"]
 
 
 def test_light_stages_do_not_import_torch():
@@ -102,14 +102,15 @@ METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
 
 
 @pytest.mark.parametrize("module, stale", [
-    ("robust_cifar/knn.py", {f"{stage}@{method}-0" for stage in ("eval", "robustness") for method in METHODS}),
-    ("robust_cifar/attacks.py", {f"robustness@{method}-0" for method in METHODS}),
-    ("robust_cifar/live_log.py", {f"train@{method}-0" for method in METHODS}),
-    ("robust_cifar/replicates.py", {f"aggregate@{method}" for method in METHODS} | {"summarize"}),
-    ("robust_cifar/figures.py", {"summarize", "examples"}),
-    ("robust_cifar/splits.py", {"split", "examples", *(f"{stage}@{method}-0" for stage in ("train", "embed", "robustness")
+    ("robust_cifar/evaluation/knn.py", {f"{stage}@{method}-0" for stage in ("evaluate", "robustness") for method in METHODS}),
+    ("robust_cifar/evaluation/attacks.py", {f"robustness@{method}-0" for method in METHODS}),
+    ("robust_cifar/training/live_log.py", {f"train@{method}-0" for method in METHODS}),
+    ("robust_cifar/reporting/aggregate.py", {f"aggregate@{method}" for method in METHODS} | {"summarize"}),
+    ("robust_cifar/reporting/examples.py", {"examples"}),
+    ("robust_cifar/reporting/figures.py", {"summarize"}),
+    ("robust_cifar/data/split.py", {"split", "examples", *(f"{stage}@{method}-0" for stage in ("train", "embed", "robustness")
                                                        for method in METHODS)}),
-    ("robust_cifar/bench.py", set()),
+    ("tools/bench.py", set()),
 ])
 def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(reproduced_project, module, stale):
     path = reproduced_project / module

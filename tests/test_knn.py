@@ -2,7 +2,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from robust_cifar.knn import knn_accuracy, knn_predict
+from robust_cifar.evaluation.knn import knn_accuracy, knn_predict
 
 
 def spread_data(n, dim=5, n_classes=4, seed=0, label_offset=0):

@@ -7,19 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robust_cifar.check_params import validate_params
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.conditions import REFERENCE_METHOD
-from robust_cifar.data import DataConfig
+from robust_cifar.data.download import DataConfig
+from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError
-from robust_cifar.methods import REGISTRY, build_method
+from robust_cifar.evaluation.evaluate import knn_k
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import BOOLEAN, Params, get_dotted, leaf_keys, load_params, set_dotted
-from robust_cifar.perturb import PerturbSettings, fgm_eps_from_params
-from robust_cifar.projection import UmapConfig
-from robust_cifar.scoring import knn_k
-from robust_cifar.splits import SplitConfig
-from robust_cifar.training import TrainConfig
-from robust_cifar.validation import validate_params
+from robust_cifar.perturbations.perturb import PerturbSettings, fgm_eps_from_params
+from robust_cifar.reporting.umap_plot import UmapConfig
+from robust_cifar.training.methods import REGISTRY, build_method
+from robust_cifar.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robust_cifar.perturb import (
+from robust_cifar.perturbations.perturb import (
     KINDS,
     NOISE_BLOCK,
     PerturbDraw,

@@ -17,7 +17,7 @@ def project(reproduced_project):
     return reproduced_project
 
 
-RUN_STAGES = ("train", "embed", "eval", "robustness")   # one per method and seed; the others are one per method
+RUN_STAGES = ("train", "embed", "evaluate", "robustness")   # one per method and seed; the others are one per method
 
 
 def methods(stage: str, *names: str) -> tuple[str, ...]:
@@ -28,15 +28,15 @@ def methods(stage: str, *names: str) -> tuple[str, ...]:
 # For every key in params.yaml, the stages whose own dependencies it is (dvc status after the
 # edit; check_params, which depends on the whole file, comes on top); the test adds everything
 # downstream from the DAG and compares with EXPECTED_CLOSURE.
-EVALUATION = (set(methods("embed")) | set(methods("eval")) | set(methods("robustness")) | set(methods("aggregate"))
-              | set(methods("umap")) | {"summarize", "examples"})
+EVALUATION = (set(methods("embed")) | set(methods("evaluate")) | set(methods("robustness")) | set(methods("aggregate"))
+              | set(methods("umap_plot")) | {"summarize", "examples"})
 EVERYTHING_FROM_TRAINING = set(methods("train")) | EVALUATION | {"curves"}
 
 
 def chain(method: str, first: str = "train") -> set[str]:
-    stages = ("train", "embed", "eval", "robustness", "aggregate")
+    stages = ("train", "embed", "evaluate", "robustness", "aggregate")
     # curves draws every run's training logs
-    return ({methods(stage, method)[0] for stage in stages[stages.index(first):]} | {f"umap@{method}", "summarize"}
+    return ({methods(stage, method)[0] for stage in stages[stages.index(first):]} | {f"umap_plot@{method}", "summarize"}
             | ({"curves"} if first == "train" else set()))
 
 
@@ -61,8 +61,8 @@ DIRECT = {
     # summarize reports the preset, the model, the epochs and the split in its provenance
     "preset": {"summarize"},
     **{f"split.{key}": {"split", "summarize"} for key in ("train_fraction", "val_per_class", "test_per_class")},
-    "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap")),
-    "seeds.figures": set(methods("umap")) | set(methods("aggregate")) | {"curves", "examples"},
+    "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap_plot")),
+    "seeds.figures": set(methods("umap_plot")) | set(methods("aggregate")) | {"curves", "examples"},
     # the model stages also check each checkpoint they load against these
     **{f"model.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
        | {"summarize", "examples"} for key in ("width", "embedding_dim", "dropout")},
@@ -71,7 +71,7 @@ DIRECT = {
        ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_schedule_on", "val_every",
         "perturbed_val_every")},
     # the device and the CPU threads change the bits of every stage that computes with torch
-    **{f"compute.{key}": (set(methods("train")) | set(methods("embed")) | set(methods("eval"))
+    **{f"compute.{key}": (set(methods("train")) | set(methods("embed")) | set(methods("evaluate"))
                           | set(methods("robustness")) | {"examples"}) for key in ("device", "threads")},
     **{f"compute.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
        for key in ("fast", "eval_batch_size", "deterministic", "cuda_graphs")},
@@ -86,8 +86,8 @@ DIRECT = {
        for key in ("alpha", "per_class", "attack_temperature")},
     **{f"angular_adversarial.perturb.{key}": own_section("angular_adversarial")
        for key in PERTURBATION_KEYS + ("fgm.eps_255",)},
-    "knn.k": set(methods("eval")) | set(methods("robustness")),
-    **{f"umap.{key}": set(methods("umap")) for key in ("fit_samples", "plot_samples", "n_neighbors", "min_dist")},
+    "knn.k": set(methods("evaluate")) | set(methods("robustness")),
+    **{f"umap.{key}": set(methods("umap_plot")) for key in ("fit_samples", "plot_samples", "n_neighbors", "min_dist")},
 }
 
 # The narrowness promises, spelled out: what each edit reruns in full.
@@ -101,10 +101,10 @@ EXPECTED_CLOSURE = {
     "perturb.p": {"perturb"} | EVALUATION,
     "train.lr": EVERYTHING_FROM_TRAINING,
     "baseline.batch_size": EVERYTHING_FROM_TRAINING - set(methods("train", *(m for m in METHODS if m != "baseline"))),
-    "knn.k": set(methods("eval")) | set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
+    "knn.k": set(methods("evaluate")) | set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
     "attack.pgd.steps": set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
     "attack.eps_255": set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
-    "umap.min_dist": set(methods("umap")),
+    "umap.min_dist": set(methods("umap_plot")),
     "seeds.plan": {"perturb"} | EVALUATION,
     "data.archive": ALL_STAGES - {"check_params"},
 }

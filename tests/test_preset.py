@@ -4,13 +4,13 @@ import json
 import pytest
 import yaml
 
-from robust_cifar.params import Params, set_dotted
-from robust_cifar import preset
-from robust_cifar.preset import PRESETS, command, main, overrides, publish
-from robust_cifar.provenance import time_lines
+from robust_cifar.check_params import validate_params
 from robust_cifar.machine import cpu_description
-from robust_cifar.validation import validate_params
+from robust_cifar.params import Params, set_dotted
+from robust_cifar.reporting.provenance import time_lines
 from tests.test_params import PARAMS
+from tools import preset
+from tools.preset import PRESETS, command, main, overrides, publish
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -104,12 +104,12 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (tmp_path / ".cache" / "timing").mkdir(parents=True)
     for stage, seconds in (("train-baseline-0", 30.0), ("train-baseline-1", 40.2), ("embed-baseline-0", 5.0)):
         (tmp_path / ".cache" / "timing" / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": seconds}))
-    copied = publish(tmp_path / "results" / "quick-cpu", "python -m robust_cifar.preset quick", wall_seconds=634.8)
+    copied = publish(tmp_path / "results" / "quick-cpu", "python -m tools.preset quick", wall_seconds=634.8)
     assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
     assert names == ["metrics/baseline.json", "summary.json", "summary.md", "umap/baseline.png"]
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
-    assert "python -m robust_cifar.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
+    assert "python -m tools.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
     assert "**wall time of the command**: 10.6 min" in readme
     # the time budget per stage kind, and what DVC and the stages' start-up took beside them
     assert "| train | 2 | 70 s | 30-40 s |" in readme and "| embed | 1 | 5 s | 5-5 s |" in readme

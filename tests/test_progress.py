@@ -3,10 +3,10 @@ import pytest
 import torch
 from tqdm.auto import tqdm
 
-import robust_cifar.inference as inference
-import robust_cifar.training as training
 from robust_cifar.compute import Compute
+import robust_cifar.evaluation.inference as inference
 from robust_cifar.model import CifarResNet18
+import robust_cifar.training.train as training
 from tests.test_training import CLASSES, VAL, make_method, split
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from robust_cifar.projection import draw_grid, sample_indices
+from robust_cifar.reporting.umap_plot import draw_grid, sample_indices
 
 
 def test_grid_has_a_panel_per_split_and_condition_with_every_class_in_the_legend():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from robust_cifar.replicates import (aggregate, bootstrap_difference, leaves, nest, paired_difference, t_quantile,
+from robust_cifar.reporting.aggregate import (aggregate, bootstrap_difference, leaves, nest, paired_difference, t_quantile,
                                      verdict)
 
 

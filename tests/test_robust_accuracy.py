@@ -1,4 +1,4 @@
-"""Robust accuracy (robust_cifar.robust_accuracy): the definition, the bookkeeping, the config, the
+"""Robust accuracy (robust_cifar.evaluation.robustness): the definition, the bookkeeping, the config, the
 sanity gates and the figure."""
 import matplotlib.colors
 import numpy as np
@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from robust_cifar.attack_registry import ATTACKS, PlannedAttack, eps_key
-from robust_cifar.colours import METHOD_COLOURS
 from robust_cifar.compute import Compute
 from robust_cifar.errors import ParamsError
-from robust_cifar.robustness_figure import left_after_each_attack, robustness_curves
+from robust_cifar.evaluation.attack_registry import ATTACKS, PlannedAttack, eps_key
+from robust_cifar.evaluation.robustness import RUNS, RobustnessConfig, Victim, robust_accuracy
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import Params
-from robust_cifar.robust_accuracy import RUNS, RobustnessConfig, Victim, robust_accuracy
-from robust_cifar.summary import gate_failures, robust_rows
+from robust_cifar.reporting.colours import METHOD_COLOURS
+from robust_cifar.reporting.figures import left_after_each_attack, robustness_curves
+from robust_cifar.reporting.summarize import gate_failures, robust_rows
 from tests.archives import make_images
 from tests.test_attacks import SETTINGS
 

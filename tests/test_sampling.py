@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from robust_cifar.sampling import balanced_batches, shuffled_batches
+from robust_cifar.training.sampling import balanced_batches, shuffled_batches
 
 
 def unequal_labels():

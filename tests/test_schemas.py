@@ -1,7 +1,7 @@
 """Files of the wrong shape (issue 22, item 5): every file a stage reads is checked against its declared schema,
 and one that does not match is exactly one line naming the file, what is wrong and the command that remakes it.
 
-The valid files are made by the writers themselves (robustness.flatten and embed's arrays, scoring, aggregate,
+The valid files are made by the writers themselves (embed.flatten and the embed stage's arrays, evaluate, aggregate,
 save_model), so a schema that drifted from its writer fails here too."""
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from robust_cifar.conditions import SPLITS, conditions_for
-from robust_cifar.curves import read_training_curves
-from robust_cifar.embeddings import load_embeddings
 from robust_cifar.errors import InputError
+from robust_cifar.evaluation.embed import flatten
+from robust_cifar.evaluation.embeddings import load_embeddings
+from robust_cifar.evaluation.evaluate import score_embeddings
 from robust_cifar.model import CifarResNet18, ModelConfig, load_model, save_model
 from robust_cifar.npz import save_npz
-from robust_cifar.replicates import aggregate
-from robust_cifar.results import read_metrics, read_runs
-from robust_cifar.robustness import flatten
+from robust_cifar.reporting.aggregate import aggregate
+from robust_cifar.reporting.curves import read_training_curves
+from robust_cifar.reporting.results import read_metrics, read_runs
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
-from robust_cifar.scoring import score_embeddings
 
 CLASSES = tuple(f"class{index}" for index in range(10))
 ROWS, DIM = 12, 8
@@ -131,7 +131,7 @@ ROBUSTNESS_REPORT = {"test_images": ROWS, "study_eps_255": 8.0, "clean": {"head"
 
 
 def seed_files(root: Path, seeds=(0, 1), method: str = "baseline") -> tuple[Path, Path]:
-    """eval's metrics (scored by scoring.score_embeddings) and robustness reports, one per seed."""
+    """evaluate's metrics (scored by evaluate.score_embeddings) and robustness reports, one per seed."""
     seeds_folder, robustness_folder = root / "reports/seeds" / method, root / "reports/robustness" / method
     seeds_folder.mkdir(parents=True)
     robustness_folder.mkdir(parents=True)
@@ -157,10 +157,10 @@ def test_the_published_metrics_pass():
 
 
 BAD_REPORTS = [
-    ("eval", "[]", "the file is an empty list, not an object with train, val, test"),
-    ("eval", "{}", "the file has no `train`, `val`, `test`"),
-    ("eval", '{"train": {}, "val": {}, "test": {}}', "`train` has no `clean`, `perturbed`, `transfer`"),
-    ("eval", "3", "the file is `3`, not an object"),
+    ("evaluate", "[]", "the file is an empty list, not an object with train, val, test"),
+    ("evaluate", "{}", "the file has no `train`, `val`, `test`"),
+    ("evaluate", '{"train": {}, "val": {}, "test": {}}', "`train` has no `clean`, `perturbed`, `transfer`"),
+    ("evaluate", "3", "the file is `3`, not an object"),
     ("robustness", "[]", "the file is an empty list, not an object with test_images, study_eps_255, clean"),
     ("robustness", "{}", "the file has no `test_images`, `study_eps_255`, `clean` and 2 more keys"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"head": "0.5"}}), "`robust` has no `knn`"),
@@ -172,7 +172,7 @@ BAD_REPORTS = [
 @pytest.mark.parametrize("stage, text, words", BAD_REPORTS, ids=[f"{stage} {text[:30]}" for stage, text, _ in BAD_REPORTS])
 def test_a_per_seed_report_of_the_wrong_shape_is_one_line(tmp_path, stage, text, words):
     seeds_folder, robustness_folder = seed_files(tmp_path)
-    path = (seeds_folder if stage == "eval" else robustness_folder) / "1.json"
+    path = (seeds_folder if stage == "evaluate" else robustness_folder) / "1.json"
     path.write_text(text)
     with pytest.raises(InputError) as error:
         read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")

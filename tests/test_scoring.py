@@ -6,9 +6,9 @@ import torch
 
 from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for
 from robust_cifar.errors import ParamsError
-from robust_cifar.scoring import score_embeddings
-from robust_cifar.replicates import aggregate
-from robust_cifar.summary import NOT_APPLICABLE, compare_with_baseline, markdown_report
+from robust_cifar.evaluation.evaluate import score_embeddings
+from robust_cifar.reporting.aggregate import aggregate
+from robust_cifar.reporting.summarize import NOT_APPLICABLE, compare_with_baseline, markdown_report
 
 CPU = torch.device("cpu")
 

@@ -66,8 +66,8 @@ SWEEP = """
 import io, subprocess, sys, threading
 from pathlib import Path
 from robust_cifar.signals import Stopped, signal_of, stop_on_signals
-from robust_cifar.sweep import grid
-from robust_cifar.sweep.local import Progress, plan_slots, run_pool
+from tools.sweep import grid
+from tools.sweep.local import Progress, plan_slots, run_pool
 stop_on_signals()
 saying = threading.Lock()   # two workers print at once: one whole line each, never interleaved
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from robust_cifar.splits import stratified_split, stratified_subset
+from robust_cifar.data.split import stratified_split, stratified_subset
 
 
 def shuffled_labels(counts, seed=0):

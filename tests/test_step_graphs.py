@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_cifar.angular_loss import angular_loss
 from robust_cifar.compute import Compute
 from robust_cifar.model import CifarResNet18
-from robust_cifar.step_graphs import keep_learning_rate_tensor, register_generators
-from robust_cifar.training import make_optimizer
+from robust_cifar.training.angular_loss import angular_loss
+from robust_cifar.training.step_graphs import keep_learning_rate_tensor, register_generators
+from robust_cifar.training.train import make_optimizer
 from tests.test_training import CLASSES, TRAIN, config, make_method
 
 

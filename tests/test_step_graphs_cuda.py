@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import robust_cifar.training as training
 from robust_cifar.compute import Compute
 from robust_cifar.model import CifarResNet18
-from robust_cifar.step_graphs import GraphedSteps
-from robust_cifar.training import SplitTensors, TrainingSetup, make_optimizer, train_model
+from robust_cifar.training.step_graphs import GraphedSteps
+import robust_cifar.training.train as training
+from robust_cifar.training.train import SplitTensors, TrainingSetup, make_optimizer, train_model
 from tests.test_training import CLASSES, TRAIN, VAL, config, make_method
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device script runs it)")

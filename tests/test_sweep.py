@@ -1,10 +1,10 @@
 """Sweeps (robust_cifar/sweep): the grid, the worker pool, and real sweeps of the tiny pipeline.
 
 The end-to-end tests work on a baseline-only copy of the session's reproduced tiny project and
-sweep knn.k, which reruns only cheap stages (eval, summarize). The slow
+sweep knn.k, which reruns only cheap stages (evaluate, summarize). The slow
 ones (pytest -m "not slow" skips them) run the sweep on two local CPU workers and on a local
 multi-node Ray cluster with a Git and a DVC remote in local directories. How much faster two
-workers are is a benchmark, not a test: `python -m tests.bench_sweep`.
+workers are is a benchmark, not a test: `python -m tools.bench_sweep`.
 """
 from __future__ import annotations
 
@@ -24,15 +24,15 @@ import pytest
 import yaml
 from dulwich.refs import check_ref_format
 
-from robust_cifar.sweep import cli, grid, steps
-from robust_cifar.sweep.cli import main
-from robust_cifar.sweep.grid import Experiment, SweepError
-from robust_cifar.sweep.local import Progress, clone_job, plan_slots, run_pool, visible_gpus
 from tests.pipeline_project import ROOT, dvc, dvc_env, run
+from tools.sweep import cli, grid, steps
+from tools.sweep.cli import main
+from tools.sweep.grid import Experiment, SweepError
+from tools.sweep.local import Progress, clone_job, plan_slots, run_pool, visible_gpus
 
-# independent experiments (eval and summarize): none reuses another's stages, run serially or not
+# independent experiments (evaluate and summarize): none reuses another's stages, run serially or not
 GRID = ["-S", "knn.k=1,5,7,9"]
-RAY_GRID = ["-S", "knn.k=1,5"]   # two, on two Ray nodes; tests/bench_sweep.py times the four of GRID
+RAY_GRID = ["-S", "knn.k=1,5"]   # two, on two Ray nodes; tools/bench_sweep.py times the four of GRID
 
 
 # --- the grid ---------------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def sweep_base(reproduced_project, tmp_path_factory) -> Path:
 
 
 def sweep(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "robust_cifar.sweep", *args, check=False, env=env)
+    return run(project, sys.executable, "-m", "tools.sweep", *args, check=False, env=env)
 
 
 def experiments_shown(project: Path) -> dict[str, dict]:
@@ -254,7 +254,7 @@ def out_hashes(data: dict) -> dict[str, str]:
 
 def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path):
     project = copy_project(sweep_base, tmp_path / "project")
-    # knn.k=60 passes check_params and fails in eval, where the 40 training images are known
+    # knn.k=60 passes check_params and fails in evaluate, where the 40 training images are known
     assert sweep(project, "-S", "knn.k=1,0", "--gpus", "none").returncode == 2   # knn.k=0 never gets that far
     result = sweep(project, "-S", "knn.k=1,60,5", "--workers", "2", "--gpus", "none")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -350,7 +350,7 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     cli.warn_unpushed(owner, "")
     assert "not on the DVC remote" not in capsys.readouterr().err
 
-    with_a_broken_one = [RAY_GRID[0], RAY_GRID[1] + ",60"]             # knn.k=60 fails in eval (40 training images)
+    with_a_broken_one = [RAY_GRID[0], RAY_GRID[1] + ",60"]             # knn.k=60 fails in evaluate (40 training images)
     result = sweep(owner, *with_a_broken_one, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
     assert result.returncode == 1, result.stdout + result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
@@ -370,7 +370,7 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
 
 def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
     """Ray's cancel interrupts a task's main thread, where run_in_group stops its `dvc exp run`."""
-    from robust_cifar.sweep import on_ray
+    from tools.sweep import on_ray
 
     cancelled, registered = [], []
 
@@ -393,4 +393,4 @@ def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
         on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, 1.0, None,
                           str(tmp_path), tmp_path, Progress(2, io.StringIO()))
     assert sorted(cancelled) == ["ref-k=1", "ref-k=5"]
-    assert [module.__name__ for module in registered] == ["robust_cifar.sweep.steps"]   # all a node needs
+    assert [module.__name__ for module in registered] == ["tools.sweep.steps"]   # all a node needs

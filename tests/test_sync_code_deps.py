@@ -1,5 +1,5 @@
 """The dvc.yaml code-dep syncer changes exactly the .py entries of the stages whose imports moved."""
-from tests.sync_code_deps import synced
+from tools.sync_code_deps import synced
 
 DVC_YAML = """\
 stages:
@@ -31,8 +31,8 @@ def test_a_moved_import_rewrites_only_that_stages_code_deps():
 
 def test_deps_under_a_foreach_are_synced_and_data_deps_kept():
     text, changed = synced(DVC_YAML, {"train": ["robust_cifar/old.py", "stages/train.py"],
-                                      "umap": ["robust_cifar/colours.py", "stages/umap.py"]})
+                                      "umap": ["robust_cifar/reporting/colours.py", "stages/umap.py"]})
     assert changed == ["umap"]
-    assert "        - data/${item}.npz\n        - robust_cifar/colours.py\n        - stages/umap.py\n      outs:" in text
+    assert "        - data/${item}.npz\n        - robust_cifar/reporting/colours.py\n        - stages/umap.py\n      outs:" in text
     assert text.count("data/raw.npz   # data first") == 1
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from robust_cifar.compute import Compute
-from robust_cifar.methods import Method
-from robust_cifar.methods.batches import BalancedBatches, ShuffledBatches
-from robust_cifar.methods.objectives import AngularEmbedding, CrossEntropyHead
 from robust_cifar.model import CifarResNet18
-from robust_cifar.perturb import PerturbSettings
-from robust_cifar.training import SplitTensors, TrainConfig, TrainingSetup, train_model
+from robust_cifar.perturbations.perturb import PerturbSettings
+from robust_cifar.training.methods import Method
+from robust_cifar.training.methods.batches import BalancedBatches, ShuffledBatches
+from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
+from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "lr", "seconds"}

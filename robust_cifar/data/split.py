@@ -1,0 +1,101 @@
+"""The stratified train / validation split of the official training set, and loading the three splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robust_cifar.data.download import load_arrays
+from robust_cifar.errors import InputError, ParamsError, get_back
+from robust_cifar.npz import load_npz, save_npz
+from robust_cifar.params import OPEN_FRACTION, Params, whole
+
+
+
+PER_CLASS = whole(lambda v: 0 <= v <= 100_000, "0 (all of them) or a whole number of images per class up to 100,000")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train_fraction: float   # of each class of the official training set
+    val_per_class: int      # validation images per class from the rest (0 = all the rest)
+    test_per_class: int     # test images per class from the official test set (0 = all)
+
+    @classmethod
+    def from_params(cls, params: Params) -> "SplitConfig":
+        return cls(train_fraction=params.value("split.train_fraction", OPEN_FRACTION),
+                   val_per_class=params.value("split.val_per_class", PER_CLASS),
+                   test_per_class=params.value("split.test_per_class", PER_CLASS))
+
+
+def stratified_split(labels: np.ndarray, train_fraction: float, seed: int,
+                     val_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a seeded random round(fraction * count) go to train and the rest (or `val_per_class`
+    of the rest) to validation.
+
+    Returns sorted index arrays, so the split is a set (its order carries no randomness).
+    """
+    rng = np.random.default_rng(seed)
+    train_parts, val_parts = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_train = int(round(train_fraction * len(members)))
+        if n_train == 0 or n_train == len(members):
+            raise ParamsError(f"`split.train_fraction` = {train_fraction} leaves class {label} ({len(members)} images) "
+                              "with an empty train or validation part: choose a fraction further from 0 and 1")
+        if val_per_class > len(members) - n_train:
+            raise ParamsError(f"`split.val_per_class` = {val_per_class} is more than the {len(members) - n_train} "
+                              f"images class {label} has left after training: choose at most that, or 0 for all")
+        chosen = rng.permutation(members)
+        train_parts.append(chosen[:n_train])
+        val_parts.append(chosen[n_train:n_train + val_per_class] if val_per_class else chosen[n_train:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def stratified_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of `per_class` seeded random images of every class (all of them for 0)."""
+    if per_class == 0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if per_class > len(members):
+            raise ParamsError(f"`split.test_per_class` = {per_class} is more than the {len(members)} test images of "
+                              f"class {label}: choose at most that, or 0 for all")
+        parts.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(parts))
+
+
+def save_split(train_indices: np.ndarray, val_indices: np.ndarray, test_indices: np.ndarray, path: str | Path) -> None:
+    save_npz(path, {"train": train_indices.astype(np.int64), "val": val_indices.astype(np.int64),
+                    "test": test_indices.astype(np.int64)})
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: np.ndarray   # uint8 (N, 3, 32, 32)
+    labels: np.ndarray   # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str, LabelledImages], tuple[str, ...]]:
+    """train / val / test images and labels, and the class names."""
+    arrays = load_arrays(raw_path)
+    indices = load_npz(split_path, produced_by="split")
+    sizes = {"train": len(arrays.train_labels), "val": len(arrays.train_labels), "test": len(arrays.test_labels)}
+    if set(indices) != set(sizes) or any(
+            index.dtype.kind not in "iu" or index.ndim != 1 or len(index) == 0
+            or index.min() < 0 or index.max() >= sizes[name] for name, index in indices.items()):
+        raise InputError(f"{split_path} does not hold train, validation and test indices into {raw_path}: "
+                         f"{get_back(split_path, 'split')}")
+    train, val, test = indices["train"], indices["val"], indices["test"]
+    splits = {
+        "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),
+        "val": LabelledImages(arrays.train_images[val], arrays.train_labels[val]),
+        "test": LabelledImages(arrays.test_images[test], arrays.test_labels[test]),
+    }
+    return splits, arrays.class_names

@@ -1,0 +1,129 @@
+"""Training curves readable offline: one PNG of every method's per-epoch dvclive logs.
+
+`dvc plots show` draws the same curves interactively, but its page loads Vega from the network;
+reports/training_curves.png needs nothing but an image viewer. The colours are the ones the
+custom templates in .dvc/plots/ give each method, so the two views read alike.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robust_cifar.errors import InputError, get_back  # noqa: E402
+from robust_cifar.reporting.colours import method_colour  # noqa: E402
+from robust_cifar.schema import refuse  # noqa: E402
+
+# Learning rates of different methods often coincide for many epochs: on that panel (as in
+# .dvc/plots/linear_log_y.json) earlier methods draw wider lines underneath, so every colour shows.
+LR_WIDTHS = {"baseline": 4.5, "adversarial": 3.2, "angular": 2.0, "angular_adversarial": 1.0}
+LINE_WIDTH = 1.6
+
+# dvclive metric names (robust_cifar/training/live_log.py LOGGED), stored as plots/metrics/<name>.tsv
+TRAIN_LOSS, TRAIN_ACC, VAL_ACC, VAL_PERTURBED_ACC, LR = ("train/loss", "train/acc", "val/acc",
+                                                         "val/perturbed_acc", "lr")
+METRICS = (TRAIN_LOSS, TRAIN_ACC, "val/loss", VAL_ACC, VAL_PERTURBED_ACC, LR)
+
+Curve = tuple[np.ndarray, np.ndarray]   # (epochs, values)
+
+
+def loss_kind(method: str) -> str:
+    """Which loss a method trains on: the angular methods are the ones named angular*."""
+    return "angular" if method.startswith("angular") else "cross-entropy"
+
+
+# (panel title, metric, y label, which methods: None = all, else a loss kind)
+PANELS = (
+    ("Training loss, cross-entropy methods", TRAIN_LOSS, "mean training cross-entropy", "cross-entropy"),
+    ("Training loss, angular methods", TRAIN_LOSS, "mean training angular loss", "angular"),
+    ("Training accuracy", TRAIN_ACC, "training accuracy", None),
+    ("Clean validation accuracy", VAL_ACC, "validation accuracy", None),
+    ("Perturbed validation accuracy", VAL_PERTURBED_ACC, "perturbed validation accuracy", None),
+    ("Learning rate", LR, "learning rate (log scale)", None),
+)
+
+
+def read_tsv_curve(path: Path, field: str, produced_by: str, output: Path) -> Curve:
+    """dvclive's plots/metrics/<name>.tsv: a header (step, <field>[, timestamp]) and one row per step, whole
+    steps and finite values. Anything else is a one-line InputError: `output` is the training log it belongs to."""
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError, OSError) as error:
+        raise refuse(path, produced_by, f"unreadable: {type(error).__name__}", output) from None
+    if not {"step", field} <= set(columns):
+        raise refuse(path, produced_by, f"no `step` and `{field}` columns", output)
+    if not rows:
+        raise refuse(path, produced_by, "no steps", output)
+    try:
+        steps = np.array([int(row["step"]) for row in rows])
+        values = np.array([float(row[field]) for row in rows])
+    except (TypeError, ValueError):   # a short row reads as None
+        raise refuse(path, produced_by, f"a row without a whole `step` and a number `{field}`", output) from None
+    if steps.min() < 0 or not np.isfinite(values).all():
+        raise refuse(path, produced_by, f"a negative step or a `{field}` that is not finite", output)
+    return steps, values
+
+
+def read_training_curves(directory: str | Path, produced_by: str | None = None) -> dict[str, Curve]:
+    """Every metric of METRICS that one training run logged (perturbed accuracy only for the methods
+    trained on perturbations), keyed by dvclive name; a log with none of them, or a damaged one, is a one-line
+    InputError naming `produced_by` (the training stage of the run the folder is named after, by default)."""
+    directory = Path(directory)
+    produced_by = produced_by or f"train@{directory.name}"
+    base = directory / "plots" / "metrics"
+    curves = {}
+    for name in METRICS:
+        path = base / f"{name}.tsv"
+        if path.is_file():
+            curves[name] = read_tsv_curve(path, name.rsplit("/", 1)[-1], produced_by, directory)
+    if not curves:
+        raise InputError(f"{directory} holds no training curves (no plots/metrics/*.tsv of dvclive): "
+                         f"{get_back(directory, produced_by)}")
+    return curves
+
+
+def training_curves(curves: dict[str, dict[str, Curve]]):
+    """A 2 x 3 grid of per-epoch curves, one colour per method (curves[method][metric] = (epochs, values)).
+
+    The two kinds of loss get separate panels: cross-entropy and the angular loss are not on one scale.
+    """
+    methods = list(curves)
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
+    for axis, (title, metric, y_label, kind) in zip(axes.flat, PANELS):
+        drawn = 0
+        for method in methods:
+            if (kind is not None and loss_kind(method) != kind) or metric not in curves[method]:
+                continue
+            epochs, values = curves[method][metric]
+            width = LR_WIDTHS.get(method, 1.0) if metric == LR else LINE_WIDTH
+            # markers while epochs are few (a single epoch is no line at all); none on the stacked lr lines
+            marker = "o" if len(epochs) == 1 or (len(epochs) <= 30 and metric != LR) else None
+            axis.plot(epochs, values, color=method_colour(method, methods), label=method, linewidth=width,
+                      marker=marker, markersize=width + 2 if metric == LR else 3)
+            drawn += 1
+        if metric == LR:
+            axis.set_yscale("log")
+        if not drawn:
+            axis.text(0.5, 0.5, "no method logged this", ha="center", va="center", transform=axis.transAxes,
+                      color="grey")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(y_label)
+        axis.grid(True, alpha=0.3, which="both" if metric == LR else "major")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    handles = [plt.Line2D([], [], color=method_colour(method, methods), marker="o", markersize=4, label=method)
+               for method in methods]
+    figure.legend(handles=handles, loc="upper center", ncol=len(methods), frameon=False, title="method",
+                  bbox_to_anchor=(0.5, 1.0))
+    figure.suptitle("Training curves per epoch (accuracies: head, or nearest class mean for angular methods; "
+                    "training on perturbed batches for adversarial methods)", fontsize=10, y=0.925)
+    figure.tight_layout(rect=(0, 0, 1, 0.915))
+    return figure

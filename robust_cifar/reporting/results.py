@@ -1,0 +1,75 @@
+"""Reading the results that evaluate and robustness write per seed (reports/seeds/<method>/<seed>.json and .csv,
+reports/robustness/<method>/<seed>.json) and aggregate per method (reports/metrics/<method>.json), each
+checked against its schema: what summarize, the figures and aggregate look up in it."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robust_cifar.conditions import SPLITS, conditions_for
+from robust_cifar.errors import InputError, get_back
+from robust_cifar.schema import NUMBER, WHOLE, Each, Optional, check_tree, map_leaves
+
+# Accuracy per decision: every method has the 3-NN, only a method whose head decides has "head".
+SCORES = {"knn": NUMBER, "head": Optional(NUMBER)}
+# evaluate (evaluate.score_embeddings): {split: {condition: scores}}
+SEED_METRICS = {split: {condition: SCORES for condition in conditions_for(split)} for split in SPLITS}
+# robustness (robustness.robust_accuracy): at the study's eps, the cumulative curve per eps key, and
+# each attack's own accuracy per eps key it ran at, or (attack.cascade) the share each attack broke first
+ROBUSTNESS_REPORT = {"test_images": WHOLE, "study_eps_255": NUMBER, "clean": SCORES, "robust": SCORES,
+                     "curve": Each(SCORES), "attacks": Optional(Each(Each(SCORES))),
+                     "broken": Optional(Each(Each(SCORES)))}
+# aggregate (aggregate.aggregate) of one run per seed (read_runs): every number becomes its mean and std over
+# seeds; an empty object has no numbers, so it vanishes
+METRICS = {**map_leaves({**SEED_METRICS, "robustness": ROBUSTNESS_REPORT},
+                        leaf=lambda _: {"mean": NUMBER, "std": NUMBER}, each=Optional),
+           "seeds": WHOLE}
+
+
+def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
+    """The JSON at `path`, checked against `schema` where one is given."""
+    if not path.is_file():
+        raise InputError(f"{path} not found: run `dvc repro {produced_by}`")
+    try:
+        tree = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path} is not valid JSON (truncated?): {get_back(path, produced_by)}") from None
+    if schema is not None:
+        check_tree(tree, schema, path, produced_by)
+    return tree
+
+
+def read_seed_metrics(folder: Path, seeds: list[int], produced_by: str, schema: Any) -> dict[int, dict]:
+    """{seed: metrics} of one method for exactly `seeds` (files of seeds no longer listed are ignored)."""
+    return {seed: read_json(folder / f"{seed}.json", f"{produced_by}-{seed}", schema) for seed in sorted(seeds)}
+
+
+def read_runs(seed_results: Path, robustness_results: Path, seeds: list[int], method: str) -> dict[int, dict]:
+    """{seed: evaluate's metrics with the robustness stage's results under "robustness"} of one method."""
+    metrics = read_seed_metrics(seed_results, seeds, f"evaluate@{method}", SEED_METRICS)
+    robustness = read_seed_metrics(robustness_results, seeds, f"robustness@{method}", ROBUSTNESS_REPORT)
+    return {seed: {**metrics[seed], "robustness": robustness[seed]} for seed in metrics}
+
+
+def read_metrics(path: Path, produced_by: str) -> dict:
+    """One method's metrics over seeds, as aggregate writes them."""
+    return read_json(path, produced_by, METRICS)
+
+
+def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
+    """Per test image, whether the method's own decision was right: {"clean": bool (N,), "perturbed": ...}."""
+    if not path.is_file():
+        raise InputError(f"{path} not found: run `dvc repro {produced_by}`")
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (csv.Error, UnicodeDecodeError):
+        rows = []
+    if not rows or not {"actual", "clean", "perturbed"} <= set(rows[0]):
+        raise InputError(f"{path} is not a predictions table: {get_back(path, produced_by)}")
+    actual = np.array([row["actual"] for row in rows])
+    return {condition: np.array([row[condition] for row in rows]) == actual for condition in ("clean", "perturbed")}

@@ -1,0 +1,1 @@
+"""Training: the loop of the train stage, the methods, their losses and batch orders, and the logs."""

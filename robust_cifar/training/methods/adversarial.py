@@ -1,0 +1,13 @@
+"""adversarial: cross-entropy on batches whose images are jittered / noised / FGM-attacked on the fly."""
+from robust_cifar.params import Params
+from robust_cifar.perturbations.perturb import PerturbSettings
+from robust_cifar.training.methods.batches import ShuffledBatches
+from robust_cifar.training.methods.method import Method
+from robust_cifar.training.methods.objectives import CrossEntropyHead
+
+NAME = "adversarial"
+
+
+def from_params(params: Params) -> Method:
+    return Method(NAME, CrossEntropyHead(), ShuffledBatches.from_params(params, NAME),
+                  training_perturbation=PerturbSettings.from_params(params, f"{NAME}.perturb"))

@@ -1,0 +1,209 @@
+"""Named sets of overrides that run the whole study smaller: one command, one DVC experiment.
+
+    python -m tools.preset quick --archive ../shared/data/cifar10-jpeg.tar.gz
+
+runs `dvc exp run -n quick-<date> -S preset=quick -S model.width=8 ...`: every method, every stage,
+five seeds, on the real images, in about 24 minutes on a 2-core CPU with bf16 units (`cpu`: the write-up's
+data scale, three seeds, longer; docs/speed.md "The study on a CPU"). The experiment is an ordinary
+one (`dvc exp show` lists it with its `preset` column; `dvc exp apply` / `branch` work), and its
+outputs land in the workspace. Before DVC sees anything, every override is checked as the
+check_params stage would check it, on this machine, and so is the `--publish` folder; a failed run
+leaves params.yaml exactly as it was. `--dry-run` runs those checks and prints the command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from robust_cifar.check_params import check_on_this_machine
+from robust_cifar.errors import PublishError, UserError
+from robust_cifar.params import load_params, restored_on_failure, with_overrides
+from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
+from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
+from robust_cifar.stage import TIMINGS
+
+TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
+
+# Each override names the lever it pulls; every key has a validation rule where its owner reads it.
+ON_A_CPU: dict[str, object] = {
+    "compute.device": "cpu",
+    "compute.threads": 2,             # part of the result (bits differ at another count); 2 = the published runs
+    "model.dropout": 0.0,             # learns faster in few epochs, and costs CPU time
+    "attack.eps_255": [0, 2, 6.375, 32],   # the study's eps, one below and one where nothing survives
+    "attack.cascade": True,           # AutoAttack's protocol: each attack on what the earlier ones left
+    # FGM and PGD over the sweep; the 100-iteration attacks at the study's eps only, the soft k-NN
+    # surrogates at one temperature
+    **{f"attack.{name}.at": "study" for name in ("apgd_ce", "apgd_dlr", "apgd_t", "soft_knn_pgd", "soft_knn_apgd_ce",
+                                                  "soft_knn_apgd_dlr", "guide_samples", "transfer")},
+    **{f"attack.{name}.temperatures": [0.03] for name in ("soft_knn_pgd", "soft_knn_apgd_ce", "soft_knn_apgd_dlr")},
+}
+
+PRESETS: dict[str, dict[str, object]] = {
+    "quick": {                        # every method and stage in about 20 minutes: small models, five seeds
+        "preset": "quick",
+        **ON_A_CPU,
+        "model.width": 8,                 # 1/64 of the standard ResNet18's FLOPs
+        "train.epochs": 10,
+        "train.val_every": 5,
+        "train.perturbed_val_every": 5,
+        "split.train_fraction": 0.1,      # 500 training images per class
+        "split.val_per_class": 50,
+        "split.test_per_class": 100,
+        "seeds.train": [0, 1, 2, 3, 4],   # five: a paired t interval over seeds that can separate a few points
+        "attack.test_images": 500,
+        "attack.apgd_t.at": "never",      # targeted APGD (9 runs) left to the cpu preset and the full study
+        "umap.fit_samples": 1000,
+        "umap.plot_samples": 300,
+    },
+    "cpu": {                          # the write-up's data in about an hour: 1,000 training images per class,
+        "preset": "cpu",              # the whole test set, three seeds, a model four times the quick one
+        **ON_A_CPU,
+        "model.width": 16,                # 1/16 of the standard ResNet18's FLOPs (docs/speed.md: the width x epochs table)
+        "train.epochs": 12,
+        "train.lr_schedule_on": "validation",   # the plateau on the validation loss lowers the lr when the model
+        "train.val_every": 5,             # starts to overfit (epochs 6-10), not never in 20 (docs/speed.md: the table)
+        "train.perturbed_val_every": 5,
+        "split.val_per_class": 100,       # 1,000 validation images, not 40,000: the loss the schedule watches
+        "seeds.train": [0, 1, 2],
+        "attack.test_images": 1000,
+        "attack.apgd_t.targets": 3,       # the three likeliest wrong classes, not all nine: a third of the cost
+        "umap.fit_samples": 2000,
+        "umap.plot_samples": 1000,
+    },
+}
+
+
+def machine_settings() -> dict[str, object]:
+    """What this CPU decides, said out loud: bf16 autocast where it has bf16 units, else fp32 (the two
+    differ in bits, so the choice is a param DVC records, not a guess each stage makes)."""
+    import torch
+
+    from robust_cifar.compute import bf16_supported
+    return {"compute.fast": bf16_supported(torch.device("cpu"))}
+
+
+def overrides(name: str, machine: dict[str, object] | None = None) -> list[str]:
+    """`-S key=value` arguments, values in YAML (lists as [a, b])."""
+    def text(value) -> str:
+        return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value).lower() \
+            if isinstance(value, bool) else str(value)
+    settings = {**PRESETS[name], **(machine_settings() if machine is None else machine)}
+    return [argument for key, value in settings.items() for argument in ("-S", f"{key}={text(value)}")]
+
+
+def command(name: str, archive: str | None, archive_md5: str | None, experiment: str | None,
+            machine: dict[str, object] | None = None) -> list[str]:
+    data = []
+    if archive:
+        md5 = archive_md5 or "''"   # no md5: the empty string, spelled out (DVC reads a bare `key=` so too)
+        data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
+    experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # dvc.yaml as the target: without one, `dvc exp run` deletes the outputs it recorded of stages the new
+    # params drop before check_params can refuse anything (docs/experiments.md "Working with experiments")
+    return [sys.executable, "-m", "dvc", "exp", "run", "-n", experiment, *overrides(name, machine), *data, "dvc.yaml"]
+
+
+def check_before_running(cmd: list[str], destination: Path | None) -> None:
+    """Refuse (a UserError) what would fail only after DVC edited params.yaml or the run ended."""
+    settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
+    check_on_this_machine(with_overrides(load_params(), settings))
+    if destination is not None:
+        check_destination(destination)
+
+
+def check_destination(destination: Path) -> None:
+    """A folder that can be made or replaced whole: not a file, under a writable parent."""
+    if destination.exists() and not destination.is_dir():
+        raise PublishError(f"--publish {destination}: is a file; name a folder (it is replaced whole)")
+    parent = next((folder for folder in [destination, *destination.parents] if folder.exists()), Path("."))
+    if not parent.is_dir():
+        raise PublishError(f"--publish {destination}: {parent} is a file, not a folder; name another place")
+    if not os.access(parent, os.W_OK | os.X_OK) or (destination.is_dir() and not os.access(destination, os.W_OK)):
+        raise PublishError(f"--publish {destination}: {parent} is not writable; name a folder you can write")
+
+
+# What a published run holds: small files that say what the run found (models and embeddings stay in DVC).
+PUBLISHED = ("reports/summary.md", "reports/summary.json", "reports/accuracy.png", "reports/robustness_curve.png",
+             "reports/training_curves.png", "reports/examples.png", "reports/metrics/*.json", "reports/umap/*.png")
+
+
+def publish(destination: Path, command_line: str, wall_seconds: float | None = None) -> list[Path]:
+    """Copy the workspace's results into `destination` (for git), with a README saying how they were made.
+
+    `wall_seconds`: how long the command took from start to end, dvc's own work included (on a fresh
+    clone, the whole study)."""
+    # Built beside the destination, then swapped in: an earlier run's files never stay next to this one's.
+    staging = destination.with_name(destination.name + ".publishing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    copied = []
+    for pattern in PUBLISHED:
+        for source in sorted(Path(".").glob(pattern)):
+            relative = source.relative_to("reports")
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / relative)
+            copied.append(destination / relative)
+    summary = json.loads(Path("reports/summary.json").read_text())
+    (staging / "README.md").write_text("\n".join([
+        f"# {destination.name}: a published run", "",
+        "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
+        "```bash", command_line, "```", "",
+        "## What produced it", "", *summary["provenance"],
+        *run_lines(devices(TRAINING), git_commit()),
+        *([f"- **wall time of the command**: {wall_seconds / 60:.1f} min from start to end (stages that DVC "
+           "reused from its cache took none)."] if wall_seconds is not None else []),
+        *time_lines(stage_times(TIMINGS), wall_seconds), "",
+        "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
+        "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
+        "the PNGs are the figures of `dvc plots show`.", ""]))
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", choices=sorted(PRESETS))
+    parser.add_argument("--archive", help="a local CIFAR-10 archive (data.archive); default: download the official one")
+    parser.add_argument("--archive-md5", help="its md5 (data.archive_md5); default: not checked")
+    parser.add_argument("--name", help="the experiment's name (default: <preset>-<date>-<time>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
+    parser.add_argument("--publish", type=Path, metavar="DIR",
+                        help="after a successful run, copy its summary, metrics and figures into DIR (e.g. results/quick-cpu)")
+    args = parser.parse_args(argv)
+    cmd = command(args.preset, args.archive, args.archive_md5, args.name)
+    print(" ".join(shlex.quote(part) for part in cmd), flush=True)
+    try:
+        check_before_running(cmd, args.publish)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return 0
+    started = time.perf_counter()
+    stop_on_signals()   # TERM and HUP too: DVC and its stage are stopped, not left running
+    with restored_on_failure(Path("params.yaml")) as outcome:
+        try:
+            outcome.returncode = run_in_group(cmd)
+        except KeyboardInterrupt as stopped:
+            signum = signal_of(stopped)
+            print(f"interrupted ({Stopped(signum).name}): rerun the same command to continue; finished stages "
+                  "are reused", file=sys.stderr)
+            return Stopped(signum).exit_code
+    returncode = outcome.returncode
+    if returncode == 0 and args.publish:
+        published = publish(args.publish, "python -m tools.preset " + " ".join(
+            shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])),
+            wall_seconds=time.perf_counter() - started)
+        print(f"published {len(published)} files to {args.publish}")
+    return returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
