@@ -10,7 +10,6 @@ import difflib
 from pathlib import Path
 
 from robust_cifar.compute import ComputeConfig
-from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.data.download import DataConfig, check_archive_file
 from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError
@@ -21,7 +20,7 @@ from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods import REGISTRY, build_method, known
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method, known
 from robust_cifar.training.train import TrainConfig
 
 SEEDS = ("split", "plan", "umap")

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
-from robust_cifar.conditions import REFERENCE_METHOD, SPLITS, conditions_for
+from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.data.split import load_splits
 from robust_cifar.evaluation.embed import evaluate_conditions, flatten
 from robust_cifar.evaluation.inference import embed_and_classify, show_progress
@@ -15,7 +15,7 @@ from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import fgm_eps_from_params, load_plans
 from robust_cifar.stage import run_stage
-from robust_cifar.training.methods import build_method
+from robust_cifar.training.methods import REFERENCE_METHOD, build_method
 from stages import paths
 
 

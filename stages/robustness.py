@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
-from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.data.split import load_splits
 from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import knn_k
@@ -16,7 +15,7 @@ from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
-from robust_cifar.training.methods import build_method
+from robust_cifar.training.methods import REFERENCE_METHOD, build_method
 from stages import paths
 
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import yaml
 
-from robust_cifar.reporting.colours import METHOD_COLOURS
-from robust_cifar.reporting.curves import (LR, LR_WIDTHS, PANELS, TRAIN_LOSS, loss_kind, read_training_curves,
-                                 training_curves)
+from robust_cifar.reporting.colours import TAB10, VEGA_SCHEME, method_colour
+from robust_cifar.reporting.curves import LR, LR_WIDTHS, PANELS, TRAIN_LOSS, read_training_curves, training_curves
 from robust_cifar.training.live_log import LOGGED
+from robust_cifar.training.methods import loss_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / ".dvc" / "plots"
-METHODS = ["baseline", "adversarial", "angular", "angular_adversarial"]
-PERTURBED = {"adversarial", "angular_adversarial"}
+METHODS = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
+PERTURBED = set(METHODS[1::2])   # the synthetic logs give every other method a perturbed validation curve
 
 
 def synthetic_curves(epochs: int = 5) -> dict:
@@ -39,8 +39,10 @@ def curves_figure():
 def test_curves_have_one_line_per_method_in_each_panel(curves_figure):
     axes = curves_figure.axes
     assert len(axes) == len(PANELS) == 6
-    expected = [["baseline", "adversarial"], ["angular", "angular_adversarial"], METHODS, METHODS,
-                ["adversarial", "angular_adversarial"], METHODS]
+    by_loss = {kind: [method for method in METHODS if loss_name(method) == kind] for kind in ("cross-entropy", "angular")}
+    assert all(by_loss.values())
+    expected = [by_loss["cross-entropy"], by_loss["angular"], METHODS, METHODS,
+                [method for method in METHODS if method in PERTURBED], METHODS]
     for axis, methods in zip(axes, expected):
         assert [line.get_label() for line in axis.get_lines()] == methods, axis.get_title()
 
@@ -48,28 +50,35 @@ def test_curves_have_one_line_per_method_in_each_panel(curves_figure):
 def test_each_method_keeps_its_colour_in_every_panel_and_the_legend(curves_figure):
     for axis in curves_figure.axes:
         for line in axis.get_lines():
-            assert matplotlib.colors.to_hex(line.get_color()) == METHOD_COLOURS[line.get_label()]
+            assert matplotlib.colors.to_hex(line.get_color()) == method_colour(line.get_label(), METHODS)
     legend = curves_figure.legends[0]
     assert [text.get_text() for text in legend.get_texts()] == METHODS
-    assert len({METHOD_COLOURS[method] for method in METHODS}) == len(METHODS)
+    assert len({method_colour(method, METHODS) for method in METHODS}) == len(METHODS)
+
+
+def test_colours_follow_name_order_in_matplotlibs_tab10_the_templates_scheme():
+    """Vega's category10 is matplotlib's tab10, and a Vega domain is in name order: so are the PNGs' colours."""
+    assert list(TAB10) == [matplotlib.colors.to_hex(colour) for colour in matplotlib.colormaps["tab10"].colors]
+    assert [method_colour(method, ["b", "c", "a"]) for method in ("a", "b", "c")] == list(TAB10[:3])
 
 
 def test_learning_rate_is_on_a_log_axis_and_every_axis_is_labelled(curves_figure):
     for axis, (title, metric, _, _) in zip(curves_figure.axes, PANELS):
         assert axis.get_yscale() == ("log" if metric == LR else "linear"), title
-        if metric == LR:   # coinciding learning rates: the earlier method's line is wider, underneath
-            widths = [line.get_linewidth() for line in axis.get_lines()]
+        if metric == LR:   # coinciding learning rates: wider lines underneath
+            widths = [line.get_linewidth() for line in sorted(axis.get_lines(), key=lambda line: line.get_zorder())]
             assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)
         assert axis.get_xlabel() == "epoch"
         assert axis.get_ylabel() and axis.get_title() == title
     # the two kinds of loss are never on one axis
     loss_axes = [axis for axis, panel in zip(curves_figure.axes, PANELS) if panel[1] == TRAIN_LOSS]
-    assert [{loss_kind(line.get_label()) for line in axis.get_lines()} for axis in loss_axes] == [
+    assert [{loss_name(line.get_label()) for line in axis.get_lines()} for axis in loss_axes] == [
         {"cross-entropy"}, {"angular"}]
 
 
 def test_a_panel_no_method_logged_says_so():
-    figure = training_curves({"baseline": synthetic_curves()["baseline"]})
+    cross_entropy = next(method for method in METHODS if loss_name(method) == "cross-entropy")
+    figure = training_curves({cross_entropy: synthetic_curves()[cross_entropy]})
     angular_loss = figure.axes[1]
     assert angular_loss.get_lines() == []
     assert "no method logged" in angular_loss.texts[0].get_text()
@@ -116,24 +125,21 @@ def test_templates_colour_by_method_in_the_curves_colours(name, y_scale):
     spec = template(name)
     colours = encodings(spec, "color")
     assert colours and all(colour["field"] == "method" for colour in colours)
-    for colour in colours:
-        assert dict(zip(colour["scale"]["domain"], colour["scale"]["range"])) == METHOD_COLOURS
+    assert all(colour["scale"] == {"scheme": VEGA_SCHEME} for colour in colours)   # no method named
     assert all(y["scale"] == y_scale for y in encodings(spec, "y") if "field" in y)
     assert all(dash["field"] == "rev" for dash in encodings(spec, "strokeDash"))
     assert [step["as"] for step in spec["transform"]][:2] == ["path_parts", "method"]
 
 
 def test_the_log_template_stacks_line_widths_in_the_curves_order():
-    """Coinciding learning rates: earlier methods wider underneath, as on the PNG's learning-rate panel."""
-    spec = template("linear_log_y")
-    widths = spec["transform"][2]
-    assert widths["as"] == "method_width"
-    expression = widths["calculate"]
-    values = [float(expression.split(f"datum.method == '{method}' ? ")[1].split(" ")[0]) for method in METHODS]
-    assert values == sorted(values, reverse=True)
-    assert list(LR_WIDTHS) == METHODS and list(LR_WIDTHS.values()) == sorted(LR_WIDTHS.values(), reverse=True)
-    assert all(width["scale"] is None for width in encodings(spec, "strokeWidth"))
+    """Coinciding learning rates: methods earlier in name order wider underneath, as on the PNG's panel."""
+    widths = encodings(template("linear_log_y"), "strokeWidth")
+    assert widths and all(width == {"field": "method", "type": "nominal", "scale": {"range": list(LR_WIDTHS)},
+                                    "legend": None} for width in widths)
+    assert list(LR_WIDTHS) == sorted(LR_WIDTHS, reverse=True)
     assert encodings(template("linear_by_method"), "strokeWidth") == []
+    for template_name in ("linear_by_method", "linear_log_y"):
+        assert not any(method in json.dumps(template(template_name)) for method in METHODS)
 
 
 def plot_definitions() -> dict[str, dict]:
@@ -141,7 +147,7 @@ def plot_definitions() -> dict[str, dict]:
     return {name: definition for entry in plots if isinstance(entry, dict) for name, definition in entry.items()}
 
 
-def test_every_curve_uses_a_method_template_and_losses_of_one_kind_share_an_axis():
+def test_every_curve_shows_every_method_so_the_templates_colours_match_the_pngs():
     definitions = plot_definitions()
     curves = {name: d for name, d in definitions.items() if d.get("template") != "confusion"}
     assert curves
@@ -149,10 +155,9 @@ def test_every_curve_uses_a_method_template_and_losses_of_one_kind_share_an_axis
         assert (TEMPLATES / f"{definition['template']}.json").is_file(), name
         # the run folder is <method>-${seeds.figures}
         methods = [Path(path).parts[2].removesuffix("-${seeds.figures}") for path in definition["y"]]
-        assert set(methods) <= set(METHODS), name
-        if any(path.endswith("/loss.tsv") for path in definition["y"]):
-            assert len({loss_kind(method) for method in methods}) == 1, name
-        expected = "linear_log_y" if all(path.endswith("/lr.tsv") for path in definition["y"]) else "linear_by_method"
+        assert methods == METHODS, name   # a Vega domain of fewer methods would colour them differently
+        # losses of two kinds and coinciding learning rates: a log axis with stacked widths
+        expected = "linear_log_y" if all(path.endswith(("/lr.tsv", "/loss.tsv")) for path in definition["y"]) else "linear_by_method"
         assert definition["template"] == expected, name
 
 

@@ -13,7 +13,7 @@ from robust_cifar.evaluation.attack_registry import ATTACKS, PlannedAttack, eps_
 from robust_cifar.evaluation.robustness import RUNS, RobustnessConfig, Victim, robust_accuracy
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import Params
-from robust_cifar.reporting.colours import METHOD_COLOURS
+from robust_cifar.reporting.colours import method_colour
 from robust_cifar.reporting.figures import left_after_each_attack, robustness_curves
 from robust_cifar.reporting.summarize import gate_failures, robust_rows
 from tests.archives import make_images
@@ -282,7 +282,7 @@ def test_the_robust_table_shows_clean_robust_and_each_attack_at_the_study_eps():
 def test_robustness_curves_show_every_method_then_each_attack_per_method():
     figure = robustness_curves({"baseline": metrics_with(SOUND), "angular": metrics_with(SOUND, knn_only=True)})
     overview = figure.axes[0]
-    assert [matplotlib.colors.to_hex(line.get_color()) for line in overview.get_lines()] == [METHOD_COLOURS["baseline"]]
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in overview.get_lines()] == [method_colour("baseline", ["baseline", "angular"])]
     assert overview.get_legend_handles_labels()[1] == ["baseline"]
     baseline_head = figure.axes[1]
     lines = baseline_head.get_lines()

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
-from robust_cifar.conditions import REFERENCE_METHOD
 from robust_cifar.data.split import load_splits
 from robust_cifar.model import load_model
 from robust_cifar.npz import load_npz
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
+from robust_cifar.training.methods import REFERENCE_METHOD
 from stages import paths
 
 TEMPERATURES = (0.01, 0.03, 0.1)

@@ -33,7 +33,17 @@ def imported_modules(root: Path, path: Path) -> set[str]:
             found.add(module)
             # `from package import module` imports a submodule
             found.update(f"{module}.{alias.name}" for alias in node.names)
+    if path.name == "__init__.py" and discovers_its_modules(path):
+        found.update(f"{package}.{module.stem}" for module in path.parent.glob("*.py") if module.name != "__init__.py")
     return {name for name in found if name.split(".")[0] in PACKAGES and module_file(root, name)}
+
+
+def discovers_its_modules(path: Path) -> bool:
+    """A package __init__ that imports its own modules by listing them (`pkgutil.iter_modules(__path__)`,
+    as the method registry does) imports every module of its folder."""
+    return any(isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "iter_modules"
+               and any(isinstance(arg, ast.Name) and arg.id == "__path__" for arg in node.args)
+               for node in ast.walk(ast.parse(path.read_text(), filename=str(path))))
 
 
 def import_closure(root: Path, module: str) -> set[Path]:

@@ -1,21 +1,24 @@
 """One colour per method in every figure: the matplotlib PNGs and the Vega templates of `dvc plots`.
 
-The same hex colours as the domain/range of .dvc/plots/linear_by_method.json (tests check it):
-matplotlib's tab10, in the order of params.yaml's `methods`. A method added later takes the
-next free tab10 colour, in the order it appears in `methods`.
+Both give the methods of a run matplotlib's tab10 (Vega's category10: the same ten colours) in the
+order of their names, which is the order of a Vega scale's domain, so the templates in .dvc/plots/
+name no method and still agree with the PNGs (tests check it) in every `dvc plots` plot, since each
+lists every method.
 """
 from __future__ import annotations
 
-METHOD_COLOURS = {"baseline": "#1f77b4", "adversarial": "#ff7f0e", "angular": "#2ca02c",
-                  "angular_adversarial": "#d62728"}
-EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+VEGA_SCHEME = "category10"   # the templates' colour scheme: TAB10
+
+
+def method_rank(method: str, methods: list[str]) -> int:
+    """The method's place among the run's methods in name order: its colour, and its line width where
+    curves coincide."""
+    return sorted(methods).index(method)
 
 
 def method_colour(method: str, methods: list[str]) -> str:
-    if method in METHOD_COLOURS:
-        return METHOD_COLOURS[method]
-    extras = [name for name in methods if name not in METHOD_COLOURS]
-    return EXTRA_COLOURS[extras.index(method) % len(EXTRA_COLOURS)]
+    return TAB10[method_rank(method, methods) % len(TAB10)]
 
 
 # Attacks (the robustness figure), in the attack registry's order: matplotlib's Dark2, then tab10's

@@ -16,12 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robust_cifar.errors import InputError, get_back  # noqa: E402
-from robust_cifar.reporting.colours import method_colour  # noqa: E402
+from robust_cifar.reporting.colours import method_colour, method_rank  # noqa: E402
 from robust_cifar.schema import refuse  # noqa: E402
+from robust_cifar.training.methods import loss_name  # noqa: E402
 
 # Learning rates of different methods often coincide for many epochs: on that panel (as in
-# .dvc/plots/linear_log_y.json) earlier methods draw wider lines underneath, so every colour shows.
-LR_WIDTHS = {"baseline": 4.5, "adversarial": 3.2, "angular": 2.0, "angular_adversarial": 1.0}
+# .dvc/plots/linear_log_y.json, whose strokeWidth range is this) methods earlier in name order draw
+# wider lines underneath, so every colour shows.
+LR_WIDTHS = (5.0, 3.8, 2.7, 1.8, 1.0)
 LINE_WIDTH = 1.6
 
 # dvclive metric names (robust_cifar/training/live_log.py LOGGED), stored as plots/metrics/<name>.tsv
@@ -32,12 +34,7 @@ METRICS = (TRAIN_LOSS, TRAIN_ACC, "val/loss", VAL_ACC, VAL_PERTURBED_ACC, LR)
 Curve = tuple[np.ndarray, np.ndarray]   # (epochs, values)
 
 
-def loss_kind(method: str) -> str:
-    """Which loss a method trains on: the angular methods are the ones named angular*."""
-    return "angular" if method.startswith("angular") else "cross-entropy"
-
-
-# (panel title, metric, y label, which methods: None = all, else a loss kind)
+# (panel title, metric, y label, which methods: None = all, else those training on the loss of this name)
 PANELS = (
     ("Training loss, cross-entropy methods", TRAIN_LOSS, "mean training cross-entropy", "cross-entropy"),
     ("Training loss, angular methods", TRAIN_LOSS, "mean training angular loss", "angular"),
@@ -100,14 +97,15 @@ def training_curves(curves: dict[str, dict[str, Curve]]):
     for axis, (title, metric, y_label, kind) in zip(axes.flat, PANELS):
         drawn = 0
         for method in methods:
-            if (kind is not None and loss_kind(method) != kind) or metric not in curves[method]:
+            if (kind is not None and loss_name(method) != kind) or metric not in curves[method]:
                 continue
             epochs, values = curves[method][metric]
-            width = LR_WIDTHS.get(method, 1.0) if metric == LR else LINE_WIDTH
+            width = LR_WIDTHS[method_rank(method, methods) % len(LR_WIDTHS)] if metric == LR else LINE_WIDTH
             # markers while epochs are few (a single epoch is no line at all); none on the stacked lr lines
             marker = "o" if len(epochs) == 1 or (len(epochs) <= 30 and metric != LR) else None
             axis.plot(epochs, values, color=method_colour(method, methods), label=method, linewidth=width,
-                      marker=marker, markersize=width + 2 if metric == LR else 3)
+                      marker=marker, markersize=width + 2 if metric == LR else 3,
+                      zorder=2 + method_rank(method, methods) / 100)   # narrower lines on top
             drawn += 1
         if metric == LR:
             axis.set_yscale("log")

@@ -6,8 +6,10 @@ from robust_cifar.training.methods.method import Method
 from robust_cifar.training.methods.objectives import CrossEntropyHead
 
 NAME = "adversarial"
+OBJECTIVE = CrossEntropyHead
+WRITE_UP = ("head", 68.46, 51.92)
 
 
 def from_params(params: Params) -> Method:
-    return Method(NAME, CrossEntropyHead(), ShuffledBatches.from_params(params, NAME),
+    return Method(NAME, OBJECTIVE(), ShuffledBatches.from_params(params, NAME),
                   training_perturbation=PerturbSettings.from_params(params, f"{NAME}.perturb"))

@@ -5,8 +5,10 @@ from robust_cifar.training.methods.method import Method
 from robust_cifar.training.methods.objectives import AngularEmbedding
 
 NAME = "angular"
+OBJECTIVE = AngularEmbedding
+WRITE_UP = ("knn", 73.23, 52.07)
 
 
 def from_params(params: Params) -> Method:
     batches = BalancedBatches.from_params(params, NAME)
-    return Method(NAME, AngularEmbedding.from_params(params, NAME, batches.per_class), batches)
+    return Method(NAME, OBJECTIVE.from_params(params, NAME, batches.per_class), batches)

@@ -81,6 +81,7 @@ class NearestMeanAccuracy:
 @dataclass(frozen=True)
 class CrossEntropyHead:
     """Cross-entropy on the 10-way head; the head decides and is what attacks differentiate."""
+    loss_name = "cross-entropy"   # the figures put losses of one name on one axis
     has_head = True
 
     def loss(self, model: CifarResNet18, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,6 +116,7 @@ class AngularEmbedding:
     alpha: float                # degrees
     per_class: int              # class-balanced batches: the validation loss uses the same shape
     attack_temperature: float   # of the soft nearest-class score
+    loss_name = "angular"
     has_head = False
     needs_train_embeddings = True
 

@@ -1,0 +1,69 @@
+"""The dvc.yaml syncer: exactly the .py entries of the stages whose imports moved, and the method lists
+DVC cannot loop over, generated from params.yaml's `methods`."""
+from pathlib import Path
+
+import yaml
+
+from tools.sync_dvc_yaml import generated_sections, synced, with_generated
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DVC_YAML = """\
+stages:
+  train:   # a comment
+    cmd: python -m stages.train
+    deps:
+      - data/raw.npz   # data first
+      - robust_cifar/old.py
+      - stages/train.py
+    params:
+      - train
+  umap:
+    foreach: ${methods}
+    do:
+      cmd: python -m stages.umap ${item}
+      deps:
+        - data/${item}.npz
+        - stages/umap.py
+      outs:
+        - reports/${item}.png
+"""
+
+
+def test_a_moved_import_rewrites_only_that_stages_code_deps():
+    text, changed = synced(DVC_YAML, {"train": ["robust_cifar/new.py", "stages/train.py"], "umap": ["stages/umap.py"]})
+    assert changed == ["train"]
+    assert text == DVC_YAML.replace("robust_cifar/old.py", "robust_cifar/new.py")
+
+
+def test_deps_under_a_foreach_are_synced_and_data_deps_kept():
+    text, changed = synced(DVC_YAML, {"train": ["robust_cifar/old.py", "stages/train.py"],
+                                      "umap": ["robust_cifar/reporting/colours.py", "stages/umap.py"]})
+    assert changed == ["umap"]
+    assert "        - data/${item}.npz\n        - robust_cifar/reporting/colours.py\n        - stages/umap.py\n      outs:" in text
+    assert text.count("data/raw.npz   # data first") == 1
+
+
+
+def test_dvc_yamls_method_lists_are_generated_from_params_methods():
+    """Run `python -m tools.sync_dvc_yaml` after a method joins or leaves params.yaml's `methods`."""
+    text = (ROOT / "dvc.yaml").read_text()
+    assert with_generated(text, yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]) == text
+
+
+def test_every_generated_list_names_every_method():
+    sections = yaml.safe_load(generated_sections(["first", "second_one"]).replace("${seeds.figures}", "0"))
+    assert sections["metrics"] == ["reports/metrics/first.json", "reports/metrics/second_one.json",
+                                   "reports/training/first-0/metrics.json", "reports/training/second_one-0/metrics.json"]
+    per_method = [definition for entry in sections["plots"] if isinstance(entry, dict) for definition in entry.values()]
+    assert per_method and all(["first" in path for path in definition["y"]] == [True, False] for definition in per_method)
+    assert [entry for entry in sections["plots"] if isinstance(entry, str) and "umap" in entry] == [
+        "reports/umap/first.png", "reports/umap/second_one.png"]
+    assert {name: artifact["path"] for name, artifact in sections["artifacts"].items()} == {
+        "first": "models/first-0.pt", "second-one": "models/second_one-0.pt"}   # names take dashes, not underscores
+
+
+def test_regenerating_keeps_everything_above_the_marker():
+    once = with_generated(DVC_YAML, ["a"])
+    assert once.startswith(DVC_YAML) and with_generated(once, ["a", "b"]).startswith(DVC_YAML)
+    assert with_generated(with_generated(once, ["a", "b"]), ["a"]) == once
