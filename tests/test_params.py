@@ -49,7 +49,7 @@ def test_every_method_section_builds_its_method(raw):
         assert method.name == name
     assert build_method("angular", params).objective.alpha == float(raw["angular"]["alpha"])
     assert build_method("baseline", params).batch_order.batch_size == raw["baseline"]["batch_size"]
-    assert build_method("adversarial", params).training_perturbation == PerturbSettings.from_params(params, "adversarial.perturb")
+    assert build_method("adversarial", params).training_perturbation.settings == PerturbSettings.from_params(params, "adversarial.perturb")
     assert build_method("angular", params).training_perturbation is None
 
 
@@ -58,7 +58,7 @@ def test_by_default_training_perturbations_are_the_evaluation_ones(raw):
     params = Params(raw)
     evaluation = PerturbSettings.from_params(params)
     for name in ("adversarial", "angular_adversarial"):
-        assert build_method(name, params).training_perturbation == evaluation
+        assert build_method(name, params).training_perturbation.settings == evaluation
 
 
 def test_real_values_are_read_through(raw):
@@ -211,7 +211,7 @@ def test_every_eps_is_set_in_units_of_1_over_255_and_read_in_pixels(raw):
     params = Params(raw)
     assert raw["perturb"]["fgm"]["eps_255"] == 6.375            # the write-up's 0.1 in normalized units
     assert fgm_eps_from_params(params) == 6.375 / 255 == 0.025
-    assert build_method("adversarial", params).training_perturbation.fgm_eps == 0.025
+    assert build_method("adversarial", params).training_perturbation.settings.fgm_eps == 0.025
     assert 6.375 in raw["attack"]["eps_255"]
 
 

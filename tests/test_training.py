@@ -9,6 +9,7 @@ from robust_cifar.model import CifarResNet18
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.training.methods import Method
 from robust_cifar.training.methods.batches import BalancedBatches, ShuffledBatches
+from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
@@ -39,7 +40,7 @@ def config(**overrides) -> TrainConfig:
 
 def make_method(name: str, batch_size: int = 25, per_class: int = 3) -> Method:
     angular = AngularEmbedding(alpha=45.0, per_class=per_class, attack_temperature=0.05)
-    perturbation = PerturbSettings(p=0.5)
+    perturbation = DrawnPerturbations(PerturbSettings(p=0.5))
     return {
         "baseline": Method(name, CrossEntropyHead(), ShuffledBatches(batch_size)),
         "adversarial": Method(name, CrossEntropyHead(), ShuffledBatches(batch_size), perturbation),

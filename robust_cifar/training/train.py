@@ -17,7 +17,6 @@ from robust_cifar.compute import Compute
 from robust_cifar.evaluation.inference import BatchTransform, embed_and_classify
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, bounded_real, one_of
-from robust_cifar.perturbations.perturb import apply_perturbations, draw_perturbations
 from robust_cifar.training.methods import Method
 from robust_cifar.training.step_graphs import GraphedSteps, StepFn, keep_learning_rate_tensor, tensor_learning_rate
 
@@ -119,17 +118,10 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     return (predicted == labels).float().mean().item()
 
 
-def perturbed_val_transform(setup: TrainingSetup, n_images: int, image_shape) -> Callable[[object], BatchTransform]:
+def perturbed_val_transform(setup: TrainingSetup, val: SplitTensors) -> Callable[[object], BatchTransform]:
     """One fixed draw for the whole run (seeded), so the per-epoch curve compares like with like."""
-    settings = setup.method.training_perturbation
     generator = torch.Generator(device=setup.compute.device).manual_seed(setup.seed + PERTURBED_VAL_SEED_OFFSET)
-    draw = draw_perturbations(n_images, image_shape, settings, generator, setup.compute.device)
-
-    def with_score(score_fn) -> BatchTransform:
-        def transform(images: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-            return apply_perturbations(images, draw.rows(start, stop), settings, score_fn=score_fn)
-        return transform
-    return with_score
+    return setup.method.training_perturbation.validation(val.labels, tuple(val.images.shape[1:]), generator)
 
 
 EpochCallback = Callable[[dict], None]
@@ -147,8 +139,7 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_factor,
                                                            patience=config.lr_patience)
     step = training_step(setup, model, optimizer, perturb_generator)
-    perturbed_val = (perturbed_val_transform(setup, len(val.labels), tuple(train.images.shape[1:]))
-                     if method.training_perturbation is not None else None)
+    perturbed_val = perturbed_val_transform(setup, val) if method.training_perturbation is not None else None
 
     history = []
     # images per epoch from the method's own batch order (balanced batches repeat images); a throwaway generator
