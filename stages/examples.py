@@ -10,8 +10,8 @@ from robust_cifar.outputs import save_figure
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import PerturbDraw, apply_perturbations, fgm_eps_from_params, load_plans, plan_draw
 from robust_cifar.reporting.examples import perturbation_examples
-from robust_cifar.training.methods import REFERENCE_METHOD
 from robust_cifar.stage import run_stage
+from robust_cifar.training.methods import REFERENCE_METHOD
 from stages import paths
 
 SHOWN = 8

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from robust_cifar.evaluation.apgd import apgd, apgd_run, apgd_start, cross_entropy, dlr, target_classes, targeted_dlr
-from robust_cifar.evaluation.attacks import pgd
+from robust_cifar.perturbations.pgd import pgd
 from tests.test_attacks import EPS, NUM_CLASSES, toy  # noqa: F401 (toy is a fixture)
 from tests.toys import seeded
 

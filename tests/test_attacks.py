@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from robust_cifar.evaluation.attack_registry import ATTACKS
-from robust_cifar.evaluation.attacks import choose_guides, fgm_step, guide_sample_attack, pgd, soft_knn_score
+from robust_cifar.evaluation.attacks import choose_guides, fgm_step, guide_sample_attack, soft_knn_score
 from robust_cifar.evaluation.knn import knn_predict
 from robust_cifar.evaluation.robustness import RUNS, Victim
+from robust_cifar.perturbations.pgd import pgd
 from tests.archives import make_images
 from tests.toys import TinyEmbedder, fit, seeded
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_cifar.evaluation.attacks import ScoreFn, at_least_float32, project
+from robust_cifar.perturbations.pgd import ScoreFn, at_least_float32, project
 
 MOMENTUM = 0.75           # alpha in the paper: the weight of the new step against the last move
 RHO = 0.75                # a checkpoint halves the step size if the loss rose in at most this share of steps

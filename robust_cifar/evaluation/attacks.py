@@ -19,9 +19,9 @@ independent of the rest of the batch). All attacks
 What is here (APGD has a file of its own, ``robust_cifar.evaluation.apgd``):
 
 - :func:`fgm_step`: one signed-gradient step of size eps (FGSM, Goodfellow et al. 2015).
-- :func:`pgd`: projected gradient descent from a random start (Madry et al., "Towards Deep
-  Learning Models Resistant to Adversarial Attacks", ICLR 2018); one run per call: restarts are
-  separate calls, each a candidate the evaluation scores.
+- :func:`pgd` (from ``robust_cifar.perturbations.pgd``, which pgd_adversarial trains with too): projected
+  gradient descent from a random start (Madry et al. 2018); one run per call: restarts are separate calls,
+  each a candidate the evaluation scores.
 - :func:`soft_knn_score`: a differentiable surrogate of a k-NN vote over all the clean training
   embeddings, so gradient attacks can aim at the 3-NN decision.
 - :func:`guide_sample_attack`: the feature-space attack on k-NN of Sitawarin & Wagner ("On the
@@ -38,94 +38,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robust_cifar.perturbations.perturb import ScoreFn
+from robust_cifar.perturbations.pgd import ascend, check_budget, random_start, summed_cross_entropy
 
-__all__ = ["ScoreFn", "fgm_step", "pgd", "soft_knn_score", "guide_sample_attack", "project", "at_least_float32"]
-
-Objective = Callable[[Tensor], Tensor]  # images -> a scalar the attack maximises
-
-
-# ---------------------------------------------------------------------------------------------
-# The shared L-inf machinery
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_budget(eps: float, steps: int, step_size: float) -> None:
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps must be in [0, 1] (pixel units), got {eps}")
-    if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps}")
-    if step_size < 0:
-        raise ValueError(f"step_size must be >= 0, got {step_size}")
-
-
-def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """The nearest point to ``x_adv`` in the L-inf eps-ball around ``x`` and in [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-
-
-def random_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-    """A uniform draw from the eps-ball around ``x``, clipped to [0, 1] (Madry et al.'s start).
-
-    Drawn on x's device with x's dtype, so a generator on that device gives the same start
-    whatever else the attack does.
-    """
-    uniform = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return project(x + (2 * uniform - 1) * eps, x, eps)
-
-
-def ascend(objective: Objective, x: Tensor, start: Tensor, eps: float, steps: int, step_size: float) -> Tensor:
-    """``steps`` signed-gradient ascent steps on ``objective`` from ``start``, each projected back
-    onto the eps-ball around ``x`` and [0, 1]; returns the last iterate (as Madry et al.)."""
-    x_adv = start.detach()
-    for _ in range(steps):
-        # enable_grad: callers often evaluate under no_grad, and the attack needs the input gradient.
-        with torch.enable_grad():
-            x_in = x_adv.requires_grad_(True)
-            # autograd.grad w.r.t. the input only: the parameters' .grad stay untouched.
-            (grad,) = torch.autograd.grad(objective(x_in), x_in)
-        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
-    return x_adv.detach()
-
-
-def at_least_float32(t: Tensor) -> Tensor:
-    # Under autocast logits may be bf16, and a bf16 cross-entropy loses small gradients; a float64
-    # model (the tests' exact reference) keeps its precision.
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+__all__ = ["fgm_step", "soft_knn_score", "guide_sample_attack"]
 
 
 # ---------------------------------------------------------------------------------------------
-# FGM and PGD
+# FGSM on the true label (PGD and the shared machinery: robust_cifar.perturbations.pgd)
 # ---------------------------------------------------------------------------------------------
-
-
-def summed_cross_entropy(score_fn: ScoreFn, labels: Tensor) -> Objective:
-    # Summed, not averaged, so an image's gradient does not shrink with the batch size.
-    return lambda images: F.cross_entropy(at_least_float32(score_fn(images)), labels, reduction="sum")
 
 
 def fgm_step(score_fn: ScoreFn, x: Tensor, labels: Tensor, eps: float) -> Tensor:
     """One step of size eps along the sign of the cross-entropy's gradient against ``labels``
     (FGSM), from the clean image: the single-step attack the iterative ones must beat."""
-    _check_budget(eps, 1, eps)
+    check_budget(eps, 1, eps)
     x = x.detach()
     if eps == 0:
         return x.clone()
     return ascend(summed_cross_entropy(score_fn, labels.to(x.device)), x, x, eps, 1, eps)
-
-
-def pgd(score_fn: ScoreFn, x: Tensor, labels: Tensor, eps: float, steps: int, step_size: float,
-        generator: torch.Generator | None) -> Tensor:
-    """Untargeted L-inf PGD (Madry et al., ICLR 2018), one run: a uniform start in the eps-ball
-    (from ``generator``, on x's device), then ``steps`` steps of ``step_size`` along the sign of the
-    gradient of the summed float32 cross-entropy against ``labels``, each projected onto the
-    eps-ball and [0, 1]; returns the last iterate. ``eps == 0`` returns ``x`` unchanged and draws
-    nothing."""
-    _check_budget(eps, steps, step_size)
-    x = x.detach()
-    if eps == 0:
-        return x.clone()
-    objective = summed_cross_entropy(score_fn, labels.to(x.device))
-    return ascend(objective, x, random_start(x, eps, generator), eps, steps, step_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +136,7 @@ def guide_sample_attack(model, x: Tensor, labels: Tensor, train_embeddings: Tens
     papers' objective without its sigmoid threshold. Returns the last iterate. ``eps == 0`` returns
     ``x`` unchanged.
     """
-    _check_budget(eps, steps, step_size)
+    check_budget(eps, steps, step_size)
     x = x.detach()
     if eps == 0:
         return x.clone()

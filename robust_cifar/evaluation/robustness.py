@@ -36,10 +36,11 @@ from robust_cifar.conditions import DECISIONS
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.apgd import APGDResult, apgd, cross_entropy, dlr, target_classes, targeted_dlr
 from robust_cifar.evaluation.attack_registry import ATTACKS, TRANSFER, PlannedAttack, eps_key, planned_attacks
-from robust_cifar.evaluation.attacks import ScoreFn, fgm_step, guide_sample_attack, pgd, soft_knn_score
+from robust_cifar.evaluation.attacks import ScoreFn, fgm_step, guide_sample_attack, soft_knn_score
 from robust_cifar.evaluation.knn import knn_predict
 from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int, fix_hint
 from robust_cifar.perturbations.perturb import study_eps_255
+from robust_cifar.perturbations.pgd import pgd
 
 EPS_SWEEP = Rule(lambda v: isinstance(v, list) and 0 < len(v) <= 20 and all(
     isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 255 for e in v) and v == sorted(set(v)),
