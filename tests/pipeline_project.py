@@ -30,7 +30,7 @@ def not_copied(source: Path):
         return top | ANYWHERE_NOT_COPIED(folder, names)
     return ignored
 
-METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
+METHODS = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["methods"])   # every method of the study
 SEED = 0   # the tiny project trains one seed per method; tests/test_pipeline.py adds a second
 ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "curves", "examples"} | {
     f"{stage}@{method}-{SEED}" for stage in ("train", "embed", "evaluate", "robustness") for method in METHODS} | {
@@ -44,6 +44,8 @@ TINY_PARAMS = {
     "seeds.figures": SEED,
     "baseline.batch_size": 16,
     "adversarial.batch_size": 16,
+    "pgd_adversarial.batch_size": 16,
+    "pgd_adversarial.steps": 1,
     "compute.eval_batch_size": 64,
     "compute.device": "cpu",
     "compute.fast": False,   # fp32 on every CPU, bf16 units or not (check_params refuses bf16 without them)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_project import PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
+from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 from tools.import_closure import import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_p
         "embed@angular-0: declares `knn.k` under params but never reads it"]
 
 
-METHODS = ("baseline", "adversarial", "angular", "angular_adversarial")
+# every method of the tiny project
 
 
 @pytest.mark.parametrize("module, stale", [

@@ -81,6 +81,7 @@ DIRECT = {
     "perturb.fgm.eps_255": {"examples"} | set(methods("embed")) | set(methods("robustness")),
     "baseline.batch_size": own_section("baseline"),
     "adversarial.batch_size": own_section("adversarial"),
+    **{f"pgd_adversarial.{key}": own_section("pgd_adversarial") for key in ("batch_size", "eps_255", "steps")},
     **{f"adversarial.perturb.{key}": own_section("adversarial") for key in PERTURBATION_KEYS + ("fgm.eps_255",)},
     **{f"{method}.{key}": own_section(method) for method in ("angular", "angular_adversarial")
        for key in ("alpha", "per_class", "attack_temperature")},
@@ -97,6 +98,7 @@ EXPECTED_CLOSURE = {
     "angular.attack_temperature": chain("angular"),
     "angular_adversarial.alpha": chain("angular_adversarial"),
     "adversarial.perturb.fgm.eps_255": chain("adversarial"),
+    "pgd_adversarial.eps_255": chain("pgd_adversarial"),   # its own eps: the evaluation's retrains nothing
     "perturb.fgm.eps_255": EVALUATION,
     "perturb.p": {"perturb"} | EVALUATION,
     "train.lr": EVERYTHING_FROM_TRAINING,
