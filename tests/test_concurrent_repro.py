@@ -41,9 +41,15 @@ def test_ready_stages_come_longest_chain_first():
     assert plan.ready(done={"a", "b"}, started={"a", "b", "c", "e"}) == []   # d still waits for c
 
 
-def stand_in(log: Path, seconds: float = 0.3, fail: dict[str, int] | None = None):
-    """A command per stage that records its start and end in `log`, sleeps, and may exit non-zero."""
-    fail = fail or {}
+def stand_in(log: Path, seconds: float = 0.3, fail: dict[str, int] | None = None,
+             waits_for: dict[str, list[tuple[str, str]]] | None = None, started: int = 0):
+    """A command per stage that records its start and end in `log`, sleeps, and may exit non-zero.
+
+    Events instead of timing where a test needs stages to overlap: after its start a stage waits (up to
+    a minute) until the log holds every (stage, event) of `waits_for[stage]` and at least `started`
+    starts in all, so an overlap the schedule should give cannot be missed on a busy machine, and one it
+    does not give shows as a stage that timed out."""
+    fail, waits_for = fail or {}, waits_for or {}
 
     def command(stage: str) -> list[str]:
         code = (f"import json, sys, time\n"
@@ -52,13 +58,21 @@ def stand_in(log: Path, seconds: float = 0.3, fail: dict[str, int] | None = None
                 f"stop_on_signals()\n"
                 f"def note(event):\n"
                 f"    with open({str(log)!r}, 'a') as f: f.write(json.dumps([{stage!r}, event, time.time()]) + '\\n')\n"
+                f"def seen():\n"
+                f"    with open({str(log)!r}) as f: return [tuple(json.loads(line)[:2]) for line in f if line.endswith('\\n')]\n"   # whole lines
                 f"note('start')\n"
                 f"try:\n"
+                f"    deadline = time.time() + 60\n"
+                f"    while not (set(map(tuple, {waits_for.get(stage, [])!r})) <= set(seen())\n"
+                f"               and sum(event == 'start' for _, event in seen()) >= {started}):\n"
+                f"        if time.time() > deadline:\n"
+                f"            note('timed out'); print('error: stand-in {stage} waited in vain'); sys.exit(9)\n"
+                f"        time.sleep(0.01)\n"
                 f"    time.sleep({seconds})\n"
                 f"except KeyboardInterrupt:\n"
                 f"    note('interrupted'); print('interrupted: stand-in'); sys.exit(130)\n"
                 f"if {fail.get(stage, 0)}:\n"
-                f"    print('error: stand-in failure of {stage}'); sys.exit({fail.get(stage, 0)})\n"
+                f"    note('failed'); print('error: stand-in failure of {stage}'); sys.exit({fail.get(stage, 0)})\n"
                 f"note('end')\n")
         return [sys.executable, "-c", code]
     return command
@@ -72,7 +86,8 @@ def test_each_stage_starts_after_its_upstream_and_independent_ones_overlap(tmp_p
     monkeypatch.chdir(tmp_path)
     log, lines = tmp_path / "events.jsonl", []
     plan = plan_from_graph(GRAPH, stale=set(GRAPH))
-    assert run(plan, jobs=2, echo=lines.append, command=stand_in(log)) == 0
+    # a ends only once e has started: two jobs must run them side by side
+    assert run(plan, jobs=2, echo=lines.append, command=stand_in(log, waits_for={"a": [("e", "start")]})) == 0
     seen = events(log)
     for stage, upstream in GRAPH.items():
         for dependency in upstream:
@@ -85,8 +100,9 @@ def test_never_more_stages_at_once_than_jobs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "events.jsonl"
     independent = {name: set() for name in "pqrst"}
+    # each stage ends only once two have started: the first two overlap whatever the machine's load
     assert run(plan_from_graph(independent, set(independent)), jobs=2, echo=lambda line: None,
-               command=stand_in(log)) == 0
+               command=stand_in(log, started=2)) == 0
     timeline = sorted((at, +1 if event == "start" else -1) for (_, event), at in events(log).items())
     at_once = max(sum(step for _, step in timeline[: i + 1]) for i in range(len(timeline)))
     assert at_once == 2
@@ -96,9 +112,9 @@ def test_a_failure_starts_nothing_new_lets_running_stages_finish_and_names_the_e
     monkeypatch.chdir(tmp_path)
     log, lines = tmp_path / "events.jsonl", []
     graph = {"a": set(), "slow": set(), "after_a": {"a"}}
-    command = stand_in(log, fail={"a": 3})
-    slow = lambda stage: stand_in(log, seconds=1.5)(stage) if stage == "slow" else command(stage)  # noqa: E731
-    assert run(plan_from_graph(graph, set(graph)), jobs=2, echo=lines.append, command=slow) == 3
+    # slow ends only after a has failed: it was running then, and is let finish
+    command = stand_in(log, fail={"a": 3}, waits_for={"slow": [("a", "failed")]})
+    assert run(plan_from_graph(graph, set(graph)), jobs=2, echo=lines.append, command=command) == 3
     seen = events(log)
     assert ("after_a", "start") not in seen
     assert ("slow", "end") in seen   # not killed: its work is kept

@@ -13,7 +13,6 @@ from robust_cifar.model import CifarResNet18
 from robust_cifar.perturbations.perturb import ScoreFn, SplitPlan, apply_perturbations, plan_draw
 
 
-
 def plan_transform(plan: SplitPlan, fgm_eps: float, score_fn: Optional[ScoreFn],
                    only: Optional[str] = None) -> BatchTransform:
     settings = plan.with_fgm(fgm_eps)

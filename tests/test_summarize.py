@@ -1,0 +1,69 @@
+"""The summary (robust_cifar/reporting/summarize.py): its comparisons against numbers worked by hand, its cells
+and the write-up's column."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from robust_cifar.reporting.summarize import NOT_APPLICABLE, cell, compare_with_baseline, headline_rows
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, write_up
+
+OTHER = next(name for name in REGISTRY if name != REFERENCE_METHOD)
+IMAGES = 40
+
+
+def seed_metrics(clean: float, perturbed: float, robust: float, head: bool = True) -> dict:
+    decision = "head" if head else "knn"
+    return {"test": {"clean": {decision: clean}, "perturbed": {decision: perturbed}},
+            "robustness": {"robust": {decision: robust}}}
+
+
+def per_image(accuracy: float, seed: int) -> dict:
+    correct = np.zeros(IMAGES, dtype=bool)
+    correct[np.random.default_rng(seed).permutation(IMAGES)[: round(accuracy * IMAGES)]] = True
+    return {"perturbed": correct}
+
+
+REFERENCE = {0: (0.50, 0.40, 0.00), 1: (0.55, 0.45, 0.00), 2: (0.60, 0.40, 0.05)}
+METHOD = {0: (0.45, 0.50, 0.10), 1: (0.50, 0.50, 0.05), 2: (0.60, 0.45, 0.10)}
+
+
+def comparison(head: bool = True):
+    per_seed = {REFERENCE_METHOD: {s: seed_metrics(*v) for s, v in REFERENCE.items()},
+                OTHER: {s: seed_metrics(*v, head=head) for s, v in METHOD.items()}}
+    correct = {REFERENCE_METHOD: {s: per_image(v[1], s) for s, v in REFERENCE.items()},
+               OTHER: {s: per_image(v[1], 10 + s) for s, v in METHOD.items()}}
+    [only] = compare_with_baseline(per_seed, correct)
+    return only
+
+
+def test_each_method_is_compared_with_the_reference_seed_by_seed():
+    only = comparison()
+    assert only.method == OTHER and only.decision == "head" and only.row["seeds"] == 3
+    for column, index in (("perturbed", 1), ("robust", 2), ("clean", 0)):
+        differences = [100 * (METHOD[s][index] - REFERENCE[s][index]) for s in REFERENCE]
+        half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
+        assert only.row[f"{column} - {REFERENCE_METHOD} (seeds, 95%)"] == f"{np.mean(differences):+.1f} +- {half:.1f} points"
+    assert only.sentence.startswith(f"{OTHER} (head) ")
+
+
+def test_a_headless_method_is_compared_by_its_3nn():
+    only = comparison(head=False)
+    assert only.decision == "knn" and only.row["method"] == f"{OTHER} (3-NN)"
+
+
+@pytest.mark.parametrize("entry, text", [({"mean": 0.64781, "std": 0.0031}, "64.78 +- 0.31"),
+                                         ({"mean": 0.5, "std": 0.0}, "50.00"), (None, NOT_APPLICABLE)])
+def test_a_cell_is_percent_mean_and_std(entry, text):
+    assert cell(entry) == text
+
+
+def test_the_write_ups_column_only_where_it_reported_the_method():
+    metrics = {name: {"seeds": 1, "test": {condition: {"head": {"mean": 0.5, "std": 0.0}}
+                                           for condition in ("clean", "perturbed", "transfer")}} for name in REGISTRY}
+    rows = {row["method"]: row for row in headline_rows(metrics)}
+    for name in REGISTRY:
+        reported = write_up(name)
+        assert rows[name]["write-up clean / perturbed"] == ("" if reported is None else
+                                                           f"{reported[1]} / {reported[2]} ({'head' if reported[0] == 'head' else '3-NN'})")
+    assert all("write-up clean / perturbed" not in row for row in headline_rows(metrics, with_write_up=False))
+    assert rows[REFERENCE_METHOD]["3-NN clean"] == NOT_APPLICABLE
