@@ -98,6 +98,8 @@ class Compute:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             if deterministic:
+                # cuBLAS reads this when CUDA first uses it, so only the environment can carry it (PyTorch's
+                # "Reproducibility" notes); set only on request, and a value the user set is kept
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True, warn_only=True)
         return cls(resolved, fast and bf16_supported(resolved), cuda_graphs and resolved.type == "cuda")

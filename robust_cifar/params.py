@@ -26,7 +26,9 @@ from ruamel.yaml import YAMLError
 
 from robust_cifar.errors import ParamsError
 
-# A directory: each stage process writes the params keys it read there (tests/test_guards.py).
+# For the guard test that compares the keys each stage reads with those dvc.yaml declares
+# (tests/test_guards.py, through DVC, so through the environment): a directory where each process that
+# loads params.yaml writes, at exit, the keys it read. Unset (always, outside that test): nothing is written.
 TRACE_ENV = "ROBUST_CIFAR_PARAMS_TRACE"
 
 
@@ -238,5 +240,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         first_line = str(error).strip().splitlines()[0]
         raise ParamsError(f"{path} is not valid YAML ({first_line}): fix the file, or `git checkout {path}`") from None
     params = Params(raw, source=str(path))
-    atexit.register(params.write_trace)
+    if os.environ.get(TRACE_ENV):
+        atexit.register(params.write_trace)
     return params

@@ -8,15 +8,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from robust_cifar.cache import cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
 USER_ERROR_EXIT = 2
 
 
-# Each stage's last wall time on this machine, for the summary's provenance (not a DVC output: a
-# timing is a fact about a run, not a result the pipeline reproduces).
-TIMINGS = Path(".cache/timing")
+
+
+def timings() -> Path:
+    """Each stage's last wall time on this machine, for the summary's provenance (not a DVC output: a
+    timing is a fact about a run, not a result the pipeline reproduces)."""
+    return cache_dir("timing")
 
 
 def stage_name(argv: list[str]) -> str:
@@ -26,8 +30,8 @@ def stage_name(argv: list[str]) -> str:
 
 def record_time(name: str, seconds: float) -> None:
     try:
-        TIMINGS.mkdir(parents=True, exist_ok=True)
-        (TIMINGS / f"{name}.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1),
+        timings().mkdir(parents=True, exist_ok=True)
+        (timings() / f"{name}.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1),
                                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     except OSError:
         pass   # a timing is nice to have; never fail a finished stage over it

@@ -2,6 +2,7 @@
 and where the images came from -> data/raw/source.json"""
 from pathlib import Path
 
+from robust_cifar.cache import cache_dir
 from robust_cifar.data.download import OFFICIAL_MD5, DataConfig, download, md5_of, read_archive, save_arrays
 from robust_cifar.outputs import write_json
 from robust_cifar.params import load_params
@@ -14,7 +15,7 @@ def main(argv: list[str]) -> None:
     if data.archive:
         archive, expected_md5 = Path(data.archive), data.archive_md5
     else:
-        archive, expected_md5 = paths.DOWNLOADS / Path(data.url).name, data.md5
+        archive, expected_md5 = cache_dir("downloads") / Path(data.url).name, data.md5
         if not (archive.is_file() and (not expected_md5 or md5_of(archive) == expected_md5)):
             download(data.url, archive, expected_md5)
     arrays = read_archive(archive, expected_md5)

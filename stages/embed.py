@@ -8,7 +8,7 @@ from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.data.split import load_splits
 from robust_cifar.evaluation.embed import evaluate_conditions, flatten
-from robust_cifar.evaluation.inference import embed_and_classify, show_progress
+from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.npz import save_npz
 from robust_cifar.outputs import check_free_space, check_writable
@@ -20,7 +20,6 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
-    show_progress()   # minutes of work on a CPU: a bar with an ETA per split and condition
     params = load_params()
     name, seed = paths.run_arguments(argv)
     method = build_method(name, params)
@@ -43,14 +42,16 @@ def main(argv: list[str]) -> None:
     check_free_space(paths.embeddings(name, seed), 2**20 + sum(
         len(splits[split]) * (per_image * len(conditions_for(split)) + 8) for split in SPLITS))
 
-    clean_train = embed_and_classify(model, images["train"], compute, batch_size)
+    # minutes of work on a CPU: a bar with an ETA per split and condition
+    clean_train = embed_and_classify(model, images["train"], compute, batch_size, progress="train clean")
     train_labels = torch.from_numpy(splits["train"].labels).to(compute.device)
     reference = method.objective.reference(clean_train[0], train_labels, model.config["num_classes"])
     score = method.objective.score_fn(model, reference)
     arrays = {"class_names": np.array(class_names)}
     for split in SPLITS:
         results = evaluate_conditions(model, images[split], plans[split], fgm_eps, score, transfer_source, compute,
-                                      batch_size, conditions_for(split), clean=clean_train if split == "train" else None)
+                                      batch_size, conditions_for(split), clean=clean_train if split == "train" else None,
+                                      progress=True)
         arrays.update(flatten(split, results, with_logits=method.has_head))
         arrays[f"{split}.labels"] = splits[split].labels
         print(f"embed@{paths.run_name(name, seed)}: {split} ({len(splits[split])} images) x {', '.join(results)}")

@@ -13,7 +13,6 @@ SOURCE = Path("data/raw/source.json")
 SPLIT = Path("data/split/indices.npz")
 PLAN = Path("data/perturb/plan.npz")
 PARAMS_CHECKED = Path("data/params/checked.txt")
-DOWNLOADS = Path(".cache/downloads")
 
 _METHOD = r"[a-z][a-z0-9_]*"
 

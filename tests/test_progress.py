@@ -26,8 +26,7 @@ def bars(monkeypatch):
     RecordedBar.made = []
     monkeypatch.setattr(training, "tqdm", RecordedBar)
     monkeypatch.setattr(inference, "tqdm", RecordedBar)
-    yield RecordedBar.made
-    inference.show_progress(False)
+    return RecordedBar.made
 
 
 @pytest.mark.parametrize("method", ["baseline", "angular"])
@@ -57,8 +56,7 @@ def test_inference_bar_is_off_by_default_and_counts_every_image_when_on(bars):
     images = split(3, seed=2).images   # 30 images, batches of 8
     inference.embed_and_classify(model, images, compute, 8)
     inference.embed_and_classify(model, images, compute, 8, progress="val")
-    inference.show_progress()
-    inference.embed_and_classify(model, images, compute, 8)
+    inference.embed_and_classify(model, images, compute, 8, progress=True)
     off, named, switched_on = bars
     assert not off.shown
     assert named.shown and named.desc.startswith("val") and named.n == named.total == 30

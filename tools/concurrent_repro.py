@@ -14,7 +14,7 @@ What it leaves is what `dvc repro` leaves: the same outputs, dvc.lock entries an
 stage's bytes depend on its seeds and inputs, never on what ran beside it; tested on the CPU, where
 reruns are bit-identical). Record the result as an experiment afterwards with `dvc exp save`. `-S key=value` edits
 params.yaml first, with DVC's own code for `dvc exp run -S` (same syntax, comments kept).
-Each stage's output goes to .cache/concurrent/<stage>.log; the terminal gets a line per stage.
+Each stage's output goes to .cache/concurrent/<stage>.log (robust_cifar/cache.py); the terminal gets a line per stage.
 Stage processes keep their usual CPU threads: capping them at cores / jobs would change the bits
 of a CPU run (a reduction split over fewer threads rounds differently).
 """
@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from robust_cifar.cache import cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped, signal_of, stop_group, stop_on_signals
 
-LOGS = Path(".cache/concurrent")
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
 # trainings side by side took 133 s each against 38 s alone (threads oversubscribed), hence 1 there.
@@ -112,7 +112,7 @@ def stage_command(stage: str) -> list[str]:
 
 
 def log_path(stage: str) -> Path:
-    return LOGS / f"{stage.replace('/', '_')}.log"
+    return cache_dir("concurrent") / f"{stage.replace('/', '_')}.log"
 
 
 def failure_line(path: Path) -> str:
@@ -138,7 +138,7 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
     """Run the plan (each stage as `command(stage)`); returns 0, the exit code of the first stage
     that failed, or 130 on Ctrl-C. After a failure nothing new starts, and the stages already
     running finish (their work is kept)."""
-    LOGS.mkdir(parents=True, exist_ok=True)
+    cache_dir("concurrent").mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     done: set[str] = set()
     started: set[str] = set()
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print("every stage is up to date")
         return 0
     print(f"{len(plan.upstream)} of {len(upstream_of)} stages to run, {args.jobs} at a time "
-          f"(each one's output: {LOGS}/<stage>.log)", flush=True)
+          f"(each one's output: {cache_dir('concurrent')}/<stage>.log)", flush=True)
     returncode = run(plan, args.jobs, echo=lambda line: print(line, flush=True))
     if returncode == 0:
         print(f"done in {time.perf_counter() - started:.0f} s")

@@ -26,7 +26,7 @@ from robust_cifar.errors import PublishError, UserError
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
-from robust_cifar.stage import TIMINGS
+from robust_cifar.stage import timings
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
@@ -162,7 +162,7 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         *run_lines(devices(TRAINING), git_commit()),
         *([f"- **wall time of the command**: {wall_seconds / 60:.1f} min from start to end (stages that DVC "
            "reused from its cache took none)."] if wall_seconds is not None else []),
-        *time_lines(stage_times(TIMINGS), wall_seconds), "",
+        *time_lines(stage_times(timings()), wall_seconds), "",
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
         "the PNGs are the figures of `dvc plots show`.", ""]))

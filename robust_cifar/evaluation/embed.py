@@ -26,8 +26,8 @@ def plan_transform(plan: SplitPlan, fgm_eps: float, score_fn: Optional[ScoreFn],
 def evaluate_conditions(model: CifarResNet18, images: torch.Tensor, plan: SplitPlan, fgm_eps: float,
                         score_fn: ScoreFn, transfer_score_fn: Optional[ScoreFn], compute: Compute, batch_size: int,
                         conditions: tuple[str, ...], clean: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{condition: (embeddings, logits)} for one split.
+                        progress: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{condition: (embeddings, logits)} for one split; `progress`: a bar with an ETA per condition.
 
     `transfer_score_fn=None` means the evaluated model is the transfer source itself (the
     baseline), so its transfer condition is its white-box condition.
@@ -45,7 +45,8 @@ def evaluate_conditions(model: CifarResNet18, images: torch.Tensor, plan: SplitP
         elif condition == "transfer" and transfer_score_fn is None:
             results[condition] = results["perturbed"]
         else:
-            results[condition] = embed_and_classify(model, images, compute, batch_size, transforms[condition])
+            results[condition] = embed_and_classify(model, images, compute, batch_size, transforms[condition],
+                                                    progress=progress and condition)
     return results
 
 

@@ -12,33 +12,21 @@ from robust_cifar.model import CifarResNet18
 # (pixels of images [start, stop), start, stop) -> the images the model should see instead
 BatchTransform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
-# Off by default: validation inside training runs this loop every epoch, under training's own bar.
-# A stage doing long inference calls show_progress() once, and every call then shows a bar,
-# including the calls other modules make for it (embed.evaluate_conditions).
-_progress_default = False
-
-
-def show_progress(enabled: bool = True) -> None:
-    """Turn embed_and_classify's progress bars on (or off) for calls that pass no `progress`."""
-    global _progress_default
-    _progress_default = enabled
-
-
 def embed_and_classify(model: CifarResNet18, images: torch.Tensor, compute: Compute, batch_size: int,
                        transform: Optional[BatchTransform] = None,
-                       progress: Union[bool, str, None] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       progress: Union[bool, str] = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (N, D) float32 and logits (N, C) float32, on the compute device.
 
     `images` are uint8 NCHW (on any device). The model is put in eval mode; a transform may take
     gradients (FGM), so only the final forward pass runs without autograd.
 
-    `progress`: a tqdm bar over the images with rate and ETA (a string names the bar); None follows
-    show_progress(), off unless a stage turned it on. The bar disappears when the loop ends.
+    `progress`: a tqdm bar over the images with rate and ETA (a string names the bar); off by default,
+    as validation inside training runs this every epoch under training's own bar. The bar disappears
+    when the loop ends.
     """
     model.eval()
     embeddings, logits = [], []
-    enabled = _progress_default if progress is None else bool(progress)
-    bar = tqdm(total=len(images), unit="img", unit_scale=True, leave=False, disable=not enabled,
+    bar = tqdm(total=len(images), unit="img", unit_scale=True, leave=False, disable=not progress,
                desc=progress if isinstance(progress, str) else "inference")
     for start in range(0, len(images), batch_size):
         stop = min(start + batch_size, len(images))

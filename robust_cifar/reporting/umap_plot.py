@@ -5,15 +5,11 @@ import functools
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from robust_cifar.cache import cache_dir
 from robust_cifar.params import Params, bounded_int, real, whole
-
-# umap-learn compiles with numba on first use (~30 s a process); a cache inside the project keeps
-# reruns fast.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(".cache/numba").resolve()))
 
 import matplotlib  # noqa: E402
 
@@ -46,13 +42,16 @@ def import_umap_with_compile_cache():
     """umap-learn, with every numba function it defines compiled once and cached on disk.
 
     umap-learn marks only one of its many jitted functions `cache=True`, so each process
-    recompiled them (~30 s on 2 cores, more than the fit itself). Defaulting numba's
+    recompiled them (~30 s on 2 cores, more than the fit itself); the compiled code goes to the
+    project's cache (robust_cifar/cache.py) unless NUMBA_CACHE_DIR names another. Defaulting numba's
     decorators to cache=True while umap is first imported brings a warm run to ~3 s.
     """
     import sys
 
     if "umap" in sys.modules:
         return sys.modules["umap"]
+    # numba reads its cache folder when it is first imported: here, not when this module is
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir("numba").resolve()))
     import numba
 
     originals = numba.njit, numba.jit

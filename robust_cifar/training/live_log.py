@@ -5,9 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-# dvclive writes here while training runs; the folder replaces the stage's output only at the end,
-# so an interrupted run never leaves a half-written training log where the finished one was.
-IN_PROGRESS = Path(".cache/live")
+from robust_cifar.cache import cache_dir
 
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
@@ -22,7 +20,9 @@ class EpochLog:
         from dvclive import Live  # imported here: only the training stage needs it
 
         self.directory = Path(directory)
-        self.in_progress = IN_PROGRESS / self.directory.name
+        # dvclive writes here while training runs; the folder replaces the stage's output only at the end,
+        # so an interrupted run never leaves a half-written training log where the finished one was.
+        self.in_progress = cache_dir("live") / self.directory.name
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
         # (or `dvc repro`) owns the experiment, not the logger.
         self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
