@@ -87,24 +87,29 @@ def epoch_batches(setup: TrainingSetup, labels: torch.Tensor, generator: torch.G
     return list(flat.split([len(batch) for batch in batches]))
 
 
+CLEAN_VALIDATION = ("full", "loss", "none")   # loss and accuracy; the loss alone; neither
+
+
 def validate(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors, val: SplitTensors,
              perturbed_val: Optional[Callable[[object], BatchTransform]], progress: bool = False,
-             clean: bool = True, loss_only: bool = False) -> dict[str, float]:
-    """Validation loss and accuracy in the method's own terms (when `clean`; the loss alone when
-    `loss_only`, which needs no training embeddings), and perturbed accuracy for methods trained on
-    perturbations (when `perturbed_val` is given: their attack aimed at the model's own decision)."""
+             clean: str = "full") -> dict[str, float]:
+    """Clean validation in the method's own terms (`clean`: "full", the loss and accuracy; "loss", the
+    loss alone, which needs no training embeddings; "none"), and perturbed accuracy for methods trained
+    on perturbations (when `perturbed_val` is given: their attack aimed at the model's own decision)."""
+    if clean not in CLEAN_VALIDATION:
+        raise ValueError(f"clean must be one of {CLEAN_VALIDATION}, not {clean!r}")
     objective, batch_size = setup.method.objective, setup.eval_batch_size
     row = {}
-    if clean or loss_only:
+    if clean != "none":
         embeddings, logits = embed_and_classify(model, val.images, setup.compute, batch_size,
                                                 progress=progress and "validate")
         row["val_loss"] = objective.validation_loss(embeddings, logits, val.labels, setup.seed)
-    if not clean and perturbed_val is None:
+    if clean != "full" and perturbed_val is None:
         return row
     train_embeddings = (embed_and_classify(model, train.images, setup.compute, batch_size)[0]
                         if objective.needs_train_embeddings else None)
     reference = objective.reference(train_embeddings, train.labels, setup.num_classes)
-    if clean:
+    if clean == "full":
         row["val_acc"] = accuracy(objective.predict(embeddings, logits, reference), val.labels)
     if perturbed_val is not None:
         transform = perturbed_val(objective.score_fn(model, reference))
@@ -168,7 +173,7 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
         if clean_now or perturbed_now or loss_now:
             started = time.perf_counter()
             row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
-                                clean=clean_now, loss_only=loss_now))
+                                clean="full" if clean_now else "loss" if loss_now else "none"))
             row["val_seconds"] = time.perf_counter() - started
         scheduler.step(row["val_loss"] if loss_now else loss.item() if config.lr_schedule_on == "last_batch"
                        else train_loss)   # the last batch's loss is read from the device only when it is watched
