@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGES = ("robust_cifar", "stages")
@@ -16,11 +17,22 @@ def module_file(root: Path, module: str) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
+    """A file's syntax tree, parsed once per version of the file (every stage's closure shares most files)."""
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def parsed(path: Path) -> ast.Module:
+    status = path.stat()
+    return _parsed(path.resolve(), status.st_mtime_ns, status.st_size)
+
+
 def imported_modules(root: Path, path: Path) -> set[str]:
     """Project modules that `path` imports, at any depth of its code (function-level imports too)."""
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -43,7 +55,7 @@ def discovers_its_modules(path: Path) -> bool:
     as the method registry does) imports every module of its folder."""
     return any(isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "iter_modules"
                and any(isinstance(arg, ast.Name) and arg.id == "__path__" for arg in node.args)
-               for node in ast.walk(ast.parse(path.read_text(), filename=str(path))))
+               for node in ast.walk(parsed(path)))
 
 
 def import_closure(root: Path, module: str) -> set[Path]:
