@@ -31,10 +31,7 @@ What is here (APGD has a file of its own, ``robust_cifar.evaluation.apgd``):
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from robust_cifar.perturbations.perturb import ScoreFn
