@@ -48,6 +48,9 @@ TINY_PARAMS = {
     "pgd_adversarial.steps": 1,
     "compute.eval_batch_size": 64,
     "compute.device": "cpu",
+    # tiny convolutions run fastest on one thread; and a CPU sweep's workers (one core each on CI) then
+    # run with the numerics of the reproduced project, so its experiments rerun only what their params change
+    "compute.threads": 1,
     "compute.fast": False,   # fp32 on every CPU, bf16 units or not (check_params refuses bf16 without them)
     "angular.per_class": 2,
     "angular_adversarial.per_class": 2,
