@@ -1,5 +1,5 @@
-"""aggregate@<method>: every seed's metrics and robust accuracies -> their mean and std per key, reports/metrics/<method>.json
-(what `dvc metrics show` compares), and the figures seed's test predictions -> reports/predictions/<method>.csv"""
+"""aggregate@<method>: every seed's metrics and robust accuracies -> their mean and std per key, reports/aggregate/<method>.json
+(what summarize reads), and the figures seed's test predictions -> reports/predictions/<method>.csv"""
 import shutil
 
 from robust_cifar.outputs import atomic_path, write_json
@@ -15,10 +15,10 @@ def main(argv: list[str]) -> None:
     params = load_params()
     seeds, figures_seed = params.train_seeds(), params.seed("figures")
     per_seed = read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
-    write_json(paths.metrics(method), aggregate(per_seed))
+    write_json(paths.aggregated(method), aggregate(per_seed))
     with atomic_path(paths.predictions(method)) as partial:
         shutil.copyfile(paths.seed_predictions(method, figures_seed), partial)
-    print(f"aggregate@{method}: seeds {sorted(per_seed)} -> {paths.metrics(method)}")
+    print(f"aggregate@{method}: seeds {sorted(per_seed)} -> {paths.aggregated(method)}")
 
 
 if __name__ == "__main__":

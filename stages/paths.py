@@ -83,12 +83,16 @@ def robustness_results(method: str) -> Path:
     return ROBUSTNESS / method
 
 
-METRICS = Path("reports/metrics")
+AGGREGATES = Path("reports/aggregate")
 
 
-def metrics(method: str) -> Path:
-    """Across-seed mean and std of every metric: what `dvc metrics show` lists."""
-    return METRICS / f"{method}.json"
+def aggregated(method: str) -> Path:
+    """Across-seed mean and std of every number evaluate and robustness wrote: what summarize reads."""
+    return AGGREGATES / f"{method}.json"
+
+
+# Each method's headline numbers: the one file of dvc.yaml's `metrics` (`dvc metrics show`, `dvc exp show`)
+HEADLINE = Path("reports/metrics.json")
 
 
 def predictions(method: str) -> Path:

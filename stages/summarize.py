@@ -1,13 +1,13 @@
 """summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
--> reports/summary.md, reports/summary.json and reports/accuracy.png"""
+-> reports/summary.md, reports/summary.json, the figures, and each method's headline numbers -> reports/metrics.json"""
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
 from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
 from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings
 from robust_cifar.reporting.results import read_correct, read_json, read_metrics, read_runs
 from robust_cifar.stage import run_stage
-from robust_cifar.reporting.summarize import (all_split_rows, compare_with_baseline, gate_failures, headline_rows, markdown_report,
-                                  robust_rows, single_perturbation_rows)
+from robust_cifar.reporting.summarize import (all_split_rows, compare_with_baseline, gate_failures, headline_metrics,
+                                              headline_rows, markdown_report, robust_rows, single_perturbation_rows)
 from stages import paths
 
 
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     methods, seeds = params.method_names(), params.train_seeds()
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download"), run_settings)
-    all_metrics = {method: read_metrics(paths.metrics(method), f"aggregate@{method}") for method in methods}
+    all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}") for method in methods}
     per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
                 for method in methods}
     correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"evaluate@{method}-{seed}")
@@ -26,6 +26,7 @@ def main(argv: list[str]) -> None:
     report = markdown_report(all_metrics, comparisons, gates, [*provenance, RUN_FACTS_ELSEWHERE],
                              comparable_with_write_up=run_settings["preset"] == FULL)
     write_text(paths.SUMMARY_MD, report)
+    write_json(paths.HEADLINE, headline_metrics(all_metrics))
     write_json(paths.SUMMARY_JSON, {"provenance": provenance, "settings": run_settings, "verdict": [comparison.sentence for comparison in comparisons],
                                     "comparisons": [comparison.row for comparison in comparisons],
                                     "sanity_gates": {method: failures for method, failures in gates.items()},

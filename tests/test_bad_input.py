@@ -116,8 +116,8 @@ DAMAGE = [
      "data/split/indices.npz is not a readable .npz", "dvc repro -f -s split"),
     ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40),
      ("stages.embed", "baseline", "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f -s perturb"),
-    ("missing metrics", lambda p: (p / "reports/metrics/adversarial.json").unlink(), ("stages.summarize",),
-     "reports/metrics/adversarial.json not found", "dvc repro aggregate@adversarial"),
+    ("missing metrics", lambda p: (p / "reports/aggregate/adversarial.json").unlink(), ("stages.summarize",),
+     "reports/aggregate/adversarial.json not found", "dvc repro aggregate@adversarial"),
     ("truncated seed metrics", lambda p: truncate(p / "reports/seeds/angular/0.json"), ("stages.aggregate", "angular"),
      "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f -s evaluate@angular-0"),
 ]

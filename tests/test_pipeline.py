@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import pytest
 import yaml
 
 from robust_cifar.params import get_dotted, set_dotted
+from robust_cifar.reporting.summarize import HEADLINE
+from robust_cifar.training.methods import REGISTRY, label
 from tests.pipeline_project import (ALL_STAGES, METHODS, ROOT, SEED, covers, dag_edges, declared_params,
                                     downstream_closure, dvc, ran_stages, stages_of, stale_stages)
 
@@ -129,12 +132,12 @@ def test_every_output_exists_and_metrics_are_accuracies(project):
                      f"reports/predictions/{method}.csv"):
             assert (project / path).stat().st_size > 0, path
         per_seed = json.loads((project / f"reports/seeds/{method}/{SEED}.json").read_text())
-        metrics = json.loads((project / f"reports/metrics/{method}.json").read_text())
+        metrics = json.loads((project / f"reports/aggregate/{method}.json").read_text())
         assert metrics["seeds"] == 1
         for split in ("train", "val", "test"):
             for condition in ("clean", "perturbed", "transfer") + (("jitter", "noise", "fgm") if split == "test" else ()):
                 entry = metrics[split][condition]
-                assert set(entry) == ({"knn"} if method.startswith("angular") else {"head", "knn"})
+                assert set(entry) == ({"head", "knn"} if REGISTRY[method].OBJECTIVE.has_head else {"knn"})
                 for decision, value in entry.items():
                     # one seed: the mean is that seed's accuracy and there is no spread
                     assert value == {"mean": per_seed[split][condition][decision], "std": 0.0}
@@ -197,6 +200,34 @@ def test_exp_run_alpha_retrains_only_the_angular_chain(project, tmp_path):
     assert ran_stages(result.stdout) == chain("angular") | {"check_params"}, result.stdout
     shown = dvc(copy, "metrics", "show", "--json").stdout
     assert "angular.json" in shown
+
+
+def test_the_headline_metrics_are_each_methods_own_decision_in_percent(project):
+    headline = json.loads((project / "reports/metrics.json").read_text())
+    assert list(headline) == [label(method) for method in METHODS]
+    for method in METHODS:
+        aggregated = json.loads((project / f"reports/aggregate/{method}.json").read_text())
+        decision = "head" if REGISTRY[method].OBJECTIVE.has_head else "knn"
+        for key, (section, condition) in HEADLINE.items():
+            assert headline[label(method)][key] == round(100 * aggregated[section][condition][decision]["mean"], 2)
+
+
+# An experiment's row names it `└── 1a2b3c4 [name]`: with a name of 16 characters, 21 more than `workspace`
+EXPERIMENT_ROW_ROOM = 21
+
+
+def test_the_readmes_exp_show_lists_every_methods_headline_within_200_columns(project):
+    (command,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("dvc exp show")]
+    assert len(command) <= 60
+    shown = dvc(project, *shlex.split(command)[1:], "--no-pager", env={"COLUMNS": "200"}).stdout
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 200 - EXPERIMENT_ROW_ROOM and "…" not in shown, shown
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header == ["Experiment"] + [f"{label(method)}.{key}" for method in METHODS for key in ("clean", "robust")]
+    workspace = next(line for line in lines if line.split()[:1] == ["workspace"]).split()[1:]
+    headline = json.loads((project / "reports/metrics.json").read_text())
+    assert [float(value) for value in workspace] == [headline[label(method)][key] for method in METHODS
+                                                     for key in ("clean", "robust")]
 
 
 def test_adding_a_seed_adds_stages_and_reruns_only_what_summarises_them(project):

@@ -55,7 +55,7 @@ def share_and_pull(owner: Path, colleague: Path, remote: str, url: str, **option
     outputs = lock_outputs(owner)
     expected = {"reports/summary.md"} | {
         f"{folder}/{method}{suffix}.{ext}" for method in METHODS for folder, suffix, ext in (
-            ("models", "-0", "pt"), ("reports/metrics", "", "json"), ("data/embeddings", "-0", "npz"),
+            ("models", "-0", "pt"), ("reports/aggregate", "", "json"), ("data/embeddings", "-0", "npz"),
             ("reports/umap", "", "png"))}
     assert expected <= set(outputs), sorted(expected - set(outputs))
 
@@ -84,9 +84,7 @@ def share_and_pull(owner: Path, colleague: Path, remote: str, url: str, **option
     shown = metrics(colleague)
     assert shown == metrics(owner)
     (workspace,) = shown.values()  # keyed by revision: "" is the workspace
-    assert {path: "data" in entry for path, entry in workspace["data"].items()} == {
-        path: True for method in METHODS
-        for path in (f"reports/metrics/{method}.json", f"reports/training/{method}-0/metrics.json")}, shown
+    assert {path: "data" in entry for path, entry in workspace["data"].items()} == {"reports/metrics.json": True}, shown
     assert run(colleague, "git", "status", "--porcelain").stdout == ""
 
 

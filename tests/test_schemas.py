@@ -211,7 +211,7 @@ BAD_METRICS = [
 @pytest.mark.parametrize("damage, words", [case[1:] for case in BAD_METRICS], ids=[case[0] for case in BAD_METRICS])
 def test_metrics_without_the_expected_keys_are_one_line(tmp_path, damage, words):
     seeds_folder, robustness_folder = seed_files(tmp_path)
-    path = tmp_path / "reports/metrics/baseline.json"
+    path = tmp_path / "reports/aggregate/baseline.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(damage(aggregate(read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")))))
     with pytest.raises(InputError) as error:

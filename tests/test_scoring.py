@@ -48,7 +48,7 @@ def test_structure_follows_splits_and_conditions():
     assert tuple(metrics["train"]) == CONDITIONS
     assert set(predictions) == {f"{split}.{condition}.{decision}" for split in SPLITS
                                 for condition in conditions_for(split) for decision in ("head", "knn")}
-    json.dumps(metrics)  # written as reports/metrics/<method>.json
+    json.dumps(metrics)  # written as reports/aggregate/<method>.json
 
 
 def test_head_accuracy_is_argmax_accuracy():

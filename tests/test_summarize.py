@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from robust_cifar.reporting.summarize import NOT_APPLICABLE, cell, compare_with_baseline, headline_rows
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, write_up
+from robust_cifar.reporting.aggregate import aggregate
+from robust_cifar.reporting.summarize import NOT_APPLICABLE, cell, compare_with_baseline, headline_metrics, headline_rows
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label, write_up
 
 OTHER = next(name for name in REGISTRY if name != REFERENCE_METHOD)
 IMAGES = 40
@@ -49,6 +50,23 @@ def test_each_method_is_compared_with_the_reference_seed_by_seed():
 def test_a_headless_method_is_compared_by_its_3nn():
     only = comparison(head=False)
     assert only.decision == "knn" and only.row["method"] == f"{OTHER} (3-NN)"
+
+
+def test_the_headline_is_each_methods_own_decision_in_percent_under_its_label():
+    with_knn = {s: seed_metrics(*v) for s, v in REFERENCE.items()}
+    for metrics in with_knn.values():   # a 3-NN beside the head, with other numbers: the head decides
+        for section, condition in (("test", "clean"), ("test", "perturbed"), ("robustness", "robust")):
+            metrics[section][condition]["knn"] = 0.99
+    all_metrics = {REFERENCE_METHOD: aggregate(with_knn),
+                   OTHER: aggregate({s: seed_metrics(*v, head=False) for s, v in METHOD.items()})}
+    headline = headline_metrics(all_metrics)
+    assert list(headline) == [label(REFERENCE_METHOD), label(OTHER)]
+    for name, runs in ((REFERENCE_METHOD, REFERENCE), (OTHER, METHOD)):
+        for index, key in enumerate(("clean", "perturbed", "robust")):
+            values = [100 * run[index] for run in runs.values()]
+            assert headline[label(name)][key] == pytest.approx(np.mean(values), abs=0.005)
+            assert headline[label(name)][f"{key}_std"] == pytest.approx(np.std(values, ddof=1), abs=0.005)
+        assert set(headline[label(name)]) == {"clean", "clean_std", "perturbed", "perturbed_std", "robust", "robust_std"}
 
 
 @pytest.mark.parametrize("entry, text", [({"mean": 0.64781, "std": 0.0031}, "64.78 +- 0.31"),

@@ -246,7 +246,7 @@ def experiments_shown(project: Path) -> dict[str, dict]:
 
 
 def baseline_metrics(data: dict) -> dict:
-    return data["metrics"]["reports/metrics/baseline.json"]["data"]
+    return data["metrics"]["reports/metrics.json"]["data"]
 
 
 def out_hashes(data: dict) -> dict[str, str]:
@@ -272,15 +272,16 @@ def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broke
     shown = experiments_shown(project)
     assert set(shown) == {"k=1"}
     assert shown["k=1"]["params"]["params.yaml"]["data"]["knn"]["k"] == 1
-    workspace = json.loads((project / "reports/metrics/baseline.json").read_text())
-    assert yaml.safe_load((project / "params.yaml").read_text())["knn"]["k"] != 1
-    assert baseline_metrics(shown["k=1"]) != workspace          # the experiment ran with its own k
     assert run(project, "git", "status", "--porcelain").stdout == ""       # the workspace was not touched
 
+    aggregated = project / "reports/aggregate/baseline.json"     # with the 3-NN's numbers, which k changes
+    before = aggregated.read_bytes()
+    assert yaml.safe_load((project / "params.yaml").read_text())["knn"]["k"] != 1
     dvc(project, "exp", "apply", "k=1")
     assert yaml.safe_load((project / "params.yaml").read_text())["knn"]["k"] == 1
-    applied = json.loads((project / "reports/metrics/baseline.json").read_text())
+    applied = json.loads((project / "reports/metrics.json").read_text())
     assert applied == baseline_metrics(shown["k=1"])
+    assert aggregated.read_bytes() != before                      # the experiment ran with its own k
     dvc(project, "exp", "branch", "k=1", "knn-1")
     assert yaml.safe_load(run(project, "git", "show", "knn-1:params.yaml").stdout)["knn"]["k"] == 1
 
@@ -365,7 +366,7 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     assert_same_results(shown, serial)
     # the outputs came through the DVC remote into the driver's cache: applying needs nothing else
     dvc(owner, "exp", "apply", "k=5")
-    assert json.loads((owner / "reports/metrics/baseline.json").read_text()) == baseline_metrics(serial["k=5"])
+    assert json.loads((owner / "reports/metrics.json").read_text()) == baseline_metrics(serial["k=5"])
     remote_refs = run(owner, "git", "ls-remote", str(git_remote), "refs/exps/*").stdout
     assert remote_refs.count("refs/exps/") == 1
 

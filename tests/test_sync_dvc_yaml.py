@@ -53,8 +53,7 @@ def test_dvc_yamls_method_lists_are_generated_from_params_methods():
 
 def test_every_generated_list_names_every_method():
     sections = yaml.safe_load(generated_sections(["first", "second_one"]).replace("${seeds.figures}", "0"))
-    assert sections["metrics"] == ["reports/metrics/first.json", "reports/metrics/second_one.json",
-                                   "reports/training/first-0/metrics.json", "reports/training/second_one-0/metrics.json"]
+    assert "metrics" not in sections   # one file for every method, above the generated part
     per_method = [definition for entry in sections["plots"] if isinstance(entry, dict) for definition in entry.values()]
     assert per_method and all(["first" in path for path in definition["y"]] == [True, False] for definition in per_method)
     assert [entry for entry in sections["plots"] if isinstance(entry, str) and "umap" in entry] == [

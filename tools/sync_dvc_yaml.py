@@ -50,14 +50,8 @@ FIGURES = ("reports/training_curves.png", "reports/accuracy.png", "reports/robus
 
 
 def generated_sections(methods: list[str]) -> str:
-    """The metrics, plots and artifacts of dvc.yaml for these methods."""
-    lines = ["# `dvc metrics show` puts the methods side by side: the headline numbers of each method (mean and",
-             "# std over seeds) from aggregate, and the final training and validation values from dvclive for",
-             "# the seeds.figures run of each method.",
-             "metrics:"]
-    lines += [f"  - reports/metrics/{method}.json" for method in methods]
-    lines += [f"  - {training_log(method)}/metrics.json" for method in methods]
-    lines += ["", "plots:",
+    """The plots and artifacts of dvc.yaml for these methods."""
+    lines = ["plots:",
               "  # Curves: templates in .dvc/plots/ colour each line by its method (the dvclive folder in the",
               "  # file's path) and dash it by revision."]
     for title, template, metric, field, y_label in CURVES:

@@ -1,5 +1,5 @@
 """Reading the results that evaluate and robustness write per seed (reports/seeds/<method>/<seed>.json and .csv,
-reports/robustness/<method>/<seed>.json) and aggregate per method (reports/metrics/<method>.json), each
+reports/robustness/<method>/<seed>.json) and aggregate per method (reports/aggregate/<method>.json), each
 checked against its schema: what summarize, the figures and aggregate look up in it."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from tabulate import tabulate
 from robust_cifar.conditions import CONDITIONS, DECISIONS, KINDS, SPLITS
 from robust_cifar.evaluation.attack_registry import ATTACKS, eps_key, eps_of
 from robust_cifar.reporting.aggregate import bootstrap_difference, paired_difference, verdict
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, write_up
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label, write_up
 NOT_APPLICABLE = "n/a"
 
 
@@ -34,6 +34,24 @@ def lookup(metrics: dict, split: str, condition: str, decision: str) -> dict | N
 def own_decision(metrics: dict) -> str:
     """How the method classifies: its head when it has one, else the 3-NN."""
     return "head" if "head" in metrics["test"]["clean"] else "knn"
+
+
+# The headline numbers (reports/metrics.json: what `dvc metrics show` and `dvc exp show` list) of each method's own
+# decision on the test set: (where in its aggregate, condition) by name; each as percent, mean and std over seeds
+HEADLINE = {"clean": ("test", "clean"), "perturbed": ("test", "perturbed"), "robust": ("robustness", "robust")}
+
+
+def headline_metrics(all_metrics: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """{method's label: {"clean": %, "clean_std": %, "perturbed": ..., "robust": ...}}: short keys, so that
+    `dvc exp show` fits every method's numbers in one terminal (the label says which method, README)."""
+    headline = {}
+    for method, metrics in all_metrics.items():
+        decision, entry = own_decision(metrics), {}
+        for name, (section, condition) in HEADLINE.items():
+            scores = metrics[section][condition][decision]
+            entry[name], entry[f"{name}_std"] = round(100 * scores["mean"], 2), round(100 * scores["std"], 2)
+        headline[label(method)] = entry
+    return headline
 
 
 def headline_rows(all_metrics: dict[str, dict], with_write_up: bool = True) -> list[dict]:

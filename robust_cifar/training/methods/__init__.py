@@ -1,6 +1,7 @@
 """The registry of training methods: every module of this package that defines NAME is one.
 
-A method module defines NAME, OBJECTIVE (its objective's class: the loss the figures group it by),
+A method module defines NAME, LABEL (a few letters: its columns in `dvc exp show`, which must fit a
+terminal), OBJECTIVE (its objective's class: the loss the figures group it by),
 `from_params(params) -> Method`, and optionally REFERENCE = True (the one method every other is
 compared with and attacked through) and WRITE_UP (the write-up's decision and clean / perturbed test
 accuracy). Adding a method: a file here, a section named after it in params.yaml, its name in
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from types import ModuleType
 from typing import Optional
 
@@ -29,6 +31,10 @@ _references = [name for name, module in REGISTRY.items() if getattr(module, "REF
 if len(_references) != 1:
     raise ImportError(f"exactly one method must set REFERENCE = True, not {_references}")
 REFERENCE_METHOD = _references[0]
+LABEL_PATTERN = re.compile(r"[a-z]{1,7}")   # short: five methods' three columns fit 200 characters
+_labels = [getattr(module, "LABEL", "") for module in REGISTRY.values()]
+if not all(LABEL_PATTERN.fullmatch(label) for label in _labels) or len(set(_labels)) != len(_labels):
+    raise ImportError(f"every method needs its own LABEL of 1-7 lowercase letters, not {dict(zip(REGISTRY, _labels))}")
 
 
 def known(name: str) -> str:
@@ -42,6 +48,11 @@ def build_method(name: str, params: Params) -> Method:
     return REGISTRY[known(name)].from_params(params)
 
 
+def label(name: str) -> str:
+    """The method's few letters in the headline metrics (reports/metrics.json) and `dvc exp show`."""
+    return REGISTRY[name].LABEL
+
+
 def loss_name(name: str) -> str:
     """The loss the method trains on ("cross-entropy", "angular"): losses of one name share an axis."""
     return REGISTRY[name].OBJECTIVE.loss_name
@@ -52,4 +63,4 @@ def write_up(name: str) -> Optional[tuple[str, float, float]]:
     return getattr(REGISTRY[name], "WRITE_UP", None)
 
 
-__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "loss_name", "write_up"]
+__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "write_up"]

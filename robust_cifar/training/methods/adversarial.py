@@ -7,6 +7,7 @@ from robust_cifar.training.methods.method import Method
 from robust_cifar.training.methods.objectives import CrossEntropyHead
 
 NAME = "adversarial"
+LABEL = "adv"
 OBJECTIVE = CrossEntropyHead
 WRITE_UP = ("head", 68.46, 51.92)
 

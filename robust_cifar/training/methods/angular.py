@@ -5,6 +5,7 @@ from robust_cifar.training.methods.method import Method
 from robust_cifar.training.methods.objectives import AngularEmbedding
 
 NAME = "angular"
+LABEL = "ang"
 OBJECTIVE = AngularEmbedding
 WRITE_UP = ("knn", 73.23, 52.07)
 

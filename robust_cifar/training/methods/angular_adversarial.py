@@ -8,6 +8,7 @@ from robust_cifar.training.methods.method import Method
 from robust_cifar.training.methods.objectives import AngularEmbedding
 
 NAME = "angular_adversarial"
+LABEL = "angadv"
 OBJECTIVE = AngularEmbedding
 
 

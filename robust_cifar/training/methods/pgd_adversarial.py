@@ -20,6 +20,7 @@ from robust_cifar.training.methods.method import Method
 from robust_cifar.training.methods.objectives import CrossEntropyHead
 
 NAME = "pgd_adversarial"
+LABEL = "pgd"
 OBJECTIVE = CrossEntropyHead
 
 
