@@ -30,7 +30,8 @@ def not_copied(source: Path):
         return top | ANYWHERE_NOT_COPIED(folder, names)
     return ignored
 
-METHODS = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["methods"])   # every method of the study
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+METHODS = tuple(PARAMS["methods"])   # every method of the study
 SEED = 0   # the tiny project trains one seed per method; tests/test_pipeline.py adds a second
 ALL_STAGES = {"check_params", "download", "split", "perturb", "summarize", "curves", "examples"} | {
     f"{stage}@{method}-{SEED}" for stage in ("train", "embed", "evaluate", "robustness") for method in METHODS} | {
@@ -42,18 +43,12 @@ TINY_PARAMS = {
     "train.epochs": 2,
     "seeds.train": [SEED],
     "seeds.figures": SEED,
-    "baseline.batch_size": 16,
-    "adversarial.batch_size": 16,
-    "pgd_adversarial.batch_size": 16,
-    "pgd_adversarial.steps": 1,
     "compute.eval_batch_size": 64,
     "compute.device": "cpu",
     # tiny convolutions run fastest on one thread; and a CPU sweep's workers (one core each on CI) then
     # run with the numerics of the reproduced project, so its experiments rerun only what their params change
     "compute.threads": 1,
     "compute.fast": False,   # fp32 on every CPU, bf16 units or not (check_params refuses bf16 without them)
-    "angular.per_class": 2,
-    "angular_adversarial.per_class": 2,
     "umap.plot_samples": 40,
     "umap.n_neighbors": 5,
     # every registered attack runs, each as cheaply as it can still move an image
@@ -71,6 +66,9 @@ TINY_PARAMS = {
     "attack.soft_knn_apgd_dlr.iterations": 3,
     "attack.guide_samples.steps": 2,
     "attack.transfer.steps": 2,
+    # every method's own section: small batches, the fewest steps of a training attack
+    **{f"{method}.{key}": value for method in METHODS for key, value in (("batch_size", 16), ("per_class", 2), ("steps", 1))
+       if key in PARAMS[method]},
 }
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped
+from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.pipeline_project import ROOT, dvc, not_copied, run as run_command, stale_stages
 from tools import concurrent_repro
 from tools.concurrent_repro import plan_from_graph, run, set_params
@@ -232,18 +233,19 @@ def outs(lock: dict, stage: str) -> list:
 
 
 def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reproduced_project, tmp_path):
-    """Two methods of the tiny pipeline, two stages at a time: every run's outputs have the bytes
-    of the sequential `dvc repro` (the shared fixture), and DVC sees nothing left to do."""
+    """The reference method's tiny pipeline, two stages at a time (evaluate, robustness and umap_plot side
+    by side): every run's outputs have the bytes of the sequential `dvc repro` (the shared fixture), and
+    DVC sees nothing left to do."""
     project = tmp_path / "project"
     shutil.copytree(reproduced_project, project, ignore=not_copied(reproduced_project))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["methods"] = ["baseline", "angular_adversarial"]
+    params["methods"] = [REFERENCE_METHOD]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run_command(project, *command)
 
     result = run_command(project, sys.executable, "-m", "tools.concurrent_repro", "--jobs", "2")
-    assert result.stdout.splitlines()[0].startswith("19 of 19 stages to run, 2 at a time"), result.stdout
+    assert result.stdout.splitlines()[0].startswith("13 of 13 stages to run, 2 at a time"), result.stdout
     assert stale_stages(project) == set()
     sequential = yaml.safe_load((reproduced_project / "dvc.lock").read_text())
     concurrent = yaml.safe_load((project / "dvc.lock").read_text())

@@ -91,11 +91,13 @@ def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
 def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     reports = tmp_path / "reports"
-    (reports / "metrics").mkdir(parents=True)
+    reports.mkdir()
     (reports / "umap").mkdir()
     (reports / "summary.md").write_text("# summary\n")
     (reports / "summary.json").write_text(json.dumps({"provenance": ["- **data**: x"], "verdict": ["a raises b."]}))
-    (reports / "metrics" / "baseline.json").write_text("{}")
+    (reports / "metrics.json").write_text("{}")
+    (reports / "aggregate").mkdir()
+    (reports / "aggregate" / "baseline.json").write_text("{}")
     (reports / "umap" / "baseline.png").write_bytes(b"png")
     (reports / "seeds").mkdir()
     (reports / "seeds" / "big.csv").write_text("not published")
@@ -107,7 +109,7 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     copied = publish(tmp_path / "results" / "quick-cpu", "python -m tools.preset quick", wall_seconds=634.8)
     assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
-    assert names == ["metrics/baseline.json", "summary.json", "summary.md", "umap/baseline.png"]
+    assert names == ["aggregate/baseline.json", "metrics.json", "summary.json", "summary.md", "umap/baseline.png"]
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m tools.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
     assert "**wall time of the command**: 10.6 min" in readme

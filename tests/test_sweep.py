@@ -1,8 +1,8 @@
 """Sweeps (robust_cifar/sweep): the grid, the worker pool, and real sweeps of the tiny pipeline.
 
-The end-to-end tests work on a baseline-only copy of the session's reproduced tiny project and
-sweep knn.k, which reruns only cheap stages (evaluate, robustness, summarize: the tiny project runs on
-one thread, as each of two CPU workers or one-CPU Ray tasks does). The slow
+The end-to-end tests work on a copy of the session's reproduced tiny project with the reference method
+alone, and sweep SWEEP: one experiment reruns a cheap stage (the tiny project runs on one thread, as each
+of two CPU workers or one-CPU Ray tasks does, so nothing retrains), one fails. The slow
 ones (pytest -m "not slow" skips them) run the sweep on two local CPU workers and on a local
 multi-node Ray cluster with a Git and a DVC remote in local directories. How much faster two
 workers are is a benchmark, not a test: `python -m tools.bench_sweep`.
@@ -25,6 +25,7 @@ import pytest
 import yaml
 from dulwich.refs import check_ref_format
 
+from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.pipeline_project import ROOT, dvc, dvc_env, run
 from tools.sweep import cli, grid, steps
 from tools.sweep.cli import main
@@ -33,7 +34,11 @@ from tools.sweep.local import Progress, clone_job, plan_slots, run_pool, visible
 
 # independent experiments (evaluate and summarize): none reuses another's stages, run serially or not
 GRID = ["-S", "knn.k=1,5,7,9"]
-RAY_GRID = ["-S", "knn.k=5"]   # with a broken one, one for each of two Ray nodes; tools/bench_sweep.py times GRID
+# The real sweeps' two experiments (one for each of two workers or Ray nodes): one redraws the UMAP, a cheap stage
+# (the metrics stay), and one fails in evaluate: knn.k=60 passes check_params, but 40 training images have fewer
+# neighbours. tools/bench_sweep.py times GRID.
+SWEEP = ["-S", "umap.min_dist=0.2", "-S", "knn.k=3,60"]
+GOOD, BROKEN = "min_dist=0.2,k=3", "min_dist=0.2,k=60"
 
 
 # --- the grid ---------------------------------------------------------------------------------------------------
@@ -227,7 +232,7 @@ def sweep_base(reproduced_project, tmp_path_factory) -> Path:
     """The reproduced tiny project, baseline only, committed with its dvc.lock (what the workers clone)."""
     base = copy_project(reproduced_project, tmp_path_factory.mktemp("sweep") / "base")
     params = yaml.safe_load((base / "params.yaml").read_text())
-    params["methods"] = ["baseline"]
+    params["methods"] = [REFERENCE_METHOD]   # the one method check_params requires
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc(base, "repro")               # reruns check_params and summarize (it reads `methods`) only
     run(base, "git", "add", "-A")
@@ -255,46 +260,45 @@ def out_hashes(data: dict) -> dict[str, str]:
 
 def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path):
     project = copy_project(sweep_base, tmp_path / "project")
-    # knn.k=60 passes check_params and fails in evaluate, where the 40 training images are known
     assert sweep(project, "-S", "knn.k=1,0", "--gpus", "none").returncode == 2   # knn.k=0 never gets that far
-    result = sweep(project, "-S", "knn.k=1,60", "--workers", "2", "--gpus", "none")
+    result = sweep(project, *SWEEP, "--workers", "2", "--gpus", "none")
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     assert "on 2 workers (cpu 0, cpu 1)" in out
     assert sorted(line.split()[1:3] for line in out.splitlines() if line.startswith("[")) == [
-        ["FAILED", "k=60"], ["ok", "k=1"]]
-    assert "`knn.k` = 60 is invalid" in out and "failed: k=60" in out    # the failure's log, in the output
-    logs = list((project / ".dvc" / "tmp" / "sweep").glob("*/k=60.log"))
+        ["FAILED", BROKEN], ["ok", GOOD]]
+    assert "`knn.k` = 60 is invalid" in out and f"failed: {BROKEN}" in out    # the failure's log, in the output
+    logs = list((project / ".dvc" / "tmp" / "sweep").glob(f"*/{BROKEN}.log"))
     assert len(logs) == 1 and "`knn.k` = 60 is invalid" in logs[0].read_text()
     assert not list((project / ".dvc" / "tmp" / "sweep").glob("*/workers/*"))    # clones removed, logs kept
 
     # ordinary experiments of the main repository, with their params and metrics
     shown = experiments_shown(project)
-    assert set(shown) == {"k=1"}
-    assert shown["k=1"]["params"]["params.yaml"]["data"]["knn"]["k"] == 1
+    assert set(shown) == {GOOD}
+    assert shown[GOOD]["params"]["params.yaml"]["data"]["umap"]["min_dist"] == 0.2
     assert run(project, "git", "status", "--porcelain").stdout == ""       # the workspace was not touched
 
-    aggregated = project / "reports/aggregate/baseline.json"     # with the 3-NN's numbers, which k changes
-    before = aggregated.read_bytes()
-    assert yaml.safe_load((project / "params.yaml").read_text())["knn"]["k"] != 1
-    dvc(project, "exp", "apply", "k=1")
-    assert yaml.safe_load((project / "params.yaml").read_text())["knn"]["k"] == 1
+    figure = project / f"reports/umap/{REFERENCE_METHOD}.png"
+    before = figure.read_bytes()
+    assert yaml.safe_load((project / "params.yaml").read_text())["umap"]["min_dist"] != 0.2
+    dvc(project, "exp", "apply", GOOD)
+    assert yaml.safe_load((project / "params.yaml").read_text())["umap"]["min_dist"] == 0.2
     applied = json.loads((project / "reports/metrics.json").read_text())
-    assert applied == baseline_metrics(shown["k=1"])
-    assert aggregated.read_bytes() != before                      # the experiment ran with its own k
-    dvc(project, "exp", "branch", "k=1", "knn-1")
-    assert yaml.safe_load(run(project, "git", "show", "knn-1:params.yaml").stdout)["knn"]["k"] == 1
+    assert applied == baseline_metrics(shown[GOOD])
+    assert figure.read_bytes() != before                      # the experiment ran with its own min_dist
+    dvc(project, "exp", "branch", GOOD, "umap-0.2")
+    assert yaml.safe_load(run(project, "git", "show", "umap-0.2:params.yaml").stdout)["umap"]["min_dist"] == 0.2
 
     # names already taken are refused before anything runs
-    again = sweep(project, "-S", "knn.k=1", "--gpus", "none")
-    assert again.returncode == 2 and "already named k=1" in again.stderr
+    again = sweep(project, *SWEEP[:3], "knn.k=3", "--gpus", "none")
+    assert again.returncode == 2 and f"already named {GOOD}" in again.stderr
 
 
 @pytest.fixture(scope="module")
 def serial_reference(sweep_base, tmp_path_factory) -> dict[str, dict]:
-    """RAY_GRID's experiments run with plain `dvc exp run`, one after another."""
+    """SWEEP's good experiment run with plain `dvc exp run`."""
     project = copy_project(sweep_base, tmp_path_factory.mktemp("serial") / "project")
-    for experiment in grid.experiments(RAY_GRID[1::2]):
+    for experiment in [e for e in grid.experiments(SWEEP[1::2]) if e.name == GOOD]:
         # with the numerics a one-CPU Ray task gives its experiment (they change the bits)
         dvc(project, "exp", "run", "-n", experiment.name, "-S", "compute.device=cpu", "-S", "compute.threads=1",
             *experiment.set_params())
@@ -302,7 +306,7 @@ def serial_reference(sweep_base, tmp_path_factory) -> dict[str, dict]:
 
 
 def assert_same_results(shown: dict[str, dict], serial: dict[str, dict]) -> None:
-    assert set(shown) == set(serial) == {e.name for e in grid.experiments(RAY_GRID[1::2])}
+    assert set(shown) == set(serial) == {GOOD}
     for name in serial:
         assert baseline_metrics(shown[name]) == baseline_metrics(serial[name]), name
         assert out_hashes(shown[name]) == out_hashes(serial[name]), name    # every output byte-identical
@@ -344,7 +348,7 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     dvc(owner, "remote", "add", "-d", "shared", str(dvc_store))
     run(owner, "git", "commit", "-qam", "a DVC remote every worker can reach")
 
-    refused = sweep(owner, *RAY_GRID, "--ray", address, env=ray_env)       # the workers could not clone HEAD
+    refused = sweep(owner, *SWEEP, "--ray", address, env=ray_env)       # the workers could not clone HEAD
     assert refused.returncode == 2 and "is not on the Git remote" in refused.stderr
     run(owner, "git", "push", "-q", "origin", "HEAD")
     cli.warn_unpushed(owner, "")
@@ -353,11 +357,10 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     cli.warn_unpushed(owner, "")
     assert "not on the DVC remote" not in capsys.readouterr().err
 
-    with_a_broken_one = [RAY_GRID[0], RAY_GRID[1] + ",60"]             # knn.k=60 fails in evaluate (40 training images)
-    result = sweep(owner, *with_a_broken_one, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
+    result = sweep(owner, *SWEEP, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
     assert result.returncode == 1, result.stdout + result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert sorted(line.split()[1:3] for line in progress) == [["FAILED", "k=60"], ["ok", "k=5"]]
+    assert sorted(line.split()[1:3] for line in progress) == [["FAILED", BROKEN], ["ok", GOOD]]
     assert "`knn.k` = 60 is invalid" in result.stdout, result.stdout     # the remote log, shown by the driver
     assert len({line.rsplit("(node ", 1)[1] for line in progress}) == 2, result.stdout   # both worker nodes ran some
 
@@ -365,8 +368,8 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     serial = serial_reference
     assert_same_results(shown, serial)
     # the outputs came through the DVC remote into the driver's cache: applying needs nothing else
-    dvc(owner, "exp", "apply", "k=5")
-    assert json.loads((owner / "reports/metrics.json").read_text()) == baseline_metrics(serial["k=5"])
+    dvc(owner, "exp", "apply", GOOD)
+    assert json.loads((owner / "reports/metrics.json").read_text()) == baseline_metrics(serial[GOOD])
     remote_refs = run(owner, "git", "ls-remote", str(git_remote), "refs/exps/*").stdout
     assert remote_refs.count("refs/exps/") == 1
 

@@ -27,7 +27,7 @@ from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import Params, load_params, set_dotted
-from robust_cifar.training.methods import build_method
+from robust_cifar.training.methods import REFERENCE_METHOD, build_method
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 
 
@@ -81,7 +81,7 @@ def run_variant(variant: Variant, raw: dict, arrays: CifarArrays, reencoded: Cif
     test = tensors(data.test_images, data.test_labels)
     torch.manual_seed(seed)
     model = compute.prepare(ModelConfig.from_params(params).build(len(data.class_names)))
-    setup = TrainingSetup(method=build_method("baseline", params), train=TrainConfig.from_params(params),
+    setup = TrainingSetup(method=build_method(REFERENCE_METHOD, params), train=TrainConfig.from_params(params),
                           compute=compute, seed=seed, num_classes=len(data.class_names),
                           eval_batch_size=ComputeConfig.from_params(params).eval_batch_size)
     started = time.perf_counter()

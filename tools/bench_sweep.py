@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.pipeline_project import create_tiny_project, dvc, run
 from tools.sweep import grid
 
@@ -50,7 +51,7 @@ def cpu_model() -> str:
 def baseline_project(folder: Path) -> Path:
     project = create_tiny_project(folder / "base")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["methods"] = ["baseline"]
+    params["methods"] = [REFERENCE_METHOD]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc(project, "repro")
     run(project, "git", "add", "-A")
