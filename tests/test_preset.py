@@ -8,6 +8,7 @@ from robust_cifar.check_params import validate_params
 from robust_cifar.machine import cpu_description
 from robust_cifar.params import Params, set_dotted
 from robust_cifar.reporting.provenance import time_lines
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, on_a_cpu
 from tests.test_params import PARAMS
 from tools import preset
 from tools.preset import PRESETS, command, main, overrides, publish
@@ -24,6 +25,13 @@ def test_every_preset_sets_known_keys_to_valid_values(name):
     validate_params(Params(edited))   # the check_params stage would accept the experiment
     assert edited["preset"] == name
     assert len(edited["seeds"]["train"]) >= 2   # so the spread shows
+
+
+def test_the_cpu_presets_train_the_methods_a_cpu_affords_the_reference_first():
+    flagged = {name for name, module in REGISTRY.items() if getattr(module, "ON_A_CPU", True) is False}
+    assert flagged and set(on_a_cpu()) == set(REGISTRY) - flagged     # pgd_adversarial today
+    assert on_a_cpu()[0] == REFERENCE_METHOD
+    assert all(PRESETS[name]["methods"] == on_a_cpu() for name in PRESETS)
 
 
 def test_the_cpu_preset_keeps_the_write_ups_data_and_runs_the_attacks_as_a_cascade():

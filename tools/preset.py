@@ -27,6 +27,7 @@ from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
 from robust_cifar.stage import timings
+from robust_cifar.training.methods import on_a_cpu
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
@@ -37,9 +38,7 @@ ON_A_CPU: dict[str, object] = {
     "model.dropout": 0.0,             # learns faster in few epochs, and costs CPU time
     "attack.eps_255": [0, 2, 6.375, 32],   # the study's eps, one below and one where nothing survives
     "attack.cascade": True,           # AutoAttack's protocol: each attack on what the earlier ones left
-    # the write-up's question; pgd_adversarial (the full study runs it) does not fit a CPU budget yet: with 2 PGD
-    # steps it took the quick preset from 24 to 41 minutes, its robust heads making the attacks long (docs/speed.md)
-    "methods": ["baseline", "adversarial", "angular", "angular_adversarial"],
+    "methods": on_a_cpu(),            # every method but those too slow for a CPU (ON_A_CPU in its file)
     # FGM and PGD over the sweep; the 100-iteration attacks at the study's eps only, the soft k-NN
     # surrogates at one temperature
     **{f"attack.{name}.at": "study" for name in ("apgd_ce", "apgd_dlr", "apgd_t", "soft_knn_pgd", "soft_knn_apgd_ce",

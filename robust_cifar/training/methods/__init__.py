@@ -3,8 +3,8 @@
 A method module defines NAME, LABEL (a few letters: its columns in `dvc exp show`, which must fit a
 terminal), OBJECTIVE (its objective's class: the loss the figures group it by),
 `from_params(params) -> Method`, and optionally REFERENCE = True (the one method every other is
-compared with and attacked through) and WRITE_UP (the write-up's decision and clean / perturbed test
-accuracy). Adding a method: a file here, a section named after it in params.yaml, its name in
+compared with and attacked through), ON_A_CPU = False (the CPU presets leave it out) and WRITE_UP
+(the write-up's decision and clean / perturbed test accuracy). Adding a method: a file here, a section named after it in params.yaml, its name in
 params.yaml's `methods` list, then `python -m tools.sync_dvc_yaml` (docs/extending.md).
 """
 from __future__ import annotations
@@ -58,9 +58,15 @@ def loss_name(name: str) -> str:
     return REGISTRY[name].OBJECTIVE.loss_name
 
 
+def on_a_cpu() -> list[str]:
+    """The methods the CPU presets train, the reference first."""
+    return sorted((name for name in REGISTRY if getattr(REGISTRY[name], "ON_A_CPU", True)),
+                  key=lambda name: name != REFERENCE_METHOD)
+
+
 def write_up(name: str) -> Optional[tuple[str, float, float]]:
     """The write-up's (decision, clean %, perturbed %) for the method, or None where it has none."""
     return getattr(REGISTRY[name], "WRITE_UP", None)
 
 
-__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "write_up"]
+__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "on_a_cpu", "write_up"]
