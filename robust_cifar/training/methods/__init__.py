@@ -4,8 +4,9 @@ A method module defines NAME, LABEL (a few letters: its columns in `dvc exp show
 terminal), OBJECTIVE (its objective's class: the loss the figures group it by),
 `from_params(params) -> Method`, and optionally REFERENCE = True (the one method every other is
 compared with and attacked through), ON_A_CPU = False (the CPU presets leave it out) and WRITE_UP
-(the write-up's decision and clean / perturbed test accuracy). Adding a method: a file here, a section named after it in params.yaml, its name in
-params.yaml's `methods` list, then `python -m tools.sync_dvc_yaml` (docs/extending.md).
+(the write-up's decision and clean / perturbed test accuracy). Adding a method: a file here, a section
+named after it in params.yaml, its name in params.yaml's `methods` list, then
+`python -m tools.sync_dvc_yaml` (docs/extending.md).
 """
 from __future__ import annotations
 
