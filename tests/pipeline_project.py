@@ -67,8 +67,8 @@ TINY_PARAMS = {
     "attack.guide_samples.steps": 2,
     "attack.transfer.steps": 2,
     # every method's own section: small batches, the fewest steps of a training attack
-    **{f"{method}.{key}": value for method in METHODS for key, value in (("batch_size", 16), ("per_class", 2), ("steps", 1))
-       if key in PARAMS[method]},
+    **{f"{method}.{key}": value for method in METHODS
+       for key, value in (("batch_size", 16), ("per_class", 2), ("steps", 1)) if key in PARAMS[method]},
 }
 
 

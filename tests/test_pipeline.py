@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from robust_cifar.params import get_dotted, set_dotted
-from robust_cifar.reporting.summarize import HEADLINE
+from robust_cifar.reporting.summarize import HEADLINE_SOURCES
 from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label
 from tests.pipeline_project import (ALL_STAGES, METHODS, PARAMS, ROOT, SEED, covers, dag_edges, declared_params,
                                     downstream_closure, dvc, ran_stages, stages_of, stale_stages)
@@ -205,7 +205,7 @@ def test_the_headline_metrics_are_each_methods_own_decision_in_percent(project):
     for method in METHODS:
         aggregated = json.loads((project / f"reports/aggregate/{method}.json").read_text())
         decision = "head" if REGISTRY[method].OBJECTIVE.has_head else "knn"
-        for key, (section, condition) in HEADLINE.items():
+        for key, (section, condition) in HEADLINE_SOURCES.items():
             assert headline[label(method)][key] == round(100 * aggregated[section][condition][decision]["mean"], 2)
 
 

@@ -250,7 +250,7 @@ def experiments_shown(project: Path) -> dict[str, dict]:
     return {exp["name"]: exp["revs"][0]["data"] for base in shown for exp in base.get("experiments") or []}
 
 
-def baseline_metrics(data: dict) -> dict:
+def headline(data: dict) -> dict:
     return data["metrics"]["reports/metrics.json"]["data"]
 
 
@@ -284,13 +284,13 @@ def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broke
     dvc(project, "exp", "apply", GOOD)
     assert yaml.safe_load((project / "params.yaml").read_text())["umap"]["min_dist"] == 0.2
     applied = json.loads((project / "reports/metrics.json").read_text())
-    assert applied == baseline_metrics(shown[GOOD])
+    assert applied == headline(shown[GOOD])
     assert figure.read_bytes() != before                      # the experiment ran with its own min_dist
     dvc(project, "exp", "branch", GOOD, "umap-0.2")
     assert yaml.safe_load(run(project, "git", "show", "umap-0.2:params.yaml").stdout)["umap"]["min_dist"] == 0.2
 
     # names already taken are refused before anything runs
-    again = sweep(project, *SWEEP[:3], "knn.k=3", "--gpus", "none")
+    again = sweep(project, "-S", "umap.min_dist=0.2", "-S", "knn.k=3", "--gpus", "none")
     assert again.returncode == 2 and f"already named {GOOD}" in again.stderr
 
 
@@ -308,7 +308,7 @@ def serial_reference(sweep_base, tmp_path_factory) -> dict[str, dict]:
 def assert_same_results(shown: dict[str, dict], serial: dict[str, dict]) -> None:
     assert set(shown) == set(serial) == {GOOD}
     for name in serial:
-        assert baseline_metrics(shown[name]) == baseline_metrics(serial[name]), name
+        assert headline(shown[name]) == headline(serial[name]), name
         assert out_hashes(shown[name]) == out_hashes(serial[name]), name    # every output byte-identical
 
 
@@ -369,7 +369,7 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     assert_same_results(shown, serial)
     # the outputs came through the DVC remote into the driver's cache: applying needs nothing else
     dvc(owner, "exp", "apply", GOOD)
-    assert json.loads((owner / "reports/metrics.json").read_text()) == baseline_metrics(serial[GOOD])
+    assert json.loads((owner / "reports/metrics.json").read_text()) == headline(serial[GOOD])
     remote_refs = run(owner, "git", "ls-remote", str(git_remote), "refs/exps/*").stdout
     assert remote_refs.count("refs/exps/") == 1
 

@@ -132,7 +132,8 @@ def check_destination(destination: Path) -> None:
 
 # What a published run holds: small files that say what the run found (models and embeddings stay in DVC).
 PUBLISHED = ("reports/summary.md", "reports/summary.json", "reports/accuracy.png", "reports/robustness_curve.png",
-             "reports/training_curves.png", "reports/examples.png", "reports/metrics.json", "reports/aggregate/*.json", "reports/umap/*.png")
+             "reports/training_curves.png", "reports/examples.png", "reports/metrics.json", "reports/aggregate/*.json",
+             "reports/umap/*.png")
 
 
 def publish(destination: Path, command_line: str, wall_seconds: float | None = None) -> list[Path]:

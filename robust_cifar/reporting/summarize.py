@@ -38,7 +38,8 @@ def own_decision(metrics: dict) -> str:
 
 # The headline numbers (reports/metrics.json: what `dvc metrics show` and `dvc exp show` list) of each method's own
 # decision on the test set: (where in its aggregate, condition) by name; each as percent, mean and std over seeds
-HEADLINE = {"clean": ("test", "clean"), "perturbed": ("test", "perturbed"), "robust": ("robustness", "robust")}
+HEADLINE_SOURCES = {"clean": ("test", "clean"), "perturbed": ("test", "perturbed"),
+                    "robust": ("robustness", "robust")}
 
 
 def headline_metrics(all_metrics: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -47,7 +48,7 @@ def headline_metrics(all_metrics: dict[str, dict]) -> dict[str, dict[str, float]
     headline = {}
     for method, metrics in all_metrics.items():
         decision, entry = own_decision(metrics), {}
-        for name, (section, condition) in HEADLINE.items():
+        for name, (section, condition) in HEADLINE_SOURCES.items():
             scores = metrics[section][condition][decision]
             entry[name], entry[f"{name}_std"] = round(100 * scores["mean"], 2), round(100 * scores["std"], 2)
         headline[label(method)] = entry

@@ -70,4 +70,5 @@ def write_up(name: str) -> Optional[tuple[str, float, float]]:
     return getattr(REGISTRY[name], "WRITE_UP", None)
 
 
-__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "on_a_cpu", "write_up"]
+__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "on_a_cpu",
+           "write_up"]
