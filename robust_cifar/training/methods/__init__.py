@@ -3,7 +3,7 @@
 A method module defines NAME, LABEL (a few letters: its columns in `dvc exp show`, which must fit a
 terminal), OBJECTIVE (its objective's class: the loss the figures group it by),
 `from_params(params) -> Method`, and optionally REFERENCE = True (the one method every other is
-compared with and attacked through), ON_A_CPU = False (the CPU presets leave it out) and WRITE_UP
+compared with and attacked through), ON_A_CPU (its own settings the CPU presets change) and WRITE_UP
 (the write-up's decision and clean / perturbed test accuracy). Adding a method: a file here, a section
 named after it in params.yaml, its name in params.yaml's `methods` list, then
 `python -m tools.sync_dvc_yaml` (docs/extending.md).
@@ -59,10 +59,11 @@ def loss_name(name: str) -> str:
     return REGISTRY[name].OBJECTIVE.loss_name
 
 
-def on_a_cpu() -> list[str]:
-    """The methods the CPU presets train, the reference first."""
-    return sorted((name for name in REGISTRY if getattr(REGISTRY[name], "ON_A_CPU", True)),
-                  key=lambda name: name != REFERENCE_METHOD)
+def on_a_cpu() -> dict[str, object]:
+    """The params the CPU presets set for the methods' own sections ({"<method>.<key>": value}): what a
+    method declares it trains with there (ON_A_CPU in its file)."""
+    return {f"{name}.{key}": value for name, module in REGISTRY.items()
+            for key, value in getattr(module, "ON_A_CPU", {}).items()}
 
 
 def write_up(name: str) -> Optional[tuple[str, float, float]]:
