@@ -4,7 +4,7 @@
   threads when the batch is large (260 x 128 floats is); with a repeated index, whichever
   thread writes last wins, so the row can hold a different occurrence's values from one run
   to the next (on CUDA too). Class-balanced batches repeat an image inside a batch when its
-  class has fewer images than `angular.per_class`. `write_rows` fixes the winner.
+  class has fewer images than a method's `per_class`. `write_rows` fixes the winner.
 """
 from __future__ import annotations
 

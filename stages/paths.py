@@ -29,7 +29,7 @@ def run_arguments(argv: list[str]) -> tuple[str, int]:
     """(method, seed) of a per-run stage."""
     if len(argv) != 2 or not re.fullmatch(_METHOD, argv[0]) or not argv[1].isdigit():
         raise ParamsError(f"expected a method name and a training seed as arguments, got {' '.join(argv) or 'none'}: "
-                          "run per-run stages through dvc (`dvc repro train@baseline-0`)")
+                          "run per-run stages through dvc (`dvc repro train@<method>-<seed>`)")
     return argv[0], int(argv[1])
 
 

@@ -20,6 +20,7 @@ from robust_cifar.errors import DiskFullError
 from robust_cifar.npz import save_npz
 from robust_cifar.params import set_dotted
 
+from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
 from tests.pipeline_project import dvc, dvc_env
 
 OUTPUT_FOLDERS = ("data", "models", "reports")
@@ -72,7 +73,7 @@ def test_exp_run_with_a_bad_value_keeps_every_model(project):
     before = snapshot(project)
     result = dvc(project, "exp", "run", "-S", "train.epochs=1e0", check=False)
     assert result.returncode != 0 and "`train.epochs` = 1.0 is invalid" in result.stderr + result.stdout
-    assert all((project / f"models/{method}-0.pt").is_file() for method in ("baseline", "angular"))
+    assert all((project / f"models/{method}-0.pt").is_file() for method in (HEAD, ANGULAR))
     assert {path: digest for path, digest in snapshot(project).items() if path.startswith("models/")} == {
         path: digest for path, digest in before.items() if path.startswith("models/")}
 
@@ -106,20 +107,20 @@ def truncate(path: Path) -> None:
 
 
 DAMAGE = [
-    ("truncated model", lambda p: truncate(p / "models/baseline-0.pt"), ("stages.embed", "baseline", "0"),
-     "models/baseline-0.pt is not a readable checkpoint", "dvc repro -f -s train@baseline-0"),
-    ("model without config", lambda p: torch.save({"state_dict": {}}, p / "models/angular-0.pt"),
-     ("stages.embed", "angular", "0"), "is not a checkpoint of this project", "dvc repro -f -s train@angular-0"),
-    ("truncated embeddings", lambda p: truncate(p / "data/embeddings/angular-0.npz"), ("stages.evaluate", "angular", "0"),
-     "data/embeddings/angular-0.npz is not a readable .npz", "dvc repro -f -s embed@angular-0"),
-    ("empty split", lambda p: (p / "data/split/indices.npz").write_bytes(b""), ("stages.train", "baseline", "0"),
+    ("truncated model", lambda p: truncate(p / f"models/{HEAD}-0.pt"), ("stages.embed", HEAD, "0"),
+     f"models/{HEAD}-0.pt is not a readable checkpoint", f"dvc repro -f -s train@{HEAD}-0"),
+    ("model without config", lambda p: torch.save({"state_dict": {}}, p / f"models/{ANGULAR}-0.pt"),
+     ("stages.embed", ANGULAR, "0"), "is not a checkpoint of this project", f"dvc repro -f -s train@{ANGULAR}-0"),
+    ("truncated embeddings", lambda p: truncate(p / f"data/embeddings/{ANGULAR}-0.npz"), ("stages.evaluate", ANGULAR, "0"),
+     f"data/embeddings/{ANGULAR}-0.npz is not a readable .npz", f"dvc repro -f -s embed@{ANGULAR}-0"),
+    ("empty split", lambda p: (p / "data/split/indices.npz").write_bytes(b""), ("stages.train", HEAD, "0"),
      "data/split/indices.npz is not a readable .npz", "dvc repro -f -s split"),
     ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40),
-     ("stages.embed", "baseline", "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f -s perturb"),
-    ("missing metrics", lambda p: (p / "reports/aggregate/adversarial.json").unlink(), ("stages.summarize",),
-     "reports/aggregate/adversarial.json not found", "dvc repro aggregate@adversarial"),
-    ("truncated seed metrics", lambda p: truncate(p / "reports/seeds/angular/0.json"), ("stages.aggregate", "angular"),
-     "reports/seeds/angular/0.json is not valid JSON", "dvc repro -f -s evaluate@angular-0"),
+     ("stages.embed", HEAD, "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f -s perturb"),
+    ("missing metrics", lambda p: (p / f"reports/aggregate/{PERTURBED_HEAD}.json").unlink(), ("stages.summarize",),
+     f"reports/aggregate/{PERTURBED_HEAD}.json not found", f"dvc repro aggregate@{PERTURBED_HEAD}"),
+    ("truncated seed metrics", lambda p: truncate(p / f"reports/seeds/{ANGULAR}/0.json"), ("stages.aggregate", ANGULAR),
+     f"reports/seeds/{ANGULAR}/0.json is not valid JSON", f"dvc repro -f -s evaluate@{ANGULAR}-0"),
 ]
 
 
@@ -137,10 +138,10 @@ def test_a_folder_that_cannot_be_written_is_refused_before_training(project):
     shutil.rmtree(project / "models")
     (project / "models").write_text("a file where the models folder should be")
     started = time.perf_counter()
-    result = stage(project, "stages.train", "baseline", "0")
+    result = stage(project, "stages.train", HEAD, "0")
     assert result.returncode == 2
-    assert "cannot write models/baseline-0.pt" in one_error_line(result.stderr)
-    assert "train@baseline-0:" not in result.stdout   # refused before the data was even loaded
+    assert f"cannot write models/{HEAD}-0.pt" in one_error_line(result.stderr)
+    assert f"train@{HEAD}-0:" not in result.stdout   # refused before the data was even loaded
     assert time.perf_counter() - started < 60
 
 
@@ -155,12 +156,12 @@ def test_a_stopped_stage_is_one_line_exit_128_plus_signal_and_writes_nothing(pro
     params = yaml.safe_load((project / "params.yaml").read_text())
     set_dotted(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    model = project / "models/baseline-0.pt"
+    model = project / f"models/{HEAD}-0.pt"
     before, log_before = model.read_bytes(), snapshot(project)
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline", "0"], cwd=project, env=dvc_env(),
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", HEAD, "0"], cwd=project, env=dvc_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=ignore_sigint if inherited_ignore else None)
-    assert process.stdout.readline().startswith("train@baseline-0:")   # printed once training starts
+    assert process.stdout.readline().startswith(f"train@{HEAD}-0:")   # printed once training starts
     time.sleep(1.0)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)

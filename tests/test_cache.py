@@ -4,6 +4,7 @@ from pathlib import Path
 
 from robust_cifar.cache import ENV, cache_dir
 from robust_cifar.stage import record_time
+from tests.methods import HEAD
 
 
 def test_the_cache_is_dot_cache_unless_the_environment_names_another(tmp_path, monkeypatch):
@@ -16,6 +17,6 @@ def test_the_cache_is_dot_cache_unless_the_environment_names_another(tmp_path, m
 def test_stage_timings_go_to_the_cache_named_at_run_time(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(ENV, str(tmp_path / "elsewhere"))
-    record_time("train-baseline-0", 12.34)
-    assert json.loads((tmp_path / "elsewhere" / "timing" / "train-baseline-0.json").read_text())["seconds"] == 12.3
+    record_time(f"train-{HEAD}-0", 12.34)
+    assert json.loads((tmp_path / "elsewhere" / "timing" / f"train-{HEAD}-0.json").read_text())["seconds"] == 12.3
     assert not (tmp_path / ".cache").exists()

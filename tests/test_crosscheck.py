@@ -1,6 +1,7 @@
 """The independent check (python -m tools.crosscheck) on the reproduced tiny project."""
 import pytest
 
+from tests.methods import HEAD
 from tests.pipeline_project import METHODS
 from tools import crosscheck
 
@@ -20,7 +21,7 @@ def test_the_reference_library_confirms_the_tiny_projects_robust_accuracy(reprod
 
 
 def test_a_project_number_above_the_reference_fails_the_check():
-    rows = [{"run": "baseline-0", "decision": "head", "images": 100, "project": 0.10, "reference": 0.05,
+    rows = [{"run": f"{HEAD}-0", "decision": "head", "images": 100, "project": 0.10, "reference": 0.05,
              "overcounted": 5}]
     assert "**NO**" in crosscheck.table(rows, 0.02) and "+5.0" in crosscheck.table(rows, 0.02)
     assert "| yes |" in crosscheck.table(rows, 0.05)

@@ -21,6 +21,7 @@ from robust_cifar.training.methods.batches import BalancedBatches
 from robust_cifar.training.methods.objectives import AngularEmbedding, class_means
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
+from tests.methods import ANGULAR
 
 REPEATS = 20
 
@@ -131,7 +132,7 @@ def train_angular(fast: bool):
     # Two epochs of two steps, each epoch's nearest-mean accuracy, one validation.
     train_config = TrainConfig(epochs=2, lr=0.05, momentum=0.9, weight_decay=0.0, lr_factor=0.5, lr_patience=2,
                                lr_schedule_on="epoch_mean", val_every=2)
-    method = Method("angular", AngularEmbedding(alpha=45.0, per_class=26, attack_temperature=0.05), BalancedBatches(26))
+    method = Method(ANGULAR, AngularEmbedding(alpha=45.0, per_class=26, attack_temperature=0.05), BalancedBatches(26))
     setup = TrainingSetup(method=method, train=train_config, compute=Compute.create("cpu", fast=fast),
                           seed=0, num_classes=10, eval_batch_size=64)
     torch.manual_seed(0)

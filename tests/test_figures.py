@@ -12,6 +12,10 @@ from robust_cifar.reporting.colours import TAB10, VEGA_SCHEME, method_colour
 from robust_cifar.reporting.curves import LR, LR_WIDTHS, PANELS, TRAIN_LOSS, read_training_curves, training_curves
 from robust_cifar.training.live_log import LOGGED
 from robust_cifar.training.methods import loss_name
+from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
+from tests.methods import ANGULAR, PERTURBED_ANGULAR
+
+LOSSES = (CrossEntropyHead.loss_name, AngularEmbedding.loss_name)   # the panels' order
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / ".dvc" / "plots"
@@ -39,9 +43,9 @@ def curves_figure():
 def test_curves_have_one_line_per_method_in_each_panel(curves_figure):
     axes = curves_figure.axes
     assert len(axes) == len(PANELS) == 6
-    by_loss = {kind: [method for method in METHODS if loss_name(method) == kind] for kind in ("cross-entropy", "angular")}
+    by_loss = {kind: [method for method in METHODS if loss_name(method) == kind] for kind in LOSSES}
     assert all(by_loss.values())
-    expected = [by_loss["cross-entropy"], by_loss["angular"], METHODS, METHODS,
+    expected = [*by_loss.values(), METHODS, METHODS,
                 [method for method in METHODS if method in PERTURBED], METHODS]
     for axis, methods in zip(axes, expected):
         assert [line.get_label() for line in axis.get_lines()] == methods, axis.get_title()
@@ -72,8 +76,7 @@ def test_learning_rate_is_on_a_log_axis_and_every_axis_is_labelled(curves_figure
         assert axis.get_ylabel() and axis.get_title() == title
     # the two kinds of loss are never on one axis
     loss_axes = [axis for axis, panel in zip(curves_figure.axes, PANELS) if panel[1] == TRAIN_LOSS]
-    assert [{loss_name(line.get_label()) for line in axis.get_lines()} for axis in loss_axes] == [
-        {"cross-entropy"}, {"angular"}]
+    assert [{loss_name(line.get_label()) for line in axis.get_lines()} for axis in loss_axes] == [{kind} for kind in LOSSES]
 
 
 def test_a_panel_no_method_logged_says_so():
@@ -166,7 +169,7 @@ def test_dvc_render_fills_the_template_with_each_file_as_its_own_series():
     from dvc_render import VegaRenderer
 
     datapoints = [{"step": str(step), "loss": str(1.0 / step), "rev": "workspace", "filename": f"{method}/plots/metrics/train/loss.tsv",
-                   "field": "loss"} for method in ("angular", "angular_adversarial") for step in (1, 2)]
+                   "field": "loss"} for method in (ANGULAR, PERTURBED_ANGULAR) for step in (1, 2)]
     renderer = VegaRenderer(datapoints, "train loss", template="linear_by_method", template_dir=str(TEMPLATES),
                             x="step", y="loss", title="t", x_label="epoch", y_label="loss",
                             anchors_y_definitions=[{"filename": point["filename"], "field": "loss"}

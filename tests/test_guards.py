@@ -2,6 +2,7 @@
 exactly the params keys it reads. Both checks fail naming the stage and what is missing or extra."""
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY
+from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 from tools.import_closure import import_closure
 
@@ -55,12 +58,13 @@ def test_every_stage_lists_exactly_its_import_closure():
 
 
 def test_the_code_guard_names_a_deleted_and_a_stale_dep():
-    stage = stages_of(ROOT)["train@angular-0"]
+    name = f"train@{ANGULAR}-0"
+    stage = stages_of(ROOT)[name]
     deps = declared_deps(stage)
-    assert code_dep_problems("train@angular-0", stage.cmd, deps - {"robust_cifar/training/sampling.py"}) == [
-        "train@angular-0: imports robust_cifar/training/sampling.py but does not list it in deps"]
-    assert code_dep_problems("train@angular-0", stage.cmd, deps | {"robust_cifar/evaluation/knn.py"}) == [
-        "train@angular-0: lists robust_cifar/evaluation/knn.py in deps but does not import it"]
+    assert code_dep_problems(name, stage.cmd, deps - {"robust_cifar/training/sampling.py"}) == [
+        f"{name}: imports robust_cifar/training/sampling.py but does not list it in deps"]
+    assert code_dep_problems(name, stage.cmd, deps | {"robust_cifar/evaluation/knn.py"}) == [
+        f"{name}: lists robust_cifar/evaluation/knn.py in deps but does not import it"]
 
 
 def test_a_registry_that_discovers_its_modules_makes_each_a_dep():
@@ -74,7 +78,7 @@ def test_a_registry_that_discovers_its_modules_makes_each_a_dep():
                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     project = {Path(path).relative_to(ROOT).as_posix() for path in imported if Path(path).is_relative_to(ROOT)}
     project = {path for path in project if path.split("/")[0] in ("robust_cifar", "stages")}   # not a venv inside
-    assert "robust_cifar/training/methods/baseline.py" in project
+    assert Path(REGISTRY[REFERENCE_METHOD].__file__).relative_to(ROOT).as_posix() in project
     assert project <= closure | {path for path in project if path.endswith("__init__.py")}   # empty ones are no deps
 
 
@@ -108,13 +112,14 @@ def test_every_stage_declares_exactly_the_params_it_read(reproduced_project):
 
 
 def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_project):
-    stage = stages_of(reproduced_project)["embed@angular-0"]
+    name = f"embed@{ANGULAR}-0"
+    stage = stages_of(reproduced_project)[name]
     read = traces(reproduced_project)[trace_name(stage.cmd)]
     declared = declared_params(stage)
-    assert params_problems("embed@angular-0", declared - {"perturb.fgm.eps_255"}, read) == [
-        "embed@angular-0: reads `perturb.fgm.eps_255` but does not declare it under params"]
-    assert params_problems("embed@angular-0", declared | {"knn.k"}, read) == [
-        "embed@angular-0: declares `knn.k` under params but never reads it"]
+    assert params_problems(name, declared - {"perturb.fgm.eps_255"}, read) == [
+        f"{name}: reads `perturb.fgm.eps_255` but does not declare it under params"]
+    assert params_problems(name, declared | {"knn.k"}, read) == [
+        f"{name}: declares `knn.k` under params but never reads it"]
 
 
 # every method of the tiny project
@@ -140,3 +145,36 @@ def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(reproduc
     finally:
         path.write_text(original)
     assert stale_stages(reproduced_project) == set()
+
+
+# A method's name as code spells it: the whole string, or a part of a key, stage or path ("<name>.alpha",
+# "train@<name>-0", "models/<name>-0.pt"); the word inside prose ("adversarial training") is not one.
+REGISTRY_FOLDER = "robust_cifar/training/methods/"
+
+
+def method_names_in(source: str, names: list[str]) -> list[tuple[int, str]]:
+    """(line, string) of each string constant in `source`, docstrings aside, that spells a method's name."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    spelled = re.compile(rf"(?:^|(?<=[@/\[,=]))({'|'.join(map(re.escape, names))})(?=[.\-@/,\]]|$)")
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and spelled.search(node.value)]
+
+
+def test_no_code_outside_the_method_registry_names_a_method():
+    """A method is named in its registry file, params.yaml and dvc.yaml's generated lists only: every other
+    file loops over the registry, or picks a method by what it is (tests/methods.py)."""
+    names = sorted(METHODS, key=len, reverse=True)
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    found = [f"{path}:{line}: {text!r}" for path in files if not path.startswith(REGISTRY_FOLDER)
+             for line, text in method_names_in((ROOT / path).read_text(), names)]
+    assert files and not found, "\n".join(found)
+
+
+def test_the_name_guard_finds_a_key_a_stage_and_a_path_but_not_prose():
+    source = 'x = "plain.batch_size"\ny = f"train@{s}" + "plain-0"\nz = ["models/plain-0.pt"]\n' \
+             'w = "robust training"\ndef f():\n    """plain."""\n'
+    assert [line for line, _ in method_names_in(source, ["plain", "robust"])] == [1, 2, 3]

@@ -4,6 +4,7 @@ from torch import nn
 
 from robust_cifar.errors import InputError
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18, load_model, resnet18_trunk, save_model
+from tests.methods import HEAD
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,9 +119,9 @@ def test_narrow_width_works():
 
 def test_save_load_round_trip_gives_identical_outputs(small_model, tmp_path):
     path = tmp_path / "nested" / "model.pt"
-    save_model(small_model, path, method="baseline", class_names=["a", "b"])
+    save_model(small_model, path, method=HEAD, class_names=["a", "b"])
     loaded, metadata = load_model(path)
-    assert metadata == {"method": "baseline", "class_names": ["a", "b"]}
+    assert metadata == {"method": HEAD, "class_names": ["a", "b"]}
     assert loaded.config == small_model.config
     assert not loaded.training
     x = images(4, seed=3)
@@ -185,16 +186,16 @@ def test_load_model_never_runs_pickled_code(small_model, tmp_path):
 def test_load_model_refuses_damaged_checkpoints_in_one_line(small_model, tmp_path, damage, words):
     good_path = tmp_path / "good.pt"
     save_model(small_model, good_path)
-    path = tmp_path / "baseline.pt"
+    path = tmp_path / f"{HEAD}.pt"
     damage(path, good_path.read_bytes())
     with pytest.raises(InputError, match=words) as error:
         load_model(path)
     message = str(error.value)
-    assert "\n" not in message and "dvc repro -f -s train@baseline" in message
+    assert "\n" not in message and f"dvc repro -f -s train@{HEAD}" in message
 
 
 def test_load_model_refuses_weights_that_do_not_match_the_config(small_model, tmp_path):
-    path = tmp_path / "baseline.pt"
+    path = tmp_path / f"{HEAD}.pt"
     save_model(small_model, path)
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["config"]["embedding_dim"] += 1

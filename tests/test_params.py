@@ -17,8 +17,11 @@ from robust_cifar.model import ModelConfig
 from robust_cifar.params import BOOLEAN, Params, get_dotted, leaf_keys, load_params, set_dotted
 from robust_cifar.perturbations.perturb import PerturbSettings, fgm_eps_from_params
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
+from robust_cifar.training.methods.objectives import AngularEmbedding
+from robust_cifar.training.methods.pgd_examples import PgdExamples
 from robust_cifar.training.train import TrainConfig
+from tests.methods import ANGULAR, HEAD, PERTURBED_ANGULAR, PERTURBED_HEAD, PGD_HEAD
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -47,17 +50,27 @@ def test_every_method_section_builds_its_method(raw):
     for name in params.method_names():
         method = build_method(name, params)
         assert method.name == name
-    assert build_method("angular", params).objective.alpha == float(raw["angular"]["alpha"])
-    assert build_method("baseline", params).batch_order.batch_size == raw["baseline"]["batch_size"]
-    assert build_method("adversarial", params).training_perturbation.settings == PerturbSettings.from_params(params, "adversarial.perturb")
-    assert build_method("angular", params).training_perturbation is None
+    assert build_method(ANGULAR, params).objective.alpha == float(raw[ANGULAR]["alpha"])
+    assert build_method(HEAD, params).batch_order.batch_size == raw[HEAD]["batch_size"]
+    assert build_method(PERTURBED_HEAD, params).training_perturbation.settings == PerturbSettings.from_params(params, f"{PERTURBED_HEAD}.perturb")
+    assert build_method(ANGULAR, params).training_perturbation is None
+
+
+def test_a_test_picks_a_method_by_what_it_is(raw):
+    params = Params(raw)
+    picked = [HEAD, PERTURBED_HEAD, PGD_HEAD, ANGULAR, PERTURBED_ANGULAR]
+    assert len(set(picked)) == len(picked) and set(picked) <= set(REGISTRY)
+    assert isinstance(build_method(PGD_HEAD, params).training_perturbation, PgdExamples)
+    assert not build_method(ANGULAR, params).has_head and build_method(PERTURBED_HEAD, params).has_head
+    with pytest.raises(LookupError, match="no registered method trains a AngularEmbedding on PgdExamples"):
+        shaped_like(AngularEmbedding, PgdExamples, params)
 
 
 def test_by_default_training_perturbations_are_the_evaluation_ones(raw):
     """The write-up: adversarial training applies the same perturbations it is evaluated on."""
     params = Params(raw)
     evaluation = PerturbSettings.from_params(params)
-    for name in ("adversarial", "angular_adversarial"):
+    for name in (PERTURBED_HEAD, PERTURBED_ANGULAR):
         assert build_method(name, params).training_perturbation.settings == evaluation
 
 
@@ -65,7 +78,7 @@ def test_real_values_are_read_through(raw):
     params = Params(raw)
     assert ModelConfig.from_params(params) == ModelConfig(raw["model"]["width"], raw["model"]["embedding_dim"],
                                                           float(raw["model"]["dropout"]))
-    assert isinstance(build_method("angular", params).objective.alpha, float)  # ints in yaml become floats
+    assert isinstance(build_method(ANGULAR, params).objective.alpha, float)  # ints in yaml become floats
     assert knn_k(params) == raw["knn"]["k"]
     assert params.train_seeds() == raw["seeds"]["train"]
 
@@ -83,7 +96,7 @@ BAD_VALUES = [
     ("train.lr", float("nan"), TrainConfig.from_params, "number"),
     ("train.lr_schedule_on", "loss", TrainConfig.from_params, "epoch_mean or last_batch or validation"),
     ("train.perturbed_val_every", 0, TrainConfig.from_params, "whole number"),
-    ("baseline.batch_size", 0, lambda p: build_method("baseline", p), "whole number"),
+    (f"{HEAD}.batch_size", 0, lambda p: build_method(HEAD, p), "whole number"),
     ("compute.device", "tpu", ComputeConfig.from_params, "cpu, cuda or cuda:N"),
     ("compute.device", "cuda:x", ComputeConfig.from_params, "cpu, cuda or cuda:N"),
     ("compute.device", "auto", ComputeConfig.from_params, "no 'auto': the device changes the numbers"),
@@ -92,10 +105,10 @@ BAD_VALUES = [
     ("compute.deterministic", 1, ComputeConfig.from_params, "true or false"),
     ("compute.cuda_graphs", "yes", ComputeConfig.from_params, "true or false"),
     ("data.archive_md5", "xyz", DataConfig.from_params, "32 hex digits"),
-    ("angular.alpha", 0, lambda p: build_method("angular", p), "strictly between 0 and 90"),
-    ("angular.alpha", 90, lambda p: build_method("angular", p), "strictly between 0 and 90"),
-    ("angular.per_class", 1, lambda p: build_method("angular", p), "from 2 to 1,000 (a class needs positive pairs"),
-    ("angular_adversarial.perturb.p", 2, lambda p: build_method("angular_adversarial", p), "[0, 1]"),
+    (f"{ANGULAR}.alpha", 0, lambda p: build_method(ANGULAR, p), "strictly between 0 and 90"),
+    (f"{ANGULAR}.alpha", 90, lambda p: build_method(ANGULAR, p), "strictly between 0 and 90"),
+    (f"{ANGULAR}.per_class", 1, lambda p: build_method(ANGULAR, p), "from 2 to 1,000 (a class needs positive pairs"),
+    (f"{PERTURBED_ANGULAR}.perturb.p", 2, lambda p: build_method(PERTURBED_ANGULAR, p), "[0, 1]"),
     ("knn.k", 0, knn_k, "whole number"),
     ("perturb.p", 1.5, PerturbSettings.from_params, "[0, 1]"),
     ("seeds.split", -3, lambda p: p.seed("split"), "whole number >= 0"),
@@ -111,9 +124,9 @@ BAD_VALUES = [
     ("perturb.noise.std", 1e9, PerturbSettings.from_params, "[0, 1] (pixel units"),
     ("knn.k", 500, knn_k, "from 1 to 99"),
     ("model.width", 4096, ModelConfig.from_params, "from 1 to 512"),
-    ("baseline.batch_size", 10**6, lambda p: build_method("baseline", p), "from 1 to 65,536"),
-    ("methods", "baseline", lambda p: p.method_names(), "list of distinct method names"),
-    ("methods", ["baseline", "baseline"], lambda p: p.method_names(), "list of distinct method names"),
+    (f"{HEAD}.batch_size", 10**6, lambda p: build_method(HEAD, p), "from 1 to 65,536"),
+    ("methods", HEAD, lambda p: p.method_names(), "list of distinct method names"),
+    ("methods", [HEAD, HEAD], lambda p: p.method_names(), "list of distinct method names"),
 ]
 
 
@@ -132,7 +145,7 @@ def test_bad_value_names_key_value_and_what_is_allowed(raw, key, value, accessor
 
 @pytest.mark.parametrize("key, accessor", [
     ("train.lr", TrainConfig.from_params),
-    ("angular.alpha", lambda p: build_method("angular", p)),
+    (f"{ANGULAR}.alpha", lambda p: build_method(ANGULAR, p)),
     ("perturb.noise.std", PerturbSettings.from_params),
 ])
 def test_missing_key_is_named(raw, key, accessor):
@@ -154,7 +167,7 @@ def test_missing_section_is_named(raw):
 @pytest.mark.parametrize("key, value, suggestion", [
     ("train.epochz", 5, "train.epochs"),
     ("umap.n_neighbours", 15, "umap.n_neighbors"),
-    ("angular.alfa", 40, "angular.alpha"),
+    (f"{ANGULAR}.alfa", 40, f"{ANGULAR}.alpha"),
     ("foo", 1, None),
 ])
 def test_unknown_keys_are_refused_with_the_nearest_known_key(raw, key, value, suggestion):
@@ -167,17 +180,17 @@ def test_unknown_keys_are_refused_with_the_nearest_known_key(raw, key, value, su
 
 def test_an_unknown_method_lists_the_known_ones(raw):
     with pytest.raises(ParamsError) as error:
-        validate_params(params_with(raw, "methods", ["baseline", "robust"]))
+        validate_params(params_with(raw, "methods", [HEAD, "robust"]))
     message = str(error.value)
     assert "'robust'" in message
     assert all(name in message for name in REGISTRY)
 
 
 def test_dotted_keys_reach_into_nested_mappings_and_the_top_level():
-    tree = {"train": {"lr": 0.01, "schedule": {"factor": 0.05}}, "methods": ["baseline"]}
+    tree = {"train": {"lr": 0.01, "schedule": {"factor": 0.05}}, "methods": [HEAD]}
     set_dotted(tree, "train.schedule.factor", 0.5)
-    set_dotted(tree, "methods", ["baseline", "angular"])
-    assert tree == {"train": {"lr": 0.01, "schedule": {"factor": 0.5}}, "methods": ["baseline", "angular"]}
+    set_dotted(tree, "methods", [HEAD, ANGULAR])
+    assert tree == {"train": {"lr": 0.01, "schedule": {"factor": 0.5}}, "methods": [HEAD, ANGULAR]}
     assert get_dotted(tree, "train.schedule") == {"factor": 0.5} and get_dotted(tree, "train.lr") == 0.01
     with pytest.raises(KeyError):
         set_dotted(tree, "model.width", 8)   # a parent that is not there
@@ -193,9 +206,9 @@ def test_methods_without_the_reference_method_are_refused_in_one_line(raw):
 
 
 def test_an_unlisted_method_section_is_still_checked(raw):
-    edited = params_with(raw, "angular.alpha", 100).raw
-    edited["methods"] = ["baseline"]
-    with pytest.raises(ParamsError, match="angular.alpha"):
+    edited = params_with(raw, f"{ANGULAR}.alpha", 100).raw
+    edited["methods"] = [HEAD]
+    with pytest.raises(ParamsError, match=f"{ANGULAR}.alpha"):
         validate_params(Params(edited))
 
 
@@ -211,14 +224,14 @@ def test_every_eps_is_set_in_units_of_1_over_255_and_read_in_pixels(raw):
     params = Params(raw)
     assert raw["perturb"]["fgm"]["eps_255"] == 6.375            # the write-up's 0.1 in normalized units
     assert fgm_eps_from_params(params) == 6.375 / 255 == 0.025
-    assert build_method("adversarial", params).training_perturbation.settings.fgm_eps == 0.025
+    assert build_method(PERTURBED_HEAD, params).training_perturbation.settings.fgm_eps == 0.025
     assert 6.375 in raw["attack"]["eps_255"]
 
 
 @pytest.mark.parametrize("key, value, words", [
     ("perturb.fgm.eps", 0.025, "`perturb.fgm.eps` = 0.025 is in pixel units, which this project no longer reads: "
                                "every eps is set in 1/255 now; write `perturb.fgm.eps_255: 6.375` instead"),
-    ("adversarial.perturb.fgm.eps", 0.03, "write `adversarial.perturb.fgm.eps_255: 7.65` instead"),
+    (f"{PERTURBED_HEAD}.perturb.fgm.eps", 0.03, f"write `{PERTURBED_HEAD}.perturb.fgm.eps_255: 7.65` instead"),
     ("attack.eps", [0, 8], "`attack.eps` was renamed: write attack.eps_255 instead (same values)"),
     ("attack.pgd_steps", 3, "write attack.pgd.steps instead"),
     ("attack.knn_temperatures", [0.05], "write the temperatures of attack.soft_knn_pgd, attack.soft_knn_apgd_ce and attack.soft_knn_apgd_dlr"),
@@ -272,7 +285,7 @@ def run_stage_in(tmp_path: Path, raw: dict, *args: str) -> subprocess.CompletedP
 def test_stage_with_a_bad_param_exits_2_with_one_line_before_heavy_work(tmp_path, raw):
     edited = copy.deepcopy(raw)
     edited["train"]["epochs"] = 0
-    result = run_stage_in(tmp_path, edited, "stages.train", "baseline", "0")
+    result = run_stage_in(tmp_path, edited, "stages.train", HEAD, "0")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -289,7 +302,7 @@ def test_stage_with_good_params_gets_as_far_as_the_data(tmp_path, raw):
     """The control for the test above: with valid params the same run fails later, on the missing data."""
     edited = copy.deepcopy(raw)
     edited["compute"]["device"] = "cpu"
-    result = run_stage_in(tmp_path, edited, "stages.train", "baseline", "0")
+    result = run_stage_in(tmp_path, edited, "stages.train", HEAD, "0")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -13,6 +13,7 @@ from robust_cifar.reporting.summarize import HEADLINE_SOURCES
 from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label
 from tests.pipeline_project import (ALL_STAGES, METHODS, PARAMS, ROOT, SEED, covers, dag_edges, declared_params,
                                     downstream_closure, dvc, ran_stages, stages_of, stale_stages)
+from tests.methods import ANGULAR, PERTURBED_ANGULAR
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def test_every_output_exists_and_metrics_are_accuracies(project):
     assert summary["test"][2]["head clean"] == "n/a"
     assert {"jitter only", "noise only", "fgm only"} <= set(summary["test_single_perturbation"][0])
     report = (project / "reports/summary.md").read_text()
-    assert "| angular" in report
+    assert f"| {ANGULAR}" in report
     assert len(summary["verdict"]) == len(METHODS) - 1
     assert all("train more seeds" in sentence for sentence in summary["verdict"])   # one seed: no interval
     assert all(f"- {sentence}" in report for sentence in summary["verdict"])
@@ -192,11 +193,11 @@ def test_every_param_makes_exactly_its_stages_stale(project):
 def test_exp_run_alpha_retrains_only_the_angular_chain(project, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(project, copy, symlinks=True)
-    result = dvc(copy, "exp", "run", "-S", "angular.alpha=40")
+    result = dvc(copy, "exp", "run", "-S", f"{ANGULAR}.alpha=40")
     # check_params reruns on any edit of params.yaml, but its output is unchanged, so nothing follows from it
-    assert ran_stages(result.stdout) == chain("angular") | {"check_params"}, result.stdout
+    assert ran_stages(result.stdout) == chain(ANGULAR) | {"check_params"}, result.stdout
     (shown,) = json.loads(dvc(copy, "metrics", "show", "--json").stdout).values()   # the workspace's
-    assert set(shown["data"]["reports/metrics.json"]["data"][label("angular")]) >= {"clean", "perturbed", "robust"}
+    assert set(shown["data"]["reports/metrics.json"]["data"][label(ANGULAR)]) >= {"clean", "perturbed", "robust"}
 
 
 def test_the_headline_metrics_are_each_methods_own_decision_in_percent(project):
@@ -244,7 +245,7 @@ def test_removing_a_method_reruns_only_the_summaries(project):
     params_path = project / "params.yaml"
     original = params_path.read_text()
     params = yaml.safe_load(original)
-    params["methods"] = [method for method in METHODS if method != "angular_adversarial"]
+    params["methods"] = [method for method in METHODS if method != PERTURBED_ANGULAR]
     try:
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         assert stale_stages(project) - {"check_params"} == {"summarize", "curves"}

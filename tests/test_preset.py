@@ -10,6 +10,7 @@ from robust_cifar.params import Params, set_dotted
 from robust_cifar.reporting.provenance import time_lines
 from robust_cifar.reporting.summarize import BREAK_EPS
 from robust_cifar.training.methods import REGISTRY
+from tests.methods import HEAD
 from tests.test_params import PARAMS
 from tools import preset
 from tools.preset import PRESETS, command, main, overrides, publish
@@ -119,19 +120,19 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (reports / "summary.json").write_text(json.dumps({"provenance": ["- **data**: x"], "verdict": ["a raises b."]}))
     (reports / "metrics.json").write_text("{}")
     (reports / "aggregate").mkdir()
-    (reports / "aggregate" / "baseline.json").write_text("{}")
-    (reports / "umap" / "baseline.png").write_bytes(b"png")
+    (reports / "aggregate" / f"{HEAD}.json").write_text("{}")
+    (reports / "umap" / f"{HEAD}.png").write_bytes(b"png")
     (reports / "seeds").mkdir()
     (reports / "seeds" / "big.csv").write_text("not published")
     (tmp_path / "results" / "quick-cpu" / "umap").mkdir(parents=True)
     (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").write_bytes(b"an earlier run's")
     (tmp_path / ".cache" / "timing").mkdir(parents=True)
-    for stage, seconds in (("train-baseline-0", 30.0), ("train-baseline-1", 40.2), ("embed-baseline-0", 5.0)):
+    for stage, seconds in ((f"train-{HEAD}-0", 30.0), (f"train-{HEAD}-1", 40.2), (f"embed-{HEAD}-0", 5.0)):
         (tmp_path / ".cache" / "timing" / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": seconds}))
     copied = publish(tmp_path / "results" / "quick-cpu", "python -m tools.preset quick", wall_seconds=634.8)
     assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
-    assert names == ["aggregate/baseline.json", "metrics.json", "summary.json", "summary.md", "umap/baseline.png"]
+    assert names == [f"aggregate/{HEAD}.json", "metrics.json", "summary.json", "summary.md", f"umap/{HEAD}.png"]
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m tools.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
     assert "**wall time of the command**: 10.6 min" in readme
@@ -140,7 +141,7 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     assert "| DVC and each stage's start-up (the rest of the wall time) | 3 | 560 s | 186.5 s per stage |" in readme
     # a rerun that reused most stages says whose times the table holds
     assert "reused stages of an earlier run, whose times these are" in "\n".join(time_lines(
-        {"train-baseline-0": 30.0, "summarize-": 1.0}, wall_seconds=5.0))
+        {f"train-{HEAD}-0": 30.0, "summarize-": 1.0}, wall_seconds=5.0))
 
 
 @pytest.mark.parametrize("flags, units", [("fpu avx avx2 avx512f avx512_bf16 amx_bf16", "bf16 units: avx512_bf16, amx_bf16"),

@@ -7,6 +7,7 @@ from robust_cifar.compute import Compute
 import robust_cifar.evaluation.inference as inference
 from robust_cifar.model import CifarResNet18
 import robust_cifar.training.train as training
+from tests.methods import ANGULAR, HEAD
 from tests.test_training import CLASSES, VAL, make_method, split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,7 @@ def bars(monkeypatch):
     return RecordedBar.made
 
 
-@pytest.mark.parametrize("method", ["baseline", "angular"])
+@pytest.mark.parametrize("method", [HEAD, ANGULAR])
 def test_the_training_bar_ends_at_its_total(bars, method):
     """10 images per class, 3 per class per batch: 4 balanced batches = 120 images an epoch, not 100."""
     setup = training.TrainingSetup(method=make_method(method, batch_size=32, per_class=3),
@@ -42,7 +43,7 @@ def test_the_training_bar_ends_at_its_total(bars, method):
     model = CifarResNet18(width=4, embedding_dim=8, num_classes=CLASSES)
     training.train_model(setup, model, split(10, seed=0), VAL, progress=True)
     bar = bars[0]
-    assert bar.total == 2 * (120 if method == "angular" else 100)
+    assert bar.total == 2 * (120 if method == ANGULAR else 100)
     assert bar.n == bar.total
     # each validation (epoch 2) shows its own bar, which disappears when it is done
     assert bars[0].shown

@@ -3,6 +3,7 @@ import pytest
 
 from robust_cifar.reporting.aggregate import (aggregate, bootstrap_difference, leaves, nest, paired_difference, t_quantile,
                                      verdict)
+from tests.methods import ANGULAR, PERTURBED_HEAD
 
 
 def test_aggregate_gives_mean_and_sample_std_per_key():
@@ -56,17 +57,17 @@ def test_bootstrap_interval_covers_the_mean_and_is_paired():
 
 
 def test_verdict_sentences_follow_the_numbers():
-    raised = verdict("adversarial", paired_difference([0.56, 0.57, 0.55], [0.50, 0.51, 0.50]),
+    raised = verdict(PERTURBED_HEAD, paired_difference([0.56, 0.57, 0.55], [0.50, 0.51, 0.50]),
                      paired_difference([0.60, 0.61, 0.60], [0.65, 0.64, 0.65]))
-    assert raised.startswith("adversarial raises perturbed test accuracy over the baseline by 5.7 +-")
+    assert raised.startswith(f"{PERTURBED_HEAD} raises perturbed test accuracy over the baseline by 5.7 +-")
     assert "over 3 seeds" in raised and "clean accuracy -4.3 +-" in raised
     assert raised.endswith("points (distinguishable from zero).")   # every difference says whether it is
     robust = verdict("z", paired_difference([0.50, 0.52], [0.51, 0.50]), paired_difference([0.6, 0.6], [0.6, 0.6]),
                      paired_difference([0.02, 0.03], [0.0, 0.01]))
     assert "seeds), with clean accuracy +0.0 +- 0.0 points (not distinguishable from zero); robust" in robust
     assert robust.endswith("robust accuracy (worst case over attacks) +2.0 +- 0.0 points (distinguishable from zero).")
-    noise = verdict("angular", paired_difference([0.50, 0.52], [0.51, 0.50]), paired_difference([0.6, 0.6], [0.6, 0.6]))
-    assert noise.startswith("angular is not distinguishable from the baseline")
+    noise = verdict(ANGULAR, paired_difference([0.50, 0.52], [0.51, 0.50]), paired_difference([0.6, 0.6], [0.6, 0.6]))
+    assert noise.startswith(f"{ANGULAR} is not distinguishable from the baseline")
     lowered = verdict("x", paired_difference([0.40, 0.41, 0.40], [0.50, 0.50, 0.51]), paired_difference([0.5] * 3, [0.5] * 3))
     assert lowered.startswith("x lowers perturbed test accuracy")
     one = verdict("y", paired_difference([0.6], [0.5]), paired_difference([0.6], [0.5]))

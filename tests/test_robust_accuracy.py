@@ -16,7 +16,9 @@ from robust_cifar.params import Params
 from robust_cifar.reporting.colours import method_colour
 from robust_cifar.reporting.figures import left_after_each_attack, robustness_curves
 from robust_cifar.reporting.summarize import gate_failures, robust_rows
+from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.archives import make_images
+from tests.methods import ANGULAR
 from tests.test_attacks import SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -242,7 +244,7 @@ def test_a_cascade_is_gated_on_robust_accuracy_at_the_break_eps_and_shows_what_e
     assert gate_failures(cascade_metrics(0.01)) == []
     assert gate_failures(cascade_metrics(0.05)) == ["head: 5.0% survive every attack at eps 32/255 (expected at most 2%)",
                                                     "3-NN: 5.0% survive every attack at eps 32/255 (expected at most 2%)"]
-    row = robust_rows({"baseline": cascade_metrics(0.0)})[0]
+    row = robust_rows({REFERENCE_METHOD: cascade_metrics(0.0)})[0]
     assert row["fgm broke"] == "60.00 +- 1.00" and row["apgd_ce broke"] == "30.00 +- 1.00" and "pgd" not in row
 
 
@@ -252,7 +254,7 @@ def test_a_cascade_is_drawn_as_what_was_left_after_each_attack_in_turn():
     lines = left_after_each_attack(metrics, "head")
     assert list(lines) == ["fgm", "apgd_ce"]   # registry order
     assert np.allclose(lines["fgm"][1], [90, 70, 30, 30]) and np.allclose(lines["apgd_ce"][1], [90, 70, 0, 0])
-    panel = robustness_curves({"baseline": {"robustness": metrics}}).axes[1]
+    panel = robustness_curves({REFERENCE_METHOD: {"robustness": metrics}}).axes[1]
     assert len(panel.get_lines()) == 3 and np.allclose(panel.get_lines()[1].get_ydata(), [90, 70, 0, 0])
 
 
@@ -268,7 +270,7 @@ def test_gates_apply_to_the_decisions_an_attack_aims_at():
 
 
 def test_the_robust_table_shows_clean_robust_and_each_attack_at_the_study_eps():
-    rows = robust_rows({"baseline": metrics_with(SOUND)})
+    rows = robust_rows({REFERENCE_METHOD: metrics_with(SOUND)})
     assert [row["decision"] for row in rows] == ["head", "3-NN"]
     assert rows[0]["clean"] == "90.00 +- 1.00" and rows[0]["robust"] == "0.00 +- 1.00"
     assert rows[0]["pgd"] == "20.00 +- 1.00" and rows[0]["apgd_ce"] == "10.00 +- 1.00"
@@ -280,10 +282,10 @@ def test_the_robust_table_shows_clean_robust_and_each_attack_at_the_study_eps():
 
 
 def test_robustness_curves_show_every_method_then_each_attack_per_method():
-    figure = robustness_curves({"baseline": metrics_with(SOUND), "angular": metrics_with(SOUND, knn_only=True)})
+    figure = robustness_curves({REFERENCE_METHOD: metrics_with(SOUND), ANGULAR: metrics_with(SOUND, knn_only=True)})
     overview = figure.axes[0]
-    assert [matplotlib.colors.to_hex(line.get_color()) for line in overview.get_lines()] == [method_colour("baseline", ["baseline", "angular"])]
-    assert overview.get_legend_handles_labels()[1] == ["baseline"]
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in overview.get_lines()] == [method_colour(REFERENCE_METHOD, [REFERENCE_METHOD, ANGULAR])]
+    assert overview.get_legend_handles_labels()[1] == [REFERENCE_METHOD]
     baseline_head = figure.axes[1]
     lines = baseline_head.get_lines()
     assert len(lines) == len(SOUND) + 1 and matplotlib.colors.to_hex(lines[-1].get_color()) == "#000000"
@@ -292,4 +294,4 @@ def test_robustness_curves_show_every_method_then_each_attack_per_method():
     assert figure.axes[2].texts[0].get_text() == "no head"
     knn_overview = figure.axes[3]
     assert [tick.get_text() for tick in knn_overview.get_xticklabels()] == ["0", "2", "8", "32"]
-    assert [line.get_label() for line in knn_overview.get_lines()] == ["baseline", "angular"]
+    assert [line.get_label() for line in knn_overview.get_lines()] == [REFERENCE_METHOD, ANGULAR]

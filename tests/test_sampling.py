@@ -86,5 +86,5 @@ def test_non_contiguous_label_values():
 @pytest.mark.parametrize("per_class", [0, 1])
 def test_per_class_below_two_raises(per_class):
     labels, _ = unequal_labels()
-    with pytest.raises(ValueError, match="angular.per_class"):
+    with pytest.raises(ValueError, match="per_class must be >= 2"):
         balanced_batches(labels, per_class, torch.Generator().manual_seed(0))

@@ -23,10 +23,11 @@ from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.curves import read_training_curves
 from robust_cifar.reporting.results import read_metrics, read_runs
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
+from tests.methods import HEAD
 
 CLASSES = tuple(f"class{index}" for index in range(10))
 ROWS, DIM = 12, 8
-RUN = "baseline-0"
+RUN = f"{HEAD}-0"
 STAGE = f"embed@{RUN}"
 
 
@@ -130,7 +131,7 @@ ROBUSTNESS_REPORT = {"test_images": ROWS, "study_eps_255": 8.0, "clean": {"head"
                                  "pgd": {"eps_8": {"head": 0.0, "knn": 0.0}}}}
 
 
-def seed_files(root: Path, seeds=(0, 1), method: str = "baseline") -> tuple[Path, Path]:
+def seed_files(root: Path, seeds=(0, 1), method: str = HEAD) -> tuple[Path, Path]:
     """evaluate's metrics (scored by evaluate.score_embeddings) and robustness reports, one per seed."""
     seeds_folder, robustness_folder = root / "reports/seeds" / method, root / "reports/robustness" / method
     seeds_folder.mkdir(parents=True)
@@ -144,11 +145,11 @@ def seed_files(root: Path, seeds=(0, 1), method: str = "baseline") -> tuple[Path
 
 def test_the_reports_eval_robustness_and_aggregate_write_pass(tmp_path):
     seeds_folder, robustness_folder = seed_files(tmp_path)
-    runs = read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")
+    runs = read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
     assert sorted(runs) == [0, 1] and runs[0]["robustness"]["robust"]["knn"] == 0.0
-    path = tmp_path / "baseline.json"
+    path = tmp_path / f"{HEAD}.json"
     path.write_text(json.dumps(aggregate(runs)))
-    assert read_metrics(path, "aggregate@baseline")["seeds"] == 2
+    assert read_metrics(path, f"aggregate@{HEAD}")["seeds"] == 2
 
 
 def test_the_published_metrics_pass():
@@ -175,14 +176,14 @@ def test_a_per_seed_report_of_the_wrong_shape_is_one_line(tmp_path, stage, text,
     path = (seeds_folder if stage == "evaluate" else robustness_folder) / "1.json"
     path.write_text(text)
     with pytest.raises(InputError) as error:
-        read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")
-    one_line(error, path, f"{stage}@baseline-1", words)
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
+    one_line(error, path, f"{stage}@{HEAD}-1", words)
 
 
 def test_a_report_of_a_seed_no_longer_listed_is_not_read(tmp_path):
     seeds_folder, robustness_folder = seed_files(tmp_path)
     (seeds_folder / "1.json").write_text("[]")
-    assert list(read_runs(seeds_folder, robustness_folder, [0], "baseline")) == [0]
+    assert list(read_runs(seeds_folder, robustness_folder, [0], HEAD)) == [0]
 
 
 def damaged_metrics(change):
@@ -211,12 +212,12 @@ BAD_METRICS = [
 @pytest.mark.parametrize("damage, words", [case[1:] for case in BAD_METRICS], ids=[case[0] for case in BAD_METRICS])
 def test_metrics_without_the_expected_keys_are_one_line(tmp_path, damage, words):
     seeds_folder, robustness_folder = seed_files(tmp_path)
-    path = tmp_path / "reports/aggregate/baseline.json"
+    path = tmp_path / f"reports/aggregate/{HEAD}.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(damage(aggregate(read_runs(seeds_folder, robustness_folder, [0, 1], "baseline")))))
+    path.write_text(json.dumps(damage(aggregate(read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)))))
     with pytest.raises(InputError) as error:
-        read_metrics(path, "aggregate@baseline")
-    one_line(error, path, "aggregate@baseline", words)
+        read_metrics(path, f"aggregate@{HEAD}")
+    one_line(error, path, f"aggregate@{HEAD}", words)
 
 
 def test_optional_and_free_keys():
@@ -285,7 +286,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     made = {}
-    for name, config, classes in [("baseline-0", EXPECTED, 10), ("wide-0", ModelConfig(8, 16, 0.0), 10),
+    for name, config, classes in [(f"{HEAD}-0", EXPECTED, 10), ("wide-0", ModelConfig(8, 16, 0.0), 10),
                                   ("embedding-0", ModelConfig(4, 32, 0.0), 10), ("five-0", EXPECTED, 5),
                                   ("dropout-0", ModelConfig(4, 16, 0.25), 10), ("everything-0", ModelConfig(8, 32, 0.0), 5)]:
         made[name] = folder / f"{name}.pt"
@@ -294,7 +295,7 @@ def checkpoints(tmp_path_factory):
 
 
 def test_a_checkpoint_of_the_expected_model_loads(checkpoints):
-    model, _ = load_model(checkpoints["baseline-0"], expect=EXPECTED, num_classes=10)
+    model, _ = load_model(checkpoints[f"{HEAD}-0"], expect=EXPECTED, num_classes=10)
     assert isinstance(model, CifarResNet18) and model.config["num_classes"] == 10
     load_model(checkpoints["five-0"])   # nothing expected: any checkpoint of this project
 

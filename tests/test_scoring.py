@@ -9,6 +9,8 @@ from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import score_embeddings
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, compare_with_baseline, markdown_report
+from robust_cifar.training.methods import REFERENCE_METHOD
+from tests.methods import ANGULAR, PERTURBED_HEAD
 
 CPU = torch.device("cpu")
 
@@ -145,20 +147,20 @@ def aggregated(head: bool, clean: float, perturbed: float, spread: float = 0.0) 
 
 
 def test_markdown_report_has_a_row_per_method_and_na_for_the_angular_head():
-    all_metrics = {"baseline": aggregated(True, 0.7, 0.45), "adversarial": aggregated(True, 0.68, 0.52),
-                   "angular": aggregated(False, 0.8, 0.6, spread=0.01)}
+    all_metrics = {REFERENCE_METHOD: aggregated(True, 0.7, 0.45), PERTURBED_HEAD: aggregated(True, 0.68, 0.52),
+                   ANGULAR: aggregated(False, 0.8, 0.6, spread=0.01)}
     report = markdown_report(all_metrics, comparisons=[])
     headline = report.split("## Test set\n", 1)[1].split("\n## ", 1)[0]
     for method in all_metrics:
         rows = table_rows(headline, method)
         assert len(rows) == 1, (method, headline)
-    baseline_row, angular_row = table_rows(headline, "baseline")[0], table_rows(headline, "angular")[0]
+    baseline_row, angular_row = table_rows(headline, REFERENCE_METHOD)[0], table_rows(headline, ANGULAR)[0]
     assert "70.00" in baseline_row and "45.00" in baseline_row and "25.00" in baseline_row  # clean, perturbed, drop
     assert NOT_APPLICABLE not in baseline_row
     assert angular_row.count(NOT_APPLICABLE) == 4  # head clean / perturbed / transfer / drop
     assert "71.00 +- 1.00" in angular_row and "51.00 +- 1.00" in angular_row  # the 3-NN: mean +- std over seeds
     # the per-decision tables list the angular model's 3-NN only
-    for method, decisions in (("baseline", 2), ("adversarial", 2), ("angular", 1)):
+    for method, decisions in ((REFERENCE_METHOD, 2), (PERTURBED_HEAD, 2), (ANGULAR, 1)):
         assert len(table_rows(report, method)) == 1 + 2 * decisions
     assert NOT_APPLICABLE == "n/a"
 
@@ -170,19 +172,19 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
         return {**fake_metrics(head, clean, perturbed),
                 "robustness": {"study_eps_255": 6.375, "clean": {d: clean for d in decisions}, "robust": decisions}}
 
-    per_seed = {"baseline": {seed: run(True, 0.70, 0.45 + 0.01 * seed, 0.10) for seed in range(3)},
-                "adversarial": {seed: run(True, 0.68, 0.52 + 0.01 * seed, 0.25) for seed in range(3)},
-                "angular": {seed: run(False, 0.80, 0.55 - 0.02 * seed, 0.05 + 0.01 * seed) for seed in range(3)}}
+    per_seed = {REFERENCE_METHOD: {seed: run(True, 0.70, 0.45 + 0.01 * seed, 0.10) for seed in range(3)},
+                PERTURBED_HEAD: {seed: run(True, 0.68, 0.52 + 0.01 * seed, 0.25) for seed in range(3)},
+                ANGULAR: {seed: run(False, 0.80, 0.55 - 0.02 * seed, 0.05 + 0.01 * seed) for seed in range(3)}}
     correct = {method: {seed: {"clean": rng.random(500) < 0.7, "perturbed": rng.random(500) < 0.5}
                         for seed in range(3)} for method in per_seed}
     comparisons = compare_with_baseline(per_seed, correct)
-    assert [c.method for c in comparisons] == ["adversarial", "angular"]
+    assert [c.method for c in comparisons] == [PERTURBED_HEAD, ANGULAR]
     adversarial, angular = comparisons
     # +7 points on every seed: no spread, so the interval has zero width and excludes 0
-    assert adversarial.sentence.startswith("adversarial (head) raises perturbed test accuracy over the baseline by 7.0 +- 0.0")
+    assert adversarial.sentence.startswith(f"{PERTURBED_HEAD} (head) raises perturbed test accuracy over the baseline by 7.0 +- 0.0")
     assert angular.decision == "knn"   # 3-NN 0.45, 0.43, 0.41 against the baseline head 0.45, 0.46, 0.47
-    assert angular.row["perturbed - baseline (seeds, 95%)"].startswith("-3.0 +-")
-    assert adversarial.row["robust - baseline (seeds, 95%)"] == "+15.0 +- 0.0 points"
+    assert angular.row[f"perturbed - {REFERENCE_METHOD} (seeds, 95%)"].startswith("-3.0 +-")
+    assert adversarial.row[f"robust - {REFERENCE_METHOD} (seeds, 95%)"] == "+15.0 +- 0.0 points"
     assert "robust accuracy (worst case over attacks) +15.0 +- 0.0 points (distinguishable from zero)" in adversarial.sentence
     report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons)
     assert f"- {adversarial.sentence}" in report and f"- {angular.sentence}" in report

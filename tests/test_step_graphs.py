@@ -12,6 +12,7 @@ from robust_cifar.model import CifarResNet18
 from robust_cifar.training.angular_loss import angular_loss
 from robust_cifar.training.step_graphs import keep_learning_rate_tensor, register_generators
 from robust_cifar.training.train import make_optimizer
+from tests.methods import PERTURBED_ANGULAR, PERTURBED_HEAD
 from tests.test_training import CLASSES, TRAIN, config, make_method
 
 
@@ -89,7 +90,7 @@ def test_the_fused_tensor_lr_update_trains_as_plain_sgd():
         torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["adversarial", "angular_adversarial"])
+@pytest.mark.parametrize("method", [PERTURBED_HEAD, PERTURBED_ANGULAR])
 def test_a_graphed_step_perturbs_its_batch_as_the_eager_one(method):
     """The fixed-shape path (FGM on every row, for a CUDA graph) gives the training images of the
     eager path (FGM on the gated rows) from the same draws."""

@@ -11,6 +11,7 @@ from robust_cifar.model import CifarResNet18
 from robust_cifar.training.step_graphs import GraphedSteps
 import robust_cifar.training.train as training
 from robust_cifar.training.train import SplitTensors, TrainingSetup, make_optimizer, train_model
+from tests.methods import ANGULAR, HEAD, PERTURBED_ANGULAR, PERTURBED_HEAD
 from tests.test_training import CLASSES, TRAIN, VAL, config, make_method
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device script runs it)")
@@ -31,7 +32,7 @@ def train(method: str, graphs: bool):
     return history, model
 
 
-@pytest.mark.parametrize("method", ["baseline", "angular", "adversarial", "angular_adversarial"])
+@pytest.mark.parametrize("method", [HEAD, ANGULAR, PERTURBED_HEAD, PERTURBED_ANGULAR])
 def test_graphed_training_follows_the_eager_step(method, monkeypatch):
     captured = []
 
@@ -44,7 +45,7 @@ def test_graphed_training_follows_the_eager_step(method, monkeypatch):
     graphed_history, graphed_model = train(method, graphs=True)
     # shuffled: batches of 32, 32, 32 and 4 each epoch; balanced: four batches of 3 x 10. The replays
     # draw the perturbations the eager steps would (graph-safe RNG), FGM on every row instead of the gated ones
-    assert captured == {"baseline": [32, 4], "angular": [30], "adversarial": [32, 4], "angular_adversarial": [30]}[method]
+    assert captured == {HEAD: [32, 4], ANGULAR: [30], PERTURBED_HEAD: [32, 4], PERTURBED_ANGULAR: [30]}[method]
     eager_losses = torch.tensor([row["train_loss"] for row in eager_history])
     graphed_losses = torch.tensor([row["train_loss"] for row in graphed_history])
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=2e-2, atol=2e-2)

@@ -44,18 +44,18 @@ GOOD, BROKEN = "min_dist=0.2,k=3", "min_dist=0.2,k=60"
 # --- the grid ---------------------------------------------------------------------------------------------------
 
 def test_grid_is_every_combination_in_flag_order_named_after_its_overrides():
-    experiments = grid.experiments(["angular.alpha=30,40", "seeds.train=0,1"])
+    experiments = grid.experiments(["loss.alpha=30,40", "seeds.train=0,1"])
     assert [e.name for e in experiments] == ["alpha=30,train=0", "alpha=30,train=1", "alpha=40,train=0",
                                              "alpha=40,train=1"]
-    assert experiments[1].set_params() == ["-S", "angular.alpha=30", "-S", "seeds.train=1"]
+    assert experiments[1].set_params() == ["-S", "loss.alpha=30", "-S", "seeds.train=1"]
 
 
 def test_values_split_outside_brackets_and_quotes_and_a_repeated_key_adds_values():
     assert grid.split_values('30, 40,[a,b],{x: 1, y: 2},"c,d"') == ["30", "40", "[a,b]", "{x: 1, y: 2}", '"c,d"']
     assert grid.parse_axes(["seeds.train=0", "knn.k=3", "seeds.train=1,0"]) == [
         ("seeds.train", ["0", "1"]), ("knn.k", ["3"])]
-    methods = grid.experiments(["methods=[baseline],[baseline,angular]"])
-    assert [e.set_params() for e in methods] == [["-S", "methods=[baseline]"], ["-S", "methods=[baseline,angular]"]]
+    methods = grid.experiments(["methods=[a],[a,b]"])
+    assert [e.set_params() for e in methods] == [["-S", "methods=[a]"], ["-S", "methods=[a,b]"]]
 
 
 def test_a_value_given_twice_is_one_experiment():
@@ -86,11 +86,11 @@ def test_malformed_flag_is_a_usage_error_on_the_command_line(capsys):
 
 
 def test_names_are_valid_unique_experiment_refs():
-    flags = ["angular.alpha=30", "angular_adversarial.alpha=40",       # the same last key: full keys are used
+    flags = ["loss.alpha=30", "other_loss.alpha=40",       # the same last key: full keys are used
              "data.archive=../x y@{1}.tar.gz,a.lock,-z,..,/abs/p," + "9" * 200]
     experiments = grid.experiments(flags, prefix="s1-")
     names = [e.name for e in experiments]
-    assert names[0].startswith("s1-angular.alpha=30,angular_adversarial.alpha=40,archive=")
+    assert names[0].startswith("s1-loss.alpha=30,other_loss.alpha=40,archive=")
     assert len(set(names)) == len(names) == 6
     for name in names:
         assert grid.valid_exp_name(name) and len(name) <= grid.MAX_NAME + 3

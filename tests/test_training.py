@@ -13,6 +13,7 @@ from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from tests.archives import make_images
+from tests.methods import ANGULAR, HEAD, PERTURBED_ANGULAR, PERTURBED_HEAD
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "lr", "seconds"}
 VALIDATION_KEYS = {"val_loss", "val_acc", "val_seconds"}
@@ -42,10 +43,10 @@ def make_method(name: str, batch_size: int = 25, per_class: int = 3) -> Method:
     angular = AngularEmbedding(alpha=45.0, per_class=per_class, attack_temperature=0.05)
     perturbation = DrawnPerturbations(PerturbSettings(p=0.5))
     return {
-        "baseline": Method(name, CrossEntropyHead(), ShuffledBatches(batch_size)),
-        "adversarial": Method(name, CrossEntropyHead(), ShuffledBatches(batch_size), perturbation),
-        "angular": Method(name, angular, BalancedBatches(per_class)),
-        "angular_adversarial": Method(name, angular, BalancedBatches(per_class), perturbation),
+        HEAD: Method(name, CrossEntropyHead(), ShuffledBatches(batch_size)),
+        PERTURBED_HEAD: Method(name, CrossEntropyHead(), ShuffledBatches(batch_size), perturbation),
+        ANGULAR: Method(name, angular, BalancedBatches(per_class)),
+        PERTURBED_ANGULAR: Method(name, angular, BalancedBatches(per_class), perturbation),
     }[name]
 
 
@@ -61,7 +62,7 @@ def run(method: str, seed: int = 0, width: int = 8, train_split: SplitTensors = 
 
 @pytest.fixture(scope="module")
 def baseline_run():
-    return run("baseline", epochs=6, val_every=4)
+    return run(HEAD, epochs=6, val_every=4)
 
 
 def test_baseline_lowers_the_training_loss(baseline_run):
@@ -90,7 +91,7 @@ def test_one_row_per_epoch_with_documented_columns(baseline_run):
 
 
 def test_val_every_one_validates_every_epoch():
-    history, _ = run("baseline", width=4, epochs=2, val_every=1, batch_size=50)
+    history, _ = run(HEAD, width=4, epochs=2, val_every=1, batch_size=50)
     assert [set(row) for row in history] == [EPOCH_KEYS | VALIDATION_KEYS] * 2
 
 
@@ -106,21 +107,21 @@ def test_validation_matches_the_trained_model_head(baseline_run):
 
 
 def test_adversarial_rows_include_perturbed_validation_accuracy():
-    history, _ = run("adversarial", width=4, epochs=3, val_every=2, perturbed_val_every=2, batch_size=50)
+    history, _ = run(PERTURBED_HEAD, width=4, epochs=3, val_every=2, perturbed_val_every=2, batch_size=50)
     for row in history:
         validated = row["epoch"] in (2, 3)
         assert set(row) == EPOCH_KEYS | ((VALIDATION_KEYS | {"val_perturbed_acc"}) if validated else set())
         if validated:
             assert 0.0 <= row["val_perturbed_acc"] <= 1.0
-    baseline, _ = run("baseline", width=4, epochs=3, val_every=2, batch_size=50)
+    baseline, _ = run(HEAD, width=4, epochs=3, val_every=2, batch_size=50)
     # same seed, same batches: only the on-the-fly perturbations make the losses differ
     assert [r["train_loss"] for r in history] != [r["train_loss"] for r in baseline]
     assert "val_perturbed_acc" not in baseline[-1]
 
 
 def test_perturbed_validation_has_its_own_cadence_and_does_not_change_the_model():
-    every_epoch, model = run("adversarial", width=4, epochs=4, val_every=3, perturbed_val_every=1, batch_size=50)
-    sparse, sparse_model = run("adversarial", width=4, epochs=4, val_every=3, perturbed_val_every=2, batch_size=50)
+    every_epoch, model = run(PERTURBED_HEAD, width=4, epochs=4, val_every=3, perturbed_val_every=1, batch_size=50)
+    sparse, sparse_model = run(PERTURBED_HEAD, width=4, epochs=4, val_every=3, perturbed_val_every=2, batch_size=50)
     assert [row["epoch"] for row in sparse if "val_perturbed_acc" in row] == [2, 4]   # every 2nd, and the last
     assert [row["epoch"] for row in sparse if "val_acc" in row] == [3, 4]             # clean: its own cadence
     assert set(sparse[1]) == EPOCH_KEYS | {"val_perturbed_acc", "val_seconds"}        # perturbed only at epoch 2
@@ -143,7 +144,7 @@ def record_loss_calls(monkeypatch, objective, record):
 def test_angular_training_uses_balanced_batches_and_has_finite_validation(monkeypatch):
     seen = []
     record_loss_calls(monkeypatch, AngularEmbedding, lambda labels: seen.append(Counter(labels.tolist())))
-    history, _ = run("angular", width=4, epochs=2, val_every=1)
+    history, _ = run(ANGULAR, width=4, epochs=2, val_every=1)
     assert seen, "no training step ran"
     # 10 images per class, 3 per class per batch -> ceil(10 / 3) = 4 batches per epoch, 30 images each
     assert len(seen) == 2 * 4
@@ -159,13 +160,13 @@ def test_angular_training_uses_balanced_batches_and_has_finite_validation(monkey
 def test_cross_entropy_methods_use_shuffled_batches_of_batch_size(monkeypatch):
     sizes = []
     record_loss_calls(monkeypatch, CrossEntropyHead, lambda labels: sizes.append(len(labels)))
-    run("baseline", width=4, epochs=1, batch_size=30)
+    run(HEAD, width=4, epochs=1, batch_size=30)
     assert sizes == [30, 30, 30, 10]
 
 
 def test_same_seed_same_history_different_seed_different():
     def losses(seed):
-        history, model = run("baseline", seed=seed, width=4, epochs=2, batch_size=50)
+        history, model = run(HEAD, seed=seed, width=4, epochs=2, batch_size=50)
         return [(row["train_loss"], row["train_acc"], row["val_loss"]) for row in history], model
 
     first, first_model = losses(0)
@@ -192,7 +193,7 @@ def constant_loss(monkeypatch, values):
 def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):
     import itertools
     constant_loss(monkeypatch, itertools.repeat(1.0))
-    history, _ = run("baseline", width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
                      val_every=100)
     lrs = [row["lr"] for row in history]
     # best at epoch 1; epochs 2, 3, 4 do not improve -> more than `patience` bad epochs -> halved from epoch 5 on
@@ -202,7 +203,7 @@ def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):
 
 def test_improving_training_loss_keeps_lr(monkeypatch):
     constant_loss(monkeypatch, (10.0 - step for step in range(100)))  # one step per epoch: decreasing loss
-    history, _ = run("baseline", width=4, epochs=6, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=0,
+    history, _ = run(HEAD, width=4, epochs=6, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=0,
                      val_every=100)
     assert [row["train_loss"] for row in history] == pytest.approx([10.0, 9.0, 8.0, 7.0, 6.0, 5.0])
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 6)
@@ -212,12 +213,12 @@ def test_the_scheduler_can_watch_the_last_batch_loss_as_the_notebook_did(monkeyp
     # two steps per epoch: the epoch mean keeps falling while the last batch's loss stays flat
     losses = [loss for epoch in range(8) for loss in (10.0 - 2 * epoch, 1.0)]
     constant_loss(monkeypatch, iter(losses))
-    history, _ = run("baseline", width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="last_batch", val_every=100)
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025])
     monkeypatch.undo()
     constant_loss(monkeypatch, iter(losses))
-    history, _ = run("baseline", width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="epoch_mean", val_every=100)
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
 
@@ -226,13 +227,13 @@ def test_the_scheduler_can_watch_the_validation_loss_which_then_runs_every_epoch
     # the training loss keeps falling while the validation loss stays flat
     constant_loss(monkeypatch, (10.0 - step for step in range(100)))
     monkeypatch.setattr(CrossEntropyHead, "validation_loss", lambda self, embeddings, logits, labels, seed: 1.0)
-    history, _ = run("baseline", width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="validation", val_every=100)
     # the loss alone in every epoch, val_every notwithstanding; the accuracy at the last
     assert all(row["val_loss"] == 1.0 for row in history)
     assert ["val_acc" in row for row in history] == [False] * 7 + [True]
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025])
-    history, _ = run("baseline", width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="epoch_mean", val_every=100)
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
     assert ["val_loss" in row for row in history] == [False] * 7 + [True]
@@ -241,19 +242,19 @@ def test_the_scheduler_can_watch_the_validation_loss_which_then_runs_every_epoch
 def test_angular_adversarial_trains_on_perturbed_balanced_batches_and_reports_perturbed_accuracy(monkeypatch):
     seen = []
     record_loss_calls(monkeypatch, AngularEmbedding, lambda labels: seen.append(Counter(labels.tolist())))
-    history, _ = run("angular_adversarial", width=4, epochs=2, val_every=1)
+    history, _ = run(PERTURBED_ANGULAR, width=4, epochs=2, val_every=1)
     assert seen and all(counts == Counter({label: 3 for label in range(CLASSES)}) for counts in seen)
     for row in history:
         assert set(row) == EPOCH_KEYS | VALIDATION_KEYS | {"val_perturbed_acc"}
         assert 0.0 <= row["val_perturbed_acc"] <= 1.0
-    clean, _ = run("angular", width=4, epochs=2, val_every=1)
+    clean, _ = run(ANGULAR, width=4, epochs=2, val_every=1)
     assert [r["train_loss"] for r in history] != [r["train_loss"] for r in clean]
 
 
 def test_a_headless_method_attacks_its_own_embedding_never_the_untrained_head():
     """FGM during angular_adversarial training differentiates the soft nearest-class score: the head's
     weights cannot change what the attack produces."""
-    method = make_method("angular_adversarial")
+    method = make_method(PERTURBED_ANGULAR)
     images = TRAIN.images[:30].float() / 255
     labels = TRAIN.labels[:30]
     compute = Compute.create("cpu", fast=False)

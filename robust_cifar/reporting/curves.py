@@ -19,6 +19,7 @@ from robust_cifar.errors import InputError, get_back  # noqa: E402
 from robust_cifar.reporting.colours import method_colour, method_rank  # noqa: E402
 from robust_cifar.schema import refuse  # noqa: E402
 from robust_cifar.training.methods import loss_name  # noqa: E402
+from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead  # noqa: E402
 
 # Learning rates of different methods often coincide for many epochs: on that panel (as in
 # .dvc/plots/linear_log_y.json, whose strokeWidth range is this) methods earlier in name order draw
@@ -36,8 +37,8 @@ Curve = tuple[np.ndarray, np.ndarray]   # (epochs, values)
 
 # (panel title, metric, y label, which methods: None = all, else those training on the loss of this name)
 PANELS = (
-    ("Training loss, cross-entropy methods", TRAIN_LOSS, "mean training cross-entropy", "cross-entropy"),
-    ("Training loss, angular methods", TRAIN_LOSS, "mean training angular loss", "angular"),
+    *((f"Training loss, {kind} methods", TRAIN_LOSS, f"mean training {kind} loss", kind)
+      for kind in (CrossEntropyHead.loss_name, AngularEmbedding.loss_name)),
     ("Training accuracy", TRAIN_ACC, "training accuracy", None),
     ("Clean validation accuracy", VAL_ACC, "validation accuracy", None),
     ("Perturbed validation accuracy", VAL_PERTURBED_ACC, "perturbed validation accuracy", None),

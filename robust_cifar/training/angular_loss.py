@@ -63,7 +63,7 @@ def angular_loss(embeddings: Tensor, labels: Tensor, alpha_degrees: float, per_c
 def _tan_squared_alpha(alpha_degrees: float) -> float:
     # alpha = 90 makes tan infinite; alpha <= 0 makes the angle constraint vacuous.
     if not 0.0 < alpha_degrees < 90.0:  # also rejects NaN
-        raise ValueError(f"angular.alpha must be in (0, 90) degrees, got {alpha_degrees!r}")
+        raise ValueError(f"alpha must be in (0, 90) degrees, got {alpha_degrees!r}")
     return math.tan(math.radians(alpha_degrees)) ** 2
 
 

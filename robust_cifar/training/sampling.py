@@ -30,7 +30,7 @@ def balanced_batches(labels: Tensor, per_class: int, generator: torch.Generator)
     """
     if per_class < 2:
         raise ValueError(
-            f"angular.per_class must be >= 2 so every batch has positive pairs, got {per_class}"
+            f"per_class must be >= 2 so every batch has positive pairs, got {per_class}"
         )
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")

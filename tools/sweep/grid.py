@@ -67,7 +67,7 @@ def parse_axes(flags: list[str]) -> list[tuple[str, list[str]]]:
         key, sep, values = flag.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise SweepError(f"-S {flag!r}: expected KEY=VALUE[,VALUE...] (for example angular.alpha=30,40)")
+            raise SweepError(f"-S {flag!r}: expected KEY=VALUE[,VALUE...] (for example knn.k=3,5)")
         parsed = split_values(values)
         if any(value == "" for value in parsed):
             raise SweepError(f"-S {flag!r}: empty value (quote a value that is an empty string: {key}='')")

@@ -66,10 +66,24 @@ def on_a_cpu() -> dict[str, object]:
             for key, value in getattr(module, "ON_A_CPU", {}).items()}
 
 
+def shaped_like(objective: type, perturbation: Optional[type], params: Params) -> str:
+    """The first registered method (name order) whose objective is an `objective` and whose training images
+    are perturbed by a `perturbation` (None: clean images): how tools and tests pick a method by what it
+    is, not by its name."""
+    for name in REGISTRY:
+        method = build_method(name, params)
+        trained_on = method.training_perturbation
+        if isinstance(method.objective, objective) and (
+                trained_on is None if perturbation is None else isinstance(trained_on, perturbation)):
+            return name
+    raise LookupError(f"no registered method trains a {objective.__name__} on "
+                      f"{'clean images' if perturbation is None else perturbation.__name__}")
+
+
 def write_up(name: str) -> Optional[tuple[str, float, float]]:
     """The write-up's (decision, clean %, perturbed %) for the method, or None where it has none."""
     return getattr(REGISTRY[name], "WRITE_UP", None)
 
 
 __all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "on_a_cpu",
-           "write_up"]
+           "shaped_like", "write_up"]

@@ -1,4 +1,4 @@
-"""pgd_adversarial (Madry et al. 2018): its training examples against a naive loop, its own params."""
+"""PGD training examples (Madry et al. 2018) against a naive loop, and the method that trains on them: its own params."""
 import copy
 from pathlib import Path
 
@@ -11,7 +11,8 @@ from robust_cifar.check_params import validate_params
 from robust_cifar.errors import ParamsError
 from robust_cifar.params import Params, set_dotted
 from robust_cifar.training.methods import build_method
-from robust_cifar.training.methods.pgd_adversarial import NAME, PgdExamples
+from robust_cifar.training.methods.pgd_examples import PgdExamples
+from tests.methods import PGD_HEAD as NAME
 
 RAW = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 EPS, STEPS = 8 / 255, 3
