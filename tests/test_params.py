@@ -21,6 +21,7 @@ from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_meth
 from robust_cifar.training.methods.objectives import AngularEmbedding
 from robust_cifar.training.methods.pgd_examples import PgdExamples
 from robust_cifar.training.train import TrainConfig
+from stages.check_params import main as check_params_stage
 from tests.methods import ANGULAR, HEAD, PERTURBED_ANGULAR, PERTURBED_HEAD, PGD_HEAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,7 +311,7 @@ def test_stage_with_good_params_gets_as_far_as_the_data(tmp_path, raw):
     assert "cifar10.npz" in lines[0]
 
 
-def test_check_params_stage_refuses_an_unknown_key_in_one_line(tmp_path, raw):
+def test_check_params_stage_refuses_an_unknown_key_in_one_line(tmp_path, raw, monkeypatch):
     edited = copy.deepcopy(raw)
     edited["train"]["epochz"] = 5
     result = run_stage_in(tmp_path, edited, "stages.check_params")
@@ -319,9 +320,12 @@ def test_check_params_stage_refuses_an_unknown_key_in_one_line(tmp_path, raw):
         "error: params.yaml: unknown key `train.epochz` (nothing reads it): did you mean `train.epochs`?"]
     assert not (tmp_path / "data").exists()
     # the defaults name a GPU (the full study is a GPU job): on this machine's CPU in fp32 they pass
+    # (the stage's own function, in this process: the subprocess above ran its command line)
     on_cpu = copy.deepcopy(raw)
     on_cpu["compute"].update(device="cpu", fast=False)
-    assert run_stage_in(tmp_path, on_cpu, "stages.check_params").returncode == 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(on_cpu))
+    monkeypatch.chdir(tmp_path)
+    check_params_stage([])
     assert (tmp_path / "data/params/checked.txt").read_text() == "params.yaml is valid\n"
 
 

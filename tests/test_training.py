@@ -30,6 +30,7 @@ def split(n_per_class: int, seed: int) -> SplitTensors:
 
 TRAIN = split(10, seed=0)   # 100 images
 VAL = split(2, seed=1)      # 20 images
+SMALL = split(2, seed=2)    # 20 images: where only the steps matter (the scheduler, validation cadences)
 
 
 def config(**overrides) -> TrainConfig:
@@ -107,21 +108,21 @@ def test_validation_matches_the_trained_model_head(baseline_run):
 
 
 def test_adversarial_rows_include_perturbed_validation_accuracy():
-    history, _ = run(PERTURBED_HEAD, width=4, epochs=3, val_every=2, perturbed_val_every=2, batch_size=50)
+    history, _ = run(PERTURBED_HEAD, width=4, epochs=3, val_every=2, perturbed_val_every=2, batch_size=10, train_split=SMALL)
     for row in history:
         validated = row["epoch"] in (2, 3)
         assert set(row) == EPOCH_KEYS | ((VALIDATION_KEYS | {"val_perturbed_acc"}) if validated else set())
         if validated:
             assert 0.0 <= row["val_perturbed_acc"] <= 1.0
-    baseline, _ = run(HEAD, width=4, epochs=3, val_every=2, batch_size=50)
+    baseline, _ = run(HEAD, width=4, epochs=3, val_every=2, batch_size=10, train_split=SMALL)
     # same seed, same batches: only the on-the-fly perturbations make the losses differ
     assert [r["train_loss"] for r in history] != [r["train_loss"] for r in baseline]
     assert "val_perturbed_acc" not in baseline[-1]
 
 
 def test_perturbed_validation_has_its_own_cadence_and_does_not_change_the_model():
-    every_epoch, model = run(PERTURBED_HEAD, width=4, epochs=4, val_every=3, perturbed_val_every=1, batch_size=50)
-    sparse, sparse_model = run(PERTURBED_HEAD, width=4, epochs=4, val_every=3, perturbed_val_every=2, batch_size=50)
+    every_epoch, model = run(PERTURBED_HEAD, width=4, epochs=4, val_every=3, perturbed_val_every=1, batch_size=10, train_split=SMALL)
+    sparse, sparse_model = run(PERTURBED_HEAD, width=4, epochs=4, val_every=3, perturbed_val_every=2, batch_size=10, train_split=SMALL)
     assert [row["epoch"] for row in sparse if "val_perturbed_acc" in row] == [2, 4]   # every 2nd, and the last
     assert [row["epoch"] for row in sparse if "val_acc" in row] == [3, 4]             # clean: its own cadence
     assert set(sparse[1]) == EPOCH_KEYS | {"val_perturbed_acc", "val_seconds"}        # perturbed only at epoch 2
@@ -193,7 +194,7 @@ def constant_loss(monkeypatch, values):
 def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):
     import itertools
     constant_loss(monkeypatch, itertools.repeat(1.0))
-    history, _ = run(HEAD, width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=20, train_split=SMALL, lr=0.1, lr_factor=0.5, lr_patience=2,
                      val_every=100)
     lrs = [row["lr"] for row in history]
     # best at epoch 1; epochs 2, 3, 4 do not improve -> more than `patience` bad epochs -> halved from epoch 5 on
@@ -203,7 +204,7 @@ def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):
 
 def test_improving_training_loss_keeps_lr(monkeypatch):
     constant_loss(monkeypatch, (10.0 - step for step in range(100)))  # one step per epoch: decreasing loss
-    history, _ = run(HEAD, width=4, epochs=6, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=0,
+    history, _ = run(HEAD, width=4, epochs=6, batch_size=20, train_split=SMALL, lr=0.1, lr_factor=0.5, lr_patience=0,
                      val_every=100)
     assert [row["train_loss"] for row in history] == pytest.approx([10.0, 9.0, 8.0, 7.0, 6.0, 5.0])
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 6)
@@ -213,12 +214,12 @@ def test_the_scheduler_can_watch_the_last_batch_loss_as_the_notebook_did(monkeyp
     # two steps per epoch: the epoch mean keeps falling while the last batch's loss stays flat
     losses = [loss for epoch in range(8) for loss in (10.0 - 2 * epoch, 1.0)]
     constant_loss(monkeypatch, iter(losses))
-    history, _ = run(HEAD, width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=10, train_split=SMALL, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="last_batch", val_every=100)
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025])
     monkeypatch.undo()
     constant_loss(monkeypatch, iter(losses))
-    history, _ = run(HEAD, width=4, epochs=8, batch_size=50, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=10, train_split=SMALL, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="epoch_mean", val_every=100)
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
 
@@ -227,13 +228,13 @@ def test_the_scheduler_can_watch_the_validation_loss_which_then_runs_every_epoch
     # the training loss keeps falling while the validation loss stays flat
     constant_loss(monkeypatch, (10.0 - step for step in range(100)))
     monkeypatch.setattr(CrossEntropyHead, "validation_loss", lambda self, embeddings, logits, labels, seed: 1.0)
-    history, _ = run(HEAD, width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=20, train_split=SMALL, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="validation", val_every=100)
     # the loss alone in every epoch, val_every notwithstanding; the accuracy at the last
     assert all(row["val_loss"] == 1.0 for row in history)
     assert ["val_acc" in row for row in history] == [False] * 7 + [True]
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 4 + [0.05] * 3 + [0.025])
-    history, _ = run(HEAD, width=4, epochs=8, batch_size=100, lr=0.1, lr_factor=0.5, lr_patience=2,
+    history, _ = run(HEAD, width=4, epochs=8, batch_size=20, train_split=SMALL, lr=0.1, lr_factor=0.5, lr_patience=2,
                      lr_schedule_on="epoch_mean", val_every=100)
     assert [row["lr"] for row in history] == pytest.approx([0.1] * 8)
     assert ["val_loss" in row for row in history] == [False] * 7 + [True]
