@@ -164,8 +164,8 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
            "reused from its cache took none)."] if wall_seconds is not None else []),
         *time_lines(stage_times(timings()), wall_seconds), "",
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
-        "`summary.md` holds every table; `metrics/` the across-seed means and stds (`dvc metrics show` keys);",
-        "the PNGs are the figures of `dvc plots show`.", ""]))
+        "`summary.md` holds every table; `metrics.json` the headline numbers (`dvc metrics show`), `aggregate/`",
+        "every number's mean and std over seeds; the PNGs are the figures of `dvc plots show`.", ""]))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return copied
