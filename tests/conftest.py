@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env
+from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env, warm_umap_cache
 
 END_TO_END_FIXTURE = "reproduced_project"
 
@@ -21,7 +21,11 @@ def reproduced_project(tmp_path_factory):
     Tests that change it must restore it (or work on a copy): it is shared.
     """
     project = create_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
-    result = dvc(project, "repro", env=trace_env(project))
+    warming = warm_umap_cache()
+    try:
+        result = dvc(project, "repro", env=trace_env(project))
+    finally:
+        warming.wait()
     assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
     return project
 

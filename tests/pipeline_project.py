@@ -89,6 +89,19 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
+def warm_umap_cache() -> subprocess.Popen:
+    """Compile umap-learn's numba functions into the shared cache (dvc_env's NUMBA_CACHE_DIR) in a process of
+    its own, beside the tiny pipeline's first stages (one thread each: the other core is idle), so that its
+    first UMAP stage loads them (about 2 s) instead of compiling them (about 30 s). Compiled here or there,
+    the machine code, and so every UMAP, is the same. A no-op where the cache is warm."""
+    code = ("import numpy as np; from robust_cifar.reporting.umap_plot import fit_umap; "
+            "x = np.random.default_rng(0).normal(size=(60, 128)).astype(np.float32); "
+            "x /= np.linalg.norm(x, axis=1, keepdims=True); "
+            f"fit_umap(x, {TINY_PARAMS['umap.n_neighbors']}, {PARAMS['umap']['min_dist']}, seed=0).transform(x[:40])")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dvc_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def trace_env(project: Path) -> dict[str, str]:
     (project / PARAMS_TRACE).mkdir(exist_ok=True)
     return {"ROBUST_CIFAR_PARAMS_TRACE": str(project / PARAMS_TRACE)}
