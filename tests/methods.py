@@ -1,16 +1,13 @@
 """The registered methods the tests mean, picked by what they are, so that no test names a method:
 renaming one, or adding a sixth, leaves every test as it is."""
-from pathlib import Path
-
-import yaml
-
 from robust_cifar.params import Params
 from robust_cifar.training.methods import shaped_like
 from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from robust_cifar.training.methods.pgd_examples import PgdExamples
+from tests.pipeline_project import PARAMS
 
-_STUDY = Params(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text()))
+_STUDY = Params(PARAMS)
 HEAD = shaped_like(CrossEntropyHead, None, _STUDY)                           # a head on clean images
 PERTURBED_HEAD = shaped_like(CrossEntropyHead, DrawnPerturbations, _STUDY)   # a head on the study's perturbations
 PGD_HEAD = shaped_like(CrossEntropyHead, PgdExamples, _STUDY)                # a head on PGD examples
