@@ -1,10 +1,20 @@
 """Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session."""
+import os
+
 import pytest
 import torch
 
 from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env, warm_umap_cache
 
 END_TO_END_FIXTURE = "reproduced_project"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n auto`), each worker's torch takes its share of the cores, so the workers'
+    in-process tests do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 def pytest_collection_modifyitems(items):
@@ -25,7 +35,8 @@ def reproduced_project(tmp_path_factory):
     try:
         result = dvc(project, "repro", env=trace_env(project))
     finally:
-        warming.wait()
+        if warming:
+            warming.wait()
     assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
     return project
 

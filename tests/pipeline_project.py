@@ -89,11 +89,18 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def warm_umap_cache() -> subprocess.Popen:
+def warm_umap_cache() -> subprocess.Popen | None:
     """Compile umap-learn's numba functions into the shared cache (dvc_env's NUMBA_CACHE_DIR) in a process of
-    its own, beside the tiny pipeline's first stages (one thread each: the other core is idle), so that its
-    first UMAP stage loads them (about 2 s) instead of compiling them (about 30 s). Compiled here or there,
-    the machine code, and so every UMAP, is the same. A no-op where the cache is warm."""
+    its own, beside the tiny pipeline's first stages (one thread each), so that its first UMAP stage loads them
+    (about 2 s) instead of compiling them (about 30 s). Compiled here or there, the machine code, and so every
+    UMAP, is the same. Once per cache: the first caller (of the pytest-xdist workers, or of the sessions on
+    this clone) leaves a marker there; None for the others, whose UMAP stages come long after it is warm."""
+    cache = Path(dvc_env()["NUMBA_CACHE_DIR"])
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(cache / "warmed-by-tests", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
     code = ("import numpy as np; from robust_cifar.reporting.umap_plot import fit_umap; "
             "x = np.random.default_rng(0).normal(size=(60, 128)).astype(np.float32); "
             "x /= np.linalg.norm(x, axis=1, keepdims=True); "
