@@ -41,7 +41,8 @@ PANELS = (
       for kind in (CrossEntropyHead.loss_name, AngularEmbedding.loss_name)),
     ("Training accuracy", TRAIN_ACC, "training accuracy", None),
     ("Clean validation accuracy", VAL_ACC, "validation accuracy", None),
-    ("Perturbed validation accuracy", VAL_PERTURBED_ACC, "perturbed validation accuracy", None),
+    # each method trained on perturbations validates on its own (drawn ones, or PGD examples)
+    ("Validation accuracy, perturbed as in training", VAL_PERTURBED_ACC, "perturbed validation accuracy", None),
     ("Learning rate", LR, "learning rate (log scale)", None),
 )
 
