@@ -1,4 +1,5 @@
-"""Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session."""
+"""Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session (of each
+pytest-xdist worker)."""
 import os
 
 import pytest
@@ -14,7 +15,7 @@ def pytest_configure(config):
     in-process tests do not oversubscribe them."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(items):
