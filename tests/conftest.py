@@ -8,6 +8,17 @@ import torch
 from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env, warm_umap_cache
 
 END_TO_END_FIXTURE = "reproduced_project"
+# `-n auto`: each worker reproduces its own tiny pipeline, and the slow tests are few; more workers gain nothing
+MAX_WORKERS = 4
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`pytest -n auto`: a worker per CPU (os.cpu_count(), not pytest-xdist's physical cores: the tiny
+    pipeline's stages and DVC run on one thread each), at most MAX_WORKERS. PYTEST_XDIST_AUTO_NUM_WORKERS,
+    if set, decides instead (None leaves it to pytest-xdist)."""
+    if not os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 def pytest_configure(config):
