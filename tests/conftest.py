@@ -10,15 +10,16 @@ from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_sta
 END_TO_END_FIXTURE = "reproduced_project"
 # `-n auto`: each worker reproduces its own tiny pipeline, and the slow tests are few; more workers gain nothing
 MAX_WORKERS = 4
+CPUS = os.cpu_count() or 1
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
-    """`pytest -n auto`: a worker per CPU (os.cpu_count(), not pytest-xdist's physical cores: the tiny
+    """`pytest -n auto`: a worker per CPU (CPUS: os.cpu_count(), not pytest-xdist's physical cores: the tiny
     pipeline's stages and DVC run on one thread each), at most MAX_WORKERS. PYTEST_XDIST_AUTO_NUM_WORKERS,
     if set, decides instead (None leaves it to pytest-xdist)."""
     if not os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+        return min(MAX_WORKERS, CPUS)
 
 
 def pytest_configure(config):
@@ -26,7 +27,7 @@ def pytest_configure(config):
     in-process tests do not oversubscribe them."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(max(1, CPUS // workers))
 
 
 def pytest_collection_modifyitems(items):
