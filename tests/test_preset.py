@@ -73,6 +73,15 @@ def test_the_command_names_the_numerics_it_runs_with(bf16):
     assert {"compute.device=cpu", "compute.threads=2", f"compute.fast={str(bf16).lower()}"} <= set(cmd)
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_cpu_without_bf16_units_is_told_it_runs_fp32_and_what_that_changes(bf16, monkeypatch, capsys):
+    monkeypatch.setattr(preset, "machine_settings", lambda: {"compute.fast": bf16})
+    main(["quick", "--dry-run", "--name", "x"])   # refused with bf16 on a CPU without it: said after the note
+    out = capsys.readouterr().out
+    assert f"compute.fast={str(bf16).lower()}" in out
+    assert ("runs in fp32" in out) is not bf16 and ("not a copy" in out) is not bf16
+
+
 def test_an_archive_without_an_md5_is_an_empty_string_not_null():
     cmd = command("quick", "a.tar.gz", None, "x", machine={})
     assert "data.archive_md5=''" in cmd

@@ -82,6 +82,11 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+FP32_NOTE = ("note: this CPU has no bf16 units, so the preset runs in fp32 (compute.fast=false): slower, and from the "
+             "same seeds it trains other models than the published bf16 runs (a replication, not a copy: "
+             "docs/reproducibility.md)")
+
+
 def machine_settings() -> dict[str, object]:
     """What this CPU decides, said out loud: bf16 autocast where it has bf16 units, else fp32 (the two
     differ in bits, so the choice is a param DVC records, not a guess each stage makes)."""
@@ -181,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", type=Path, metavar="DIR",
                         help="after a successful run, copy its summary, metrics and figures into DIR (e.g. results/quick-cpu)")
     args = parser.parse_args(argv)
-    cmd = command(args.preset, args.archive, args.archive_md5, args.name)
+    machine = machine_settings()
+    cmd = command(args.preset, args.archive, args.archive_md5, args.name, machine)
     print(" ".join(shlex.quote(part) for part in cmd), flush=True)
+    if not machine["compute.fast"]:
+        print(FP32_NOTE, flush=True)
     try:
         check_before_running(cmd, args.publish)
     except UserError as error:
