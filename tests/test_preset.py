@@ -76,7 +76,7 @@ def test_the_command_names_the_numerics_it_runs_with(bf16):
 @pytest.mark.parametrize("bf16", [True, False])
 def test_a_cpu_without_bf16_units_is_told_it_runs_fp32_and_what_that_changes(bf16, monkeypatch, capsys):
     monkeypatch.setattr(preset, "machine_settings", lambda: {"compute.fast": bf16})
-    main(["quick", "--dry-run", "--name", "x"])   # refused with bf16 on a CPU without it: said after the note
+    main(["quick", "--dry-run", "--name", "x"])   # bf16 on a CPU without bf16 units exits 2, after the lines checked here
     out = capsys.readouterr().out
     assert f"compute.fast={str(bf16).lower()}" in out
     assert ("runs in fp32" in out) is not bf16 and ("not a copy" in out) is not bf16
