@@ -32,6 +32,10 @@ class InputError(UserError):
     """A file a stage reads is missing, truncated or does not match what the stage expects."""
 
 
+class TrainingDiverged(UserError):
+    """A training whose loss became NaN or infinite: its params (most often the learning rate) cannot train it."""
+
+
 class PublishError(UserError):
     """A folder a run cannot be published into."""
 

@@ -147,6 +147,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
     mismatches = config_mismatches(checkpoint["config"], expect, num_classes)
     if mismatches:
         raise InputError(f"{path} has {'; '.join(mismatches)}: {redo}")
+    nonfinite = [key for key, value in checkpoint["state_dict"].items()
+                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if nonfinite:   # training refuses to write such a model, and its embeddings would score chance
+        raise InputError(f"{path} has NaN or infinite weights (in {len(nonfinite)} tensor{'s' * (len(nonfinite) > 1)}, "
+                         f"{nonfinite[0]} first): {redo}")
     try:
         model = CifarResNet18(**checkpoint["config"])
         model.load_state_dict(checkpoint["state_dict"])

@@ -11,6 +11,7 @@ such as `NUMBER`). Keys a schema does not name are allowed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -36,7 +37,7 @@ def refuse(path: str | Path, produced_by: str, problem: str, get_back_path: str 
 class Array:
     """One array of an .npz: the dtype kinds it may have ("f" float, "iu" integer, "U" text) and, per axis,
     the name of its size. Axes of the same name must have the same size everywhere in the file (and the
-    size a caller knows, where it names one); no axis may be empty. `below`: the values are whole numbers
+    size a caller knows, where it names one); no axis may be empty; floats must be finite. `below`: the values are whole numbers
     in [0, the size of that axis), as labels index the class names."""
     kinds: str
     axes: tuple[str, ...]
@@ -74,6 +75,8 @@ def array_problem(arrays: Mapping[str, np.ndarray], schema: Mapping[str, Array],
             source.setdefault(axis, key)
     for key, spec in schema.items():
         array = arrays[key]
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            return f"{key} holds {np.count_nonzero(~np.isfinite(array)):,} NaN or infinite values"
         if spec.below is not None and (array.min() < 0 or array.max() >= sizes[spec.below]):
             return f"{key} holds values outside 0..{sizes[spec.below] - 1} (its {spec.below})"
     return None
@@ -96,7 +99,8 @@ class Leaf:
     accepts: Callable[[Any], bool] = field(repr=False)
 
 
-NUMBER = Leaf("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
+NUMBER = Leaf("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
 WHOLE = Leaf("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool))
 TEXT = Leaf("text", lambda value: isinstance(value, str))
 

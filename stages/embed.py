@@ -29,8 +29,8 @@ def main(argv: list[str]) -> None:
     compute = Compute.from_config(compute_config)
     batch_size = compute_config.eval_batch_size
 
-    plans = load_plans(paths.PLAN)
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
+    plans = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()})
     expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
     model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
     # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one

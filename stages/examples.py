@@ -68,8 +68,8 @@ def main(argv: list[str]) -> None:
     fgm_eps = fgm_eps_from_params(params)
     compute = Compute.fp32_from_params(params)
     model_config = ModelConfig.from_params(params)
-    plan = load_plans(paths.PLAN)["test"]
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
+    plan = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()})["test"]
     model, _ = load_model(paths.model(REFERENCE_METHOD, params.seed("figures")), compute.device,
                           expect=model_config, num_classes=len(class_names))
     shown = pick_examples(plan.gates, splits["test"].labels, SHOWN)

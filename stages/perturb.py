@@ -2,8 +2,8 @@
 for train / val / test -> data/perturb/plan.npz. FGM's gradient is taken later, per model."""
 import numpy as np
 
-from robust_cifar.conditions import KINDS
-from robust_cifar.npz import load_npz
+from robust_cifar.conditions import KINDS, SPLITS
+from robust_cifar.data.split import load_split_indices
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import PerturbSettings, make_plan, save_plans
 from robust_cifar.stage import run_stage
@@ -13,8 +13,8 @@ from stages import paths
 def main(argv: list[str]) -> None:
     params = load_params()
     settings, seed = PerturbSettings.from_params(params, with_fgm=False), params.seed("plan")
-    split = load_npz(paths.SPLIT, "split")
-    sizes = {name: len(split[name]) for name in ("train", "val", "test")}
+    split = load_split_indices(paths.SPLIT)
+    sizes = {name: len(split[name]) for name in SPLITS}
     # one seed per split, derived from the plan seed, so a split's plan does not depend on the others' sizes
     plans = {name: make_plan(size, settings, int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
              for index, (name, size) in enumerate(sizes.items())}

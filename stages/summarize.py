@@ -3,7 +3,7 @@
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
 from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
-from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, provenance_lines, settings
+from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, SOURCE, provenance_lines, settings
 from robust_cifar.reporting.results import read_correct, read_json, read_metrics, read_runs
 from robust_cifar.stage import run_stage
 from robust_cifar.reporting.summarize import (all_split_rows, compare_with_baseline, gate_failures, headline_metrics,
@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     methods, seeds = params.method_names(), params.train_seeds()
     run_settings = settings(params)
-    provenance = provenance_lines(read_json(paths.SOURCE, "download"), run_settings)
+    provenance = provenance_lines(read_json(paths.SOURCE, "download", SOURCE), run_settings)
     all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}") for method in methods}
     per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
                 for method in methods}

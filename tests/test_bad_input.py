@@ -50,6 +50,7 @@ BAD_PARAMS = [
     ("compute.device", "cuda:99", "compute.device = 'cuda:99'"),
     ("data.archive", "missing.tar.gz", "CIFAR-10 archive not found: missing.tar.gz"),
     ("data.archive_md5", "0123456789abcdef0123456789abcdef", "but 0123456789abcdef0123456789abcdef was expected"),
+    ("data.archive", "dvc.yaml", "dvc.yaml is not a readable tar archive"),   # a file, but no archive
 ]
 
 
@@ -106,6 +107,12 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
+def validate_on_train(project: Path) -> None:
+    path = project / "data/split/indices.npz"
+    indices = dict(np.load(path))
+    save_npz(path, {**indices, "val": indices["train"]})
+
+
 DAMAGE = [
     ("truncated model", lambda p: truncate(p / f"models/{HEAD}-0.pt"), ("stages.embed", HEAD, "0"),
      f"models/{HEAD}-0.pt is not a readable checkpoint", f"dvc repro -f -s train@{HEAD}-0"),
@@ -118,9 +125,13 @@ DAMAGE = [
     ("random plan", lambda p: (p / "data/perturb/plan.npz").write_bytes(bytes(range(256)) * 40),
      ("stages.embed", HEAD, "0"), "data/perturb/plan.npz is not a readable .npz", "dvc repro -f -s perturb"),
     ("missing metrics", lambda p: (p / f"reports/aggregate/{PERTURBED_HEAD}.json").unlink(), ("stages.summarize",),
-     f"reports/aggregate/{PERTURBED_HEAD}.json not found", f"dvc repro aggregate@{PERTURBED_HEAD}"),
+     f"reports/aggregate/{PERTURBED_HEAD}.json not found", f"dvc repro -f -s aggregate@{PERTURBED_HEAD}"),
     ("truncated seed metrics", lambda p: truncate(p / f"reports/seeds/{ANGULAR}/0.json"), ("stages.aggregate", ANGULAR),
      f"reports/seeds/{ANGULAR}/0.json is not valid JSON", f"dvc repro -f -s evaluate@{ANGULAR}-0"),
+    ("garbled predictions", lambda p: (p / f"reports/seeds/{HEAD}/0.csv").write_text("a,b\n1,2\n"), ("stages.aggregate", HEAD),
+     f"reports/seeds/{HEAD}/0.csv is not a predictions table", f"dvc repro -f -s evaluate@{HEAD}-0"),
+    ("a split whose validation is the training set", validate_on_train, ("stages.train", HEAD, "0"),
+     "data/split/indices.npz does not hold what split writes (train and val share", "dvc repro -f -s split"),
 ]
 
 

@@ -107,6 +107,21 @@ def test_truncated_archive_is_refused_as_unreadable(tmp_path):
         data.read_archive(path)  # no md5 given, so only the reader itself can notice
 
 
+@pytest.mark.parametrize("content", [b"not an archive\n", b"", b"\x1f\x8b" + bytes(100)], ids=["text", "empty", "bad gzip"])
+def test_a_file_that_is_no_tar_archive_is_refused_by_the_early_check_even_with_its_md5(tmp_path, content):
+    """check_params runs check_archive_file before DVC deletes the download's outputs: the md5 alone
+    would pass a file that is no archive at all."""
+    path = tmp_path / "fake.tar.gz"
+    path.write_bytes(content)
+    with pytest.raises(ArchiveError, match="fake.tar.gz is not a readable tar archive"):
+        data.check_archive_file(path, hashlib.md5(content).hexdigest())
+
+
+def test_the_early_check_passes_a_real_archive(tmp_path):
+    path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
+    data.check_archive_file(path, hashlib.md5(path.read_bytes()).hexdigest())
+
+
 PICKLE_STYLES = [
     *(archives.PickleStyle(python2=True, protocol=protocol) for protocol in range(3)),
     *(archives.PickleStyle(python2=False, protocol=protocol) for protocol in range(6)),
@@ -544,3 +559,22 @@ def test_saved_arrays_load_back_identically(tmp_path):
 def test_loading_missing_arrays_says_to_run_the_download_stage(tmp_path):
     with pytest.raises(InputError, match="dvc repro -f -s download"):
         data.load_arrays(tmp_path / "cifar10.npz")
+
+
+@pytest.mark.parametrize("field, damage, words", [
+    ("train_labels", lambda labels: labels.astype(str), "train labels are <U21, not integers"),
+    ("test_labels", lambda labels: labels + 10, "test labels span 10..19, outside 0..9"),
+    ("train_images", lambda images: images.astype(np.float32), "train images are float32"),
+])
+def test_a_damaged_npz_cache_names_how_to_get_it_back(tmp_path, field, damage, words):
+    arrays = data.read_archive(archives.write_official_archive(tmp_path / "cifar.tar.gz"))
+    path = tmp_path / "cifar10.npz"
+    data.save_arrays(arrays, path)
+    saved = dict(np.load(path))
+    saved[field] = damage(saved[field])
+    np.savez(path.with_suffix(""), **saved)   # numpy appends .npz
+    with pytest.raises(ArchiveError) as error:
+        data.load_arrays(path)
+    message = str(error.value)
+    assert words in message and f"dvc checkout --force {path}" in message and "dvc repro -f -s download" in message, message
+    assert "official archive" not in message   # the cache comes back from DVC, not from a rebuilt archive

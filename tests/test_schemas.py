@@ -13,15 +13,18 @@ import pytest
 import torch
 
 from robust_cifar.conditions import SPLITS, conditions_for
+from robust_cifar.data.split import load_split_indices, stratified_split
 from robust_cifar.errors import InputError
 from robust_cifar.evaluation.embed import flatten
 from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import score_embeddings
 from robust_cifar.model import CifarResNet18, ModelConfig, load_model, save_model
 from robust_cifar.npz import save_npz
+from robust_cifar.perturbations.perturb import PerturbSettings, load_plans, make_plan, save_plans
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.curves import read_training_curves
-from robust_cifar.reporting.results import read_metrics, read_runs
+from robust_cifar.reporting.provenance import SOURCE
+from robust_cifar.reporting.results import read_correct, read_json, read_metrics, read_runs
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
 from tests.methods import HEAD
 
@@ -96,6 +99,12 @@ BAD_EMBEDDINGS = [
     ("logits of 5 classes", replaced("val.clean.logits", lambda values: values[:, :5]),
      "val.clean.logits has 5 classes, class_names 10"),
     ("logits of one condition missing", without("val.perturbed.logits"), "no val.perturbed.logits"),
+    # what a diverged model, or a hand edit, leaves: a 3-NN then scores chance and looks like a result
+    ("NaN embeddings", replaced("train.clean.embeddings", lambda values: np.full_like(values, np.nan)),
+     f"train.clean.embeddings holds {ROWS * DIM} NaN or infinite values"),
+    ("an infinite logit", replaced("test.clean.logits", lambda values: np.where(np.arange(values.size).reshape(values.shape) == 3,
+                                                                              np.inf, values).astype(values.dtype)),
+     "test.clean.logits holds 1 NaN or infinite values"),
     ("an empty split", lambda arrays: arrays.update({key: value[:0] for key, value in arrays.items() if key.startswith("val.")}),
      "has no val images"),
 ]
@@ -167,6 +176,9 @@ BAD_REPORTS = [
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"head": "0.5"}}), "`robust` has no `knn`"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": None}}}), "`curve.eps_2.knn` is `null`, not a number"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "attacks": {"fgm": [0.5]}}), "`attacks.fgm` is a list, not an object"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"knn": float("nan")}}), "`robust.knn` is `nan`, not a number"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": float("inf")}}}),
+     "`curve.eps_2.knn` is `inf`, not a number"),
 ]
 
 
@@ -206,6 +218,8 @@ BAD_METRICS = [
     ("text mean", damaged_metrics(lambda metrics: metrics["robustness"]["robust"]["knn"].update(mean="high")),
      "`robustness.robust.knn.mean` is text, not a number"),
     ("seeds a fraction", damaged_metrics(lambda metrics: metrics.update(seeds=1.5)), "`seeds` is `1.5`, not a whole number"),
+    ("a NaN mean", damaged_metrics(lambda metrics: metrics["test"]["clean"]["knn"].update(mean=float("nan"))),
+     "`test.clean.knn.mean` is `nan`, not a number"),
 ]
 
 
@@ -227,6 +241,139 @@ def test_optional_and_free_keys():
     assert tree_problem({"a": True, "d": {}}, schema) == "`a` is `true`, not a number"
     assert tree_problem({"a": 1, "b": {}, "d": {}}, schema) == "`b` has no `c`"
     assert tree_problem({"a": 1, "d": {"x": "3"}}, schema) == "`d.x` is text, not a number"
+
+
+GOOD_PREDICTIONS = "actual,clean,perturbed\ncat,cat,dog\ndog,cat,dog\n"   # as stages/evaluate.py writes them
+
+
+def test_the_predictions_evaluate_writes_pass(tmp_path):
+    path = tmp_path / "0.csv"
+    path.write_text(GOOD_PREDICTIONS)
+    correct = read_correct(path, f"evaluate@{RUN}")
+    assert correct["clean"].tolist() == [True, False] and correct["perturbed"].tolist() == [False, True]
+
+
+@pytest.mark.parametrize("content, words", [
+    (bytes(range(256)) * 4, "is not a predictions table"),
+    ("", "is not a predictions table"),
+    ("a,b\n1,2\n", "is not a predictions table"),
+    ("actual,clean,perturbed\n", "is not a predictions table"),
+    (GOOD_PREDICTIONS + "cat,dog\n", "is not a predictions table"),
+    (None, "not found"),
+], ids=["random bytes", "empty", "other columns", "a header only", "a short row", "missing"])
+def test_predictions_of_the_wrong_shape_are_one_line(tmp_path, content, words):
+    path = tmp_path / "0.csv"
+    if content is not None:
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(InputError) as error:
+        read_correct(path, f"evaluate@{RUN}")
+    one_line(error, path, f"evaluate@{RUN}", words, "dvc checkout --force")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[]", "the file is an empty list, not an object with archive, md5, description"),
+    ("{}", "the file has no `archive`, `md5`, `description` and 2 more keys"),
+    ("null", "the file is `null`"),
+    ('{"archive": "a.tar.gz", "md5": "0", "description": "d", "test_images": 6}', "the file has no `train_images`"),
+    ('{"archive": 3, "md5": "0", "description": "d", "train_images": 1, "test_images": 6}', "`archive` is `3`, not text"),
+])
+def test_a_data_source_of_the_wrong_shape_is_one_line(tmp_path, text, words):
+    """data/raw/source.json, which the pipeline tests' summarize reads as the download stage writes it."""
+    path = tmp_path / "source.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        read_json(path, "download", SOURCE)
+    one_line(error, path, "download", words)
+
+
+# --- the split and the perturbation plan ------------------------------------------------------
+
+SIZES = {"training set": 50, "test set": 20}
+
+
+def split_file(tmp_path: Path, damage=lambda indices: None) -> Path:
+    """What the split stage writes (save_split: sorted, disjoint train and val), damaged by `damage`."""
+    train, val = stratified_split(np.arange(50) % 10, 0.2, seed=0)
+    indices = {"train": train, "val": val, "test": np.arange(20)}
+    damage(indices)
+    path = tmp_path / "data/split/indices.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(path, indices)
+    return path
+
+
+def test_the_split_the_split_stage_writes_passes(tmp_path):
+    assert sorted(load_split_indices(split_file(tmp_path), SIZES)) == ["test", "train", "val"]
+
+
+def set_to(key, value):
+    return lambda indices: indices.__setitem__(key, value(indices))
+
+
+BAD_SPLITS = [
+    ("val a copy of train", set_to("val", lambda i: i["train"].copy()), "train and val share 10 images"),
+    ("one image in both", set_to("val", lambda i: np.sort(np.append(i["val"], i["train"][0]))), "train and val share 1 images"),
+    ("a repeated index", set_to("train", lambda i: np.sort(np.append(i["train"], i["train"][0]))),
+     "train is not a sorted set of indices"),
+    ("out of order", set_to("test", lambda i: i["test"][::-1].copy()), "test is not a sorted set of indices"),
+    ("past the test set", set_to("test", lambda i: i["test"] + 1000), "test holds indices outside 0..19 (the official test set)"),
+    ("negative", set_to("val", lambda i: i["val"] - 100), "val holds indices outside 0..49"),
+    ("float indices", set_to("train", lambda i: i["train"].astype(np.float64)), "train holds floats"),
+    ("2-d", set_to("test", lambda i: i["test"].reshape(4, 5)), "test has 2 dimensions"),
+    ("no val", lambda indices: indices.pop("val"), "no val"),
+]
+
+
+@pytest.mark.parametrize("damage, words", [case[1:] for case in BAD_SPLITS], ids=[case[0] for case in BAD_SPLITS])
+def test_a_split_that_leaks_or_does_not_index_the_data_is_one_line(tmp_path, damage, words):
+    path = split_file(tmp_path, damage)
+    with pytest.raises(InputError) as error:
+        load_split_indices(path, SIZES)
+    one_line(error, path, "split", "does not hold what split writes", words)
+
+
+PLAN_IMAGES = {"train": 6, "val": 4, "test": 5}
+
+
+def plan_file(tmp_path: Path, damage=lambda arrays: None) -> Path:
+    """What the perturb stage writes (make_plan, save_plans), damaged by `damage` on its arrays."""
+    path = tmp_path / "data/perturb/plan.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_plans({split: make_plan(count, PerturbSettings(p=0.5), seed) for seed, (split, count) in enumerate(PLAN_IMAGES.items())},
+               path)
+    arrays = dict(np.load(path))
+    damage(arrays)
+    save_npz(path, arrays)
+    return path
+
+
+def test_the_plan_the_perturb_stage_writes_passes(tmp_path):
+    plans = load_plans(plan_file(tmp_path), PLAN_IMAGES)
+    assert {split: len(plan.gates) for split, plan in plans.items()} == PLAN_IMAGES
+
+
+BAD_PLANS = [
+    ("NaN jitter factors", replaced("test.jitter_factors", lambda f: np.full_like(f, np.nan)),
+     "test.jitter_factors holds 15 NaN or infinite values"),
+    ("a NaN noise std", replaced("test.noise_std", lambda v: np.float64(np.nan)), "test.noise_std holds 1 NaN"),
+    ("a fractional noise seed", replaced("val.noise_seed", lambda v: np.float64(1.5)), "val.noise_seed holds floats"),
+    ("three noise seeds", replaced("val.noise_seed", lambda v: np.arange(3)), "val.noise_seed has 1 dimension (3,), not 0"),
+    ("float gates", replaced("test.gates", lambda g: g.astype(np.float64)), "test.gates holds floats"),
+    ("text p", replaced("train.p", lambda v: np.array("abc")), "train.p holds text"),
+    ("gates of one kind", replaced("test.gates", lambda g: g[:, 0].copy()), "test.gates has 1 dimension"),
+    ("a plan for 3 of the 5 test images", lambda arrays: arrays.update(
+        {key: value[:3] for key, value in arrays.items() if key in ("test.gates", "test.jitter_factors")}),
+     "test.gates has 3 test images, the split 5"),
+    ("no test plan", lambda arrays: [arrays.pop(key) for key in list(arrays) if key.startswith("test.")], "no test.gates"),
+]
+
+
+@pytest.mark.parametrize("damage, words", [case[1:] for case in BAD_PLANS], ids=[case[0] for case in BAD_PLANS])
+def test_a_plan_of_the_wrong_shape_or_with_nan_is_one_line(tmp_path, damage, words):
+    path = plan_file(tmp_path, damage)
+    with pytest.raises(InputError) as error:
+        load_plans(path, PLAN_IMAGES)
+    one_line(error, path, "perturb", "does not hold what perturb writes", words)
 
 
 # --- training logs -----------------------------------------------------------------------------
@@ -291,6 +438,11 @@ def checkpoints(tmp_path_factory):
                                   ("dropout-0", ModelConfig(4, 16, 0.25), 10), ("everything-0", ModelConfig(8, 32, 0.0), 5)]:
         made[name] = folder / f"{name}.pt"
         save_model(config.build(classes), made[name])
+    diverged = EXPECTED.build(10)   # what a diverged training would leave, were it written
+    with torch.no_grad():
+        diverged.head.weight[0, 0] = float("nan")
+    made["diverged-0"] = folder / "diverged-0.pt"
+    save_model(diverged, made["diverged-0"])
     return made
 
 
@@ -312,6 +464,12 @@ def test_a_checkpoint_of_another_model_is_one_line(checkpoints, name, words):
     with pytest.raises(InputError) as error:
         load_model(checkpoints[name], expect=EXPECTED, num_classes=10)
     one_line(error, checkpoints[name], f"train@{name}", words)
+
+
+def test_a_checkpoint_with_nan_weights_is_one_line(checkpoints):
+    with pytest.raises(InputError) as error:
+        load_model(checkpoints["diverged-0"], expect=EXPECTED, num_classes=10)
+    one_line(error, checkpoints["diverged-0"], "train@diverged-0", "has NaN or infinite weights (in 1 tensor, head.weight first)")
 
 
 def test_the_class_count_alone_can_be_expected(checkpoints):

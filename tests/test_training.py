@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from robust_cifar.compute import Compute
+from robust_cifar.errors import TrainingDiverged
 from robust_cifar.model import CifarResNet18
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.training.methods import Method
@@ -189,6 +190,15 @@ def constant_loss(monkeypatch, values):
         return loss * 0 + next(steps), outputs
 
     monkeypatch.setattr(CrossEntropyHead, "loss", constant)
+
+
+def test_a_training_whose_loss_becomes_nan_stops_in_that_epoch_with_one_line(monkeypatch):
+    constant_loss(monkeypatch, [1.0, float("nan")])   # one step per epoch; a third would exhaust the values
+    with pytest.raises(TrainingDiverged) as error:
+        run(HEAD, width=4, epochs=5, batch_size=20, train_split=SMALL, lr=0.1, val_every=100)
+    message = str(error.value)
+    assert "\n" not in message and "mean training loss in epoch 2 is nan" in message, message
+    assert "no model was written" in message and "-S train.lr=0.01 dvc.yaml" in message, message
 
 
 def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):

@@ -222,6 +222,23 @@ def check_archive_file(path: Path, expected_md5: str | None) -> None:
             'or to "" to download the official one.'
         )
     verify_md5(path, expected_md5)
+    try:   # the first header only: a file that is no tar archive at all is refused here, before DVC deletes anything
+        with tarfile.open(path, mode="r:*", tarinfo=_CappedTarInfo) as tar:
+            tar.next()
+    except ArchiveError as error:
+        raise ArchiveError(f"{path}: {error}") from error
+    except _READ_ERRORS as error:
+        raise _unreadable(path, error) from error
+
+
+# What tarfile and the gzip/bz2/xz layers raise for damaged or truncated files; RecursionError for a long
+# chain of pax headers.
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, RecursionError)
+
+
+def _unreadable(path: Path, error: BaseException) -> ArchiveError:
+    return ArchiveError(f"{path} is not a readable tar archive, or is truncated ({type(error).__name__}: "
+                        f"{_one_line(str(error))}). Re-download it, or {_SET_ARCHIVE_HINT}.")
 
 
 def read_archive(path, expected_md5: str | None = None) -> CifarArrays:
@@ -236,13 +253,8 @@ def read_archive(path, expected_md5: str | None = None) -> CifarArrays:
     except ArchiveError as error:
         # Messages from inside name the member; this says which archive it is in.
         raise ArchiveError(f"{path}: {error}") from error
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, RecursionError) as error:
-        # What tarfile and the gzip/bz2/xz layers raise for damaged or truncated
-        # files; RecursionError for a long chain of pax headers.
-        raise ArchiveError(
-            f"{path} is not a readable tar archive, or is truncated ({type(error).__name__}: "
-            f"{_one_line(str(error))}). Re-download it, or {_SET_ARCHIVE_HINT}."
-        ) from error
+    except _READ_ERRORS as error:
+        raise _unreadable(path, error) from error
     _check_arrays(arrays, source=str(path))
     return arrays
 
@@ -786,7 +798,9 @@ def _decode_image(tar: tarfile.TarFile, member: tarfile.TarInfo) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _check_arrays(arrays: CifarArrays, source: str) -> None:
+def _check_arrays(arrays: CifarArrays, source: str, fix: str | None = None) -> None:
+    """Refuse arrays that are not a labelled image dataset; `fix`: how to get `source` back (default: rebuild
+    the archive from the official one)."""
     n_classes = len(arrays.class_names)
     for split in SPLITS:
         images = getattr(arrays, f"{split}_images")
@@ -794,6 +808,8 @@ def _check_arrays(arrays: CifarArrays, source: str) -> None:
         problem = None
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
             problem = f"{split} images are {images.dtype} {images.shape}, not uint8 (N, 3, 32, 32)"
+        elif labels.dtype.kind not in "iu":
+            problem = f"{split} labels are {labels.dtype}, not integers"
         elif labels.shape != (len(images),):
             problem = f"there are {len(images)} {split} images but {labels.shape} labels"
         elif len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
@@ -805,8 +821,8 @@ def _check_arrays(arrays: CifarArrays, source: str) -> None:
             problem = f"there are no {split} images"
         if problem:
             raise ArchiveError(
-                f"{source} does not hold a valid CIFAR-10 dataset: {problem}. Re-create it "
-                f"from the official archive ({OFFICIAL_URL})."
+                f"{source} does not hold a valid CIFAR-10 dataset: {problem}. "
+                + (f"{fix[0].upper()}{fix[1:]}" if fix else f"Re-create it from the official archive ({OFFICIAL_URL}).")
             )
 
 
@@ -836,7 +852,7 @@ def load_arrays(path) -> CifarArrays:
         test_labels=saved["test_labels"],
         class_names=tuple(str(name) for name in saved["class_names"]),
     )
-    _check_arrays(arrays, source=str(path))
+    _check_arrays(arrays, source=str(path), fix=get_back(path, "download"))
     return arrays
 
 

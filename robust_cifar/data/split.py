@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from robust_cifar.data.download import load_arrays
-from robust_cifar.errors import InputError, ParamsError, get_back
+from robust_cifar.conditions import SPLITS
+from robust_cifar.errors import ParamsError
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import OPEN_FRACTION, Params, whole
+from robust_cifar.schema import Array, array_problem, refuse
 
 
 
@@ -82,16 +85,42 @@ class LabelledImages:
         return len(self.labels)
 
 
+# train and val index the official training set, test the official test set
+INDEXED = {"train": "training set", "val": "training set", "test": "test set"}
+
+
+def split_problem(indices: Mapping[str, np.ndarray], sizes: Mapping[str, int] | None = None) -> str | None:
+    """What keeps `indices` from being what save_split writes, in a few words; None when they are: per split a
+    sorted set of image indices (no repeats), train and val disjoint, each below its set's size in `sizes`
+    ({"training set": n, "test set": m}) where known."""
+    problem = array_problem(indices, {name: Array("iu", (f"{name} images",)) for name in SPLITS})
+    if problem:
+        return problem
+    for name in SPLITS:
+        index = indices[name]
+        if np.any(np.diff(index) <= 0):
+            return f"{name} is not a sorted set of indices (a repeat, or out of order)"
+        if index[0] < 0 or (sizes is not None and index[-1] >= sizes[INDEXED[name]]):
+            limit = f"0..{sizes[INDEXED[name]] - 1}" if sizes is not None else "0 and up"
+            return f"{name} holds indices outside {limit} (the official {INDEXED[name]})"
+    shared = np.intersect1d(indices["train"], indices["val"]).size
+    return f"train and val share {shared:,} images" if shared else None
+
+
+def load_split_indices(split_path: str | Path, sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The split's train / val / test indices, checked (split_problem); a one-line InputError otherwise."""
+    indices = load_npz(split_path, produced_by="split")
+    problem = split_problem(indices, sizes)
+    if problem:
+        raise refuse(split_path, "split", problem)
+    return indices
+
+
 def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str, LabelledImages], tuple[str, ...]]:
     """train / val / test images and labels, and the class names."""
     arrays = load_arrays(raw_path)
-    indices = load_npz(split_path, produced_by="split")
-    sizes = {"train": len(arrays.train_labels), "val": len(arrays.train_labels), "test": len(arrays.test_labels)}
-    if set(indices) != set(sizes) or any(
-            index.dtype.kind not in "iu" or index.ndim != 1 or len(index) == 0
-            or index.min() < 0 or index.max() >= sizes[name] for name, index in indices.items()):
-        raise InputError(f"{split_path} does not hold train, validation and test indices into {raw_path}: "
-                         f"{get_back(split_path, 'split')}")
+    indices = load_split_indices(split_path, {"training set": len(arrays.train_labels),
+                                              "test set": len(arrays.test_labels)})
     train, val, test = indices["train"], indices["val"], indices["test"]
     splits = {
         "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_cifar.conditions import KINDS  # also the column order of PerturbDraw.gates / SplitPlan.gates
-from robust_cifar.errors import InputError, get_back
+from robust_cifar.conditions import KINDS, SPLITS  # KINDS: also the column order of PerturbDraw.gates / SplitPlan.gates
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import BELOW_ONE, PROBABILITY, Params, bounded_real
+from robust_cifar.schema import Array, check_arrays
 
 ScoreFn = Callable[[Tensor], Tensor]
 
@@ -321,7 +321,6 @@ def plan_draw(plan: SplitPlan, start: int, stop: int, image_shape, device) -> Pe
     return PerturbDraw(gates=gates, jitter_factors=factors, noise=noise)
 
 
-_PLAN_ARRAYS = ("gates", "jitter_factors", "noise_seed")
 _PLAN_SETTINGS = ("p", "brightness", "contrast", "saturation", "noise_std", "noise_fraction")
 
 
@@ -337,17 +336,30 @@ def save_plans(plans: dict[str, SplitPlan], path: str | PathLike) -> None:
     save_npz(path, arrays)
 
 
-def load_plans(path: str | PathLike) -> dict[str, SplitPlan]:
-    fields: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in load_npz(path, produced_by="perturb").items():
-        name, field = key.rsplit(".", 1)
-        if field not in _PLAN_ARRAYS + _PLAN_SETTINGS:
-            raise InputError(f"unexpected member {key!r} in {path}: {get_back(path, 'perturb')}")
-        fields.setdefault(name, {})[field] = value
-    if any(set(f) != set(_PLAN_ARRAYS + _PLAN_SETTINGS) for f in fields.values()) or not fields:
-        raise InputError(f"{path} is not a complete perturbation plan: {get_back(path, 'perturb')}")
+def plan_schema() -> dict[str, Array]:
+    """Every array save_plans writes, per split: gates (an image's kinds), jitter factors (brightness,
+    contrast, saturation), the noise seed and the settings the plan was drawn with."""
+    schema = {}
+    for split in SPLITS:
+        images = f"{split} images"
+        schema.update({f"{split}.gates": Array("b", (images, "kinds")),
+                       f"{split}.jitter_factors": Array("f", (images, "jitter factors")),
+                       f"{split}.noise_seed": Array("iu", ())})
+        schema.update({f"{split}.{field}": Array("f", ()) for field in _PLAN_SETTINGS})
+    return schema
+
+
+def load_plans(path: str | PathLike, images: dict[str, int] | None = None) -> dict[str, SplitPlan]:
+    """The plan of every split, checked against plan_schema (and each split's image count in `images`, where
+    given): a one-line InputError naming the stage that remakes it otherwise."""
+    arrays = load_npz(path, produced_by="perturb")
+    known = {"kinds": (len(KINDS), "the perturbation kinds"), "jitter factors": (3, "the colour jitter")}
+    known.update({f"{split} images": (count, "the split") for split, count in (images or {}).items()})
+    check_arrays(arrays, plan_schema(), path, "perturb", known)
     return {
-        name: SplitPlan(gates=f["gates"], jitter_factors=f["jitter_factors"], noise_seed=int(f["noise_seed"]),
-                        settings=PerturbSettings(**{field: float(f[field]) for field in _PLAN_SETTINGS}, fgm_eps=0.0))
-        for name, f in fields.items()
+        split: SplitPlan(gates=arrays[f"{split}.gates"], jitter_factors=arrays[f"{split}.jitter_factors"],
+                         noise_seed=int(arrays[f"{split}.noise_seed"]),
+                         settings=PerturbSettings(**{field: float(arrays[f"{split}.{field}"]) for field in _PLAN_SETTINGS},
+                                                  fgm_eps=0.0))
+        for split in SPLITS
     }

@@ -9,6 +9,7 @@ import yaml
 
 from robust_cifar.machine import cpu_description
 from robust_cifar.params import NAME, VALIDATED_ELSEWHERE, Params, Rule
+from robust_cifar.schema import TEXT, WHOLE
 
 PRESET = Rule(lambda v: isinstance(v, str) and NAME.fullmatch(v) is not None,
               "a short lower-case name (set by `python -m tools.preset`)")
@@ -100,6 +101,10 @@ def run_lines(devices: list[str], commit: str, cpu: str | None = None) -> list[s
     published run's README, never for the summary, which DVC hashes."""
     return [f"- **device**: {'; '.join(devices) or 'unknown'}.", f"- **CPU**: {cpu or cpu_description()}.",
             f"- **commit**: {commit}."]
+
+
+# what the download stage writes to data/raw/source.json and provenance_lines reads
+SOURCE = {"archive": TEXT, "md5": TEXT, "description": TEXT, "train_images": WHOLE, "test_images": WHOLE}
 
 
 def provenance_lines(source: dict, settings: dict) -> list[str]:

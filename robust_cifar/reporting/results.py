@@ -33,7 +33,7 @@ METRICS = {**map_leaves({**SEED_METRICS, "robustness": ROBUSTNESS_REPORT},
 def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
     """The JSON at `path`, checked against `schema` where one is given."""
     if not path.is_file():
-        raise InputError(f"{path} not found: run `dvc repro {produced_by}`")
+        raise InputError(f"{path} not found: {get_back(path, produced_by)}")
     try:
         tree = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -63,13 +63,16 @@ def read_metrics(path: Path, produced_by: str) -> dict:
 def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
     """Per test image, whether the method's own decision was right: {"clean": bool (N,), "perturbed": ...}."""
     if not path.is_file():
-        raise InputError(f"{path} not found: run `dvc repro {produced_by}`")
+        raise InputError(f"{path} not found: {get_back(path, produced_by)}")
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
     except (csv.Error, UnicodeDecodeError):
         rows = []
-    if not rows or not {"actual", "clean", "perturbed"} <= set(rows[0]):
-        raise InputError(f"{path} is not a predictions table: {get_back(path, produced_by)}")
+    columns = ("actual", "clean", "perturbed")
+    # a short row reads None, a row of a garbled file ""; the file names a class in each of the three columns
+    if not rows or not all(row.get(column) for row in rows for column in columns):
+        raise InputError(f"{path} is not a predictions table (a class in each of {', '.join(columns)} per test image): "
+                         f"{get_back(path, produced_by)}")
     actual = np.array([row["actual"] for row in rows])
     return {condition: np.array([row[condition] for row in rows]) == actual for condition in ("clean", "perturbed")}

@@ -6,6 +6,7 @@ them once per epoch.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -14,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robust_cifar.compute import Compute
+from robust_cifar.errors import TrainingDiverged
 from robust_cifar.evaluation.inference import BatchTransform, embed_and_classify
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, bounded_real, one_of
@@ -165,6 +167,11 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
             seen += len(indices)
             bar.update(len(indices))
         train_loss = (loss_sum / seen).item()   # the one host sync of the epoch
+        if not math.isfinite(train_loss):   # weights that are NaN now stay NaN: stop, rather than save chance
+            raise TrainingDiverged(
+                f"train@{method.name}-{setup.seed} diverged: its mean training loss in epoch {epoch} is {train_loss} "
+                f"(train.lr = {config.lr:g}), and no model was written: lower the learning rate, for example "
+                f"`dvc exp run -S train.lr={config.lr / 10:g} dvc.yaml`")
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": tracker.value(train.labels, seen).item(),
                "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
         clean_now = config.validates(epoch)
