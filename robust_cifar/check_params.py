@@ -7,6 +7,7 @@ typo such as `train.epochz` would otherwise be silently ignored).
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 
 from robust_cifar.compute import ComputeConfig
@@ -15,6 +16,7 @@ from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import knn_k
 from robust_cifar.evaluation.robustness import RobustnessConfig
+from robust_cifar.machine import usable_cores
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturbations.perturb import PerturbSettings
@@ -98,7 +100,11 @@ def check_on_this_machine(params: Params) -> None:
     units and the local archive (there, and the one its md5 names). The check_params stage runs this,
     and so does every tool of the project before it hands overrides to DVC."""
     validate_params(params)
-    ComputeConfig.from_params(params).check_machine()
+    compute = ComputeConfig.from_params(params)
+    compute.check_machine()
+    warning = compute.oversubscription(usable_cores())
+    if warning:
+        print(warning, file=sys.stderr)
     data = DataConfig.from_params(params)
     if data.archive:
         check_archive_file(Path(data.archive), data.archive_md5)

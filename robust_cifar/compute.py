@@ -57,6 +57,15 @@ class ComputeConfig:
             raise DeviceError("compute.fast = true asks for bf16 autocast, which this CPU has no bf16 units for "
                               f"({cpu_description()}): use `-S compute.fast=false` (fp32; its bits differ from a bf16 run)")
 
+    def oversubscription(self, cores: int) -> str | None:
+        """A warning when a CPU run asks for more threads than `cores`: allowed (the count is a param, so a run
+        made with more threads is reproduced with as many), but each stage then runs many times slower."""
+        if self.device != "cpu" or self.threads <= cores:
+            return None
+        return (f"warning: compute.threads = {self.threads} is more than the {cores} CPU cores this machine gives the "
+                f"stages, so each runs many times slower; keep it only to reproduce a run made with {self.threads} "
+                f"threads (the count changes a result's bits), else set `-S compute.threads={cores}`")
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` (the GPU where there is one) is for tools such as the benchmark; params name the device."""

@@ -1,6 +1,7 @@
 """Which CPU this is, in the words a reader needs to judge whether a CPU result can be reproduced."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # CPU flags of bf16 matrix units: bf16 autocast pays only with them
@@ -20,3 +21,8 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     vector = next((flag for flag in ("avx512f", "avx2") if flag in flags), "no avx2")
     return (f"{names[0] if names else 'unknown'}, {len(names)} cores, bf16 units: "
             f"{', '.join(units) if units else f'none ({vector})'}")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: what a container or `taskset` leaves it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

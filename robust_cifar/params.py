@@ -177,11 +177,12 @@ def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
 
 
 def parse_yaml(text: str):
-    """YAML as DVC reads params.yaml: YAML 1.2 (ruamel.yaml's safe loader, DVC's own). PyYAML reads
-    YAML 1.1, where `1e-3` is a string, `010` is 8 and `yes` is true: DVC would record one value and
-    the stages would use another."""
+    """YAML as DVC reads params.yaml: ruamel.yaml's safe loader made as DVC makes it (dvc.utils.serialize's
+    parse_yaml), so YAML 1.2 where PyYAML reads YAML 1.1 (`1e-3` a string, `010` 8, `yes` true), and a
+    `%YAML 1.1` line read as DVC reads it (ignored by the C loader; the pure loader would obey it): DVC would
+    otherwise record one value and the stages use another."""
     from ruamel.yaml import YAML
-    return YAML(typ="safe", pure=True).load(text)
+    return YAML(typ="safe").load(text)
 
 
 def with_overrides(params: Params, settings: list[str]) -> Params:
@@ -198,8 +199,12 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
             raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
+        writer = YAML(typ="safe", pure=True)
+        # block style, no folded lines: libyaml's scanner, which parse_yaml uses as DVC does, misreads a folded
+        # URL in a flow mapping
+        writer.default_flow_style, writer.width = False, 1 << 16
         with path.open("w") as stream:
-            YAML(typ="safe", pure=True).dump(copy.deepcopy(params.raw), stream)
+            writer.dump(copy.deepcopy(params.raw), stream)
         try:
             apply_overrides(path, settings)
         except DvcException as error:

@@ -48,6 +48,23 @@ def test_a_gpu_the_machine_lacks_is_refused_with_the_cpu_settings_to_use():
             config(device="cuda").check_machine()
 
 
+def test_more_threads_than_cores_is_allowed_with_a_one_line_warning_naming_the_fix():
+    assert config(threads=2).oversubscription(cores=2) is None
+    assert config(device="cuda", threads=64).oversubscription(cores=2) is None   # the GPU does the work
+    warning = config(threads=1000).oversubscription(cores=2)
+    assert "\n" not in warning and "compute.threads = 1000 is more than the 2 CPU cores" in warning
+    assert "`-S compute.threads=2`" in warning
+
+
+def test_check_params_prints_the_oversubscription_warning_and_passes(monkeypatch, capsys):
+    from robust_cifar import check_params
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["compute"].update(device="cpu", fast=False, threads=16)
+    monkeypatch.setattr(check_params, "usable_cores", lambda: 4)
+    check_params.check_on_this_machine(Params(raw, source="params.yaml"))
+    assert "compute.threads = 16 is more than the 4 CPU cores" in capsys.readouterr().err
+
+
 def test_overrides_are_applied_by_dvc_exp_runs_own_code():
     params = Params(yaml.safe_load(PARAMS.read_text()))
     edited = with_overrides(params, ["knn.k=5", "seeds.train=[0, 1, 2]", "compute.fast=false", "data.archive_md5=",

@@ -346,3 +346,16 @@ def test_params_are_read_as_dvc_reads_them_yaml_1_2(tmp_path):
     assert params.raw == {"train": {"lr": 0.001}, "seeds": {"split": 10}, "compute": {"fast": "yes"}}
     with pytest.raises(ParamsError, match="`compute.fast` = 'yes' is invalid: must be true or false"):
         params.value("compute.fast", BOOLEAN)
+
+
+@pytest.mark.parametrize("text", [
+    "%YAML 1.1\n---\nknn:\n  k: 011\nseeds:\n  split: 010\ncompute:\n  fast: no\n",
+    "%YAML 1.2\n---\ntrain:\n  lr: 1e-3\n",
+    "train:\n  lr: .inf\n  epochs: 0x10\n  momentum: ~\nseeds:\n  split: 0o17\nknn:\n  k: 1_000\n",
+], ids=["a YAML 1.1 directive", "a YAML 1.2 directive", "odd scalars"])
+def test_params_read_exactly_as_dvc_reads_them_even_with_a_yaml_directive(tmp_path, text):
+    """A `%YAML 1.1` line once made the stages read `011` as 9 where DVC recorded 11 (and `no` as false, not 'no')."""
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_params(path).raw == dvc_parse_yaml(text, str(path))
