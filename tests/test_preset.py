@@ -1,5 +1,6 @@
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -100,12 +101,28 @@ def workspace(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arguments, words", [
     (["--archive", "missing.tar.gz"], "CIFAR-10 archive not found: missing.tar.gz"),
     (["--publish", "params.yaml"], "--publish params.yaml: is a file"),
-    (["--publish", "params.yaml/sub"], "params.yaml is a file, not a folder")])
+    (["--publish", "params.yaml/sub"], "params.yaml is a file, not a folder"),
+    # publish replaces its folder whole: these would have deleted the project, or files that were never a run's
+    (["--publish", "."], "--publish .: is this project"),
+    (["--publish", ".."], "--publish ..: is a folder holding this project"),
+    (["--publish", "/"], "--publish /: is a folder holding this project"),
+    (["--publish", "notes"], "--publish notes: holds files that are not a published run")])
 def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):
+    Path("notes").mkdir()
+    (Path("notes") / "todo.md").write_text("a file of the user's\n")
     assert main(["quick", "--name", "x", *arguments]) == 2
     assert workspace == []   # dvc never ran
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and words in errors[0]
+
+
+def test_an_earlier_publication_or_an_empty_folder_may_be_replaced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "quick-cpu").mkdir(parents=True)
+    (tmp_path / "results" / "empty").mkdir()
+    (tmp_path / "results" / "quick-cpu" / "README.md").write_text(f"# quick-cpu{preset.PUBLISHED_MARK}\n\nold\n")
+    for folder in ("results/quick-cpu", "results/empty", "results/new"):
+        preset.check_destination(Path(folder))
 
 
 def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):

@@ -125,8 +125,31 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
         check_destination(destination)
 
 
+PUBLISHED_MARK = ": a published run"   # the end of the title line of the README that publish writes
+
+
+def is_publication(folder: Path) -> bool:
+    """Whether `folder` holds a run that publish wrote (its README's title says so)."""
+    try:
+        lines = (folder / "README.md").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(lines) and lines[0].endswith(PUBLISHED_MARK)
+
+
 def check_destination(destination: Path) -> None:
-    """A folder that can be made or replaced whole: not a file, under a writable parent."""
+    """A folder that can be made or replaced whole: not the project or a folder holding it, not a folder of
+    other files or a mount point, not a file, under a writable parent."""
+    target, project = destination.resolve(), Path.cwd().resolve()
+    if target == project or target in project.parents:
+        held = "this project" if target == project else "a folder holding this project"
+        raise PublishError(f"--publish {destination}: is {held}, and the folder is replaced whole; "
+                           "name a folder for the results alone, e.g. results/<name>")
+    if destination.is_dir() and destination.is_mount():
+        raise PublishError(f"--publish {destination}: is a mount point, which cannot be replaced whole; name a folder in it")
+    if destination.is_dir() and any(destination.iterdir()) and not is_publication(destination):
+        raise PublishError(f"--publish {destination}: holds files that are not a published run, and the folder is "
+                           "replaced whole; name a new folder, or an earlier run's")
     if destination.exists() and not destination.is_dir():
         raise PublishError(f"--publish {destination}: is a file; name a folder (it is replaced whole)")
     parent = next((folder for folder in [destination, *destination.parents] if folder.exists()), Path("."))
@@ -160,7 +183,7 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
             copied.append(destination / relative)
     summary = json.loads(Path("reports/summary.json").read_text())
     (staging / "README.md").write_text("\n".join([
-        f"# {destination.name}: a published run", "",
+        f"# {destination.name}{PUBLISHED_MARK}", "",
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
         "## What produced it", "", *summary["provenance"],
