@@ -5,6 +5,7 @@ import contextlib
 import csv
 import errno
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -64,9 +65,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def check_free_space(path: str | Path, needed: int) -> None:
     """Refuse to start a long stage whose output (of about `needed` bytes) would not fit."""
     folder = prepare(path).parent
-    if free_bytes(folder) < needed:
-        raise DiskFullError(f"{path} needs about {needed / 2**20:.0f} MiB but the disk holding {folder} has "
-                            f"{free_bytes(folder) / 2**20:.0f} MiB free: free some space there, then rerun")
+    free = free_bytes(folder)
+    if free < needed:   # needed rounded up, free down, so the two never read as the same number
+        raise DiskFullError(f"{path} needs about {math.ceil(needed / 2**20)} MiB but the disk holding {folder} has "
+                            f"{math.floor(free / 2**20)} MiB free: free some space there, then rerun")
+
+
+def move_folder(source: Path, destination: Path) -> None:
+    """Put the folder `source` at `destination`, replacing what is there: a rename where both are on one
+    filesystem; otherwise a copy beside `destination` renamed into place (a cache on a scratch disk), so
+    `destination` is never left half-written."""
+    prepare(destination)
+    shutil.rmtree(destination, ignore_errors=True)
+    try:
+        source.replace(destination)
+        return
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    copy = destination.with_name(f".{destination.name}.part")
+    shutil.rmtree(copy, ignore_errors=True)
+    try:
+        shutil.copytree(source, copy)
+    except OSError as error:
+        shutil.rmtree(copy, ignore_errors=True)
+        if error.errno in NO_SPACE:
+            raise no_space(copy) from None
+        raise
+    copy.replace(destination)
+    shutil.rmtree(source, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

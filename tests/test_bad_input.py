@@ -218,3 +218,50 @@ def test_a_training_whose_checkpoint_cannot_fit_is_refused_before_it_starts(tmp_
     monkeypatch.setattr(outputs, "free_bytes", lambda folder: 5 * 2**20)
     with pytest.raises(DiskFullError, match=r"models/x.pt needs about 40 MiB but the disk holding .* has 5 MiB free"):
         outputs.check_free_space(tmp_path / "models/x.pt", 40 * 2**20)
+
+
+def test_a_shortfall_under_a_mib_never_reads_as_the_same_number(tmp_path, monkeypatch):
+    from robust_cifar import outputs
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: int(1.3 * 2**20))
+    with pytest.raises(DiskFullError, match=r"needs about 2 MiB but the disk holding .* has 1 MiB free"):
+        outputs.check_free_space(tmp_path / "models/x.pt", int(1.5 * 2**20))
+
+
+def cross_device(monkeypatch, source_folder: Path) -> None:
+    """Path.replace from `source_folder` fails as a rename across filesystems does (a cache on a scratch disk)."""
+    real = Path.replace
+
+    def replace(self, target):
+        if source_folder in Path(self).parents or Path(self) == source_folder:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(self))
+        return real(self, target)
+    monkeypatch.setattr(Path, "replace", replace)
+
+
+def test_a_finished_training_log_moves_into_place_from_a_cache_on_another_disk(tmp_path, monkeypatch):
+    from robust_cifar import outputs
+    source, destination = tmp_path / "cache/live/run-0", tmp_path / "reports/training/run-0"
+    (source / "plots").mkdir(parents=True)
+    (source / "plots/loss.tsv").write_text("step\tloss\n0\t1.0\n")
+    (destination / "plots").mkdir(parents=True)
+    (destination / "plots/stale.tsv").write_text("an earlier run's\n")
+    cross_device(monkeypatch, tmp_path / "cache")
+    outputs.move_folder(source, destination)
+    assert sorted(str(path.relative_to(destination)) for path in destination.rglob("*")) == ["plots", "plots/loss.tsv"]
+    assert not source.exists() and sorted(path.name for path in destination.parent.iterdir()) == ["run-0"]
+
+
+def test_a_full_disk_while_the_log_is_copied_across_disks_is_one_line_and_leaves_no_partial_copy(tmp_path, monkeypatch):
+    from robust_cifar import outputs
+    source, destination = tmp_path / "cache/live/run-0", tmp_path / "reports/training/run-0"
+    source.mkdir(parents=True)
+    (source / "metrics.json").write_text("{}")
+    cross_device(monkeypatch, tmp_path / "cache")
+
+    def full(src, dst, **kwargs):
+        Path(dst).mkdir(parents=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(outputs.shutil, "copytree", full)
+    with pytest.raises(DiskFullError, match="no space left on the disk holding .*training while writing .run-0.part"):
+        outputs.move_folder(source, destination)
+    assert list(destination.parent.iterdir()) == [] and (source / "metrics.json").is_file()

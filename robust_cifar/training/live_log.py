@@ -2,10 +2,10 @@
 and live updates in DVC Studio when it is connected."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from robust_cifar.cache import cache_dir
+from robust_cifar.outputs import move_folder
 
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
@@ -41,6 +41,4 @@ class EpochLog:
     def close(self) -> None:
         """Finish the log and move it into place."""
         self.live.end()
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        self.in_progress.replace(self.directory)
+        move_folder(self.in_progress, self.directory)   # across disks too, when the cache is on another
