@@ -4,8 +4,8 @@ A stage that outlives DVC (killed by a scheduler, a closed terminal) would keep 
 for hours and write outputs no dvc.lock records. So a stage asks the kernel for SIGTERM when its
 parent dies, and treats TERM and HUP as it treats Ctrl-C: the exception unwinds, partial files are
 removed, one line is printed, and the exit code is 128 + the signal's number. A tool that starts
-stages or DVC (preset, concurrent_repro, sweep) passes the signal on to their whole process
-groups, waits for them, and exits the same way.
+stages or DVC (preset, concurrent_repro, sweep) runs each in a process group of its own, passes the
+signal on to those groups, waits for them, and exits the same way.
 """
 from __future__ import annotations
 
@@ -62,6 +62,25 @@ def die_with_parent() -> None:
         raise Stopped(signal.SIGTERM)
 
 
+def _leave_at_once(signum, frame):
+    print(f"interrupted ({signal.Signals(signum).name}) while the stage was starting: it wrote nothing",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def guard_start() -> None:
+    """The first thing a stage process does (stages/__init__.py), before its imports take seconds: INT, TERM
+    and HUP end it at once with one line, and the kernel sends TERM if its parent dies from now on. Asked
+    for only after the imports (in run_stage), a DVC killed while torch loaded left the stage running, and
+    it wrote a model no dvc.lock records. run_stage then puts in the handlers that unwind."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _leave_at_once)
+    try:
+        die_with_parent()
+    except Stopped as stopped:
+        _leave_at_once(stopped.signum, None)
+
+
 def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20.0, sent: bool = False) -> None:
     """Pass `signum` to the process group led by `process` (started with process_group=0) unless it was
     `sent` already, wait for it, then TERM and KILL what is left. Stages handle INT, TERM and HUP
@@ -95,11 +114,3 @@ def ignore_stop_signals() -> None:
     """From now on INT, TERM and HUP change nothing here (while this process stops on the first one)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-
-
-def pass_on(signum: int) -> None:
-    """Send `signum` to our own process group, where a sweep's commands run, and ignore it here from now
-    on. A Ctrl-C at the terminal reached them already; a TERM or HUP sent to this process alone did not."""
-    ignore_stop_signals()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(0, signum)

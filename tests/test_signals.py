@@ -1,4 +1,5 @@
 """A stage never outlives the process that started it, and stops on INT, TERM and HUP alike."""
+import os
 import signal
 import subprocess
 import sys
@@ -63,35 +64,84 @@ def test_stopped_is_a_keyboard_interrupt_with_the_shells_exit_code():
 
 
 SWEEP = """
-import io, subprocess, sys, threading
+import io, os, sys
 from pathlib import Path
 from robust_cifar.signals import Stopped, signal_of, stop_on_signals
-from tools.sweep import grid
+from tools.sweep import grid, steps
 from tools.sweep.local import Progress, plan_slots, run_pool
 stop_on_signals()
-saying = threading.Lock()   # two workers print at once: one whole line each, never interleaved
+print(os.getpid(), flush=True)
+folder = Path(sys.argv[1])
 
-def job(experiment, index, log):   # an experiment that takes a minute, in the sweep's process group
-    child = subprocess.Popen(["sleep", "60"])
-    with saying:
-        print(experiment.name, child.pid, flush=True)
-    child.wait()
+def job(experiment, index, log):   # an experiment that takes a minute, run as the sweep runs its commands
+    pid_file = folder / f"{experiment.name}.pid"
+    steps.run_logged(["sh", "-c", f"echo $$ > {pid_file}.part && mv {pid_file}.part {pid_file} && exec sleep 60"],
+                     folder, log, dict(os.environ))
 
 try:
-    run_pool(grid.experiments(["knn.k=1,2,3,4"]), plan_slots([], 2, cpu_count=2, environ={}), job, Path(sys.argv[1]),
-             Progress(4, io.StringIO()))
+    run_pool(grid.experiments(["knn.k=1,2,3,4"]), plan_slots([], 2, cpu_count=2, environ={}), job, folder,
+             Progress(4, sys.stdout))
 except KeyboardInterrupt as stopped:
     sys.exit(Stopped(signal_of(stopped)).exit_code)
 """
 
 
+def running_experiments(folder: Path, count: int = 2, seconds: float = 30.0) -> list[int]:
+    """The pids of the first `count` experiments' commands, once each has written its pid file."""
+    deadline = time.monotonic() + seconds
+    while len(list(folder.glob("*.pid"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [int(path.read_text()) for path in sorted(folder.glob("*.pid"))]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_sweep_stops_its_running_experiments_and_starts_no_more(tmp_path, signum):
-    # a session of its own: the sweep passes the signal on to its whole process group
     sweep = subprocess.Popen([sys.executable, "-c", SWEEP, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                              start_new_session=True)
-    started = [sweep.stdout.readline().split() for _ in range(2)]   # two workers, one experiment each
+    assert int(sweep.stdout.readline()) == sweep.pid
+    started = running_experiments(tmp_path)   # two workers, one experiment each
+    assert len(started) == 2
     sweep.send_signal(signum)   # to the sweep alone, as a scheduler or a closed terminal does
     assert sweep.wait(timeout=30) == 128 + signum
-    assert all(wait_until_gone(int(pid), 10) for _, pid in started)
-    assert sweep.stdout.read() == ""   # the other two experiments never started
+    assert all(wait_until_gone(pid, 10) for pid in started)
+    assert sweep.stdout.read() == ""   # no experiment reported as failed; the other two never started
+    assert len(list(tmp_path.glob("*.pid"))) == 2
+
+
+def test_a_sweep_stopped_alone_stops_its_commands_but_not_the_script_that_started_it(tmp_path):
+    """The sweep once signalled its whole process group, which held the job script that started it too."""
+    script = subprocess.Popen(["sh", "-c", '"$0" -c "$1" "$2"; echo the script goes on', sys.executable, SWEEP,
+                               str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    sweep_pid = int(script.stdout.readline())
+    started = running_experiments(tmp_path)
+    assert len(started) == 2
+    os.kill(sweep_pid, signal.SIGTERM)
+    output, _ = script.communicate(timeout=30)
+    assert script.returncode == 0 and output.strip() == "the script goes on"
+    assert all(wait_until_gone(pid, 10) for pid in started)
+
+
+def loads_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stage_whose_parent_dies_while_it_still_imports_torch_exits_at_once_with_one_line():
+    """Before stages/__init__.py asked for the parent-death signal, a DVC killed in the stage's first seconds
+    left it running to train and write a model no dvc.lock records."""
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys; child = subprocess.Popen([sys.executable, '-m', 'stages.train', "
+                               "'baseline', '0']); print(child.pid, flush=True); child.wait()"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not loads_torch(stage_pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert loads_torch(stage_pid), "the stage never started importing torch"
+    parent.kill()
+    parent.wait()
+    assert wait_until_gone(stage_pid), "the stage outlived its parent"
+    assert parent.stderr.read().strip() == "interrupted (SIGTERM) while the stage was starting: it wrote nothing"

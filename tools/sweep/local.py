@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
-from robust_cifar.signals import pass_on, signal_of
+from robust_cifar.signals import ignore_stop_signals, signal_of
 from tools.sweep import steps
 from tools.sweep.grid import Experiment
 
@@ -155,6 +155,8 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
                 failed = f"{type(error).__name__}: {error}"
                 with open(log, "a") as out:
                     out.write(f"{failed}\n")
+            if stopping.is_set():   # stopped, not failed: its log stays, and the sweep's one line says why
+                return
             outcome = steps.Outcome(experiment.name, not failed, time.monotonic() - start, slots[index].label,
                                     str(log), failed)
             outcomes[experiment.name] = outcome
@@ -171,10 +173,11 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
             while thread.is_alive():       # a join with a timeout lets Ctrl-C reach the main thread
                 thread.join(0.5)
     except KeyboardInterrupt as stopped:
-        # INT, TERM or HUP: no new experiment starts; each running `dvc exp run` and its stage get the signal
-        # (they are in this process group) and stop; their workers then end
+        # INT, TERM or HUP: no new experiment starts; each running command (`dvc exp run` and its stage, in a
+        # process group of its own) gets the signal and stops; their workers then end without a report
         stopping.set()
-        pass_on(signal_of(stopped))
+        ignore_stop_signals()   # a second signal changes nothing while they stop
+        steps.COMMANDS.stop(signal_of(stopped))
         for thread in threads:
             if thread.ident is not None:   # started
                 thread.join(STOP_WAIT_SECONDS)

@@ -52,7 +52,7 @@ def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit
             try:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
             except KeyboardInterrupt:
-                # Ray interrupts each task's main thread, where run_in_group stops its `dvc exp run` and stage
+                # Ray interrupts each task's main thread, where run_logged stops its `dvc exp run` and stage
                 for reference in pending:
                     ray.cancel(reference)
                 raise

@@ -5,11 +5,14 @@ so nothing here may import the project or a third-party package.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,15 +48,64 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+class SweepStopped(Exception):
+    """The sweep is stopping: no further command starts."""
+
+
+class Commands:
+    """The commands a sweep runs, each in a process group of its own, listed while they run: a stopped sweep
+    signals exactly these (stop). Signalling the sweep's own group, as it once did, also killed whatever had
+    started the sweep (a job script) when that shared the group."""
+
+    def __init__(self):
+        self.running: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def __reduce__(self):   # Ray ships this module by value: a worker gets a registry of its own, empty
+        return (Commands, ())
+
+    def start(self, command: list[str], **popen) -> subprocess.Popen:
+        with self.lock:
+            if self.stopping.is_set():
+                raise SweepStopped(shlex.join(command))
+            process = subprocess.Popen(command, process_group=0, **popen)
+            self.running.add(process)
+            return process
+
+    def wait(self, process: subprocess.Popen) -> int:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:   # Ray cancels a task by interrupting its main thread: stop the command too
+            self.stop(signal.SIGINT)
+            process.wait()
+            raise
+        finally:
+            with self.lock:
+                self.running.discard(process)
+
+    def stop(self, signum: int) -> None:
+        """From now on no command starts; the process group of each running one gets `signum`."""
+        with self.lock:
+            self.stopping.set()
+            running = list(self.running)
+        for process in running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
+
+
+COMMANDS = Commands()
+
+
 def run_logged(command: list[str], cwd: Path | str, log: Path, env: dict[str, str]) -> None:
     """Run one command, appending `$ command` and its output to `log`; StepFailed when it fails."""
     with open(log, "a") as out:
         out.write(f"$ {shlex.join(command)}   (in {cwd})\n")
         out.flush()
         start = time.monotonic()
-        # in the sweep's process group: a stopped sweep passes the signal on to it (signals.pass_on)
-        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL).returncode
+        process = COMMANDS.start(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+        returncode = COMMANDS.wait(process)
         out.write(f"[{f'exit {returncode}' if returncode else 'done'} after {time.monotonic() - start:.1f} s]\n")
     if returncode:
         raise StepFailed(command, returncode)
