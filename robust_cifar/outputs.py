@@ -123,6 +123,9 @@ def check_writable(*paths: str | Path) -> None:
     """Refuse to start (before hours of work) when an output's folder cannot be created or written."""
     for path in map(Path, paths):
         folder = path if not path.suffix else path.parent
+        if path.suffix and path.is_dir():   # the rename at the end would fail, after the work
+            raise InputError(f"{path} is a folder where this stage writes a file: remove it (`rm -r {path}`), "
+                             "then rerun")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from robust_cifar.errors import DiskFullError
+from robust_cifar.errors import DiskFullError, InputError
 from robust_cifar.npz import save_npz
 from robust_cifar.params import set_dotted
 
@@ -265,3 +265,22 @@ def test_a_full_disk_while_the_log_is_copied_across_disks_is_one_line_and_leaves
     with pytest.raises(DiskFullError, match="no space left on the disk holding .*training while writing .run-0.part"):
         outputs.move_folder(source, destination)
     assert list(destination.parent.iterdir()) == [] and (source / "metrics.json").is_file()
+
+
+def test_a_folder_where_a_stage_writes_a_file_is_refused_before_the_work(tmp_path):
+    from robust_cifar import outputs
+    (tmp_path / "models/run-0.pt/x").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"models/run-0.pt is a folder where this stage writes a file: remove it"):
+        outputs.check_writable(tmp_path / "models/run-0.pt")
+
+
+def test_a_full_disk_while_downloading_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from robust_cifar.data import download
+
+    def full(url, sink, description):
+        sink.write(b"part of an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(download, "_stream_to", full)
+    with pytest.raises(DiskFullError, match="no space left on the disk holding .*downloads while writing cifar.tar.gz"):
+        download.download("http://127.0.0.1:9/cifar.tar.gz", tmp_path / "downloads/cifar.tar.gz", "")
+    assert list((tmp_path / "downloads").iterdir()) == []

@@ -131,6 +131,14 @@ def test_a_stage_that_crashes_is_named_by_its_exception(tmp_path, monkeypatch):
     assert lines[0].startswith("failed: a (exit 255): ZeroDivisionError: division by zero"), lines
 
 
+def test_a_stage_killed_by_a_signal_fails_the_run_with_the_shells_code_for_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    killed = lambda stage: ["sh", "-c", "kill -KILL $$"]  # noqa: E731 - as a dvc killed by the OOM killer
+    assert run(plan_from_graph({"a": set()}, {"a"}), jobs=1, echo=lines.append, command=killed) == 137
+    assert lines[0].startswith("failed: a (exit 137)"), lines
+
+
 @pytest.mark.parametrize("log, expected", [
     ("Running stage 'x':\nerror: params.yaml: `knn.k` = 0 is invalid\nERROR: failed to reproduce 'x'", "error: params.yaml"),
     ("Traceback (most recent call last):\n  File ...\nKeyError: 'k'\nERROR: failed to reproduce 'x'", "KeyError: 'k'"),

@@ -106,7 +106,8 @@ def workspace(tmp_path, monkeypatch):
     (["--publish", "."], "--publish .: is this project"),
     (["--publish", ".."], "--publish ..: is a folder holding this project"),
     (["--publish", "/"], "--publish /: is a folder holding this project"),
-    (["--publish", "notes"], "--publish notes: holds files that are not a published run")])
+    (["--publish", "notes"], "--publish notes: holds files that are not a published run"),
+    (["--name", "Bad Name!"], "--name 'Bad Name!' is not a valid experiment name")])
 def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):
     Path("notes").mkdir()
     (Path("notes") / "todo.md").write_text("a file of the user's\n")

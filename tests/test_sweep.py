@@ -107,6 +107,12 @@ def test_dry_run_lists_the_experiments(capsys):
                                                     "k=3,umap=0\t-S knn.k=3 -S seeds.umap=0"]
 
 
+def test_a_dry_run_checks_every_experiment_as_the_sweep_does(capsys):
+    assert main(["-S", "knn.k=3,0", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "experiment k=0: params.yaml with its overrides: `knn.k` = 0 is invalid" in captured.err
+
+
 def test_the_ray_path_needs_the_dvc_remote_committed_and_reachable_from_any_clone(tmp_path):
     config = """[core]\n    autostage = true\n    remote = shared\n['remote "shared"']\n    url = ../../store\n""" \
              """['remote "s3remote"']\n    url = s3://bucket/path\n"""

@@ -165,8 +165,10 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
                     done.add(stage)
                     echo(f"[{len(done)}/{total}] {stage}: {seconds:.0f} s")
                 else:
-                    failure = failure or process.returncode
-                    echo(f"failed: {stage} (exit {process.returncode}): {failure_line(log_path(stage))} "
+                    # a dvc killed by a signal returns -N: exit as a shell reports it, 128 + N (SIGKILL had read 247)
+                    code = process.returncode if process.returncode > 0 else 128 - process.returncode
+                    failure = failure or code
+                    echo(f"failed: {stage} (exit {code}): {failure_line(log_path(stage))} "
                          f"(the whole output: {log_path(stage)})")
             if not running and not failure and len(done) < total and not plan.ready(done, started):
                 raise RuntimeError("no stage can start: the plan has a cycle")   # DVC refuses cycles first

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 from robust_cifar.check_params import check_on_this_machine
-from robust_cifar.errors import PublishError, UserError
+from robust_cifar.errors import ParamsError, PublishError, UserError
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
 from robust_cifar.stage import timings
 from robust_cifar.training.methods import on_a_cpu
+from tools.sweep.grid import valid_exp_name
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
@@ -119,6 +120,10 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
 
 def check_before_running(cmd: list[str], destination: Path | None) -> None:
     """Refuse (a UserError) what would fail only after DVC edited params.yaml or the run ended."""
+    name = cmd[cmd.index("-n") + 1]
+    if not valid_exp_name(name):   # DVC refuses it too, but only after it has started
+        raise ParamsError(f"--name {name!r} is not a valid experiment name: use letters, digits and . _ = , + - "
+                          "(no spaces or '/'; not starting with '.' or '-')")
     settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     check_on_this_machine(with_overrides(load_params(), settings))
     if destination is not None:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from robust_cifar.errors import ArchiveError, ParamsError, get_back
 from robust_cifar.npz import load_npz, save_npz
+from robust_cifar.outputs import NO_SPACE, no_space
 from robust_cifar.params import MD5, TEXT, Params, fix_hint
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -166,8 +167,13 @@ def download(url: str, destination: Path, expected_md5: str) -> Path:
     expected = _normalised_md5(expected_md5)
     partial = destination.with_name(f".{destination.name}.part")
     try:
-        with open(partial, "wb") as sink:
-            actual = _stream_to(url, sink, description=destination.name)
+        try:
+            with open(partial, "wb") as sink:
+                actual = _stream_to(url, sink, description=destination.name)
+        except OSError as error:
+            if error.errno in NO_SPACE:
+                raise no_space(destination) from None   # the partial file is removed below
+            raise
         if expected and actual != expected:
             raise ArchiveError(
                 f"the file downloaded from {url} has md5 {actual}, but {expected} "

@@ -185,13 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("--workers must be at least 1")
     except SweepError as error:
         parser.error(str(error))
-    if args.dry_run:
-        for experiment in experiments:
-            print(f"{experiment.name}\t{' '.join(experiment.set_params())}")
-        return 0
     stop_on_signals()   # INT, TERM and HUP stop every running experiment and its stages
     try:
-        return sweep(args, experiments)
+        return dry_run(args, experiments) if args.dry_run else sweep(args, experiments)
     except SweepError as error:
         print(f"sweep: error: {error}", file=sys.stderr)
         return 2
@@ -217,6 +213,15 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment])
             validate_params(with_overrides(committed, experiment.set_params()[1::2]))
         except UserError as error:
             raise SweepError(f"experiment {experiment.name}: {error}") from None
+
+
+def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
+    """The experiments, checked as the sweep checks them (check_overrides), listed and not run."""
+    root = repo_root(args.repo)
+    check_overrides(root, git(root, "rev-parse", "HEAD").stdout.strip(), experiments)
+    for experiment in experiments:
+        print(f"{experiment.name}\t{' '.join(experiment.set_params())}")
+    return 0
 
 
 def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
