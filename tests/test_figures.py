@@ -92,8 +92,9 @@ def test_curves_are_read_from_dvclive_tsv_files(tmp_path):
     (metrics / "train").mkdir(parents=True)
     (metrics / "lr.tsv").write_text("step\tlr\n1\t0.01\n2\t0.0005\n")
     (metrics / "train" / "loss.tsv").write_text("step\tloss\ttimestamp\n1\t2.5\t1\n2\t1.5\t2\n")
+    (metrics / "train" / "acc.tsv").write_text("step\tacc\ttimestamp\n1\t0.1\t1\n2\t0.2\t2\n")
     curves = read_training_curves(tmp_path)
-    assert set(curves) == {"lr", "train/loss"}
+    assert set(curves) == {"lr", "train/loss", "train/acc"}
     assert curves["lr"][0].tolist() == [1, 2] and curves["lr"][1].tolist() == [0.01, 0.0005]
     assert curves["train/loss"][1].tolist() == [2.5, 1.5]
 

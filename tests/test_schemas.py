@@ -399,9 +399,18 @@ BAD_LOGS = [
 
 
 def test_a_training_log_dvclive_writes_passes(tmp_path):
-    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/loss": "step\tloss\n0\t2.5\n1\t1.5\n"})
+    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/loss": "step\tloss\n0\t2.5\n1\t1.5\n",
+                                        "train/acc": "step\tacc\n0\t0.1\n1\t0.2\n"})
     curves = read_training_curves(directory, f"train@{RUN}")
     assert curves["lr"][0].tolist() == [0, 1] and curves["train/loss"][1].tolist() == [2.5, 1.5]
+
+
+def test_a_training_log_without_a_curve_every_training_logs_is_one_line(tmp_path):
+    """Drawn without it, the figure showed the method as if it had never logged a training loss."""
+    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/acc": "step\tacc\n0\t0.1\n1\t0.2\n"})
+    with pytest.raises(InputError) as error:
+        read_training_curves(directory, f"train@{RUN}")
+    one_line(error, directory, f"train@{RUN}", "lacks the train/loss curve every training logs")
 
 
 @pytest.mark.parametrize("content, words", [case[1:] for case in BAD_LOGS], ids=[case[0] for case in BAD_LOGS])

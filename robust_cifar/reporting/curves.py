@@ -31,6 +31,7 @@ LINE_WIDTH = 1.6
 TRAIN_LOSS, TRAIN_ACC, VAL_ACC, VAL_PERTURBED_ACC, LR = ("train/loss", "train/acc", "val/acc",
                                                          "val/perturbed_acc", "lr")
 METRICS = (TRAIN_LOSS, TRAIN_ACC, "val/loss", VAL_ACC, VAL_PERTURBED_ACC, LR)
+EVERY_EPOCH = (TRAIN_LOSS, TRAIN_ACC, LR)   # what every training logs every epoch: a log without one is damaged
 
 Curve = tuple[np.ndarray, np.ndarray]   # (epochs, values)
 
@@ -86,6 +87,10 @@ def read_training_curves(directory: str | Path, produced_by: str | None = None) 
     if not curves:
         raise InputError(f"{directory} holds no training curves (no plots/metrics/*.tsv of dvclive): "
                          f"{get_back(directory, produced_by)}")
+    missing = [name for name in EVERY_EPOCH if name not in curves]
+    if missing:   # drawn without it, the figure would look like a method that never logged one
+        raise InputError(f"{directory} lacks the {', '.join(missing)} curve{'s' * (len(missing) > 1)} every training logs "
+                         f"(plots/metrics/{missing[0]}.tsv): {get_back(directory, produced_by)}")
     return curves
 
 
