@@ -100,6 +100,15 @@ def test_incomplete_official_archive_names_the_missing_batches(tmp_path):
         data.read_archive(path)
 
 
+def test_an_archive_holding_both_layouts_is_refused_as_ambiguous(tmp_path):
+    images, _ = archives.make_images(1, 1)
+    picture = archives.file_member("train/airplane/0.png", archives.encode_image(images[0]))
+    path = archives.write_official_archive(tmp_path / "mixed.tar.gz", extra_members=[picture])
+    with pytest.raises(ArchiveError, match=r"holds both layouts, the official python batches and 1 image files "
+                                           r"\(such as 'train/airplane/0.png'\)"):
+        data.read_archive(path)
+
+
 def test_truncated_archive_is_refused_as_unreadable(tmp_path):
     path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -269,6 +269,13 @@ def _read_known_layout(tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> 
     files = [member for member in members if member.isfile() and not _is_dotfile(member.name)]
     official = _find_official_members(files)
     if official is not None:
+        pictures = [member for member in files if member.name.lower().endswith(IMAGE_SUFFIXES)]
+        if pictures:   # which of the two is the dataset is anyone's guess: read neither
+            raise ArchiveError(
+                f"the archive holds both layouts, the official python batches and {len(pictures):,} image files "
+                f"(such as {_printable(pictures[0].name)!r}), so which is CIFAR-10 is ambiguous. Rebuild it with "
+                f"one of them, or use the official archive from {OFFICIAL_URL}."
+            )
         return _read_official(tar, official)
     images = _find_image_folder_members(files)
     if images:
