@@ -185,13 +185,24 @@ def parse_yaml(text: str):
     return YAML(typ="safe").load(text)
 
 
+def write_yaml(tree: dict, path: Path) -> None:
+    """`tree` as a params file that parse_yaml (and DVC) reads back as `tree`."""
+    from ruamel.yaml import YAML
+
+    writer = YAML(typ="safe", pure=True)
+    # block style, no folded lines: libyaml's scanner, which parse_yaml uses as DVC does, misreads a folded
+    # URL in a flow mapping
+    writer.default_flow_style, writer.width = False, 1 << 16
+    with path.open("w") as stream:
+        writer.dump(copy.deepcopy(tree), stream)
+
+
 def with_overrides(params: Params, settings: list[str]) -> Params:
     """A copy of `params` with `key=value` settings applied by `dvc exp run -S`'s own code (Hydra's
     override grammar: `key=` is an empty string, a key params.yaml lacks is refused), so a tool can
     refuse a bad override before DVC edits params.yaml or deletes anything."""
     from dvc.exceptions import DvcException
     from dvc.utils.hydra import apply_overrides
-    from ruamel.yaml import YAML
 
     for setting in settings:
         key, equals, _ = setting.partition("=")
@@ -199,12 +210,7 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
             raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
-        writer = YAML(typ="safe", pure=True)
-        # block style, no folded lines: libyaml's scanner, which parse_yaml uses as DVC does, misreads a folded
-        # URL in a flow mapping
-        writer.default_flow_style, writer.width = False, 1 << 16
-        with path.open("w") as stream:
-            writer.dump(copy.deepcopy(params.raw), stream)
+        write_yaml(params.raw, path)
         try:
             apply_overrides(path, settings)
         except DvcException as error:

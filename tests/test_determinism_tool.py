@@ -1,0 +1,134 @@
+"""tools/determinism.py: trainings traced tensor by tensor, and the first difference named."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from tests.methods import ANGULAR
+from tests.pipeline_project import dvc_env
+from tools.determinism import DIFFERENT_EXIT, Run, Tracer, compare, describe, first_difference
+
+
+def noise(shape) -> torch.Tensor:
+    """Different on every call, whatever was seeded: a stand-in for a racing kernel."""
+    return 1e-6 * torch.rand(shape, generator=torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1))
+
+
+class NoisyForward(torch.nn.Module):
+    def forward(self, x):
+        return x + noise(x.shape)
+
+
+class NoisyGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return gradient + noise(gradient.shape)
+
+
+class NoisyBackward(torch.nn.Module):
+    def forward(self, x):
+        return NoisyGradient.apply(x)
+
+
+def traced_training(middle: type[torch.nn.Module] = torch.nn.Identity, steps: int = 3) -> list:
+    """A few SGD steps of Linear -> middle -> Linear, seeded, traced from before the model is built."""
+    with Tracer() as tracer:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), middle(), torch.nn.Linear(5, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        inputs, labels = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return tracer.records
+
+
+def test_a_seeded_training_traces_the_same_tensors_twice():
+    first, second = traced_training(), traced_training()
+    assert first == second
+    kinds = {(what, name) for _, what, name, _ in first}
+    assert ("input", "Sequential") in kinds            # the batch, given from outside the modules
+    assert ("output", "Sequential.2") in kinds
+    assert ("gradient", "Sequential.0") in kinds       # what reaches the first layer's output
+    assert ("parameter gradient", "Sequential.0.weight") in kinds
+    assert {steps for steps, *_ in first} == {0, 1, 2}
+    # the traced weights change from step to step, so the same tensor has other bytes in later steps
+    assert len({digest for steps, what, name, digest in first if (what, name) == ("output", "Sequential.2")}) == 3
+
+
+def test_the_hooks_are_gone_after_the_trace():
+    traced_training()
+    with Tracer() as tracer:
+        pass
+    torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    assert tracer.records == []
+
+
+def test_a_nondeterministic_forward_is_named_by_its_output():
+    first, second = traced_training(NoisyForward), traced_training(NoisyForward)
+    index = first_difference(first, second)
+    assert index is not None
+    assert describe(second[index]) == "the output of Sequential.1 before optimizer step 1"
+    assert describe(first[index - 1]) == "the output of Sequential.0 before optimizer step 1"
+
+
+def test_a_nondeterministic_backward_is_named_by_the_gradient_it_passes_on():
+    first, second = traced_training(NoisyBackward), traced_training(NoisyBackward)
+    index = first_difference(first, second)
+    # the forward is exact; the gradient reaching Sequential.0's output is the noisy backward's result
+    assert {record[1] for record in first[:index]} >= {"output", "gradient"}
+    assert describe(second[index]) == "the gradient reaching the output of Sequential.0 before optimizer step 1"
+
+
+def test_first_difference_of_equal_longer_and_shorter_traces():
+    trace = [(0, "output", "a", "1"), (0, "output", "b", "2")]
+    assert first_difference(trace, list(trace)) is None
+    assert first_difference(trace, [trace[0], (0, "output", "b", "3")]) == 1
+    assert first_difference(trace, trace[:1]) == 1
+    assert first_difference(trace[:1], trace) == 1
+
+
+def test_compare_says_which_runs_differ_and_where():
+    records = [(0, "output", "Model.a", "1"), (1, "parameter gradient", "Model.a.weight", "2")]
+    same = Run(records, "w", 1.0)
+    other_weights = Run(records, "v", 1.0)
+    other_gradient = Run([records[0], (1, "parameter gradient", "Model.a.weight", "3")], "v", 1.0)
+    shorter = Run(records[:1], "v", 1.0)
+    assert compare([same, Run(records, "w", 2.0)]) == []
+    lines = compare([same, other_weights, other_gradient, shorter])
+    assert lines[0].startswith("run 2: every traced tensor as in run 1, but other saved weights")
+    assert lines[1] == ("run 3: first differs at the gradient of Model.a.weight before optimizer step 2, after 1 "
+                        "identical tensors (the last: the output of Model.a before optimizer step 1)")
+    assert lines[2].startswith("run 4: its trace has 1 tensors, run 1's 2")
+
+
+def determinism(project, *args):
+    return subprocess.run([sys.executable, "-m", "tools.determinism", *args], cwd=project, env=dvc_env(),
+                          capture_output=True, text=True)
+
+
+def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reproduced_project):
+    def state():
+        listing = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=reproduced_project,
+                                 capture_output=True, text=True, check=True).stdout
+        return listing, sorted((str(p), p.stat().st_mtime_ns) for p in (reproduced_project / "models").iterdir())
+
+    before = state()
+    result = determinism(reproduced_project, ANGULAR, "--runs", "2", "-S", "compute.threads=2", "-S", "train.epochs=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"train@{ANGULAR}-0: one result in 2 runs: bit-identical on this machine" in result.stdout
+    assert result.stdout.count("tensors traced") == 2
+    assert state() == before
+
+    for args, named in ((["nonsense"], "nonsense"), ([ANGULAR, "-S", "knn.kk=3"], "knn.kk")):
+        refused = determinism(reproduced_project, *args)
+        assert refused.returncode == 2 and refused.returncode != DIFFERENT_EXIT
+        assert len(refused.stderr.strip().splitlines()) == 1 and named in refused.stderr, refused.stderr
+    assert state() == before

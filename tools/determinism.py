@@ -1,0 +1,293 @@
+"""Does a training give the same bytes every time on this machine? It trains one run again in separate
+processes and, where two runs differ, names the first tensor that did.
+
+    python -m tools.determinism angular                 # train@angular-0, 8 times
+    python -m tools.determinism angular --runs 12 -S compute.fast=false -S train.epochs=2
+
+Run it in a project whose split exists (`dvc repro split`): each run is `stages.train <method> <seed>`
+in a fresh process, as under `dvc repro -f -s train@<method>-<seed>`, with the workspace's params (and
+the -S overrides), but in a scratch folder: no file of the project is written. Each run records, in
+order, a digest of every module's input at the top, its output, the gradient reaching that output,
+and every parameter's gradient before each optimizer step, and the digest of the saved weights.
+
+Exit 0 when every run saved the same weights and traced the same tensors; 1 when they differ, after
+naming the first differing tensor and the last identical one before it. The kernel to suspect lies
+between the two: for an output, that module's forward (or the code that ran since the last identical
+tensor); for a gradient, the backward of what consumed that output. Exit 2 for bad input. On a tiny
+project (tests/pipeline_project.py) a run takes seconds; the full study hashes gigabytes an epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.modules import module as torch_module
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from robust_cifar.compute import ComputeConfig
+from robust_cifar.data.split import load_splits
+from robust_cifar.errors import UserError
+from robust_cifar.machine import cpu_description
+from robust_cifar.model import load_model
+from robust_cifar.params import load_params, with_overrides, write_yaml
+from robust_cifar.signals import die_with_parent
+from robust_cifar.stage import USER_ERROR_EXIT
+from robust_cifar.training.methods import build_method
+from stages import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+DIFFERENT_EXIT = 1
+# What the scratch folder shares with the project: read only, as train@ reads it.
+SHARED = (paths.RAW.parent, paths.SPLIT.parent)
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """The exact bytes of a tensor (any dtype, layout or device), hashed."""
+    flat = tensor.detach().reshape(-1).contiguous().cpu()
+    return hashlib.blake2b(flat.view(torch.uint8).numpy().tobytes(), digest_size=8).hexdigest()
+
+
+def tensors_in(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in tensors_in(item)]
+    return []
+
+
+Record = tuple[int, str, str, str]   # (optimizer steps so far, what, module or parameter, digest)
+
+
+@dataclass
+class Tracer:
+    """While entered, every module built and every optimizer step taken in this process is traced:
+    `records` holds, in the order computed, a digest of the input of each module call made from outside
+    the modules (batches, perturbed images, what a loss passes on), of each module's output and of the
+    gradient that reaches it, and of each parameter's gradient before a step. Enter it before the model is
+    built (module names come from their registration)."""
+    records: list[Record] = field(default_factory=list)
+    steps: int = 0
+    _depth: int = 0                                # module calls under way
+    _parents: dict = field(default_factory=dict)   # id(module) -> (parent, attribute name)
+    _owners: dict = field(default_factory=dict)    # id(parameter) -> (module, attribute name)
+    _handles: list = field(default_factory=list)
+
+    def __enter__(self) -> "Tracer":
+        self._handles = [
+            torch_module.register_module_module_registration_hook(self._on_module),
+            torch_module.register_module_parameter_registration_hook(self._on_parameter),
+            torch_module.register_module_forward_pre_hook(self._on_call),
+            torch_module.register_module_forward_hook(self._on_forward),
+            register_optimizer_step_pre_hook(self._on_step),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def name(self, module: torch.nn.Module) -> str:
+        parts = []
+        while id(module) in self._parents:
+            module, attribute = self._parents[id(module)]
+            parts.append(attribute)
+        top = type(module).__name__
+        return ".".join([top, *reversed(parts)])
+
+    def record(self, what: str, name: str, tensor: torch.Tensor) -> None:
+        self.records.append((self.steps, what, name, digest(tensor)))
+
+    def _on_module(self, parent, attribute, child):
+        if child is not None:
+            self._parents[id(child)] = (parent, attribute)
+
+    def _on_parameter(self, module, attribute, parameter):
+        if parameter is not None:
+            self._owners[id(parameter)] = (module, attribute)
+
+    def _on_call(self, module, inputs):
+        if self._depth == 0:   # called from outside the modules: what it was given
+            for tensor in tensors_in(inputs):
+                self.record("input", self.name(module), tensor)
+        self._depth += 1
+
+    def _on_forward(self, module, inputs, output):
+        self._depth -= 1
+        name = self.name(module)
+        for tensor in tensors_in(output):
+            self.record("output", name, tensor)
+            if tensor.requires_grad:
+                tensor.register_hook(lambda gradient, name=name: self.record("gradient", name, gradient))
+
+    def _on_step(self, optimizer, args, kwargs):
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    module, attribute = self._owners.get(id(parameter), (None, "?"))
+                    owner = self.name(module) if module is not None else "unregistered"
+                    self.record("parameter gradient", f"{owner}.{attribute}", parameter.grad)
+        self.steps += 1
+
+
+def describe(record: Record) -> str:
+    steps, what, name, _ = record
+    where = {"input": "the input of", "output": "the output of", "gradient": "the gradient reaching the output of",
+             "parameter gradient": "the gradient of"}[what]
+    return f"{where} {name} before optimizer step {steps + 1:,}"
+
+
+def first_difference(first: list[Record], other: list[Record]) -> Optional[int]:
+    """The index of the first record where two traces differ (a shorter trace differs where it ends)."""
+    for index, (a, b) in enumerate(zip(first, other)):
+        if a != b:
+            return index
+    return None if len(first) == len(other) else min(len(first), len(other))
+
+
+def state_digest(path: Path) -> str:
+    model, _ = load_model(path)
+    state = model.state_dict()
+    hasher = hashlib.blake2b(digest_size=8)
+    for key in sorted(state):
+        hasher.update(key.encode())
+        hasher.update(bytes.fromhex(digest(state[key])))
+    return hasher.hexdigest()
+
+
+def trace_one_run(method: str, seed: int, trace: Path) -> None:
+    """In a scratch folder (cwd): train@<method>-<seed> as the stage does, traced; the trace to `trace`."""
+    from stages import train as train_stage
+
+    die_with_parent()   # a scratch training outlives no check
+    started = time.perf_counter()
+    with Tracer() as tracer:
+        train_stage.main([method, str(seed)])
+    trace.write_text(json.dumps({"records": tracer.records, "weights": state_digest(paths.model(method, seed)),
+                                 "seconds": time.perf_counter() - started}))
+
+
+@dataclass
+class Run:
+    records: list[Record]
+    weights: str
+    seconds: float
+
+    @classmethod
+    def read(cls, path: Path) -> "Run":
+        data = json.loads(path.read_text())
+        return cls([tuple(record) for record in data["records"]], data["weights"], data["seconds"])
+
+
+def scratch_folder(project: Path, folder: Path, params_text: str) -> None:
+    """What `stages.train` reads, in `folder`: params.yaml as given, the project's raw data and split linked."""
+    (folder / "params.yaml").write_text(params_text)
+    for shared in SHARED:
+        (folder / shared).parent.mkdir(parents=True, exist_ok=True)
+        (folder / shared).symlink_to((project / shared).resolve(), target_is_directory=True)
+
+
+def run_in_scratch(project: Path, params_text: str, method: str, seed: int, folder: Path) -> Run:
+    scratch_folder(project, folder, params_text)
+    trace = folder / "trace.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    result = subprocess.run([sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)],
+                            cwd=folder, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise UserError(f"a traced training of {method}-{seed} failed (exit {result.returncode}): {tail}")
+    return Run.read(trace)
+
+
+def compare(runs: list[Run]) -> list[str]:
+    """Lines saying how the runs differ from the first; empty when every run is the same."""
+    lines = []
+    for number, run in enumerate(runs[1:], start=2):
+        index = first_difference(runs[0].records, run.records)
+        if index is None and run.weights == runs[0].weights:
+            continue
+        if index is None:
+            lines.append(f"run {number}: every traced tensor as in run 1, but other saved weights "
+                         "(an untraced step differs: the optimizer's update or the checkpoint)")
+            continue
+        agreed = f"after {index:,} identical tensors" + (f" (the last: {describe(runs[0].records[index - 1])})"
+                                                         if index else "")
+        if index >= min(len(runs[0].records), len(run.records)):
+            lines.append(f"run {number}: its trace has {len(run.records):,} tensors, run 1's {len(runs[0].records):,}, "
+                         f"{agreed}")
+        else:
+            lines.append(f"run {number}: first differs at {describe(run.records[index])}, {agreed}")
+    return lines
+
+
+def check_project(settings: list[str], method: str) -> str:
+    """The params text the runs use; refuses (UserError) what the stage would refuse, before any training."""
+    params = load_params()
+    if settings:
+        params = with_overrides(params, settings)
+    build_method(method, params)
+    ComputeConfig.from_params(params).check_machine()
+    load_splits(paths.RAW, paths.SPLIT)
+    with tempfile.TemporaryDirectory() as folder:
+        written = Path(folder) / "params.yaml"
+        write_yaml(params.raw, written)
+        return written.read_text()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", help="a method of params.yaml, e.g. angular")
+    parser.add_argument("seed", nargs="?", type=int, default=0, help="the training seed (default 0)")
+    parser.add_argument("--runs", type=int, default=8, help="trainings to compare (default 8; at least 2)")
+    parser.add_argument("-S", "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params override, as `dvc exp run -S` takes it")
+    parser.add_argument("--trace-to", type=Path, help=argparse.SUPPRESS)   # one traced run, in its scratch folder
+    args = parser.parse_args(argv)
+    if args.trace_to is not None:
+        trace_one_run(args.method, args.seed, args.trace_to)
+        return 0
+    if args.runs < 2:
+        parser.error("--runs must be at least 2: a determinism check compares trainings")
+    if args.seed < 0:
+        parser.error("the seed must be a whole number >= 0")
+
+    params_text = check_project(args.settings, args.method)
+    project = Path.cwd()
+    run_name = f"train@{paths.run_name(args.method, args.seed)}"
+    print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}",
+          flush=True)
+    runs = []
+    for number in range(1, args.runs + 1):
+        with tempfile.TemporaryDirectory(prefix="determinism-") as folder:
+            runs.append(run_in_scratch(project, params_text, args.method, args.seed, Path(folder)))
+        print(f"run {number}: weights {runs[-1].weights}, {len(runs[-1].records):,} tensors traced, "
+              f"{runs[-1].seconds:.1f} s", flush=True)
+    differences = compare(runs)
+    results = len({(tuple(run.records), run.weights) for run in runs})
+    if not differences:
+        print(f"{run_name}: one result in {args.runs} runs: bit-identical on this machine")
+        return 0
+    print(f"{run_name}: {results} different results in {args.runs} runs")
+    for line in differences:
+        print(line)
+    return DIFFERENT_EXIT
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT) from None
+    except KeyboardInterrupt:
+        print("interrupted: no file of the project was written", file=sys.stderr)
+        raise SystemExit(130) from None
