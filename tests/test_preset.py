@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from robust_cifar.check_params import validate_params
+from robust_cifar.errors import PublishError
 from robust_cifar.machine import cpu_description
 from robust_cifar.params import Params, set_dotted
 from robust_cifar.reporting.provenance import time_lines
@@ -115,6 +116,15 @@ def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arg
     assert workspace == []   # dvc never ran
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and words in errors[0]
+
+
+def test_a_place_no_folder_can_be_made_is_refused_before_the_run_and_nothing_is_left(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # /proc takes no new folder, even from root, for whom os.access says yes
+    with pytest.raises(PublishError, match="--publish /proc/robust-cifar-results: cannot write there"):
+        preset.check_destination(Path("/proc/robust-cifar-results"))
+    preset.check_destination(Path("results/deep/new"))
+    assert list(tmp_path.iterdir()) == []   # the probe's folders are gone again
 
 
 def test_an_earlier_publication_or_an_empty_folder_may_be_replaced(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ leaves params.yaml exactly as it was. `--dry-run` runs those checks and prints t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -162,6 +163,32 @@ def check_destination(destination: Path) -> None:
         raise PublishError(f"--publish {destination}: {parent} is a file, not a folder; name another place")
     if not os.access(parent, os.W_OK | os.X_OK) or (destination.is_dir() and not os.access(destination, os.W_OK)):
         raise PublishError(f"--publish {destination}: {parent} is not writable; name a folder you can write")
+    probe_staging(destination)
+
+
+def staging_folder(destination: Path) -> Path:
+    """Where publish builds a run's files before swapping them in for `destination`."""
+    return destination.with_name(destination.name + ".publishing")
+
+
+def probe_staging(destination: Path) -> None:
+    """Make publish's staging folder and a file in it, then remove what was made: what os.access cannot
+    tell (a root user under /proc, a read-only or special filesystem) fails now, not after the run."""
+    staging = staging_folder(destination)
+    made = [folder for folder in [staging, *staging.parents] if not folder.exists()]   # deepest first
+    probe = staging / ".publish-probe"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as error:
+        raise PublishError(f"--publish {destination}: cannot write there ({error.strerror}); "
+                           "name a folder you can write") from None
+    finally:
+        if staging.is_dir():
+            probe.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 # What a published run holds: small files that say what the run found (models and embeddings stay in DVC).
@@ -176,7 +203,7 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
     `wall_seconds`: how long the command took from start to end, dvc's own work included (on a fresh
     clone, the whole study)."""
     # Built beside the destination, then swapped in: an earlier run's files never stay next to this one's.
-    staging = destination.with_name(destination.name + ".publishing")
+    staging = staging_folder(destination)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     copied = []
