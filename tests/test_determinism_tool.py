@@ -127,7 +127,8 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
     assert result.stdout.count("tensors traced") == 2
     assert state() == before
 
-    for args, named in ((["nonsense"], "nonsense"), ([ANGULAR, "-S", "knn.kk=3"], "knn.kk")):
+    for args, named in ((["nonsense"], "nonsense"), ([ANGULAR, "-S", "knn.kk=3"], "knn.kk"),
+                        ([ANGULAR, "-S", "compute.device=cuda", "-S", "compute.cuda_graphs=true"], "cuda_graphs=false")):
         refused = determinism(reproduced_project, *args)
         assert refused.returncode == 2 and refused.returncode != DIFFERENT_EXIT
         assert len(refused.stderr.strip().splitlines()) == 1 and named in refused.stderr, refused.stderr

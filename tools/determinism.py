@@ -7,14 +7,17 @@ processes and, where two runs differ, names the first tensor that did.
 Run it in a project whose split exists (`dvc repro split`): each run is `stages.train <method> <seed>`
 in a fresh process, as under `dvc repro -f -s train@<method>-<seed>`, with the workspace's params (and
 the -S overrides), but in a scratch folder: no file of the project is written. Each run records, in
-order, a digest of every module's input at the top, its output, the gradient reaching that output,
-and every parameter's gradient before each optimizer step, and the digest of the saved weights.
+order, a digest of every input given to the model from outside it, of every module's output and the
+gradient reaching it, and of every parameter's gradient before each optimizer step; then the digest
+of the saved weights.
 
 Exit 0 when every run saved the same weights and traced the same tensors; 1 when they differ, after
 naming the first differing tensor and the last identical one before it. The kernel to suspect lies
 between the two: for an output, that module's forward (or the code that ran since the last identical
-tensor); for a gradient, the backward of what consumed that output. Exit 2 for bad input. On a tiny
-project (tests/pipeline_project.py) a run takes seconds; the full study hashes gigabytes an epoch.
+tensor); for a gradient, the backward of what consumed that output. Exit 2 for bad input. On a GPU,
+tracing needs `-S compute.cuda_graphs=false`, and cuDNN's fastest kernels differ from run to run
+unless `-S compute.deterministic=true`. On a tiny project (tests/pipeline_project.py) a run takes
+seconds; the full study hashes gigabytes an epoch.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.split import load_splits
-from robust_cifar.errors import UserError
+from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.machine import cpu_description
 from robust_cifar.model import load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
@@ -235,7 +238,12 @@ def check_project(settings: list[str], method: str) -> str:
     if settings:
         params = with_overrides(params, settings)
     build_method(method, params)
-    ComputeConfig.from_params(params).check_machine()
+    compute = ComputeConfig.from_params(params)
+    if compute.cuda_graphs and compute.device.startswith("cuda"):
+        # a graph's hooks run once, at capture, and a digest's copy to the host cannot be captured
+        raise ParamsError("a training replayed as CUDA graphs cannot be traced: add `-S compute.cuda_graphs=false` "
+                          "(the steps then run one kernel at a time, FGM on the gated rows only)")
+    compute.check_machine()
     load_splits(paths.RAW, paths.SPLIT)
     with tempfile.TemporaryDirectory() as folder:
         written = Path(folder) / "params.yaml"
