@@ -206,8 +206,8 @@ def run_in_scratch(project: Path, params_text: str, method: str, seed: int, fold
     result = subprocess.run([sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)],
                             cwd=folder, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-3:])
-        raise UserError(f"a traced training of {method}-{seed} failed (exit {result.returncode}): {tail}")
+        last = ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"a traced training of {method}-{seed} failed (exit {result.returncode}): {last}")
     return Run.read(trace)
 
 
