@@ -128,8 +128,10 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
     assert state() == before
 
     for args, named in ((["nonsense"], "nonsense"), ([ANGULAR, "-S", "knn.kk=3"], "knn.kk"),
+                        ([ANGULAR, "-S", "train.lr=1e9"], "train.lr"),   # what only the stage read, checked first
                         ([ANGULAR, "-S", "compute.device=cuda", "-S", "compute.cuda_graphs=true"], "cuda_graphs=false")):
         refused = determinism(reproduced_project, *args)
         assert refused.returncode == 2 and refused.returncode != DIFFERENT_EXIT
         assert len(refused.stderr.strip().splitlines()) == 1 and named in refused.stderr, refused.stderr
+        assert refused.stdout == ""   # refused before any training started
     assert state() == before

@@ -41,11 +41,12 @@ from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.machine import cpu_description
-from robust_cifar.model import load_model
+from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
 from robust_cifar.signals import die_with_parent
 from robust_cifar.stage import USER_ERROR_EXIT
 from robust_cifar.training.methods import build_method
+from robust_cifar.training.train import TrainConfig
 from stages import paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,6 +239,7 @@ def check_project(settings: list[str], method: str) -> str:
     if settings:
         params = with_overrides(params, settings)
     build_method(method, params)
+    ModelConfig.from_params(params), TrainConfig.from_params(params)
     compute = ComputeConfig.from_params(params)
     if compute.cuda_graphs and compute.device.startswith("cuda"):
         # a graph's hooks run once, at capture, and a digest's copy to the host cannot be captured
