@@ -58,9 +58,19 @@ def test_a_seeded_training_traces_the_same_tensors_twice():
     assert ("output", "Sequential.2") in kinds
     assert ("gradient", "Sequential.0") in kinds       # what reaches the first layer's output
     assert ("parameter gradient", "Sequential.0.weight") in kinds
+    assert ("learning rate", "group 0") in kinds
     assert {steps for steps, *_ in first} == {0, 1, 2}
     # the traced weights change from step to step, so the same tensor has other bytes in later steps
     assert len({digest for steps, what, name, digest in first if (what, name) == ("output", "Sequential.2")}) == 3
+
+
+def test_a_forward_pass_without_gradients_is_not_traced():
+    with Tracer() as tracer:
+        model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        with torch.no_grad():
+            model(torch.ones(1, 2))      # validation or inference: the weights never see it
+        model(torch.ones(1, 2))
+    assert [what for _, what, _, _ in tracer.records] == ["input", "output", "output"]   # the Linear, the Sequential
 
 
 def test_the_hooks_are_gone_after_the_trace():

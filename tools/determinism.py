@@ -8,8 +8,8 @@ Run it in a project whose split exists (`dvc repro split`): each run is `stages.
 in a fresh process, as under `dvc repro -f -s train@<method>-<seed>`, with the workspace's params (and
 the -S overrides), but in a scratch folder: no file of the project is written. Each run records, in
 order, a digest of every input given to the model from outside it, of every module's output and the
-gradient reaching it, and of every parameter's gradient before each optimizer step; then the digest
-of the saved weights.
+gradient reaching it (forward passes with gradients: training steps and attacks), and of the learning
+rate and every parameter's gradient before each optimizer step; then the digest of the saved weights.
 
 Exit 0 when every run saved the same weights and traced the same tensors; 1 when they differ, after
 naming the first differing tensor and the last identical one before it. The kernel to suspect lies
@@ -76,9 +76,10 @@ Record = tuple[int, str, str, str]   # (optimizer steps so far, what, module or 
 class Tracer:
     """While entered, every module built and every optimizer step taken in this process is traced:
     `records` holds, in the order computed, a digest of the input of each module call made from outside
-    the modules (batches, perturbed images, what a loss passes on), of each module's output and of the
-    gradient that reaches it, and of each parameter's gradient before a step. Enter it before the model is
-    built (module names come from their registration)."""
+    the modules (batches, perturbed images), of each module's output and of the gradient that reaches it,
+    and of each parameter group's learning rate and each parameter's gradient before a step. Forward passes
+    without gradients (validation, inference) are not traced: they reach the weights only through the
+    learning rate. Enter it before the model is built (module names come from their registration)."""
     records: list[Record] = field(default_factory=list)
     steps: int = 0
     _depth: int = 0                                # module calls under way
@@ -120,13 +121,15 @@ class Tracer:
             self._owners[id(parameter)] = (module, attribute)
 
     def _on_call(self, module, inputs):
-        if self._depth == 0:   # called from outside the modules: what it was given
+        if self._depth == 0 and torch.is_grad_enabled():   # called from outside the modules: what it was given
             for tensor in tensors_in(inputs):
                 self.record("input", self.name(module), tensor)
         self._depth += 1
 
     def _on_forward(self, module, inputs, output):
         self._depth -= 1
+        if not torch.is_grad_enabled():
+            return   # validation: it reaches the weights only through the learning rate, which is traced
         name = self.name(module)
         for tensor in tensors_in(output):
             self.record("output", name, tensor)
@@ -134,7 +137,8 @@ class Tracer:
                 tensor.register_hook(lambda gradient, name=name: self.record("gradient", name, gradient))
 
     def _on_step(self, optimizer, args, kwargs):
-        for group in optimizer.param_groups:
+        for number, group in enumerate(optimizer.param_groups):
+            self.record("learning rate", f"group {number}", torch.as_tensor(group["lr"], dtype=torch.float64))
             for parameter in group["params"]:
                 if parameter.grad is not None:
                     module, attribute = self._owners.get(id(parameter), (None, "?"))
@@ -146,7 +150,7 @@ class Tracer:
 def describe(record: Record) -> str:
     steps, what, name, _ = record
     where = {"input": "the input of", "output": "the output of", "gradient": "the gradient reaching the output of",
-             "parameter gradient": "the gradient of"}[what]
+             "parameter gradient": "the gradient of", "learning rate": "the learning rate of parameter"}[what]
     return f"{where} {name} before optimizer step {steps + 1:,}"
 
 
