@@ -3,11 +3,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from robust_cifar.errors import UserError
 from tests.methods import ANGULAR
 from tests.pipeline_project import dvc_env
-from tools.determinism import DIFFERENT_EXIT, Run, Tracer, compare, describe, first_difference
+from tools.determinism import DIFFERENT_EXIT, Run, Tracer, check_project, compare, describe, first_difference
 
 
 def noise(shape) -> torch.Tensor:
@@ -137,11 +139,18 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
     assert result.stdout.count("tensors traced") == 2
     assert state() == before
 
-    for args, named in ((["nonsense"], "nonsense"), ([ANGULAR, "-S", "knn.kk=3"], "knn.kk"),
-                        ([ANGULAR, "-S", "train.lr=1e9"], "train.lr"),   # what only the stage read, checked first
-                        ([ANGULAR, "-S", "compute.device=cuda", "-S", "compute.cuda_graphs=true"], "cuda_graphs=false")):
-        refused = determinism(reproduced_project, *args)
-        assert refused.returncode == 2 and refused.returncode != DIFFERENT_EXIT
-        assert len(refused.stderr.strip().splitlines()) == 1 and named in refused.stderr, refused.stderr
-        assert refused.stdout == ""   # refused before any training started
+    refused = determinism(reproduced_project, "nonsense")
+    assert refused.returncode == 2 and refused.returncode != DIFFERENT_EXIT
+    assert len(refused.stderr.strip().splitlines()) == 1 and "nonsense" in refused.stderr, refused.stderr
+    assert refused.stdout == ""   # refused before any training started
     assert state() == before
+
+
+@pytest.mark.parametrize("settings, named", [
+    (["knn.kk=3"], "knn.kk"),
+    (["train.lr=1e9"], "train.lr"),   # read by the training only: checked before the first run all the same
+    (["compute.device=cuda", "compute.cuda_graphs=true"], "cuda_graphs=false")])
+def test_what_a_training_would_refuse_is_refused_before_the_first(reproduced_project, monkeypatch, settings, named):
+    monkeypatch.chdir(reproduced_project)
+    with pytest.raises(UserError, match=named):
+        check_project(settings, ANGULAR)
