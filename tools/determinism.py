@@ -83,8 +83,10 @@ class Tracer:
     records: list[Record] = field(default_factory=list)
     steps: int = 0
     _depth: int = 0                                # module calls under way
-    _parents: dict = field(default_factory=dict)   # id(module) -> (parent, attribute name)
-    _owners: dict = field(default_factory=dict)    # id(parameter) -> (module, attribute name)
+    # id(module) -> (parent, attribute name, module), id(parameter) -> (module, attribute name, parameter): each
+    # entry holds its key's object, so no id is reused by another object while the tracer lives
+    _parents: dict = field(default_factory=dict)
+    _owners: dict = field(default_factory=dict)
     _handles: list = field(default_factory=list)
 
     def __enter__(self) -> "Tracer":
@@ -104,7 +106,7 @@ class Tracer:
     def name(self, module: torch.nn.Module) -> str:
         parts = []
         while id(module) in self._parents:
-            module, attribute = self._parents[id(module)]
+            module, attribute, _ = self._parents[id(module)]
             parts.append(attribute)
         top = type(module).__name__
         return ".".join([top, *reversed(parts)])
@@ -114,11 +116,11 @@ class Tracer:
 
     def _on_module(self, parent, attribute, child):
         if child is not None:
-            self._parents[id(child)] = (parent, attribute)
+            self._parents[id(child)] = (parent, attribute, child)
 
     def _on_parameter(self, module, attribute, parameter):
         if parameter is not None:
-            self._owners[id(parameter)] = (module, attribute)
+            self._owners[id(parameter)] = (module, attribute, parameter)
 
     def _on_call(self, module, inputs):
         if self._depth == 0 and torch.is_grad_enabled():   # called from outside the modules: what it was given
@@ -141,7 +143,7 @@ class Tracer:
             self.record("learning rate", f"group {number}", torch.as_tensor(group["lr"], dtype=torch.float64))
             for parameter in group["params"]:
                 if parameter.grad is not None:
-                    module, attribute = self._owners.get(id(parameter), (None, "?"))
+                    module, attribute, _ = self._owners.get(id(parameter), (None, "?", None))
                     owner = self.name(module) if module is not None else "unregistered"
                     self.record("parameter gradient", f"{owner}.{attribute}", parameter.grad)
         self.steps += 1
