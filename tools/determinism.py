@@ -198,16 +198,16 @@ class Run:
         return cls([tuple(record) for record in data["records"]], data["weights"], data["seconds"])
 
 
-def scratch_folder(project: Path, folder: Path, params_text: str) -> None:
+def scratch_folder(project: Path, folder: Path, params: dict) -> None:
     """What `stages.train` reads, in `folder`: params.yaml as given, the project's raw data and split linked."""
-    (folder / "params.yaml").write_text(params_text)
+    write_yaml(params, folder / "params.yaml")
     for shared in SHARED:
         (folder / shared).parent.mkdir(parents=True, exist_ok=True)
         (folder / shared).symlink_to((project / shared).resolve(), target_is_directory=True)
 
 
-def run_in_scratch(project: Path, params_text: str, method: str, seed: int, folder: Path) -> Run:
-    scratch_folder(project, folder, params_text)
+def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: Path) -> Run:
+    scratch_folder(project, folder, params)
     trace = folder / "trace.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     result = subprocess.run([sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)],
@@ -239,8 +239,9 @@ def compare(runs: list[Run]) -> list[str]:
     return lines
 
 
-def check_project(settings: list[str], method: str) -> str:
-    """The params text the runs use; refuses (UserError) what the stage would refuse, before any training."""
+def check_project(settings: list[str], method: str) -> dict:
+    """The params the runs use (the workspace's, with the overrides); refuses (UserError) what the stage
+    would refuse, before any training."""
     params = load_params()
     if settings:
         params = with_overrides(params, settings)
@@ -253,10 +254,7 @@ def check_project(settings: list[str], method: str) -> str:
                           "(the steps then run one kernel at a time, FGM on the gated rows only)")
     compute.check_machine()
     load_splits(paths.RAW, paths.SPLIT)
-    with tempfile.TemporaryDirectory() as folder:
-        written = Path(folder) / "params.yaml"
-        write_yaml(params.raw, written)
-        return written.read_text()
+    return params.raw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         parser.error("the seed must be a whole number >= 0")
 
-    params_text = check_project(args.settings, args.method)
+    params = check_project(args.settings, args.method)
     project = Path.cwd()
     run_name = f"train@{paths.run_name(args.method, args.seed)}"
     print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}",
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for number in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="determinism-") as folder:
-            runs.append(run_in_scratch(project, params_text, args.method, args.seed, Path(folder)))
+            runs.append(run_in_scratch(project, params, args.method, args.seed, Path(folder)))
         print(f"run {number}: weights {runs[-1].weights}, {len(runs[-1].records):,} tensors traced, "
               f"{runs[-1].seconds:.1f} s", flush=True)
     differences = compare(runs)
