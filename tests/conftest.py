@@ -1,15 +1,23 @@
-"""Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session (of each
-pytest-xdist worker)."""
+"""Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session, built once beside the
+unit tests and shared by the pytest-xdist workers (each works on a copy of its own)."""
 import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.pipeline_project import ALL_STAGES, create_tiny_project, dvc, ran_stages, trace_env, warm_umap_cache
+from tests.pipeline_project import ROOT
 
 END_TO_END_FIXTURE = "reproduced_project"
-# `-n auto`: each worker reproduces its own tiny pipeline, and the slow tests are few; more workers gain nothing
+# `-n auto`: the slow tests are few and run one DVC stage at a time each; more workers gain nothing
 MAX_WORKERS = 4
+BUILD = "tiny-pipeline"   # in the run's shared temporary folder: the project, then BUILD.ok or BUILD.failed
+BUILD_TIMEOUT_S = 1800    # a build takes 2-4 minutes of one core; only a lost builder takes this long
 CPUS = os.cpu_count() or 1
 
 
@@ -31,27 +39,73 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that needs the reproduced tiny pipeline is slow: `pytest -m "not slow"` is the quick loop."""
-    for item in items:
-        if END_TO_END_FIXTURE in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.slow)
+    """Every test that needs the reproduced tiny pipeline is slow: `pytest -m "not slow"` is the quick loop. The
+    slow tests run last (in their order), so every worker runs unit tests while the pipeline is being built."""
+    slow = [item for item in items if END_TO_END_FIXTURE in getattr(item, "fixturenames", ())]
+    for item in slow:
+        item.add_marker(pytest.mark.slow)
+    chosen = set(slow)
+    items[:] = [item for item in items if item not in chosen] + slow
+
+
+def shared_folder(tmp_path_factory) -> Path:
+    """The temporary folder of this run that every pytest-xdist worker sees (each has its own inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def start_build(destination: Path) -> subprocess.Popen | None:
+    """Starts reproducing the tiny pipeline at `destination` in a process of its own (tests/pipeline_project.py's
+    main), unless another worker of this run already did: the first to claim it builds it for all."""
+    try:
+        os.close(os.open(destination.with_name(f"{destination.name}.claimed"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
+    with open(destination.with_name(f"{destination.name}.log"), "wb") as log:
+        builder = subprocess.Popen([sys.executable, "-m", "tests.pipeline_project", str(destination)], cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)
+
+    def reap():   # a builder killed before it could say so still ends the wait, with its exit code
+        code = builder.wait()
+        if not any(destination.with_name(f"{destination.name}.{outcome}").exists() for outcome in ("ok", "failed")):
+            destination.with_name(f"{destination.name}.failed").write_text(f"the builder exited with code {code}")
+    threading.Thread(target=reap, daemon=True).start()
+    return builder
+
+
+def wait_for_build(destination: Path) -> Path:
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if destination.with_name(f"{destination.name}.ok").exists():
+            return destination
+        failed = destination.with_name(f"{destination.name}.failed")
+        if failed.exists():
+            pytest.fail(f"the tiny pipeline was not reproduced (log: {destination.with_name(destination.name + '.log')}):"
+                        f"\n{failed.read_text()}", pytrace=False)
+        time.sleep(0.5)
+    pytest.fail(f"the tiny pipeline was not reproduced in {BUILD_TIMEOUT_S} s: {destination}", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_pipeline(request, tmp_path_factory):
+    """Where the tiny pipeline is reproduced, once per run, from the session's first test on, when any selected test
+    needs it. The worker that builds it waits for the build at its end: another may still need it."""
+    destination = shared_folder(tmp_path_factory) / BUILD
+    needed = any(END_TO_END_FIXTURE in getattr(item, "fixturenames", ()) for item in request.session.items)
+    builder = start_build(destination) if needed else None
+    yield destination
+    if builder:
+        builder.wait()
 
 
 @pytest.fixture(scope="session")
-def reproduced_project(tmp_path_factory):
-    """A committed copy of the project whose tiny pipeline has been reproduced once.
+def reproduced_project(tiny_pipeline, tmp_path_factory):
+    """A committed copy of the project whose tiny pipeline has been reproduced once: this worker's own copy.
 
-    Tests that change it must restore it (or work on a copy): it is shared.
+    Tests that change it must restore it (or work on a copy): the worker's tests share it.
     """
-    project = create_tiny_project(tmp_path_factory.mktemp("pipeline") / "project")
-    warming = warm_umap_cache()
-    try:
-        result = dvc(project, "repro", env=trace_env(project))
-    finally:
-        if warming:
-            warming.wait()
-    assert ran_stages(result.stdout) == ALL_STAGES, result.stdout
-    return project
+    built = wait_for_build(tiny_pipeline)
+    return Path(shutil.copytree(built, tmp_path_factory.mktemp("pipeline") / "project", symlinks=True))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -141,6 +142,20 @@ def create_tiny_project(destination: Path) -> Path:
     return destination
 
 
+def reproduce_tiny_project(destination: Path) -> Path:
+    """create_tiny_project, then `dvc repro` of every stage once, each recording the params keys it read."""
+    project = create_tiny_project(destination)
+    warming = warm_umap_cache()
+    try:
+        result = dvc(project, "repro", env=trace_env(project))
+    finally:
+        if warming:
+            warming.wait()
+    if ran_stages(result.stdout) != ALL_STAGES:
+        raise AssertionError(f"`dvc repro` ran {sorted(ran_stages(result.stdout))}, not every stage:\n{result.stdout}")
+    return project
+
+
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -191,3 +206,21 @@ def downstream_closure(project: Path, stages: set[str], edges: list[tuple[str, s
                 closure.add(target)
                 frontier.append(target)
     return closure
+
+
+def main(destination: Path) -> None:
+    """`python -m tests.pipeline_project DESTINATION`: reproduce_tiny_project in a process of its own (tests/conftest.py
+    starts it beside the unit tests, once for every pytest-xdist worker), then DESTINATION.ok, or DESTINATION.failed
+    saying why; whoever waits for the project reads one of the two."""
+    try:
+        reproduce_tiny_project(destination)
+        outcome, text = "ok", ""
+    except BaseException:   # a failed assertion, a failed command, an interrupt: the waiting tests say why
+        outcome, text = "failed", traceback.format_exc()
+    written = destination.with_name(f"{destination.name}.writing")
+    written.write_text(text)
+    written.rename(destination.with_name(f"{destination.name}.{outcome}"))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
