@@ -18,7 +18,19 @@ END_TO_END_FIXTURE = "reproduced_project"
 MAX_WORKERS = 4
 BUILD = "tiny-pipeline"   # in the run's shared temporary folder: the project, then BUILD.ok or BUILD.failed
 BUILD_TIMEOUT_S = 1800    # a build takes 2-4 minutes of one core; only a lost builder takes this long
+# The workers' niceness while the build runs: it takes a core of its own, which is what every slow test waits for,
+# while the unit tests share the other
+WORKER_NICENESS = 10
 CPUS = os.cpu_count() or 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n auto` (pytest-xdist's `--dist load`) steals work: a worker that is done takes tests another has queued,
+    so the slow tests, which run last, end on both workers at about the same time. Other `--dist` modes as asked."""
+    if config.getvalue("dist") == "load":
+        from xdist.scheduler import WorkStealingScheduling
+        return WorkStealingScheduling(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -89,10 +101,13 @@ def wait_for_build(destination: Path) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def tiny_pipeline(request, tmp_path_factory):
     """Where the tiny pipeline is reproduced, once per run, from the session's first test on, when any selected test
-    needs it. The worker that builds it waits for the build at its end: another may still need it."""
+    needs it; the unit tests yield the CPU to it (WORKER_NICENESS). The worker that builds it waits for the build at
+    its end: another may still need it."""
     destination = shared_folder(tmp_path_factory) / BUILD
     needed = any(END_TO_END_FIXTURE in getattr(item, "fixturenames", ()) for item in request.session.items)
     builder = start_build(destination) if needed else None
+    if needed:
+        os.nice(WORKER_NICENESS)
     yield destination
     if builder:
         builder.wait()
