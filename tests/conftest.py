@@ -2,22 +2,17 @@
 unit tests and shared by the pytest-xdist workers (each works on a copy of its own)."""
 import os
 import shutil
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.pipeline_project import ROOT
+from tests.pipeline_project import start_build, wait_for_build
 
 END_TO_END_FIXTURE = "reproduced_project"
 # `-n auto`: the slow tests are few and run one DVC stage at a time each; more workers gain nothing
 MAX_WORKERS = 4
-BUILD = "tiny-pipeline"   # in the run's shared temporary folder: the project, then BUILD.ok or BUILD.failed
-BUILD_TIMEOUT_S = 1800    # a build takes 2-4 minutes of one core; only a lost builder takes this long
+BUILD = "tiny-pipeline"   # the project's folder in the run's shared temporary folder
 # The workers' niceness while the build runs: it takes a core of its own, which is what every slow test waits for,
 # while the unit tests share the other
 WORKER_NICENESS = 10
@@ -64,38 +59,6 @@ def shared_folder(tmp_path_factory) -> Path:
     """The temporary folder of this run that every pytest-xdist worker sees (each has its own inside it)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-def start_build(destination: Path) -> subprocess.Popen | None:
-    """Starts reproducing the tiny pipeline at `destination` in a process of its own (tests/pipeline_project.py's
-    main), unless another worker of this run already did: the first to claim it builds it for all."""
-    try:
-        os.close(os.open(destination.with_name(f"{destination.name}.claimed"), os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return None
-    with open(destination.with_name(f"{destination.name}.log"), "wb") as log:
-        builder = subprocess.Popen([sys.executable, "-m", "tests.pipeline_project", str(destination)], cwd=ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT)
-
-    def reap():   # a builder killed before it could say so still ends the wait, with its exit code
-        code = builder.wait()
-        if not any(destination.with_name(f"{destination.name}.{outcome}").exists() for outcome in ("ok", "failed")):
-            destination.with_name(f"{destination.name}.failed").write_text(f"the builder exited with code {code}")
-    threading.Thread(target=reap, daemon=True).start()
-    return builder
-
-
-def wait_for_build(destination: Path) -> Path:
-    deadline = time.monotonic() + BUILD_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if destination.with_name(f"{destination.name}.ok").exists():
-            return destination
-        failed = destination.with_name(f"{destination.name}.failed")
-        if failed.exists():
-            pytest.fail(f"the tiny pipeline was not reproduced (log: {destination.with_name(destination.name + '.log')}):"
-                        f"\n{failed.read_text()}", pytrace=False)
-        time.sleep(0.5)
-    pytest.fail(f"the tiny pipeline was not reproduced in {BUILD_TIMEOUT_S} s: {destination}", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

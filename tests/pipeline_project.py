@@ -7,9 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
+import pytest
 import yaml
 
 from robust_cifar.params import set_dotted
@@ -75,6 +78,7 @@ TINY_PARAMS = {
 
 # Where each stage process of a tiny project writes the params keys it read (tests/test_guards.py).
 PARAMS_TRACE = ".params-trace"
+BUILD_TIMEOUT_S = 1800   # a tiny pipeline's build takes 2-4 minutes of one core; only a lost builder takes this long
 
 
 def dvc_env() -> dict[str, str]:
@@ -208,18 +212,54 @@ def downstream_closure(project: Path, stages: set[str], edges: list[tuple[str, s
     return closure
 
 
+def beside(destination: Path, suffix: str) -> Path:
+    """A build's marker files, beside its project: .claimed, .log, .ok, .failed."""
+    return destination.with_name(f"{destination.name}.{suffix}")
+
+
 def main(destination: Path) -> None:
-    """`python -m tests.pipeline_project DESTINATION`: reproduce_tiny_project in a process of its own (tests/conftest.py
-    starts it beside the unit tests, once for every pytest-xdist worker), then DESTINATION.ok, or DESTINATION.failed
-    saying why; whoever waits for the project reads one of the two."""
+    """`python -m tests.pipeline_project DESTINATION`: reproduce_tiny_project in a process of its own (start_build),
+    then DESTINATION.ok, or DESTINATION.failed saying why; whoever waits for the project reads one of the two."""
     try:
         reproduce_tiny_project(destination)
         outcome, text = "ok", ""
     except BaseException:   # a failed assertion, a failed command, an interrupt: the waiting tests say why
         outcome, text = "failed", traceback.format_exc()
-    written = destination.with_name(f"{destination.name}.writing")
-    written.write_text(text)
-    written.rename(destination.with_name(f"{destination.name}.{outcome}"))
+    writing = beside(destination, "writing")
+    writing.write_text(text)
+    writing.rename(beside(destination, outcome))
+
+
+def start_build(destination: Path) -> subprocess.Popen | None:
+    """Starts reproducing the tiny pipeline at `destination` in a process of its own (main), unless another
+    pytest-xdist worker of this run already did: the first to claim it builds it for all."""
+    try:
+        os.close(os.open(beside(destination, "claimed"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return None
+    with open(beside(destination, "log"), "wb") as log:
+        builder = subprocess.Popen([sys.executable, "-m", "tests.pipeline_project", str(destination)], cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)
+
+    def reap():   # a builder killed before it could say so still ends the wait, with its exit code
+        code = builder.wait()
+        if not (beside(destination, "ok").exists() or beside(destination, "failed").exists()):
+            beside(destination, "failed").write_text(f"the builder exited with code {code}")
+    threading.Thread(target=reap, daemon=True).start()
+    return builder
+
+
+def wait_for_build(destination: Path, timeout: float = BUILD_TIMEOUT_S) -> Path:
+    """The project start_build reproduces at `destination`, once it is; a failed build fails the test, saying why."""
+    deadline = time.monotonic() + timeout
+    while not beside(destination, "ok").exists():
+        if beside(destination, "failed").exists():
+            pytest.fail(f"the tiny pipeline was not reproduced (log: {beside(destination, 'log')}):\n"
+                        f"{beside(destination, 'failed').read_text()}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"the tiny pipeline was not reproduced in {timeout:.0f} s: {destination}", pytrace=False)
+        time.sleep(0.5)
+    return destination
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from robust_cifar.params import get_dotted, set_dotted
 from robust_cifar.reporting.summarize import HEADLINE_SOURCES
 from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label
 from tests.pipeline_project import (ALL_STAGES, METHODS, PARAMS, ROOT, SEED, covers, dag_edges, declared_params,
-                                    downstream_closure, dvc, ran_stages, stages_of, stale_stages)
+                                    downstream_closure, dvc, ran_stages, stages_of, stale_stages, start_build,
+                                    wait_for_build)
 from tests.methods import ANGULAR, PERTURBED_ANGULAR
 
 
@@ -251,3 +252,23 @@ def test_removing_a_method_reruns_only_the_summaries(project):
         assert stale_stages(project) - {"check_params"} == {"summarize", "curves"}
     finally:
         params_path.write_text(original)
+
+
+# The harness: one build of the tiny pipeline per run, which every worker's slow tests wait for.
+
+def test_a_failed_build_fails_every_test_waiting_for_it_saying_why(tmp_path):
+    destination = tmp_path / "project"
+    destination.mkdir()   # the builder cannot copy the project there: it fails at once
+    builder = start_build(destination)
+    assert start_build(destination) is None   # claimed: another worker waits for this build
+    for _ in range(2):   # each waiting test is told, none waits longer
+        with pytest.raises(pytest.fail.Exception, match="FileExistsError"):
+            wait_for_build(destination, timeout=120)
+    builder.wait()
+
+
+def test_a_killed_builder_ends_the_wait_with_its_exit_code(tmp_path):
+    builder = start_build(tmp_path / "project")
+    builder.kill()
+    with pytest.raises(pytest.fail.Exception, match="exited with code -9"):
+        wait_for_build(tmp_path / "project", timeout=120)
