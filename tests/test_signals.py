@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from robust_cifar.signals import Stopped, stop_group
-from tests.pipeline_project import ROOT
+from tests.methods import ANGULAR
+from tests.pipeline_project import ROOT, dvc_env
 
 # A stand-in stage: run_stage around a long sleep, its pid on stdout.
 STAGE = ("import os, time; from robust_cifar.stage import run_stage; "
@@ -23,6 +24,13 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in state
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def wait_until_gone(pid: int, seconds: float = 15.0) -> bool:
@@ -145,3 +153,20 @@ def test_a_stage_whose_parent_dies_while_it_still_imports_torch_exits_at_once_wi
     parent.wait()
     assert wait_until_gone(stage_pid), "the stage outlived its parent"
     assert parent.stderr.read().strip() == "interrupted (SIGTERM) while the stage was starting: it wrote nothing"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stopped_determinism_check_stops_its_training_and_removes_its_scratch_folder(reproduced_project, tmp_path):
+    check = subprocess.Popen([sys.executable, "-m", "tools.determinism", ANGULAR, "-S", "train.epochs=100"],
+                             cwd=reproduced_project, env={**dvc_env(), "TMPDIR": str(tmp_path)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (training := children(check.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert training and list(tmp_path.iterdir()), "no training started in its scratch folder"
+    check.send_signal(signal.SIGTERM)   # to the tool alone, as a scheduler does
+    _, stderr = check.communicate(timeout=60)
+    assert check.returncode == 128 + signal.SIGTERM
+    assert stderr.strip() == "interrupted (SIGTERM): no file of the project was written"
+    assert all(wait_until_gone(pid, 10) for pid in training)
+    assert list(tmp_path.iterdir()) == []

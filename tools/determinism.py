@@ -14,7 +14,8 @@ rate and every parameter's gradient before each optimizer step; then the digest 
 Exit 0 when every run saved the same weights and traced the same tensors; 1 when they differ, after
 naming the first differing tensor and the last identical one before it. The kernel to suspect lies
 between the two: for an output, that module's forward (or the code that ran since the last identical
-tensor); for a gradient, the backward of what consumed that output. Exit 2 for bad input. On a GPU,
+tensor); for a gradient, the backward of what consumed that output. Exit 2 for bad input; Ctrl-C, TERM
+and HUP stop the running training and remove its scratch folder (one line, exit 128 + the signal). On a GPU,
 tracing needs `-S compute.cuda_graphs=false`, and cuDNN's fastest kernels differ from run to run
 unless `-S compute.deterministic=true`. On a tiny project (tests/pipeline_project.py) a run takes
 seconds; the full study hashes gigabytes an epoch.
@@ -43,7 +44,7 @@ from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.machine import cpu_description
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
-from robust_cifar.signals import die_with_parent
+from robust_cifar.signals import Stopped, die_with_parent, signal_of, stop_on_signals
 from robust_cifar.stage import USER_ERROR_EXIT
 from robust_cifar.training.methods import build_method
 from robust_cifar.training.train import TrainConfig
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 2: a determinism check compares trainings")
     if args.seed < 0:
         parser.error("the seed must be a whole number >= 0")
+    stop_on_signals()   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
 
     params = check_project(args.settings, args.method)
     project = Path.cwd()
@@ -302,6 +304,7 @@ if __name__ == "__main__":
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
-    except KeyboardInterrupt:
-        print("interrupted: no file of the project was written", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as stopped:
+        interrupt = Stopped(signal_of(stopped))
+        print(f"interrupted ({interrupt.name}): no file of the project was written", file=sys.stderr)
+        raise SystemExit(interrupt.exit_code) from None
