@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from robust_cifar.errors import UserError
+from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.methods import ANGULAR
 from tests.pipeline_project import dvc_env
 from tools.determinism import DIFFERENT_EXIT, Run, Tracer, check_project, compare, describe, first_difference
@@ -133,7 +134,8 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
         return listing, sorted((str(p), p.stat().st_mtime_ns) for p in (reproduced_project / "models").iterdir())
 
     before = state()
-    result = determinism(reproduced_project, ANGULAR, "--runs", "2", "-S", "compute.threads=2", "-S", "train.epochs=1")
+    result = determinism(reproduced_project, ANGULAR, "--runs", "2", "-S", "compute.threads=2", "-S", "train.epochs=1",
+                         "0")   # the seed after the options, as a user may write it
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"train@{ANGULAR}-0: one result in 2 runs: bit-identical on this machine" in result.stdout
     assert result.stdout.count("tensors traced") == 2
@@ -146,11 +148,15 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
     assert state() == before
 
 
-@pytest.mark.parametrize("settings, named", [
-    (["knn.kk=3"], "knn.kk"),
-    (["train.lr=1e9"], "train.lr"),   # read by the training only: checked before the first run all the same
-    (["compute.device=cuda", "compute.cuda_graphs=true"], "cuda_graphs=false")])
-def test_what_a_training_would_refuse_is_refused_before_the_first(reproduced_project, monkeypatch, settings, named):
+@pytest.mark.parametrize("settings, seed, named", [
+    (["knn.kk=3"], 0, "knn.kk"),
+    (["train.lr=1e9"], 0, "train.lr"),   # read by the training only: checked before the first run all the same
+    (["methods=[]"], 0, "methods"),   # what only the check_params stage refuses
+    (["compute.device=cuda", "compute.cuda_graphs=true"], 0, "cuda_graphs=false"),
+    ([f"methods=[{REFERENCE_METHOD}]"], 0, f"lacks '{ANGULAR}'"),   # no stage of the project: it once ran all the same
+    ([], 2 ** 70, r"seeds\.train")])
+def test_what_a_training_would_refuse_is_refused_before_the_first(reproduced_project, monkeypatch, settings, seed,
+                                                                   named):
     monkeypatch.chdir(reproduced_project)
     with pytest.raises(UserError, match=named):
-        check_project(settings, ANGULAR)
+        check_project(settings, ANGULAR, seed)

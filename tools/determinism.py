@@ -38,16 +38,16 @@ import torch
 from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from robust_cifar.check_params import validate_params
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.machine import cpu_description
-from robust_cifar.model import ModelConfig, load_model
+from robust_cifar.model import load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
 from robust_cifar.signals import Stopped, die_with_parent, signal_of, stop_on_signals
 from robust_cifar.stage import USER_ERROR_EXIT
-from robust_cifar.training.methods import build_method
-from robust_cifar.training.train import TrainConfig
+from robust_cifar.training.methods import known
 from stages import paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,14 +240,19 @@ def compare(runs: list[Run]) -> list[str]:
     return lines
 
 
-def check_project(settings: list[str], method: str) -> dict:
-    """The params the runs use (the workspace's, with the overrides); refuses (UserError) what the stage
-    would refuse, before any training."""
+def check_project(settings: list[str], method: str, seed: int) -> dict:
+    """The params the runs use (the workspace's, with the overrides); refuses (UserError) what the check_params
+    stage or the training would refuse, and a run that is no stage of the project, before any training."""
     params = load_params()
     if settings:
         params = with_overrides(params, settings)
-    build_method(method, params)
-    ModelConfig.from_params(params), TrainConfig.from_params(params)
+    validate_params(params)
+    if known(method) not in params.method_names():
+        raise ParamsError(f"`methods` = {params.method_names()} lacks {method!r}: train@{method}-{seed} is no stage of "
+                          f"this project; add it with -S 'methods=[...]'")
+    if seed not in params.train_seeds():
+        raise ParamsError(f"seed {seed} is not in `seeds.train` = {params.train_seeds()}: train@{method}-{seed} is no "
+                          f"stage of this project; pick one of them, or add it with -S 'seeds.train=[...]'")
     compute = ComputeConfig.from_params(params)
     if compute.cuda_graphs and compute.device.startswith("cuda"):
         # a graph's hooks run once, at capture, and a digest's copy to the host cannot be captured
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-S", "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override, as `dvc exp run -S` takes it")
     parser.add_argument("--trace-to", type=Path, help=argparse.SUPPRESS)   # one traced run, in its scratch folder
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)   # the seed may follow an -S
     if args.trace_to is not None:
         trace_one_run(args.method, args.seed, args.trace_to)
         return 0
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the seed must be a whole number >= 0")
     stop_on_signals()   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
 
-    params = check_project(args.settings, args.method)
+    params = check_project(args.settings, args.method, args.seed)
     project = Path.cwd()
     run_name = f"train@{paths.run_name(args.method, args.seed)}"
     print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}",
