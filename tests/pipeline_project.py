@@ -1,4 +1,5 @@
-"""A copy of this project with a tiny generated archive and tiny params, driven through the dvc CLI."""
+"""A copy of this project with a tiny generated archive and tiny params, driven through the dvc CLI; reproduced once
+per test run in a process of its own (main, start_build), which every pytest-xdist worker waits for."""
 from __future__ import annotations
 
 import contextlib
