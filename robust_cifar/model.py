@@ -132,6 +132,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
     redo = get_back(path, _stage_of(path))
     if not path.is_file():
         raise InputError(f"model checkpoint {path} not found: {redo}")
+    if not zipfile.is_zipfile(path):   # torch.save writes a zip: this is text, a git-lfs pointer, a page, a fragment
+        raise InputError(f"{path} is not a readable checkpoint (not the zip archive torch.save writes: a text file, "
+                         f"a git-lfs pointer or a truncated copy?): {redo}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -139,7 +142,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
         # to unpickle more than tensors: it could run code.
         raise InputError(f"{path} holds objects other than tensors and plain values, so it was not loaded "
                          f"(it may be malicious): {redo}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError,
+            AssertionError) as error:   # what torch's reader raises on damaged bytes inside the zip
         raise InputError(f"{path} is not a readable checkpoint ({type(error).__name__}; truncated or corrupt?): {redo}") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
             and set(checkpoint["config"]) == set(CONFIG_KEYS) and isinstance(checkpoint.get("state_dict"), dict)):

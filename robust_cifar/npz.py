@@ -31,6 +31,9 @@ def load_npz(path: str | Path, produced_by: str) -> dict[str, np.ndarray]:
     redo = get_back(path, produced_by)
     if not path.is_file():
         raise InputError(f"{path} not found: {redo}")
+    if not zipfile.is_zipfile(path):   # np.load would read a .npy as one bare array, and text as an error
+        raise InputError(f"{path} is not a readable .npz (not a zip archive: a .npy, a text file or a truncated "
+                         f"copy?): {redo}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}

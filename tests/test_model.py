@@ -180,6 +180,9 @@ def test_load_model_never_runs_pickled_code(small_model, tmp_path):
 @pytest.mark.parametrize("damage, words", [
     (lambda path, good: path.write_bytes(good[: len(good) // 2]), "not a readable checkpoint"),
     (lambda path, good: path.write_bytes(b""), "not a readable checkpoint"),
+    (lambda path, good: path.write_text("hello\n"), "not a readable checkpoint"),   # once torch's KeyError
+    (lambda path, good: path.write_text("h"), "not a readable checkpoint"),   # once torch's IndexError
+    (lambda path, good: path.write_text("version https://git-lfs.github.com/spec/v1\n"), "not a readable checkpoint"),
     (lambda path, good: torch.save({"state_dict": {}}, path), "not a checkpoint of this project"),
     (lambda path, good: torch.save([1, 2, 3], path), "not a checkpoint of this project"),
 ])

@@ -332,6 +332,21 @@ def test_a_split_that_leaks_or_does_not_index_the_data_is_one_line(tmp_path, dam
     one_line(error, path, "split", "does not hold what split writes", words)
 
 
+def write_npy(path: Path) -> None:
+    with path.open("wb") as file:
+        np.save(file, np.arange(3))   # one bare array, as np.save writes it
+
+
+@pytest.mark.parametrize("write", [write_npy, lambda path: path.write_text("version https://git-lfs.github.com/spec/v1\n")],
+                         ids=["a .npy", "a git-lfs pointer"])
+def test_a_file_that_is_no_npz_is_one_line(tmp_path, write):
+    path = split_file(tmp_path)
+    write(path)
+    with pytest.raises(InputError) as error:
+        load_split_indices(path, SIZES)
+    one_line(error, path, "split", "is not a readable .npz")
+
+
 PLAN_IMAGES = {"train": 6, "val": 4, "test": 5}
 
 
