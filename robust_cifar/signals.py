@@ -15,8 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Callable, NoReturn
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STAGE_STARTING = "while the stage was starting: it wrote nothing"
 PR_SET_PDEATHSIG = 1
 
 
@@ -62,10 +64,14 @@ def die_with_parent() -> None:
         raise Stopped(signal.SIGTERM)
 
 
-def _leave_at_once(signum, frame):
-    print(f"interrupted ({signal.Signals(signum).name}) while the stage was starting: it wrote nothing",
-          file=sys.stderr, flush=True)
-    os._exit(128 + signum)
+def leave_at_once_on_signals(while_doing: str) -> None:
+    """INT, TERM and HUP end this process at once, with one line (`interrupted (SIGINT) <while_doing>`) and
+    exit 128 + the signal: no exception to unwind through an import that cannot take one (torch's, in C++)."""
+    def leave(signum, frame):
+        print(f"interrupted ({signal.Signals(signum).name}) {while_doing}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, leave)
 
 
 def guard_start() -> None:
@@ -73,12 +79,26 @@ def guard_start() -> None:
     and HUP end it at once with one line, and the kernel sends TERM if its parent dies from now on. Asked
     for only after the imports (in run_stage), a DVC killed while torch loaded left the stage running, and
     it wrote a model no dvc.lock records. run_stage then puts in the handlers that unwind."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _leave_at_once)
+    leave_at_once_on_signals(STAGE_STARTING)
     try:
         die_with_parent()
     except Stopped as stopped:
-        _leave_at_once(stopped.signum, None)
+        print(f"interrupted ({stopped.name}) {STAGE_STARTING}", file=sys.stderr, flush=True)
+        os._exit(stopped.exit_code)
+
+
+def run_tool(main: Callable[[], int | None]) -> NoReturn:
+    """How a tool ends its `python -m tools.<name>` (tools/__init__.py left at once on INT, TERM and HUP while it
+    imported): from here on they raise Stopped, and one that its main does not handle is one line, exit
+    128 + the signal, after the unwinding removed what the tool had under way."""
+    stop_on_signals()
+    try:
+        code = main()
+    except KeyboardInterrupt as stopped:
+        interrupt = Stopped(signal_of(stopped))
+        print(f"interrupted ({interrupt.name})", file=sys.stderr)
+        code = interrupt.exit_code
+    sys.exit(code)
 
 
 def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20.0, sent: bool = False) -> None:

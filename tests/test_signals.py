@@ -155,6 +155,34 @@ def test_a_stage_whose_parent_dies_while_it_still_imports_torch_exits_at_once_wi
     assert parent.stderr.read().strip() == "interrupted (SIGTERM) while the stage was starting: it wrote nothing"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_tool_stopped_while_it_works_is_one_line_with_the_signals_exit_code(signum):
+    tool = subprocess.Popen([sys.executable, "-c", "import time; from robust_cifar.signals import run_tool; "
+                             "run_tool(lambda: (print('working', flush=True), time.sleep(60)))"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tool.stdout.readline() == "working\n"
+    tool.send_signal(signum)
+    _, stderr = tool.communicate(timeout=30)
+    assert tool.returncode == 128 + signum
+    assert stderr.strip() == f"interrupted ({signal.Signals(signum).name})"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("tool", ["tools.preset", "tools.determinism"])
+def test_ctrl_c_while_a_tool_still_imports_torch_is_one_line(tool):
+    """Python's KeyboardInterrupt, raised inside torch's import, was a traceback (once C++'s terminate: SIGABRT)."""
+    process = subprocess.Popen([sys.executable, "-m", tool, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not loads_torch(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert loads_torch(process.pid), "the tool never started importing torch"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGINT
+    assert stderr.strip() == "interrupted (SIGINT) while the tool was starting: it had done nothing yet"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_stopped_determinism_check_stops_its_training_and_removes_its_scratch_folder(reproduced_project, tmp_path):
     check = subprocess.Popen([sys.executable, "-m", "tools.determinism", ANGULAR, "-S", "train.epochs=100"],

@@ -27,6 +27,7 @@ from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import Params, load_params, set_dotted
+from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import REFERENCE_METHOD, build_method
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 
@@ -132,4 +133,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -27,6 +27,7 @@ from robust_cifar.evaluation.knn import knn_predict
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import fgm
+from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
 from robust_cifar.training.methods.batches import ShuffledBatches
 from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
@@ -269,4 +270,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -10,6 +10,7 @@ faster with a second free core.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.pipeline_project import create_tiny_project, dvc, run
 from tools.sweep import grid
@@ -59,7 +61,9 @@ def baseline_project(folder: Path) -> Path:
     return project
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # no options; --help says what it runs, before minutes of work
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         print("reproducing the tiny baseline project ...", flush=True)
@@ -85,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

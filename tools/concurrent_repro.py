@@ -32,7 +32,7 @@ from pathlib import Path
 
 from robust_cifar.cache import cache_dir
 from robust_cifar.errors import UserError
-from robust_cifar.signals import Stopped, signal_of, stop_group, stop_on_signals
+from robust_cifar.signals import Stopped, run_tool, signal_of, stop_group, stop_on_signals
 
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
@@ -233,4 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

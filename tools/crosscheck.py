@@ -37,6 +37,7 @@ from robust_cifar.data.split import load_splits
 from robust_cifar.model import load_model
 from robust_cifar.npz import load_npz
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
+from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import REFERENCE_METHOD
 from stages import paths
 
@@ -191,4 +192,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

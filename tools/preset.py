@@ -26,7 +26,7 @@ from robust_cifar.check_params import check_on_this_machine
 from robust_cifar.errors import ParamsError, PublishError, UserError
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
-from robust_cifar.signals import Stopped, run_in_group, signal_of, stop_on_signals
+from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
 from robust_cifar.stage import timings
 from robust_cifar.training.methods import on_a_cpu
 from tools.sweep.grid import valid_exp_name
@@ -273,4 +273,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

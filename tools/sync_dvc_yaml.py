@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from robust_cifar.signals import run_tool
 from tools.import_closure import import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

@@ -1,5 +1,4 @@
-import sys
-
+from robust_cifar.signals import run_tool
 from tools.sweep.cli import main
 
-sys.exit(main())
+run_tool(main)
