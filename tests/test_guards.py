@@ -15,6 +15,7 @@ from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 from tools.import_closure import import_closure
+from tools.preset import OUTPUT_FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
@@ -55,6 +56,13 @@ def test_every_stage_lists_exactly_its_import_closure():
     problems = [problem for name, stage in stages_of(ROOT).items()
                 for problem in code_dep_problems(name, stage.cmd, declared_deps(stage))]
     assert not problems, "\n".join(problems + ["fix: python -m tools.sync_dvc_yaml"])
+
+
+def test_every_output_lies_in_an_output_folder():
+    """The folders `preset --publish` refuses, since DVC deletes what it finds there."""
+    outputs = [Path(out.def_path) for stage in stages_of(ROOT).values() for out in stage.outs]
+    assert outputs and [str(path) for path in outputs
+                        if not any(path.is_relative_to(folder) for folder in OUTPUT_FOLDERS)] == []
 
 
 def test_the_code_guard_names_a_deleted_and_a_stale_dep():

@@ -108,6 +108,9 @@ def workspace(tmp_path, monkeypatch):
     (["--publish", ".."], "--publish ..: is a folder holding this project"),
     (["--publish", "/"], "--publish /: is a folder holding this project"),
     (["--publish", "notes"], "--publish notes: holds files that are not a published run"),
+    # where a rerun of a stage deletes what is there
+    (["--publish", "reports/training/run-0/pub"], "--publish reports/training/run-0/pub: lies in reports/"),
+    (["--publish", "models"], "--publish models: lies in models/"),
     (["--name", "Bad Name!"], "--name 'Bad Name!' is not a valid experiment name")])
 def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):
     Path("notes").mkdir()

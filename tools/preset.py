@@ -131,6 +131,8 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
         check_destination(destination)
 
 
+# Every output of dvc.yaml lies in one of these (tests/test_guards.py): a rerun deletes what it finds there
+OUTPUT_FOLDERS = (Path("data"), Path("models"), Path("reports"))
 PUBLISHED_MARK = ": a published run"   # the end of the title line of the README that publish writes
 
 
@@ -144,13 +146,17 @@ def is_publication(folder: Path) -> bool:
 
 
 def check_destination(destination: Path) -> None:
-    """A folder that can be made or replaced whole: not the project or a folder holding it, not a folder of
-    other files or a mount point, not a file, under a writable parent."""
+    """A folder that can be made or replaced whole: not the project or a folder holding it, not in a folder of
+    DVC's outputs, not a folder of other files or a mount point, not a file, under a writable parent."""
     target, project = destination.resolve(), Path.cwd().resolve()
     if target == project or target in project.parents:
         held = "this project" if target == project else "a folder holding this project"
         raise PublishError(f"--publish {destination}: is {held}, and the folder is replaced whole; "
                            "name a folder for the results alone, e.g. results/<name>")
+    inside = next((folder for folder in OUTPUT_FOLDERS if (project / folder) in [target, *target.parents]), None)
+    if inside:
+        raise PublishError(f"--publish {destination}: lies in {inside}/, where DVC writes the pipeline's outputs (a rerun "
+                           "may delete it); name a folder outside it, e.g. results/<name>")
     if destination.is_dir() and destination.is_mount():
         raise PublishError(f"--publish {destination}: is a mount point, which cannot be replaced whole; name a folder in it")
     if destination.is_dir() and any(destination.iterdir()) and not is_publication(destination):
