@@ -62,6 +62,17 @@ def test_a_value_given_twice_is_one_experiment():
     assert [e.describe() for e in grid.experiments(["knn.k=1,1,2", "knn.k=2.0"])] == ["knn.k=1", "knn.k=2"]
 
 
+def test_a_grid_too_large_to_be_meant_is_refused_before_any_experiment_is_checked():
+    def grid_of(plans: int) -> list[str]:
+        return [f"knn.k={','.join(map(str, range(1, 11)))}", f"seeds.plan={','.join(map(str, range(plans)))}"]
+
+    plans = grid.MAX_EXPERIMENTS // 10
+    assert len(grid.experiments(grid_of(plans))) == 10 * plans <= grid.MAX_EXPERIMENTS
+    with pytest.raises(SweepError, match=f"10 x {plans + 1} = {10 * (plans + 1):,} experiments: at most "
+                                         f"{grid.MAX_EXPERIMENTS:,} in one sweep"):
+        grid.experiments(grid_of(plans + 1))
+
+
 def test_a_bad_value_is_refused_before_any_worker_starts(tmp_path):
     (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 
 from ruamel.yaml import YAMLError
 
 from robust_cifar.params import parse_yaml
+
+
+# Each experiment is checked (about 60 ms on a CPU), then queued as a `dvc exp run`: a grid larger than this is
+# more likely a typo than a plan, and would be checked silently for a minute or more
+MAX_EXPERIMENTS = 1000
 
 
 class SweepError(ValueError):
@@ -126,6 +132,10 @@ def safe_name(text: str) -> str:
 def experiments(flags: list[str], prefix: str = "") -> list[Experiment]:
     """Every combination of the flags' values, named `<prefix>alpha=30,train=0` (valid, unique exp names)."""
     axes = parse_axes(flags)
+    count = math.prod(len(values) for _, values in axes)
+    if count > MAX_EXPERIMENTS:
+        raise SweepError(f"{' x '.join(str(len(values)) for _, values in axes)} = {count:,} experiments: at most "
+                         f"{MAX_EXPERIMENTS:,} in one sweep; split the grid into smaller sweeps")
     keys = [key for key, _ in axes]
     short = short_keys(keys)
     result, seen = [], set()
