@@ -43,6 +43,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         stop_on_signals()
         die_with_parent()
         main(sys.argv[1:])
+        ignore_stop_signals()   # its outputs are written: a signal now would only make DVC discard a finished stage
         record_time(stage_name(sys.argv), time.perf_counter() - started)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

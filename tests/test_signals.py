@@ -66,6 +66,18 @@ def test_stopping_a_process_group_stops_a_stage_with_the_signals_exit_code(signu
                                            "was written; rerun it with `dvc repro`")
 
 
+def test_a_stage_stopped_once_its_outputs_are_written_finishes():
+    """It once said no output was written (or died of the signal at shutdown), and DVC discarded a finished stage."""
+    stage = subprocess.Popen([sys.executable, "-c", "import time; import robust_cifar.stage as stage; "
+                              "stage.record_time = lambda name, seconds: (print('written', flush=True), time.sleep(1)); "
+                              "stage.run_stage(lambda argv: None)"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert stage.stdout.readline() == "written\n"
+    stage.send_signal(signal.SIGINT)
+    _, stderr = stage.communicate(timeout=30)
+    assert stage.returncode == 0 and stderr == ""
+
+
 def test_stopped_is_a_keyboard_interrupt_with_the_shells_exit_code():
     assert isinstance(Stopped(signal.SIGTERM), KeyboardInterrupt)
     assert (Stopped(signal.SIGTERM).exit_code, Stopped(signal.SIGHUP).exit_code, Stopped().exit_code) == (143, 129, 130)
