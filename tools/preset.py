@@ -249,14 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     machine = machine_settings()
     cmd = command(args.preset, args.archive, args.archive_md5, args.name, machine)
-    print(" ".join(shlex.quote(part) for part in cmd), flush=True)
-    if not machine["compute.fast"]:
-        print(FP32_NOTE, flush=True)
     try:
         check_before_running(cmd, args.publish)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)   # the one line: no command that will not run
         return 2
+    print(" ".join(shlex.quote(part) for part in cmd), flush=True)
+    if not machine["compute.fast"]:
+        print(FP32_NOTE, flush=True)
     if args.dry_run:
         return 0
     started = time.perf_counter()
