@@ -126,6 +126,11 @@ def test_a_file_that_is_no_tar_archive_is_refused_by_the_early_check_even_with_i
         data.check_archive_file(path, hashlib.md5(content).hexdigest())
 
 
+def test_a_folder_named_as_the_archive_is_refused_as_a_folder(tmp_path):
+    with pytest.raises(ArchiveError, match=f"archive {tmp_path} is a folder: set `data.archive` to the archive file"):
+        data.check_archive_file(tmp_path, None)
+
+
 def test_the_early_check_passes_a_real_archive(tmp_path):
     path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
     data.check_archive_file(path, hashlib.md5(path.read_bytes()).hexdigest())

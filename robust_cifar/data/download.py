@@ -221,6 +221,9 @@ def _content_length(response) -> int | None:
 def check_archive_file(path: Path, expected_md5: str | None) -> None:
     """The archive is there and is the one named by its md5 (check_params runs this too, so a wrong
     `data.archive` is refused before DVC deletes the download stage's outputs)."""
+    if path.is_dir():   # the image folder the archive unpacks to, perhaps: not what the download reads
+        raise ArchiveError(f"CIFAR-10 archive {path} is a folder: set `data.archive` to the archive file itself "
+                           "(a .tar.gz), or to \"\" to download the official one")
     if not path.is_file():
         raise ArchiveError(
             f"CIFAR-10 archive not found: {path}. Set `data.archive` to the path of an "
