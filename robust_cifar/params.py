@@ -121,8 +121,13 @@ class Params:
     def value(self, key: str, rule: Rule) -> Any:
         self.read.add(key)
         node: Any = self.raw
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict):   # `model: [4, 128]` where its keys belong
+                section = ".".join(parts[:depth])
+                raise ParamsError(f"{self.source}: `{section}` = {node!r} is invalid: must be a section of keys "
+                                  f"(`{key}` and the rest); {fix_hint(section)}")
+            if part not in node:
                 raise ParamsError(f"{self.source}: `{key}` is missing; add it to params.yaml ({rule.allowed})")
             node = node[part]
         if not rule.check(node):

@@ -1,5 +1,6 @@
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,14 @@ def test_missing_section_is_named(raw):
     del edited["knn"]
     with pytest.raises(ParamsError, match="`knn.k` is missing"):
         knn_k(Params(edited))
+
+
+@pytest.mark.parametrize("section, value", [("model", [4, 128, 0.1]), ("perturb.noise", 0.05)])
+def test_a_value_where_a_section_belongs_is_named_as_such(raw, section, value):
+    edited = copy.deepcopy(raw)
+    set_dotted(edited, section, value)
+    with pytest.raises(ParamsError, match=rf"`{section}` = {re.escape(repr(value))} is invalid: must be a section of keys"):
+        validate_params(Params(edited))
 
 
 @pytest.mark.parametrize("key, value, suggestion", [
