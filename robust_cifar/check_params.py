@@ -75,6 +75,11 @@ def validate_params(params: Params) -> None:
     preset_name(params)
     RobustnessConfig.from_params(params)
     UmapConfig.from_params(params)
+    written = params.raw.get("methods")
+    unknown = [name for name in written if isinstance(name, str) and name not in REGISTRY] if isinstance(written, list) else []
+    if unknown:   # named, with the registered ones, before the list's shape rule speaks of it only in general
+        raise ParamsError(f"{params.source}: `methods` lists {unknown[0]!r}, which is no method: each must be one of "
+                          f"{', '.join(REGISTRY)}; {fix_hint('methods')}")
     listed = [known(name) for name in params.method_names()]
     if REFERENCE_METHOD not in listed:
         raise ParamsError(f"{params.source}: `methods` = {listed} lacks {REFERENCE_METHOD!r}, the method every other is "

@@ -188,11 +188,12 @@ def test_unknown_keys_are_refused_with_the_nearest_known_key(raw, key, value, su
     assert (f"did you mean `{suggestion}`?" in message) if suggestion else ("remove it" in message)
 
 
-def test_an_unknown_method_lists_the_known_ones(raw):
+@pytest.mark.parametrize("unknown", ["robust", HEAD.capitalize()])   # a capital once met only the list's shape rule
+def test_an_unknown_method_lists_the_known_ones(raw, unknown):
     with pytest.raises(ParamsError) as error:
-        validate_params(params_with(raw, "methods", [HEAD, "robust"]))
+        validate_params(params_with(raw, "methods", [HEAD, unknown]))
     message = str(error.value)
-    assert "'robust'" in message
+    assert f"{unknown!r}" in message
     assert all(name in message for name in REGISTRY)
 
 
