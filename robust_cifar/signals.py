@@ -64,14 +64,16 @@ def die_with_parent() -> None:
         raise Stopped(signal.SIGTERM)
 
 
+def leave_at_once(signum: int, while_doing: str) -> NoReturn:
+    print(f"interrupted ({signal.Signals(signum).name}) {while_doing}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
 def leave_at_once_on_signals(while_doing: str) -> None:
     """INT, TERM and HUP end this process at once, with one line (`interrupted (SIGINT) <while_doing>`) and
     exit 128 + the signal: no exception to unwind through an import that cannot take one (torch's, in C++)."""
-    def leave(signum, frame):
-        print(f"interrupted ({signal.Signals(signum).name}) {while_doing}", file=sys.stderr, flush=True)
-        os._exit(128 + signum)
     for signum in STOP_SIGNALS:
-        signal.signal(signum, leave)
+        signal.signal(signum, lambda signum, frame: leave_at_once(signum, while_doing))
 
 
 def guard_start() -> None:
@@ -83,8 +85,7 @@ def guard_start() -> None:
     try:
         die_with_parent()
     except Stopped as stopped:
-        print(f"interrupted ({stopped.name}) {STAGE_STARTING}", file=sys.stderr, flush=True)
-        os._exit(stopped.exit_code)
+        leave_at_once(stopped.signum, STAGE_STARTING)
 
 
 def run_tool(main: Callable[[], int | None]) -> NoReturn:
