@@ -75,8 +75,8 @@ def validate_params(params: Params) -> None:
     preset_name(params)
     RobustnessConfig.from_params(params)
     UmapConfig.from_params(params)
-    written = params.raw.get("methods")
-    unknown = [name for name in written if isinstance(name, str) and name not in REGISTRY] if isinstance(written, list) else []
+    written = params.raw.get("methods") if isinstance(params.raw.get("methods"), list) else []
+    unknown = [name for name in written if isinstance(name, str) and name not in REGISTRY]
     if unknown:   # named, with the registered ones, before the list's shape rule speaks of it only in general
         raise ParamsError(f"{params.source}: `methods` lists {unknown[0]!r}, which is no method: each must be one of "
                           f"{', '.join(REGISTRY)}; {fix_hint('methods')}")
