@@ -33,7 +33,7 @@ TRACE_ENV = "ROBUST_CIFAR_PARAMS_TRACE"
 
 
 def fix_hint(key: str) -> str:
-    return f"edit it in params.yaml or override it with `dvc exp run -S {key}=...`"
+    return f"edit it in params.yaml or override it with `dvc exp run -S {key}=... dvc.yaml`"
 
 
 def _number(value: Any) -> bool:

@@ -170,8 +170,10 @@ def test_missing_section_is_named(raw):
 def test_a_value_where_a_section_belongs_is_named_as_such(raw, section, value):
     edited = copy.deepcopy(raw)
     set_dotted(edited, section, value)
-    with pytest.raises(ParamsError, match=rf"`{section}` = {re.escape(repr(value))} is invalid: must be a section of keys"):
+    with pytest.raises(ParamsError, match=rf"`{section}` = {re.escape(repr(value))} is invalid: must be a section of keys") as error:
         validate_params(Params(edited))
+    # with dvc.yaml as the target: without one, a refused `dvc exp run` may delete outputs (docs/experiments.md)
+    assert str(error.value).endswith(f"override it with `dvc exp run -S {section}=... dvc.yaml`")
 
 
 @pytest.mark.parametrize("key, value, suggestion", [

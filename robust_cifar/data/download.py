@@ -84,7 +84,7 @@ _DOWNLOAD_TIMEOUT_S = 60
 _USE_OFFICIAL_HINT = f"Use the official archive from {OFFICIAL_URL} (md5 {OFFICIAL_MD5})."
 _SET_ARCHIVE_HINT = (
     "point `data.archive` at a local copy of the CIFAR-10 archive, e.g. "
-    "`dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz` "
+    "`dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz dvc.yaml` "
     "(and set `data.archive_md5` to its md5, or to empty to skip the check)"
 )
 
@@ -227,7 +227,7 @@ def check_archive_file(path: Path, expected_md5: str | None) -> None:
     if not path.is_file():
         raise ArchiveError(
             f"CIFAR-10 archive not found: {path}. Set `data.archive` to the path of an "
-            "existing archive, e.g. `dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz`, "
+            "existing archive, e.g. `dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz dvc.yaml`, "
             'or to "" to download the official one.'
         )
     verify_md5(path, expected_md5)
