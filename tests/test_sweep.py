@@ -124,6 +124,12 @@ def test_a_dry_run_checks_every_experiment_as_the_sweep_does(capsys):
     assert captured.out == "" and "experiment k=0: params.yaml with its overrides: `knn.k` = 0 is invalid" in captured.err
 
 
+def test_a_dry_run_checks_the_workers_gpus_as_the_sweep_does(capsys):
+    assert main(["-S", "knn.k=1", "--gpus", "99", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--gpus 99: no GPU 99 on this machine" in captured.err
+
+
 def test_the_ray_path_needs_the_dvc_remote_committed_and_reachable_from_any_clone(tmp_path):
     config = """[core]\n    autostage = true\n    remote = shared\n['remote "shared"']\n    url = ../../store\n""" \
              """['remote "s3remote"']\n    url = s3://bucket/path\n"""

@@ -219,6 +219,8 @@ def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int
     """The experiments, checked as the sweep checks them (check_overrides), listed and not run."""
     root = repo_root(args.repo)
     check_overrides(root, git(root, "rev-parse", "HEAD").stdout.strip(), experiments)
+    if not args.ray:
+        plan_slots(parse_gpus(args.gpus), args.workers)   # the workers' GPUs, as the sweep refuses them
     for experiment in experiments:
         print(f"{experiment.name}\t{' '.join(experiment.set_params())}")
     return 0
@@ -235,6 +237,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     if clashes and not args.force:
         raise SweepError(f"experiments of HEAD already named {', '.join(clashes)}: pass --force to replace them, "
                          "or --name-prefix")
+    slots = None if args.ray else plan_slots(parse_gpus(args.gpus), args.workers)   # refused before any folder is made
     sweep_dir = root / ".dvc" / "tmp" / "sweep" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     sweep_dir.mkdir(parents=True)
     progress = Progress(len(experiments), tail=args.tail)
@@ -252,7 +255,6 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
                               args.gpus_per_exp, args.ray_workdir, sweep_dir, progress)
         pulled = pull(root, url, [outcome.name for outcome in outcomes if outcome.ok], args, sweep_dir, progress)
     else:
-        slots = plan_slots(parse_gpus(args.gpus), args.workers)
         workdir = sweep_dir / "workers"
         workdir.mkdir()
         cache_dir = run_dvc(root, "cache", "dir").stdout.strip()
