@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import difflib
 import json
 import math
 import os
@@ -219,6 +220,12 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
         try:
             apply_overrides(path, settings)
         except DvcException as error:
+            for setting in settings:   # a typo of a key: named, with the key it likely meant, as check_params does
+                key = setting.partition("=")[0]
+                close = difflib.get_close_matches(key, params.leaf_keys(), n=1, cutoff=0.6)
+                if close and key not in params.leaf_keys():
+                    raise ParamsError(f"override {setting}: params.yaml has no key `{key}`: did you mean "
+                                      f"`{close[0]}`?") from None
             cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)
             raise ParamsError(f"override {' '.join(settings)}: {cause}; write each as key=value with a key of "
                               "params.yaml (lists as [a, b])") from None

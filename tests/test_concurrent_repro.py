@@ -222,7 +222,8 @@ def test_set_params_edits_params_yaml_as_dvc_exp_run_does(tmp_path):
     assert "# one model per method and seed" in params.read_text()   # comments kept
 
 
-@pytest.mark.parametrize("override, words", [("knn.kk=1", "Could not override 'knn.kk'"),
+@pytest.mark.parametrize("override, words", [("knn.kk=1", "params.yaml has no key `knn.kk`: did you mean `knn.k`?"),
+                                             ("nothing.like.it=1", "Could not override 'nothing.like.it'"),
                                              ("knn.k", "override 'knn.k' is not key=value"),
                                              ("seeds.train=[0,", "no viable alternative at input '[0,'"),
                                              ("knn.k=0", "`knn.k` = 0 is invalid")])
