@@ -22,7 +22,7 @@ from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method, known
+from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method
 from robust_cifar.training.train import TrainConfig
 
 SEEDS = ("split", "plan", "umap")
@@ -80,7 +80,7 @@ def validate_params(params: Params) -> None:
     if unknown:   # named, with the registered ones, before the list's shape rule speaks of it only in general
         raise ParamsError(f"{params.source}: `methods` lists {unknown[0]!r}, which is no method: each must be one of "
                           f"{', '.join(REGISTRY)}; {fix_hint('methods')}")
-    listed = [known(name) for name in params.method_names()]
+    listed = params.method_names()
     if REFERENCE_METHOD not in listed:
         raise ParamsError(f"{params.source}: `methods` = {listed} lacks {REFERENCE_METHOD!r}, the method every other is "
                           f"compared with and attacked through (transfer): add it to the list")

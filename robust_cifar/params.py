@@ -220,10 +220,11 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
         try:
             apply_overrides(path, settings)
         except DvcException as error:
+            keys = params.leaf_keys()
             for setting in settings:   # a typo of a key: named, with the key it likely meant, as check_params does
                 key = setting.partition("=")[0]
-                close = difflib.get_close_matches(key, params.leaf_keys(), n=1, cutoff=0.6)
-                if close and key not in params.leaf_keys():
+                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+                if close and key not in keys:
                     raise ParamsError(f"override {setting}: params.yaml has no key `{key}`: did you mean "
                                       f"`{close[0]}`?") from None
             cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)

@@ -88,16 +88,17 @@ def guard_start() -> None:
         leave_at_once(stopped.signum, STAGE_STARTING)
 
 
-def run_tool(main: Callable[[], int | None]) -> NoReturn:
+def run_tool(main: Callable[[], int | None], stopped_line: str = "") -> NoReturn:
     """How a tool ends its `python -m tools.<name>` (tools/__init__.py left at once on INT, TERM and HUP while it
-    imported): from here on they raise Stopped, and one that its main does not handle is one line, exit
-    128 + the signal, after the unwinding removed what the tool had under way."""
+    imported): from here on they raise Stopped, and one that its main does not handle is one line
+    (`interrupted (SIGTERM)`, then `: <stopped_line>` if given), exit 128 + the signal, after the unwinding
+    removed what the tool had under way."""
     stop_on_signals()
     try:
         code = main()
     except KeyboardInterrupt as stopped:
         interrupt = Stopped(signal_of(stopped))
-        print(f"interrupted ({interrupt.name})", file=sys.stderr)
+        print(f"interrupted ({interrupt.name})" + (f": {stopped_line}" if stopped_line else ""), file=sys.stderr)
         code = interrupt.exit_code
     sys.exit(code)
 

@@ -22,8 +22,7 @@ from robust_cifar.params import set_dotted
 
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
 from tests.pipeline_project import dvc, dvc_env
-
-OUTPUT_FOLDERS = ("data", "models", "reports")
+from tools.preset import OUTPUT_FOLDERS
 
 
 @pytest.fixture

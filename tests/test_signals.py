@@ -33,13 +33,16 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def wait_until_gone(pid: int, seconds: float = 15.0) -> bool:
+def poll(condition, seconds: float, interval: float = 0.005):
+    """`condition()` once it is true, or its last (false) value after `seconds`."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
+
+
+def wait_until_gone(pid: int, seconds: float = 15.0) -> bool:
+    return poll(lambda: not alive(pid), seconds, interval=0.1)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -108,9 +111,7 @@ except KeyboardInterrupt as stopped:
 
 def running_experiments(folder: Path, count: int = 2, seconds: float = 30.0) -> list[int]:
     """The pids of the first `count` experiments' commands, once each has written its pid file."""
-    deadline = time.monotonic() + seconds
-    while len(list(folder.glob("*.pid"))) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: len(list(folder.glob("*.pid"))) >= count, seconds, interval=0.05)
     return [int(path.read_text()) for path in sorted(folder.glob("*.pid"))]
 
 
@@ -157,10 +158,7 @@ def test_a_stage_whose_parent_dies_while_it_still_imports_torch_exits_at_once_wi
                                "'baseline', '0']); print(child.pid, flush=True); child.wait()"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stage_pid = int(parent.stdout.readline())
-    deadline = time.monotonic() + 30
-    while not loads_torch(stage_pid) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert loads_torch(stage_pid), "the stage never started importing torch"
+    assert poll(lambda: loads_torch(stage_pid), 30), "the stage never started importing torch"
     parent.kill()
     parent.wait()
     assert wait_until_gone(stage_pid), "the stage outlived its parent"
@@ -185,10 +183,7 @@ def test_ctrl_c_while_a_tool_still_imports_torch_is_one_line(tool):
     """Python's KeyboardInterrupt, raised inside torch's import, was a traceback (once C++'s terminate: SIGABRT)."""
     process = subprocess.Popen([sys.executable, "-m", tool, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not loads_torch(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert loads_torch(process.pid), "the tool never started importing torch"
+    assert poll(lambda: loads_torch(process.pid), 30), "the tool never started importing torch"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 128 + signal.SIGINT
@@ -200,9 +195,7 @@ def test_a_stopped_determinism_check_stops_its_training_and_removes_its_scratch_
     check = subprocess.Popen([sys.executable, "-m", "tools.determinism", ANGULAR, "-S", "train.epochs=100"],
                              cwd=reproduced_project, env={**dvc_env(), "TMPDIR": str(tmp_path)},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (training := children(check.pid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    training = poll(lambda: children(check.pid), 60, interval=0.1)
     assert training and list(tmp_path.iterdir()), "no training started in its scratch folder"
     check.send_signal(signal.SIGTERM)   # to the tool alone, as a scheduler does
     _, stderr = check.communicate(timeout=60)

@@ -45,7 +45,7 @@ from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.machine import cpu_description
 from robust_cifar.model import load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
-from robust_cifar.signals import Stopped, die_with_parent, signal_of, stop_on_signals
+from robust_cifar.signals import die_with_parent, run_tool
 from robust_cifar.stage import USER_ERROR_EXIT
 from robust_cifar.training.methods import known
 from stages import paths
@@ -279,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 2: a determinism check compares trainings")
     if args.seed < 0:
         parser.error("the seed must be a whole number >= 0")
-    stop_on_signals()   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
 
     params = check_project(args.settings, args.method, args.seed)
     project = Path.cwd()
@@ -304,12 +303,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
+    try:   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
+        run_tool(main, stopped_line="no file of the project was written")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
-    except KeyboardInterrupt as stopped:
-        interrupt = Stopped(signal_of(stopped))
-        print(f"interrupted ({interrupt.name}): no file of the project was written", file=sys.stderr)
-        raise SystemExit(interrupt.exit_code) from None
