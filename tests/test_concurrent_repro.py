@@ -199,11 +199,27 @@ def test_ctrl_c_while_reading_the_pipeline_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "interrupted before any stage started\n"
 
 
-def test_bad_jobs_is_one_line(capsys):
+@pytest.mark.parametrize("jobs", [0, -1, concurrent_repro.MAX_JOBS + 1, 10**20])
+def test_bad_jobs_is_one_line(capsys, jobs):
     with pytest.raises(SystemExit) as exit_info:
-        concurrent_repro.main(["--jobs", "0"])
+        concurrent_repro.main(["--jobs", str(jobs)])
     assert exit_info.value.code == 2
-    assert "--jobs 0: must be at least 1" in capsys.readouterr().err
+    assert f"--jobs {jobs}: must be from 1 to {concurrent_repro.MAX_JOBS}" in capsys.readouterr().err
+
+
+def test_a_stage_dvc_did_not_run_is_said_so(tmp_path, monkeypatch):
+    """DVC skips a stage downstream of a changed one when its inputs came out the same, or restores it from
+    the run cache: its line says so instead of passing a second's check for a run."""
+    monkeypatch.chdir(tmp_path)
+    said = {"a": "Stage 'a' didn't change, skipping", "b": "Stage 'b' is cached - skipping run, checking out outputs",
+            "c": "Running stage 'c':"}
+    lines = []
+    command = lambda stage: ["echo", said[stage]]  # noqa: E731
+    assert run(plan_from_graph({"a": set(), "b": {"a"}, "c": {"b"}}, {"a"}), jobs=1, echo=lines.append,
+               command=command) == 0
+    assert [line.split(": ", 1)[0] for line in lines] == ["[1/3] a", "[2/3] b", "[3/3] c"]
+    assert lines[0].endswith(" s (unchanged)") and lines[1].endswith(" s (restored from the run cache)"), lines
+    assert lines[2].endswith(" s"), lines
 
 
 def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):

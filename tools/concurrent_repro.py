@@ -38,6 +38,9 @@ POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
 # trainings side by side took 133 s each against 38 s alone (threads oversubscribed), hence 1 there.
 GPU_JOBS = 4
+MAX_JOBS = 256   # more than the pipeline has stages, so never a limit that matters; a typo's 10**20 is refused
+# What DVC prints for a stage it did not run (dvc/stage/__init__.py, dvc/stage/cache.py): how the line names it.
+NOT_RUN = {"didn't change, skipping": "unchanged", "is cached - skipping run": "restored from the run cache"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,13 @@ def failure_line(path: Path) -> str:
     return lines[min(dvc_error, len(lines) - 1)] if lines else "(no output)"
 
 
+def not_run(path: Path) -> str | None:
+    """Why DVC did not run a stage that finished (one downstream of a changed stage whose inputs came
+    out the same, say), from its log; None if it ran."""
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    return next((words for marker, words in NOT_RUN.items() if marker in text), None)
+
+
 def stage_environment() -> dict[str, str]:
     """dvc.yaml's commands say `python`: make it the interpreter running this (a venv's, say), as
     `dvc repro` from an activated environment would find it."""
@@ -163,7 +173,8 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
                 seconds = time.perf_counter() - since
                 if process.returncode == 0:
                     done.add(stage)
-                    echo(f"[{len(done)}/{total}] {stage}: {seconds:.0f} s")
+                    why = not_run(log_path(stage))
+                    echo(f"[{len(done)}/{total}] {stage}: {seconds:.0f} s" + (f" ({why})" if why else ""))
                 else:
                     # a dvc killed by a signal returns -N: exit as a shell reports it, 128 + N (SIGKILL had read 247)
                     code = process.returncode if process.returncode > 0 else 128 - process.returncode
@@ -206,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = default_jobs()
-    if args.jobs < 1:
-        parser.error(f"--jobs {args.jobs}: must be at least 1")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        parser.error(f"--jobs {args.jobs}: must be from 1 to {MAX_JOBS}")
     started = time.perf_counter()
     stop_on_signals()   # TERM and HUP (a closed terminal, a scheduler) stop the stages as Ctrl-C does
     try:
