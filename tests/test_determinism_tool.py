@@ -10,7 +10,8 @@ from robust_cifar.errors import UserError
 from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.methods import ANGULAR
 from tests.pipeline_project import dvc_env
-from tools.determinism import DIFFERENT_EXIT, Run, Tracer, check_project, compare, describe, first_difference
+from tools.determinism import (DIFFERENT_EXIT, Run, Tracer, check_project, compare, describe, dispatch,
+                               first_difference, onednn_kernels)
 
 
 def noise(shape) -> torch.Tensor:
@@ -117,9 +118,39 @@ def test_compare_says_which_runs_differ_and_where():
     assert compare([same, Run(records, "w", 2.0)]) == []
     lines = compare([same, other_weights, other_gradient, shorter])
     assert lines[0].startswith("run 2: every traced tensor as in run 1, but other saved weights")
-    assert lines[1] == ("run 3: first differs at the gradient of Model.a.weight before optimizer step 2, after 1 "
+    assert lines[2] == ("run 3: first differs at the gradient of Model.a.weight before optimizer step 2, after 1 "
                         "identical tensors (the last: the output of Model.a before optimizer step 1)")
-    assert lines[2].startswith("run 4: its trace has 1 tensors, run 1's 2")
+    assert lines[4].startswith("run 4: its trace has 1 tensors, run 1's 2")
+    assert lines[1] == lines[3] == lines[5] == f"  {dispatch([], [])}"   # each differing run: oneDNN's dispatch
+
+
+VERBOSE = """onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80afa71049cd69a3df32adcccb623b12cd7baa22)
+onednn_verbose,v1,info,cpu,runtime:OpenMP,nthr:2
+onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with Intel AMX
+epoch 1: loss 2.3
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,src:bf16::blocked:acdb::f0 wei:bf16:a:blocked:AcdB16b32a2b::f0 dst:bf16::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,mb260_ic3oc64_ih32oh32kh3sh1dh0ph1_iw32ow32kw3sw1dw0pw1,0.75
+onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:a::f0 dst:f32::blocked:a::f0,attr-scratchpad:user,,64,0.001
+"""
+
+
+def test_onednn_kernels_are_read_from_its_verbose_lines_without_their_times():
+    kernels, isa = onednn_kernels(VERBOSE.splitlines(keepends=True))
+    assert isa == "Intel AVX-512 with Intel AMX"
+    assert kernels == ["convolution,brg_conv_fwd:avx512_core_amx_bf16,forward_training,src:bf16::blocked:acdb::f0 "
+                       "wei:bf16:a:blocked:AcdB16b32a2b::f0 dst:bf16::blocked:acdb::f0,attr-scratchpad:user,"
+                       "alg:convolution_direct,mb260_ic3oc64_ih32oh32kh3sh1dh0ph1_iw32ow32kw3sw1dw0pw1",
+                       "reorder,jit:uni,undef,src:f32::blocked:a::f0 dst:f32::blocked:a::f0,attr-scratchpad:user,,64"]
+    again, _ = onednn_kernels(VERBOSE.replace("0.75", "0.81").splitlines())   # another time, the same kernel
+    assert again == kernels
+
+
+def test_dispatch_says_whether_onednn_chose_the_same_kernels():
+    kernels = ["convolution,brg_conv_bwd_w:avx512_core_amx,backward_weights,x", "reorder,jit:uni,undef,y"]
+    assert dispatch(kernels, list(kernels)) == ("oneDNN ran the same 2 kernels in the same order in both: the difference "
+                                                "lies inside a kernel, or outside oneDNN")
+    other = [kernels[0], "reorder,simple:any,undef,y"]
+    assert dispatch(kernels, other) == f"oneDNN chose another kernel at call 2: run 1 ran `{kernels[1]}`, this run `{other[1]}`"
+    assert dispatch(kernels, kernels[:1]) == "oneDNN ran 1 kernels, run 1 2, the first 1 the same"
 
 
 def determinism(project, *args):
@@ -139,6 +170,9 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"train@{ANGULAR}-0: one result in 2 runs: bit-identical on this machine" in result.stdout
     assert result.stdout.count("tensors traced") == 2
+    # oneDNN's dispatch is read from each run (the tiny model's convolutions run through oneDNN on a CPU)
+    assert all(int(line.split(" oneDNN kernels run")[0].rsplit(", ", 1)[1].replace(",", "")) > 0
+               for line in result.stdout.splitlines() if "tensors traced" in line), result.stdout
     assert state() == before
 
     refused = determinism(reproduced_project, "nonsense")

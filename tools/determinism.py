@@ -10,6 +10,9 @@ the -S overrides), but in a scratch folder: no file of the project is written. E
 order, a digest of every input given to the model from outside it, of every module's output and the
 gradient reaching it (forward passes with gradients: training steps and attacks), and of the learning
 rate and every parameter's gradient before each optimizer step; then the digest of the saved weights.
+On a CPU, oneDNN names each kernel it runs (ONEDNN_VERBOSE=1): where two runs differ, the tool also says
+whether oneDNN dispatched the same kernels in the same order (the difference then lies inside a kernel,
+or outside oneDNN) or, if not, the first kernel it chose otherwise.
 
 Exit 0 when every run saved the same weights and traced the same tensors; 1 when they differ, after
 naming the first differing tensor and the last identical one before it. The kernel to suspect lies
@@ -52,6 +55,9 @@ from stages import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFFERENT_EXIT = 1
+# oneDNN's verbose mode prints a line for each primitive it executes, naming its implementation; it changes no result
+ONEDNN_VERBOSE = {"ONEDNN_VERBOSE": "1"}
+VERBOSE_PREFIX = "onednn_verbose,"
 # What the scratch folder shares with the project: read only, as train@ reads it.
 SHARED = (paths.RAW.parent, paths.SPLIT.parent)
 
@@ -187,16 +193,37 @@ def trace_one_run(method: str, seed: int, trace: Path) -> None:
                                  "seconds": time.perf_counter() - started}))
 
 
+def onednn_kernels(lines) -> tuple[list[str], str]:
+    """From oneDNN's verbose output: each primitive executed, in order (operation, implementation, propagation,
+    memory formats, attributes, algorithm, problem; without its time), and the instruction set oneDNN uses."""
+    kernels, isa = [], ""
+    for line in lines:
+        if not line.startswith(VERBOSE_PREFIX):
+            continue
+        fields = line.rstrip("\n").split(",")
+        if fields[2:4] == ["primitive", "exec"]:
+            kernels.append(",".join(fields[5:-1]))
+        elif fields[2:4] == ["info", "cpu"] and fields[4].startswith("isa:"):
+            isa = fields[4].removeprefix("isa:")
+    return kernels, isa
+
+
 @dataclass
 class Run:
     records: list[Record]
     weights: str
     seconds: float
+    kernels: list[str] = field(default_factory=list)   # what oneDNN executed, in order
+    isa: str = ""
 
     @classmethod
-    def read(cls, path: Path) -> "Run":
+    def read(cls, path: Path, onednn_log: Path | None = None) -> "Run":
         data = json.loads(path.read_text())
-        return cls([tuple(record) for record in data["records"]], data["weights"], data["seconds"])
+        kernels, isa = [], ""
+        if onednn_log is not None and onednn_log.is_file():
+            with onednn_log.open(errors="replace") as lines:
+                kernels, isa = onednn_kernels(lines)
+        return cls([tuple(record) for record in data["records"]], data["weights"], data["seconds"], kernels, isa)
 
 
 def scratch_folder(project: Path, folder: Path, params: dict) -> None:
@@ -209,18 +236,23 @@ def scratch_folder(project: Path, folder: Path, params: dict) -> None:
 
 def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: Path) -> Run:
     scratch_folder(project, folder, params)
-    trace = folder / "trace.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    result = subprocess.run([sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)],
-                            cwd=folder, env=env, capture_output=True, text=True)
+    trace, onednn_log = folder / "trace.json", folder / "stdout.log"
+    env = {**os.environ, **ONEDNN_VERBOSE,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    with onednn_log.open("w") as stdout:   # a file: a long training's verbose lines run to megabytes
+        result = subprocess.run([sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)],
+                                cwd=folder, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        last = ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"a traced training of {method}-{seed} failed (exit {result.returncode}): {last}")
-    return Run.read(trace)
+        said = [line for line in onednn_log.read_text(errors="replace").splitlines() + result.stderr.splitlines()
+                if line.strip() and not line.startswith(VERBOSE_PREFIX)]
+        raise UserError(f"a traced training of {method}-{seed} failed (exit {result.returncode}): "
+                        f"{(said or ['no output'])[-1]}")
+    return Run.read(trace, onednn_log)
 
 
 def compare(runs: list[Run]) -> list[str]:
-    """Lines saying how the runs differ from the first; empty when every run is the same."""
+    """Lines saying how the runs differ from the first (and whether oneDNN's dispatch did); empty when every
+    run is the same."""
     lines = []
     for number, run in enumerate(runs[1:], start=2):
         index = first_difference(runs[0].records, run.records)
@@ -229,15 +261,29 @@ def compare(runs: list[Run]) -> list[str]:
         if index is None:
             lines.append(f"run {number}: every traced tensor as in run 1, but other saved weights "
                          "(an untraced step differs: the optimizer's update or the checkpoint)")
-            continue
-        agreed = f"after {index:,} identical tensors" + (f" (the last: {describe(runs[0].records[index - 1])})"
-                                                         if index else "")
-        if index >= min(len(runs[0].records), len(run.records)):
-            lines.append(f"run {number}: its trace has {len(run.records):,} tensors, run 1's {len(runs[0].records):,}, "
-                         f"{agreed}")
         else:
-            lines.append(f"run {number}: first differs at {describe(run.records[index])}, {agreed}")
+            agreed = f"after {index:,} identical tensors" + (f" (the last: {describe(runs[0].records[index - 1])})"
+                                                             if index else "")
+            if index >= min(len(runs[0].records), len(run.records)):
+                lines.append(f"run {number}: its trace has {len(run.records):,} tensors, run 1's "
+                             f"{len(runs[0].records):,}, {agreed}")
+            else:
+                lines.append(f"run {number}: first differs at {describe(run.records[index])}, {agreed}")
+        lines.append(f"  {dispatch(runs[0].kernels, run.kernels)}")
     return lines
+
+
+def dispatch(first: list[str], other: list[str]) -> str:
+    """Whether oneDNN ran the same kernels, in the same order, in two runs; if not, the first it chose otherwise."""
+    if not first and not other:
+        return "oneDNN ran no kernel (or its verbose mode is off): its dispatch cannot be compared"
+    index = first_difference(first, other)
+    if index is None:
+        return (f"oneDNN ran the same {len(first):,} kernels in the same order in both: the difference lies inside "
+                "a kernel, or outside oneDNN")
+    if index >= min(len(first), len(other)):
+        return f"oneDNN ran {len(other):,} kernels, run 1 {len(first):,}, the first {index:,} the same"
+    return f"oneDNN chose another kernel at call {index + 1:,}: run 1 ran `{first[index]}`, this run `{other[index]}`"
 
 
 def check_project(settings: list[str], method: str, seed: int) -> dict:
@@ -290,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="determinism-") as folder:
             runs.append(run_in_scratch(project, params, args.method, args.seed, Path(folder)))
         print(f"run {number}: weights {runs[-1].weights}, {len(runs[-1].records):,} tensors traced, "
+              f"{len(runs[-1].kernels):,} oneDNN kernels run{f' ({runs[-1].isa})' if runs[-1].isa else ''}, "
               f"{runs[-1].seconds:.1f} s", flush=True)
     differences = compare(runs)
     results = len({(tuple(run.records), run.weights) for run in runs})
