@@ -22,7 +22,7 @@ from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method
 from robust_cifar.training.train import TrainConfig
 
 SEEDS = ("split", "plan", "umap")

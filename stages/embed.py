@@ -15,7 +15,8 @@ from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import fgm_eps_from_params, load_plans
 from robust_cifar.stage import run_stage
-from robust_cifar.training.methods import REFERENCE_METHOD, build_method
+from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.build import build_method
 from stages import paths
 
 

@@ -15,7 +15,8 @@ from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
-from robust_cifar.training.methods import REFERENCE_METHOD, build_method
+from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.build import build_method
 from stages import paths
 
 

@@ -9,7 +9,7 @@ from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
 from robust_cifar.training.live_log import EpochLog
-from robust_cifar.training.methods import build_method
+from robust_cifar.training.methods.build import build_method
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 from stages import paths
 

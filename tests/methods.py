@@ -1,7 +1,7 @@
 """The registered methods the tests mean, picked by what they are, so that no test names a method:
 renaming one, or adding a sixth, leaves every test as it is."""
 from robust_cifar.params import Params
-from robust_cifar.training.methods import shaped_like
+from robust_cifar.training.methods.registry import shaped_like
 from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from robust_cifar.training.methods.pgd_examples import PgdExamples

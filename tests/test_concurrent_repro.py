@@ -15,7 +15,7 @@ import yaml
 
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.pipeline_project import ROOT, dvc, not_copied, run as run_command, stale_stages
 from tools import concurrent_repro
 from tools.concurrent_repro import plan_from_graph, run, set_params

@@ -22,7 +22,7 @@ from robust_cifar.evaluation.robustness import robust_accuracy
 from robust_cifar.model import CifarResNet18
 from robust_cifar.training.angular_loss import angular_loss
 from robust_cifar.params import Params
-from robust_cifar.training.methods import REGISTRY, Method, build_method
+from robust_cifar.training.methods.registry import REGISTRY, Method, build_method
 from robust_cifar.training.methods.batches import BalancedBatches
 from robust_cifar.training.methods.objectives import AngularEmbedding, class_means
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model

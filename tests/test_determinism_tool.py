@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robust_cifar.errors import UserError
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.methods import ANGULAR
 from tests.pipeline_project import dvc_env
 from tools.determinism import (DIFFERENT_EXIT, Run, Tracer, check_project, compare, describe, dispatch,

@@ -9,13 +9,15 @@ import pytest
 import yaml
 
 from robust_cifar.reporting.colours import TAB10, VEGA_SCHEME, method_colour
-from robust_cifar.reporting.curves import LR, LR_WIDTHS, PANELS, TRAIN_LOSS, read_training_curves, training_curves
+from robust_cifar.reporting.colours import STACKED_WIDTHS, stacked_width
+from robust_cifar.reporting.curves import LR, TRAIN_LOSS, panels, read_training_curves, training_curves
 from robust_cifar.training.live_log import LOGGED
-from robust_cifar.training.methods import loss_name
+from robust_cifar.training.methods.registry import loss_name
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from tests.methods import ANGULAR, PERTURBED_ANGULAR
 
 LOSSES = (CrossEntropyHead.loss_name, AngularEmbedding.loss_name)   # the panels' order
+PANELS = panels(list(LOSSES))
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / ".dvc" / "plots"
@@ -51,6 +53,20 @@ def test_curves_have_one_line_per_method_in_each_panel(curves_figure):
         assert [line.get_label() for line in axis.get_lines()] == methods, axis.get_title()
 
 
+def test_a_loss_of_its_own_gets_a_panel_of_its_own():
+    """A method whose objective brings a third loss is drawn on its own panel, not left out: a row more."""
+    curves = {method: synthetic_curves()[METHODS[0]] for method in ("a", "b", "c")}
+    figure = training_curves(curves, loss_of={"a": "first", "b": "second", "c": "third"}.get)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles[:3] == [f"Training loss, {kind} methods" for kind in ("first", "second", "third")]
+    assert [[line.get_label() for line in axis.get_lines()] for axis in figure.axes[:3]] == [["a"], ["b"], ["c"]]
+    assert len(figure.axes) == 3 + 4 and figure.get_size_inches()[1] > curves_figure_height()
+
+
+def curves_figure_height() -> float:
+    return training_curves(synthetic_curves()).get_size_inches()[1]
+
+
 def test_each_method_keeps_its_colour_in_every_panel_and_the_legend(curves_figure):
     for axis in curves_figure.axes:
         for line in axis.get_lines():
@@ -80,11 +96,13 @@ def test_learning_rate_is_on_a_log_axis_and_every_axis_is_labelled(curves_figure
 
 
 def test_a_panel_no_method_logged_says_so():
-    cross_entropy = next(method for method in METHODS if loss_name(method) == "cross-entropy")
-    figure = training_curves({cross_entropy: synthetic_curves()[cross_entropy]})
-    angular_loss = figure.axes[1]
-    assert angular_loss.get_lines() == []
-    assert "no method logged" in angular_loss.texts[0].get_text()
+    clean = next(method for method in METHODS if method not in PERTURBED)
+    figure = training_curves({clean: synthetic_curves()[clean]})
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles == [title for title, *_ in panels([loss_name(clean)])]   # the one loss it trains on, no other
+    perturbed = figure.axes[titles.index("Validation accuracy, perturbed as in training")]
+    assert perturbed.get_lines() == []
+    assert "no method logged" in perturbed.texts[0].get_text()
 
 
 def test_curves_are_read_from_dvclive_tsv_files(tmp_path):
@@ -138,9 +156,15 @@ def test_templates_colour_by_method_in_the_curves_colours(name, y_scale):
 def test_the_log_template_stacks_line_widths_in_the_curves_order():
     """Coinciding learning rates: methods earlier in name order wider underneath, as on the PNG's panel."""
     widths = encodings(template("linear_log_y"), "strokeWidth")
-    assert widths and all(width == {"field": "method", "type": "nominal", "scale": {"range": list(LR_WIDTHS)},
-                                    "legend": None} for width in widths)
-    assert list(LR_WIDTHS) == sorted(LR_WIDTHS, reverse=True)
+    # a point scale spreads the methods evenly over [widest, narrowest] (a nominal one with a longer range uses
+    # only its first two values: rendered with vl-convert, five methods drew 5.0 to 3.8 in steps of 0.3)
+    assert widths and all(width == {"field": "method", "type": "nominal", "legend": None,
+                                    "scale": {"type": "point", "range": list(STACKED_WIDTHS)}} for width in widths)
+    for count in (1, 2, 5, 6, 11):   # any number of methods: each its own width, the first the widest
+        methods = [f"m{rank:02d}" for rank in range(count)]
+        drawn = [stacked_width(method, methods) for method in methods]
+        assert drawn[0] == max(STACKED_WIDTHS) and drawn == sorted(set(drawn), reverse=True)
+        assert count == 1 or drawn[-1] == min(STACKED_WIDTHS)
     assert encodings(template("linear_by_method"), "strokeWidth") == []
     for template_name in ("linear_by_method", "linear_log_y"):
         assert not any(method in json.dumps(template(template_name)) for method in METHODS)

@@ -10,16 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
-from tools.import_closure import import_closure
+from tools.import_closure import BY_NAME, import_closure
 from tools.preset import OUTPUT_FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
 WHOLE_FILE = "check_params"
+REGISTRY_FOLDER = "robust_cifar/training/methods/"
 
 
 def command_module(cmd: str) -> tuple[str, list[str]]:
@@ -30,8 +32,9 @@ def command_module(cmd: str) -> tuple[str, list[str]]:
 
 def code_dep_problems(name: str, cmd: str, declared: set[str], root: Path = ROOT) -> list[str]:
     """What a stage's .py deps lack or hold beyond its command's import closure."""
-    module, _ = command_module(cmd)
-    closure = {str(path) for path in import_closure(root, module)}
+    module, args = command_module(cmd)
+    # a per-run stage's method (its command's first argument) is the module build_method imports by name
+    closure = {str(path).replace(BY_NAME, args[0] if args else BY_NAME) for path in import_closure(root, module)}
     code = {dep for dep in declared if dep.endswith(".py")}
     problems = [f"{name}: imports {path} but does not list it in deps" for path in sorted(closure - code)]
     problems += [f"{name}: lists {path} in deps but does not import it" for path in sorted(code - closure)]
@@ -75,19 +78,39 @@ def test_the_code_guard_names_a_deleted_and_a_stale_dep():
         f"{name}: lists robust_cifar/evaluation/knn.py in deps but does not import it"]
 
 
+def project_modules_imported(code: str) -> set[str]:
+    """The project's files that a fresh Python process has imported after running `code` (empty __init__s aside)."""
+    listing = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print('\\n'.join(sorted(m.__file__ for m in "
+                              "list(sys.modules.values()) if getattr(m, '__file__', None))))"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    project = {Path(path).relative_to(ROOT).as_posix() for path in listing if Path(path).is_relative_to(ROOT)}
+    return {path for path in project if path.split("/")[0] in ("robust_cifar", "stages")   # not a venv inside
+            and (ROOT / path).stat().st_size > 0}
+
+
+METHOD_FILES = {path.relative_to(ROOT).as_posix() for path in (ROOT / REGISTRY_FOLDER).glob("*.py")
+                if path.stem in REGISTRY}
+
+
 def test_a_registry_that_discovers_its_modules_makes_each_a_dep():
     """The method registry imports its modules by listing its folder, which no import statement shows:
     the closure follows it, and it matches what Python imports."""
-    closure = {str(path) for path in import_closure(ROOT, "stages.train")}
-    methods = {path.relative_to(ROOT).as_posix() for path in (ROOT / "robust_cifar/training/methods").glob("*.py")}
-    assert methods <= closure
-    imported = subprocess.run([sys.executable, "-c", "import sys, stages.train; print('\\n'.join(sorted(m.__file__ "
-                               "for m in list(sys.modules.values()) if getattr(m, '__file__', None))))"],
-                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    project = {Path(path).relative_to(ROOT).as_posix() for path in imported if Path(path).is_relative_to(ROOT)}
-    project = {path for path in project if path.split("/")[0] in ("robust_cifar", "stages")}   # not a venv inside
-    assert Path(REGISTRY[REFERENCE_METHOD].__file__).relative_to(ROOT).as_posix() in project
-    assert project <= closure | {path for path in project if path.endswith("__init__.py")}   # empty ones are no deps
+    closure = {str(path) for path in import_closure(ROOT, "stages.summarize")}
+    assert METHOD_FILES <= closure and not any(BY_NAME in path for path in closure)
+    assert project_modules_imported("import stages.summarize") <= closure
+
+
+def test_a_stage_of_one_run_depends_on_its_own_method_file_only():
+    """train, embed and robustness build their run's method from its module alone: adding or editing another
+    method's file reruns none of their stages. Python imports no other method's file, and the closure agrees."""
+    for stage in ("train", "embed", "robustness"):
+        closure = {str(path).replace(BY_NAME, ANGULAR) for path in import_closure(ROOT, f"stages.{stage}")}
+        assert METHOD_FILES & closure == {f"{REGISTRY_FOLDER}{ANGULAR}.py"}, stage
+        imported = project_modules_imported(f"import stages.{stage}\nfrom robust_cifar.params import load_params\n"
+                                            f"from robust_cifar.training.methods.build import build_method\n"
+                                            f"build_method({ANGULAR!r}, load_params())")
+        assert METHOD_FILES & imported == {f"{REGISTRY_FOLDER}{ANGULAR}.py"}, stage
+        assert imported <= closure, stage
 
 
 def test_light_stages_do_not_import_torch():
@@ -142,6 +165,9 @@ def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_p
     ("robust_cifar/data/split.py", {"split", "perturb", "examples", *(f"{stage}@{method}-0" for stage in ("train", "embed", "robustness")
                                                        for method in METHODS)}),
     ("tools/bench.py", set()),
+    # one method's file: its own runs, and what reads every method (the summary, the curves' losses)
+    (f"{REGISTRY_FOLDER}{ANGULAR}.py", {f"{stage}@{ANGULAR}-0" for stage in ("train", "embed", "robustness")}
+     | {"summarize", "curves"}),
 ])
 def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(reproduced_project, module, stale):
     path = reproduced_project / module
@@ -157,7 +183,6 @@ def test_editing_a_module_makes_exactly_the_stages_that_import_it_stale(reproduc
 
 # A method's name as code spells it: the whole string, or a part of a key, stage or path ("<name>.alpha",
 # "train@<name>-0", "models/<name>-0.pt"); the word inside prose ("adversarial training") is not one.
-REGISTRY_FOLDER = "robust_cifar/training/methods/"
 
 
 def method_names_in(source: str, names: list[str]) -> list[tuple[int, str]]:
@@ -186,3 +211,18 @@ def test_the_name_guard_finds_a_key_a_stage_and_a_path_but_not_prose():
     source = 'x = "plain.batch_size"\ny = f"train@{s}" + "plain-0"\nz = ["models/plain-0.pt"]\n' \
              'w = "robust training"\ndef f():\n    """plain."""\n'
     assert [line for line, _ in method_names_in(source, ["plain", "robust"])] == [1, 2, 3]
+
+
+def table_keys(path: Path) -> list[str]:
+    """The first column of every table row of a Markdown file that is one `code` span."""
+    return re.findall(r"^\| `([^`]+)`(?: \([a-z]+\))? \|", path.read_text(), flags=re.MULTILINE)
+
+
+def test_every_method_and_params_section_has_its_row_in_the_docs():
+    """A new method's row in the README's methods table; every section of params.yaml (each method's
+    too) in docs/pipeline.md's params table."""
+    readme, pipeline = table_keys(ROOT / "README.md"), table_keys(ROOT / "docs/pipeline.md")
+    assert [name for name in REGISTRY if name not in readme] == [], "add its row to the README's methods table"
+    sections = list(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert [section for section in sections if section not in pipeline] == [], \
+        "add its row to docs/pipeline.md's params table"

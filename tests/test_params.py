@@ -18,7 +18,7 @@ from robust_cifar.model import ModelConfig
 from robust_cifar.params import BOOLEAN, Params, get_dotted, leaf_keys, load_params, set_dotted
 from robust_cifar.perturbations.perturb import PerturbSettings, fgm_eps_from_params
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
 from robust_cifar.training.methods.objectives import AngularEmbedding
 from robust_cifar.training.methods.pgd_examples import PgdExamples
 from robust_cifar.training.train import TrainConfig

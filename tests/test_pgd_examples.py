@@ -10,7 +10,7 @@ import yaml
 from robust_cifar.check_params import validate_params
 from robust_cifar.errors import ParamsError
 from robust_cifar.params import Params, set_dotted
-from robust_cifar.training.methods import build_method
+from robust_cifar.training.methods.registry import build_method
 from robust_cifar.training.methods.pgd_examples import PgdExamples
 from tests.methods import PGD_HEAD as NAME
 

@@ -10,7 +10,7 @@ import yaml
 
 from robust_cifar.params import get_dotted, set_dotted
 from robust_cifar.reporting.summarize import HEADLINE_SOURCES
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label
 from tests.pipeline_project import (ALL_STAGES, METHODS, PARAMS, ROOT, SEED, covers, dag_edges, declared_params,
                                     downstream_closure, dvc, ran_stages, stages_of, stale_stages, start_build,
                                     wait_for_build)

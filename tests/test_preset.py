@@ -11,7 +11,7 @@ from robust_cifar.machine import cpu_description
 from robust_cifar.params import Params, set_dotted
 from robust_cifar.reporting.provenance import time_lines
 from robust_cifar.reporting.summarize import BREAK_EPS
-from robust_cifar.training.methods import REGISTRY
+from robust_cifar.training.methods.registry import REGISTRY
 from tests.methods import HEAD
 from tests.test_params import PARAMS
 from tools import preset

@@ -16,7 +16,7 @@ from robust_cifar.params import Params
 from robust_cifar.reporting.colours import method_colour
 from robust_cifar.reporting.figures import left_after_each_attack, robustness_curves
 from robust_cifar.reporting.summarize import gate_failures, robust_rows
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.archives import make_images
 from tests.methods import ANGULAR
 from tests.test_attacks import SETTINGS

@@ -9,7 +9,7 @@ from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import score_embeddings
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, compare_with_baseline, markdown_report
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.methods import ANGULAR, PERTURBED_HEAD
 
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ from scipy import stats
 
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, cell, compare_with_baseline, headline_metrics, headline_rows
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label, write_up
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label, write_up
 
 OTHER = next(name for name in REGISTRY if name != REFERENCE_METHOD)
 IMAGES = 40

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from dulwich.refs import check_ref_format
 
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.pipeline_project import ROOT, dvc, dvc_env, run
 from tools.sweep import cli, grid, steps
 from tools.sweep.cli import main

@@ -8,7 +8,7 @@ from robust_cifar.compute import Compute
 from robust_cifar.errors import TrainingDiverged
 from robust_cifar.model import CifarResNet18
 from robust_cifar.perturbations.perturb import PerturbSettings
-from robust_cifar.training.methods import Method
+from robust_cifar.training.methods.registry import Method
 from robust_cifar.training.methods.batches import BalancedBatches, ShuffledBatches
 from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead

@@ -28,7 +28,7 @@ from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import Params, load_params, set_dotted
 from robust_cifar.signals import run_tool
-from robust_cifar.training.methods import REFERENCE_METHOD, build_method
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, build_method
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
 
 

@@ -28,7 +28,7 @@ from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import fgm
 from robust_cifar.signals import run_tool
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
 from robust_cifar.training.methods.batches import ShuffledBatches
 from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
 from robust_cifar.training.methods.objectives import CrossEntropyHead

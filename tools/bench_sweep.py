@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from robust_cifar.signals import run_tool
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.pipeline_project import create_tiny_project, dvc, run
 from tools.sweep import grid
 

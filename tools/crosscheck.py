@@ -38,7 +38,7 @@ from robust_cifar.model import load_model
 from robust_cifar.npz import load_npz
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
 from robust_cifar.signals import run_tool
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from stages import paths
 
 TEMPERATURES = (0.01, 0.03, 0.1)

@@ -50,7 +50,7 @@ from robust_cifar.model import load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
 from robust_cifar.signals import die_with_parent, run_tool
 from robust_cifar.stage import USER_ERROR_EXIT
-from robust_cifar.training.methods import known
+from robust_cifar.training.methods.registry import known
 from stages import paths
 
 ROOT = Path(__file__).resolve().parents[1]

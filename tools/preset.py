@@ -28,7 +28,7 @@ from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
 from robust_cifar.stage import timings
-from robust_cifar.training.methods import on_a_cpu
+from robust_cifar.training.methods.registry import on_a_cpu
 from tools.sweep.grid import valid_exp_name
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on

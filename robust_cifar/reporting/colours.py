@@ -21,6 +21,19 @@ def method_colour(method: str, methods: list[str]) -> str:
     return TAB10[method_rank(method, methods) % len(TAB10)]
 
 
+# Where curves of several methods coincide (learning rates, for many epochs), methods earlier in name order
+# draw wider lines underneath, so every colour shows: widths evenly from the widest to the narrowest, for
+# any number of methods, as the Vega point scale of .dvc/plots/linear_log_y.json ({"type": "point",
+# "range": [5.0, 1.0]} over the sorted methods) draws them.
+STACKED_WIDTHS = (5.0, 1.0)
+
+
+def stacked_width(method: str, methods: list[str]) -> float:
+    widest, narrowest = STACKED_WIDTHS
+    steps = len(methods) - 1
+    return widest - (widest - narrowest) * method_rank(method, methods) / steps if steps else widest
+
+
 # Attacks (the robustness figure), in the attack registry's order: matplotlib's Dark2, then tab10's
 # grey, cyan, olive and brown.
 ATTACK_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#7f7f7f", "#17becf",

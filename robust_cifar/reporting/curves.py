@@ -16,16 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robust_cifar.errors import InputError, get_back  # noqa: E402
-from robust_cifar.reporting.colours import method_colour, method_rank  # noqa: E402
+from robust_cifar.reporting.colours import method_colour, method_rank, stacked_width  # noqa: E402
 from robust_cifar.schema import refuse  # noqa: E402
-from robust_cifar.training.methods import loss_name  # noqa: E402
-from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead  # noqa: E402
+from robust_cifar.training.methods.registry import loss_name  # noqa: E402
 
-# Learning rates of different methods often coincide for many epochs: on that panel (as in
-# .dvc/plots/linear_log_y.json, whose strokeWidth range is this) methods earlier in name order draw
-# wider lines underneath, so every colour shows.
-LR_WIDTHS = (5.0, 3.8, 2.7, 1.8, 1.0)
-LINE_WIDTH = 1.6
+LINE_WIDTH = 1.6   # the learning rates of different methods coincide for many epochs: their lines stack (colours.py)
 
 # dvclive metric names (robust_cifar/training/live_log.py LOGGED), stored as plots/metrics/<name>.tsv
 TRAIN_LOSS, TRAIN_ACC, VAL_ACC, VAL_PERTURBED_ACC, LR = ("train/loss", "train/acc", "val/acc",
@@ -36,16 +31,21 @@ EVERY_EPOCH = (TRAIN_LOSS, TRAIN_ACC, LR)   # what every training logs every epo
 Curve = tuple[np.ndarray, np.ndarray]   # (epochs, values)
 
 
-# (panel title, metric, y label, which methods: None = all, else those training on the loss of this name)
+# (panel title, metric, y label, which methods: None = all, else those training on the loss of this name):
+# a training-loss panel per loss the methods train on (no two losses share a scale), then these
 PANELS = (
-    *((f"Training loss, {kind} methods", TRAIN_LOSS, f"mean training {kind} loss", kind)
-      for kind in (CrossEntropyHead.loss_name, AngularEmbedding.loss_name)),
     ("Training accuracy", TRAIN_ACC, "training accuracy", None),
     ("Clean validation accuracy", VAL_ACC, "validation accuracy", None),
     # each method trained on perturbations validates on its own (drawn ones, or PGD examples)
     ("Validation accuracy, perturbed as in training", VAL_PERTURBED_ACC, "perturbed validation accuracy", None),
     ("Learning rate", LR, "learning rate (log scale)", None),
 )
+COLUMNS = 3
+
+
+def panels(losses: list[str]) -> tuple:
+    return (*((f"Training loss, {kind} methods", TRAIN_LOSS, f"mean training {kind} loss", kind) for kind in losses),
+            *PANELS)
 
 
 def read_tsv_curve(path: Path, field: str, produced_by: str, output: Path) -> Curve:
@@ -94,20 +94,25 @@ def read_training_curves(directory: str | Path, produced_by: str | None = None) 
     return curves
 
 
-def training_curves(curves: dict[str, dict[str, Curve]]):
-    """A 2 x 3 grid of per-epoch curves, one colour per method (curves[method][metric] = (epochs, values)).
-
-    The two kinds of loss get separate panels: cross-entropy and the angular loss are not on one scale.
+def training_curves(curves: dict[str, dict[str, Curve]], loss_of=loss_name):
+    """A grid of per-epoch curves, three panels a row, one colour per method (curves[method][metric] =
+    (epochs, values)). Each loss the methods train on (`loss_of(method)`) gets a panel of its own:
+    cross-entropy and the angular loss are not on one scale.
     """
     methods = list(curves)
-    figure, axes = plt.subplots(2, 3, figsize=(15, 8.5), squeeze=False)
-    for axis, (title, metric, y_label, kind) in zip(axes.flat, PANELS):
+    shown = panels(list(dict.fromkeys(loss_of(method) for method in sorted(methods))))
+    rows = -(-len(shown) // COLUMNS)
+    height = 4.25 * rows
+    figure, axes = plt.subplots(rows, COLUMNS, figsize=(15, height), squeeze=False)
+    for axis in axes.flat[len(shown):]:
+        axis.remove()
+    for axis, (title, metric, y_label, kind) in zip(axes.flat, shown):
         drawn = 0
         for method in methods:
-            if (kind is not None and loss_name(method) != kind) or metric not in curves[method]:
+            if (kind is not None and loss_of(method) != kind) or metric not in curves[method]:
                 continue
             epochs, values = curves[method][metric]
-            width = LR_WIDTHS[method_rank(method, methods) % len(LR_WIDTHS)] if metric == LR else LINE_WIDTH
+            width = stacked_width(method, methods) if metric == LR else LINE_WIDTH
             # markers while epochs are few (a single epoch is no line at all); none on the stacked lr lines
             marker = "o" if len(epochs) == 1 or (len(epochs) <= 30 and metric != LR) else None
             axis.plot(epochs, values, color=method_colour(method, methods), label=method, linewidth=width,
@@ -129,6 +134,6 @@ def training_curves(curves: dict[str, dict[str, Curve]]):
     figure.legend(handles=handles, loc="upper center", ncol=len(methods), frameon=False, title="method",
                   bbox_to_anchor=(0.5, 1.0))
     figure.suptitle("Training curves per epoch (accuracies: head, or nearest class mean for angular methods; "
-                    "training on perturbed batches for adversarial methods)", fontsize=10, y=0.925)
-    figure.tight_layout(rect=(0, 0, 1, 0.915))
+                    "training on perturbed batches for adversarial methods)", fontsize=10, y=1 - 0.64 / height)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.72 / height))   # the legend and the title above the panels
     return figure

@@ -10,7 +10,7 @@ from tabulate import tabulate
 from robust_cifar.conditions import CONDITIONS, DECISIONS, KINDS, SPLITS
 from robust_cifar.evaluation.attack_registry import ATTACKS, eps_key, eps_of
 from robust_cifar.reporting.aggregate import bootstrap_difference, paired_difference, verdict
-from robust_cifar.training.methods import REFERENCE_METHOD, REGISTRY, label, write_up
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label, write_up
 NOT_APPLICABLE = "n/a"
 
 

@@ -19,7 +19,7 @@ from robust_cifar.errors import TrainingDiverged
 from robust_cifar.evaluation.inference import BatchTransform, embed_and_classify
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import BELOW_ONE, OPEN_FRACTION, Params, bounded_int, bounded_real, one_of
-from robust_cifar.training.methods import Method
+from robust_cifar.training.methods.method import Method
 from robust_cifar.training.step_graphs import GraphedSteps, StepFn, keep_learning_rate_tensor, tensor_learning_rate
 
 # The perturbed validation draws its perturbations from the training seed plus this, apart from the

@@ -7,9 +7,6 @@ from robust_cifar.training.methods.objectives import CrossEntropyHead
 NAME = "baseline"
 LABEL = "base"   # its columns in `dvc exp show` (reports/metrics.json): a few letters
 OBJECTIVE = CrossEntropyHead
-# The reference: every other method is compared with it (the verdict), and its model of the same seed
-# attacks every model's inputs alike (the transfer condition). Exactly one method is the reference.
-REFERENCE = True
 WRITE_UP = ("head", 70.93, 46.56)   # the write-up's decision and test accuracy, clean / perturbed (%)
 
 

@@ -1,0 +1,88 @@
+"""The registry of training methods: every module of this folder that defines NAME is one.
+
+A method module defines NAME (its file's name), LABEL (a few letters: its columns in `dvc exp show`,
+which must fit a terminal), OBJECTIVE (its objective's class: the loss the figures group it by),
+`from_params(params) -> Method`, and optionally ON_A_CPU (its own settings the CPU presets change) and
+WRITE_UP (the write-up's decision and clean / perturbed test accuracy). Which method is the reference is
+said once, in the package (`REFERENCE_METHOD`). Importing this imports every method: a stage of one run
+builds its method through `build.build_method` instead. Adding a method: docs/extending.md.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+from robust_cifar.errors import ParamsError
+from robust_cifar.params import Params
+from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods.build import build_method
+from robust_cifar.training.methods.method import Method
+
+
+def _discover() -> dict[str, ModuleType]:
+    # tools/import_closure.py sees this loop and makes every module here a code dep of a stage that imports the registry
+    modules = [importlib.import_module(f"{__package__}.{info.name}")
+               for info in pkgutil.iter_modules([str(Path(__file__).parent)])]
+    return {module.NAME: module for module in modules if hasattr(module, "NAME")}
+
+
+REGISTRY = _discover()   # name -> module, in name order
+_misnamed = {name: module.__name__ for name, module in REGISTRY.items() if module.__name__.rsplit(".", 1)[1] != name}
+if _misnamed:
+    raise ImportError(f"a method module's file is named after its NAME (build_method finds it so): {_misnamed}")
+if REFERENCE_METHOD not in REGISTRY:
+    raise ImportError(f"REFERENCE_METHOD = {REFERENCE_METHOD!r} (robust_cifar/training/methods/__init__.py) is no method")
+LABEL_PATTERN = re.compile(r"[a-z]{1,7}")   # short: five methods' three columns fit 200 characters
+_labels = [getattr(module, "LABEL", "") for module in REGISTRY.values()]
+if not all(LABEL_PATTERN.fullmatch(label) for label in _labels) or len(set(_labels)) != len(_labels):
+    raise ImportError(f"every method needs its own LABEL of 1-7 lowercase letters, not {dict(zip(REGISTRY, _labels))}")
+
+
+def known(name: str) -> str:
+    if name not in REGISTRY:
+        raise ParamsError(f"unknown method {name!r}: must be one of {', '.join(REGISTRY)}")
+    return name
+
+
+def label(name: str) -> str:
+    """The method's few letters in the headline metrics (reports/metrics.json) and `dvc exp show`."""
+    return REGISTRY[name].LABEL
+
+
+def loss_name(name: str) -> str:
+    """The loss the method trains on ("cross-entropy", "angular"): losses of one name share an axis."""
+    return REGISTRY[name].OBJECTIVE.loss_name
+
+
+def on_a_cpu() -> dict[str, object]:
+    """The params the CPU presets set for the methods' own sections ({"<method>.<key>": value}): what a
+    method declares it trains with there (ON_A_CPU in its file)."""
+    return {f"{name}.{key}": value for name, module in REGISTRY.items()
+            for key, value in getattr(module, "ON_A_CPU", {}).items()}
+
+
+def shaped_like(objective: type, perturbation: Optional[type], params: Params) -> str:
+    """The first registered method (name order) whose objective is an `objective` and whose training images
+    are perturbed by a `perturbation` (None: clean images): how tools and tests pick a method by what it
+    is, not by its name."""
+    for name in REGISTRY:
+        method = build_method(name, params)
+        trained_on = method.training_perturbation
+        if isinstance(method.objective, objective) and (
+                trained_on is None if perturbation is None else isinstance(trained_on, perturbation)):
+            return name
+    raise LookupError(f"no registered method trains a {objective.__name__} on "
+                      f"{'clean images' if perturbation is None else perturbation.__name__}")
+
+
+def write_up(name: str) -> Optional[tuple[str, float, float]]:
+    """The write-up's (decision, clean %, perturbed %) for the method, or None where it has none."""
+    return getattr(REGISTRY[name], "WRITE_UP", None)
+
+
+__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "on_a_cpu",
+           "shaped_like", "write_up"]
