@@ -3,16 +3,43 @@
 Each stage's last wall time (the summary's provenance), the live training logs, downloaded archives,
 umap-learn's compiled numba functions and concurrent_repro's logs, one subfolder each, in `.cache/` of
 the working directory (the project root, where DVC runs stages), or in the folder that
-$ROBUST_CIFAR_CACHE names (one cache for several clones, or a scratch disk). A leaf module.
+$ROBUST_CIFAR_CACHE names (one cache for several clones, or a scratch disk). There, what belongs to one
+project's runs (`project_cache_dir`: live logs, timings, concurrent_repro's logs) goes into a subfolder
+of that project's own, so clones that share the cache never write into each other's runs; downloads and
+compiled code are shared. A leaf module but for the errors.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+from robust_cifar.errors import UserError
 
 ENV = "ROBUST_CIFAR_CACHE"
 
 
+def _root() -> Path:
+    root = Path(os.environ.get(ENV) or ".cache")
+    if root.exists() and not root.is_dir():
+        where = f"${ENV} = {root}" if os.environ.get(ENV) else f"{root.resolve()}"
+        raise UserError(f"the cache folder {where} is a file, not a folder: move the file away"
+                        + (f", or point ${ENV} at a folder" if os.environ.get(ENV) else ""))
+    return root
+
+
 def cache_dir(name: str) -> Path:
-    """The cache's subfolder `name` (not created)."""
-    return Path(os.environ.get(ENV) or ".cache") / name
+    """The cache's subfolder `name`, shared by every project that uses the cache (not created)."""
+    return _root() / name
+
+
+def project_key(root: Path | None = None) -> str:
+    """The project (its root: the working directory) as a folder name: its name and a digest of its path."""
+    root = (root or Path.cwd()).resolve()
+    return f"{root.name}-{hashlib.blake2b(str(root).encode(), digest_size=4).hexdigest()}"
+
+
+def project_cache_dir(name: str) -> Path:
+    """The cache's subfolder `name` for this project's runs alone: `.cache/<name>`, or under $ROBUST_CIFAR_CACHE
+    `<name>/<project_key>` (two clones training the same run at once would otherwise share a live log)."""
+    return cache_dir(name) / project_key() if os.environ.get(ENV) else cache_dir(name)

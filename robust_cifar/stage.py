@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from robust_cifar.cache import cache_dir
+from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
@@ -20,7 +20,7 @@ USER_ERROR_EXIT = 2
 def timings() -> Path:
     """Each stage's last wall time on this machine, for the summary's provenance (not a DVC output: a
     timing is a fact about a run, not a result the pipeline reproduces)."""
-    return cache_dir("timing")
+    return project_cache_dir("timing")
 
 
 def stage_name(argv: list[str]) -> str:
@@ -33,7 +33,7 @@ def record_time(name: str, seconds: float) -> None:
         timings().mkdir(parents=True, exist_ok=True)
         (timings() / f"{name}.json").write_text(json.dumps({"stage": name, "seconds": round(seconds, 1),
                                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    except OSError:
+    except (OSError, UserError):
         pass   # a timing is nice to have; never fail a finished stage over it
 
 
@@ -42,6 +42,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     try:
         stop_on_signals()
         die_with_parent()
+        timings()   # a cache folder that is a file is refused now, not after the work (and the training's live log)
         main(sys.argv[1:])
         ignore_stop_signals()   # its outputs are written: a signal now would only make DVC discard a finished stage
         record_time(stage_name(sys.argv), time.perf_counter() - started)

@@ -2,7 +2,10 @@
 import json
 from pathlib import Path
 
-from robust_cifar.cache import ENV, cache_dir
+import pytest
+
+from robust_cifar.cache import ENV, cache_dir, project_cache_dir
+from robust_cifar.errors import UserError
 from robust_cifar.stage import record_time
 from tests.methods import HEAD
 
@@ -18,5 +21,35 @@ def test_stage_timings_go_to_the_cache_named_at_run_time(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(ENV, str(tmp_path / "elsewhere"))
     record_time(f"train-{HEAD}-0", 12.34)
-    assert json.loads((tmp_path / "elsewhere" / "timing" / f"train-{HEAD}-0.json").read_text())["seconds"] == 12.3
+    [written] = (tmp_path / "elsewhere" / "timing").glob(f"*/train-{HEAD}-0.json")   # under this project's folder
+    assert json.loads(written.read_text())["seconds"] == 12.3
     assert not (tmp_path / ".cache").exists()
+
+
+def test_clones_sharing_a_cache_keep_their_runs_apart(tmp_path, monkeypatch):
+    """Two clones training the same run at once once wrote one live log between them (and DVC recorded it)."""
+    monkeypatch.setenv(ENV, str(tmp_path / "shared"))
+    folders = []
+    for clone in ("one", "two"):
+        (tmp_path / clone).mkdir()
+        monkeypatch.chdir(tmp_path / clone)
+        folders.append(project_cache_dir("live"))
+        assert cache_dir("downloads") == tmp_path / "shared" / "downloads"   # an archive is shared
+    assert folders[0] != folders[1] and all(folder.is_relative_to(tmp_path / "shared" / "live") for folder in folders)
+    monkeypatch.delenv(ENV)
+    assert project_cache_dir("live") == Path(".cache/live")   # the project's own cache is its alone
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch, named):
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / ("elsewhere" if named else ".cache")
+    blocker.write_text("not a folder")
+    if named:
+        monkeypatch.setenv(ENV, str(blocker))
+    else:
+        monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises(UserError, match="is a file, not a folder: move the file away") as refused:
+        project_cache_dir("live")
+    assert "\n" not in str(refused.value)
+    record_time("train-x-0", 1.0)   # a finished stage's timing never fails it

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from robust_cifar.cache import cache_dir
+from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped, run_tool, signal_of, stop_group, stop_on_signals
 
@@ -115,7 +115,7 @@ def stage_command(stage: str) -> list[str]:
 
 
 def log_path(stage: str) -> Path:
-    return cache_dir("concurrent") / f"{stage.replace('/', '_')}.log"
+    return project_cache_dir("concurrent") / f"{stage.replace('/', '_')}.log"
 
 
 def failure_line(path: Path) -> str:
@@ -148,7 +148,7 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
     """Run the plan (each stage as `command(stage)`); returns 0, the exit code of the first stage
     that failed, or 130 on Ctrl-C. After a failure nothing new starts, and the stages already
     running finish (their work is kept)."""
-    cache_dir("concurrent").mkdir(parents=True, exist_ok=True)
+    project_cache_dir("concurrent").mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     done: set[str] = set()
     started: set[str] = set()
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print("every stage is up to date")
         return 0
     print(f"{len(plan.upstream)} of {len(upstream_of)} stages to run, {args.jobs} at a time "
-          f"(each one's output: {cache_dir('concurrent')}/<stage>.log)", flush=True)
+          f"(each one's output: {project_cache_dir('concurrent')}/<stage>.log)", flush=True)
     returncode = run(plan, args.jobs, echo=lambda line: print(line, flush=True))
     if returncode == 0:
         print(f"done in {time.perf_counter() - started:.0f} s")

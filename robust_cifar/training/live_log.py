@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robust_cifar.cache import cache_dir
+from robust_cifar.cache import project_cache_dir
 from robust_cifar.outputs import move_folder
 
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
@@ -22,7 +22,7 @@ class EpochLog:
         self.directory = Path(directory)
         # dvclive writes here while training runs; the folder replaces the stage's output only at the end,
         # so an interrupted run never leaves a half-written training log where the finished one was.
-        self.in_progress = cache_dir("live") / self.directory.name
+        self.in_progress = project_cache_dir("live") / self.directory.name
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
         # (or `dvc repro`) owns the experiment, not the logger.
         self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
