@@ -22,6 +22,12 @@ from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int
 DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None),
               "cpu, cuda or cuda:N (no 'auto': the device changes the numbers, so it is set, not guessed)")
 THREADS = bounded_int(1, 1024, "CPU threads per stage process (the count changes a CPU result's bits)")
+# Environment variables that choose other CPU kernels (an instruction set, MKL's code path, oneDNN's math mode)
+# and so change a result's bits where DVC cannot see them: refused, as a param the machine cannot honour is.
+# (OMP_NUM_THREADS and MKL_NUM_THREADS are not: compute.threads sets the count every stage uses.)
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_CPU_ISA_HINTS",
+                "DNNL_CPU_ISA_HINTS", "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE", "MKL_CBWR",
+                "MKL_ENABLE_INSTRUCTIONS")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class ComputeConfig:
 
     def check_machine(self) -> None:
         """Refuse (DeviceError) what this machine cannot run as asked, instead of running it otherwise."""
+        for name in NUMERICS_ENV:
+            if os.environ.get(name):
+                raise DeviceError(f"{name}={os.environ[name]} is set: it makes the CPU run other kernels, so other bits "
+                                  f"than params.yaml records; unset it (`unset {name}`) and run again")
         device = resolve_device(self.device)
         if self.fast and not bf16_supported(device):
             raise DeviceError("compute.fast = true asks for bf16 autocast, which this CPU has no bf16 units for "

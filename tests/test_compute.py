@@ -48,6 +48,18 @@ def test_a_gpu_the_machine_lacks_is_refused_with_the_cpu_settings_to_use():
             config(device="cuda").check_machine()
 
 
+@pytest.mark.parametrize("name, value", [("ATEN_CPU_CAPABILITY", "default"), ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+                                         ("DNNL_MAX_CPU_ISA", "AVX"), ("MKL_CBWR", "COMPATIBLE")])
+def test_an_environment_variable_that_picks_other_kernels_is_refused(monkeypatch, name, value):
+    """Each changed a tiny training's weights (tools.determinism) while the params stayed the same."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(DeviceError, match=f"{name}={value} is set: .* unset it \\(`unset {name}`\\)") as refused:
+        config().check_machine()
+    assert "\n" not in str(refused.value)
+    monkeypatch.setenv(name, "")   # set but empty: the library's default
+    config().check_machine()
+
+
 def test_more_threads_than_cores_is_allowed_with_a_one_line_warning_naming_the_fix():
     assert config(threads=2).oversubscription(cores=2) is None
     assert config(device="cuda", threads=64).oversubscription(cores=2) is None   # the GPU does the work
