@@ -1,4 +1,5 @@
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -69,6 +70,15 @@ def test_the_command_is_one_dvc_experiment_with_the_archive(capsys):
     assert "dvc exp run -n x -S preset=quick" in capsys.readouterr().out
 
 
+def test_an_archive_without_its_md5_gets_it_computed(tmp_path):
+    """DVC records a local archive by its md5 param alone (check_params refuses one without it)."""
+    archive = tmp_path / "local.tar.gz"
+    archive.write_bytes(b"some bytes")
+    cmd = command("quick", str(archive), None, "x", machine={})
+    assert f"data.archive_md5={hashlib.md5(b'some bytes').hexdigest()}" in cmd
+    assert "data.archive_md5=''" in command("quick", str(tmp_path / "missing.tar.gz"), None, "x", machine={})
+
+
 @pytest.mark.parametrize("bf16", [True, False])
 def test_the_command_names_the_numerics_it_runs_with(bf16):
     cmd = command("quick", None, None, "x", machine={"compute.fast": bf16})
@@ -112,7 +122,9 @@ def workspace(tmp_path, monkeypatch):
     # where a rerun of a stage deletes what is there
     (["--publish", "reports/training/run-0/pub"], "--publish reports/training/run-0/pub: lies in reports/"),
     (["--publish", "models"], "--publish models: lies in models/"),
-    (["--name", "Bad Name!"], "--name 'Bad Name!' is not a valid experiment name")])
+    (["--name", "Bad Name!"], "--name 'Bad Name!' is not a valid experiment name"),
+    # DVC ran the whole experiment, then could not save it under a name too long for a file
+    (["--name", "x" * 300], f"--name '{'x' * 40}... (300 characters)' is not a valid experiment name: use at most 200")])
 def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):
     Path("notes").mkdir()
     (Path("notes") / "todo.md").write_text("a file of the user's\n")

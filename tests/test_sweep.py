@@ -112,19 +112,44 @@ def test_names_are_valid_unique_experiment_refs():
     assert [e.name for e in twins] == ["archive=a_b", "archive=a_b-2"]
 
 
-def test_dry_run_lists_the_experiments(capsys):
+@pytest.fixture
+def bf16_units(monkeypatch):
+    """This CPU as one with bf16 units, so the committed params (compute.fast: true) pass the machine check."""
+    from robust_cifar import compute
+    monkeypatch.setattr(compute, "bf16_supported", lambda device: True)
+
+
+def test_a_dry_run_checks_what_this_machines_workers_cannot_run(monkeypatch, capsys):
+    """CPU workers run bf16 only on a CPU with the units: refused before the sweep, not once per experiment."""
+    from robust_cifar import compute
+    monkeypatch.setattr(compute, "bf16_supported", lambda device: False)
+    assert main(["-S", "knn.k=1,3", "--gpus", "none", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "experiment k=1: compute.fast = true asks for bf16 autocast" in captured.err
+    assert main(["-S", "knn.k=1,3", "-S", "compute.fast=false", "--gpus", "none", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("workers", ["0", str(cli.MAX_WORKERS + 1), str(10**20)])
+def test_workers_beyond_the_bounds_are_refused_at_once(capsys, workers):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-S", "knn.k=1", "--workers", workers, "--dry-run"])
+    assert exit_info.value.code == 2
+    assert f"--workers {workers}: must be from 1 to {cli.MAX_WORKERS}" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_experiments(capsys, bf16_units):
     assert main(["-S", "knn.k=1,3", "-S", "seeds.umap=0", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines() == ["k=1,umap=0\t-S knn.k=1 -S seeds.umap=0",
                                                     "k=3,umap=0\t-S knn.k=3 -S seeds.umap=0"]
 
 
-def test_a_dry_run_checks_every_experiment_as_the_sweep_does(capsys):
+def test_a_dry_run_checks_every_experiment_as_the_sweep_does(capsys, bf16_units):
     assert main(["-S", "knn.k=3,0", "--dry-run"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "experiment k=0: params.yaml with its overrides: `knn.k` = 0 is invalid" in captured.err
 
 
-def test_a_dry_run_checks_the_workers_gpus_as_the_sweep_does(capsys):
+def test_a_dry_run_checks_the_workers_gpus_as_the_sweep_does(capsys, bf16_units):
     assert main(["-S", "knn.k=1", "--gpus", "99", "--dry-run"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "--gpus 99: no GPU 99 on this machine" in captured.err

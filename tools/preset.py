@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 from robust_cifar.check_params import check_on_this_machine
+from robust_cifar.data.download import md5_of
 from robust_cifar.errors import ParamsError, PublishError, UserError
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
 from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
-from tools.sweep.grid import valid_exp_name
+from tools.sweep.grid import LONGEST_EXP_NAME, valid_exp_name
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
@@ -111,7 +112,9 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
             machine: dict[str, object] | None = None) -> list[str]:
     data = []
     if archive:
-        md5 = archive_md5 or "''"   # no md5: the empty string, spelled out (DVC reads a bare `key=` so too)
+        if not archive_md5 and Path(archive).is_file():   # DVC records a local archive by its md5 param alone
+            archive_md5 = md5_of(archive)
+        md5 = archive_md5 or "''"   # a missing archive: the empty string spelled out, and check_params names the file
         data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
     experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # dvc.yaml as the target: without one, `dvc exp run` deletes the outputs it recorded of stages the new
@@ -123,8 +126,9 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
     """Refuse (a UserError) what would fail only after DVC edited params.yaml or the run ended."""
     name = cmd[cmd.index("-n") + 1]
     if not valid_exp_name(name):   # DVC refuses it too, but only after it has started
-        raise ParamsError(f"--name {name!r} is not a valid experiment name: use letters, digits and . _ = , + - "
-                          "(no spaces or '/'; not starting with '.' or '-')")
+        shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
+        raise ParamsError(f"--name {shown!r} is not a valid experiment name: use at most {LONGEST_EXP_NAME} letters, "
+                          "digits and . _ = , + - (no spaces or '/'; not starting with '.' or '-')")
     settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     check_on_this_machine(with_overrides(load_params(), settings))
     if destination is not None:
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", choices=sorted(PRESETS))
     parser.add_argument("--archive", help="a local CIFAR-10 archive (data.archive); default: download the official one")
-    parser.add_argument("--archive-md5", help="its md5 (data.archive_md5); default: not checked")
+    parser.add_argument("--archive-md5", help="its md5 (data.archive_md5, what DVC records of it); default: computed")
     parser.add_argument("--name", help="the experiment's name (default: <preset>-<date>-<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
     parser.add_argument("--publish", type=Path, metavar="DIR",

@@ -16,6 +16,7 @@ key adds values (`-S seeds.plan=0 -S seeds.plan=1`); a value containing a comma 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,9 @@ from ruamel.yaml import YAMLError
 from robust_cifar.signals import Stopped, signal_of, stop_on_signals
 from tools.sweep import grid, steps
 from tools.sweep.grid import SweepError
-from tools.sweep.local import Progress, clone_job, plan_slots, run_pool, shown, visible_gpus
+from tools.sweep.local import Progress, Slot, clone_job, plan_slots, run_pool, shown, visible_gpus
+
+MAX_WORKERS = 64   # experiments side by side on one machine (each a clone of the repository and a process)
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -181,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         experiments = grid.experiments(args.set, args.name_prefix)
-        if args.workers is not None and args.workers < 1:
-            raise SweepError("--workers must be at least 1")
+        if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+            raise SweepError(f"--workers {args.workers}: must be from 1 to {MAX_WORKERS} (one clone and one process each)")
     except SweepError as error:
         parser.error(str(error))
     stop_on_signals()   # INT, TERM and HUP stop every running experiment and its stages
@@ -198,29 +201,36 @@ def main(argv: list[str] | None = None) -> int:
         return stopped.exit_code
 
 
-def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment]) -> None:
+def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment], slot: Slot | None = None) -> None:
     """Every experiment's params as check_params will read them, refused here before any worker starts
-    (a refusal inside `dvc exp run` comes after DVC edited params.yaml and deleted outputs)."""
-    from robust_cifar.check_params import validate_params
+    (a refusal inside `dvc exp run` comes after DVC edited params.yaml and deleted outputs). On this
+    machine's workers (`slot`: their device and threads) also what the machine cannot run, as check_params
+    checks it there; a Ray cluster's machines check that themselves."""
+    from robust_cifar.check_params import check_on_this_machine, validate_params
     from robust_cifar.errors import UserError
     from robust_cifar.params import Params, parse_yaml, with_overrides
     try:
         committed = Params(parse_yaml(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
     except (SweepError, YAMLError) as error:
         raise SweepError(f"params.yaml of {commit[:7]} cannot be read ({error})") from None
+    check = validate_params if slot is None else check_on_this_machine
+    numerics = [] if slot is None else slot.set_params()[1::2]
     for experiment in experiments:
         try:
-            validate_params(with_overrides(committed, experiment.set_params()[1::2]))
+            with contextlib.chdir(root):   # a local archive's path is relative to the project, as DVC runs stages
+                check(with_overrides(committed, numerics + experiment.set_params()[1::2]))
         except UserError as error:
-            raise SweepError(f"experiment {experiment.name}: {error}") from None
+            edited = git(root, "diff", "--quiet", commit, "--", "params.yaml", check=False).returncode != 0
+            raise SweepError(f"experiment {experiment.name}: {error}"
+                             + (f" (the workers run commit {commit[:7]}, whose params.yaml is not the one in your "
+                                "workspace: commit yours first)" if edited else "")) from None
 
 
 def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     """The experiments, checked as the sweep checks them (check_overrides), listed and not run."""
     root = repo_root(args.repo)
-    check_overrides(root, git(root, "rev-parse", "HEAD").stdout.strip(), experiments)
-    if not args.ray:
-        plan_slots(parse_gpus(args.gpus), args.workers)   # the workers' GPUs, as the sweep refuses them
+    slots = None if args.ray else plan_slots(parse_gpus(args.gpus), args.workers)   # as the sweep refuses them
+    check_overrides(root, git(root, "rev-parse", "HEAD").stdout.strip(), experiments, slots and slots[0])
     for experiment in experiments:
         print(f"{experiment.name}\t{' '.join(experiment.set_params())}")
     return 0
@@ -232,12 +242,12 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     if git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip():
         print(f"sweep: warning: uncommitted changes are not part of the sweep, which runs commit {commit[:7]}",
               file=sys.stderr)
-    check_overrides(root, commit, experiments)
+    slots = None if args.ray else plan_slots(parse_gpus(args.gpus), args.workers)   # refused before any folder is made
+    check_overrides(root, commit, experiments, slots and slots[0])
     clashes = sorted(existing_names(root) & {experiment.name for experiment in experiments})
     if clashes and not args.force:
         raise SweepError(f"experiments of HEAD already named {', '.join(clashes)}: pass --force to replace them, "
                          "or --name-prefix")
-    slots = None if args.ray else plan_slots(parse_gpus(args.gpus), args.workers)   # refused before any folder is made
     sweep_dir = root / ".dvc" / "tmp" / "sweep" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     sweep_dir.mkdir(parents=True)
     progress = Progress(len(experiments), tail=args.tail)

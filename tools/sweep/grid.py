@@ -111,10 +111,14 @@ MAX_NAME = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 
+LONGEST_EXP_NAME = 200   # a git ref is a file: its name (and its .lock) within the 255 bytes a file name may have
+
+
 def valid_exp_name(name: str) -> bool:
-    """What `dvc exp run -n` accepts: a git ref component (git check-ref-format) without '/'."""
-    return (bool(name) and not _UNSAFE.search(name) and ".." not in name and not name.startswith((".", "-"))
-            and not name.endswith((".", ".lock")))
+    """What `dvc exp run -n` accepts: a git ref component (git check-ref-format) without '/', short enough to be
+    a file name (DVC ran a whole experiment and then failed to save a 300-character one)."""
+    return (bool(name) and len(name) <= LONGEST_EXP_NAME and not _UNSAFE.search(name) and ".." not in name
+            and not name.startswith((".", "-")) and not name.endswith((".", ".lock")))
 
 
 def safe_name(text: str) -> str:
