@@ -5,6 +5,9 @@ the modules that raise them.
 """
 
 
+USER_ERROR_EXIT = 2   # a stage's or tool's exit code for something the user can fix (its one line said what)
+
+
 def get_back(path, stage: str) -> str:
     """How to get a damaged or missing output back: from DVC's cache or remote at once, or by rerunning
     its one stage (`-s`: `dvc repro -f <stage>` alone would rerun everything upstream too)."""

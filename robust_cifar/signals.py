@@ -17,6 +17,8 @@ import subprocess
 import sys
 from typing import Callable, NoReturn
 
+from robust_cifar.errors import USER_ERROR_EXIT, UserError
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STAGE_STARTING = "while the stage was starting: it wrote nothing"
 PR_SET_PDEATHSIG = 1
@@ -92,10 +94,13 @@ def run_tool(main: Callable[[], int | None], stopped_line: str = "") -> NoReturn
     """How a tool ends its `python -m tools.<name>` (tools/__init__.py left at once on INT, TERM and HUP while it
     imported): from here on they raise Stopped, and one that its main does not handle is one line
     (`interrupted (SIGTERM)`, then `: <stopped_line>` if given), exit 128 + the signal, after the unwinding
-    removed what the tool had under way."""
+    removed what the tool had under way. A UserError its main does not handle is its one line, exit 2."""
     stop_on_signals()
     try:
         code = main()
+    except UserError as error:   # what the user can fix: its one line, never a traceback
+        print(f"error: {error}", file=sys.stderr)
+        code = USER_ERROR_EXIT
     except KeyboardInterrupt as stopped:
         interrupt = Stopped(signal_of(stopped))
         print(f"interrupted ({interrupt.name})" + (f": {stopped_line}" if stopped_line else ""), file=sys.stderr)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 from robust_cifar.cache import project_cache_dir
-from robust_cifar.errors import UserError
+from robust_cifar.errors import USER_ERROR_EXIT, UserError
 from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
-USER_ERROR_EXIT = 2
 
 
 

@@ -203,3 +203,22 @@ def test_a_stopped_determinism_check_stops_its_training_and_removes_its_scratch_
     assert stderr.strip() == "interrupted (SIGTERM): no file of the project was written"
     assert all(wait_until_gone(pid, 10) for pid in training)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tools_user_error_is_its_one_line_and_exit_2(capsys):
+    """crosscheck, bench and ablate raised ParamsError and DeviceError as tracebacks (and exit 1, which
+    crosscheck also uses for a check that disagrees)."""
+    from robust_cifar.errors import ParamsError
+    from robust_cifar.signals import run_tool
+
+    def refused():
+        raise ParamsError("params.yaml: `knn.k` = 0 is invalid")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_tool(refused)
+    finally:   # run_tool took over the stop signals: give this process its own back
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: params.yaml: `knn.k` = 0 is invalid\n"

@@ -26,7 +26,8 @@ from robust_cifar.data.download import CifarArrays, read_archive
 from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import Params, load_params, set_dotted
+from robust_cifar.check_params import validate_params
+from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, build_method
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
@@ -69,7 +70,7 @@ def run_variant(variant: Variant, raw: dict, arrays: CifarArrays, reencoded: Cif
     params = with_changes(raw, variant.changes)
     data = reencoded if variant.jpeg_again else arrays
     compute = Compute.from_config(ComputeConfig.from_params(params))
-    seed = params.seed("train")
+    seed = params.train_seeds()[0]   # the first training seed: the reference's first model
     split = SplitConfig.from_params(params)
     train_index, val_index = stratified_split(data.train_labels, split.train_fraction, params.seed("split"),
                                               split.val_per_class)
@@ -110,10 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="write the results here as JSON")
     args = parser.parse_args(argv)
 
-    import yaml
-    raw = load_params().raw
-    common = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    raw = with_changes(raw, common).raw
+    edited = with_overrides(load_params(), args.set)   # `dvc exp run -S`'s grammar: a bad one is one line
+    validate_params(edited)
+    common = dict(item.split("=", 1) for item in args.set)
+    raw = edited.raw
     arrays = read_archive(args.archive, args.archive_md5)
     chosen = [variant for variant in VARIANTS if variant.name in args.variants]
     reencoded = None

@@ -49,7 +49,6 @@ from robust_cifar.machine import cpu_description
 from robust_cifar.model import load_model
 from robust_cifar.params import load_params, with_overrides, write_yaml
 from robust_cifar.signals import die_with_parent, run_tool
-from robust_cifar.stage import USER_ERROR_EXIT
 from robust_cifar.training.methods.registry import known
 from stages import paths
 
@@ -349,9 +348,5 @@ def main(argv: list[str] | None = None) -> int:
     return DIFFERENT_EXIT
 
 
-if __name__ == "__main__":
-    try:   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
-        run_tool(main, stopped_line="no file of the project was written")
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(USER_ERROR_EXIT) from None
+if __name__ == "__main__":   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
+    run_tool(main, stopped_line="no file of the project was written")

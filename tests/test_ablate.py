@@ -1,0 +1,37 @@
+"""tools.ablate: the reference method trained under alternative settings, on an archive's images."""
+import copy
+
+import numpy as np
+import pytest
+
+from robust_cifar.data.download import CifarArrays
+from robust_cifar.errors import UserError
+from robust_cifar.params import set_dotted
+from tests.pipeline_project import PARAMS, TINY_PARAMS
+from tools import ablate
+
+
+def tiny_raw() -> dict:
+    raw = copy.deepcopy(PARAMS)
+    for key, value in TINY_PARAMS.items():
+        set_dotted(raw, key, value)
+    set_dotted(raw, "train.epochs", 1)
+    return raw
+
+
+def test_a_variant_trains_from_the_first_training_seed():
+    """`seeds.train` is a list: the tool once read it as one seed, and every variant failed."""
+    generator = np.random.default_rng(0)
+    images = lambda n: generator.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)  # noqa: E731
+    labels = lambda n: np.arange(n) % 10  # noqa: E731
+    arrays = CifarArrays(images(100), labels(100), images(20), labels(20), tuple(f"c{k}" for k in range(10)))
+    result = ablate.run_variant(ablate.VARIANTS[0], tiny_raw(), arrays, None)
+    assert result["variant"] == "defaults" and result["epochs"] == 1 and 0 <= result["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("setting, words", [("foo", "override 'foo' is not key=value"),
+                                            ("knn.k=0", "`knn.k` = 0 is invalid")])
+def test_a_bad_setting_is_one_line_before_the_archive_is_read(setting, words):
+    with pytest.raises(UserError, match=words) as refused:
+        ablate.main(["--archive", "not-read.tar.gz", "--set", setting])
+    assert "\n" not in str(refused.value)
