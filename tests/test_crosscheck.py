@@ -1,4 +1,7 @@
 """The independent check (python -m tools.crosscheck) on the reproduced tiny project."""
+import re
+import shutil
+
 import pytest
 
 from tests.methods import HEAD
@@ -25,3 +28,28 @@ def test_a_project_number_above_the_reference_fails_the_check():
              "overcounted": 5}]
     assert "**NO**" in crosscheck.table(rows, 0.02) and "+5.0" in crosscheck.table(rows, 0.02)
     assert "| yes |" in crosscheck.table(rows, 0.05)
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--methods", "bogus"], "--methods bogus: not in params.yaml's `methods`"),
+    (["--seeds", "99"], "--seeds 99: not in params.yaml's `seeds.train`"),
+    (["--seeds"], "--seeds: give at least one seed"),   # an empty shell variable once checked nothing, and passed
+    (["--head-attacks", "bogus"], "--head-attacks bogus: not one of AutoAttack's"),
+    (["--iterations", "-5"], "--iterations -5: must be at least 1"),
+    (["--tolerance", "2"], "--tolerance 2.0: must be from 0 to 1"),
+    (["--out", "params.yaml/table.md"], "cannot write params.yaml/table.md")])
+def test_what_cannot_be_checked_is_one_line_before_any_attack(reproduced_project, monkeypatch, arguments, words):
+    from robust_cifar.errors import UserError
+    monkeypatch.chdir(reproduced_project)
+    monkeypatch.setattr(crosscheck, "check_run", lambda *args: pytest.fail("an attack ran"))
+    with pytest.raises(UserError, match=re.escape(words)) as refused:
+        crosscheck.main(arguments)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_run_not_reproduced_is_named_before_any_attack(reproduced_project, tmp_path, monkeypatch):
+    from robust_cifar.errors import InputError
+    shutil.copy(reproduced_project / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"no models/\S+-0\.pt \(and \d+ more files\): .* `dvc repro`"):
+        crosscheck.main([])

@@ -17,7 +17,8 @@ An image counts as robust for the reference only if it is right on the clean ima
 reference attack left it right. Only images still robust are attacked by the next attack (as
 AutoAttack does), so the check costs little more than its first attack.
 
-Exit status 1 when a project number is more than --tolerance above the reference's.
+Exit status 1 when a project number is more than --tolerance above the reference's; 2 for arguments or
+files it cannot check (one line, before any attack).
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
 from robust_cifar.data.split import load_splits
+from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.model import load_model
 from robust_cifar.npz import load_npz
+from robust_cifar.outputs import check_writable
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
@@ -162,6 +165,40 @@ def table(rows: list[dict], tolerance: float) -> str:
     return "\n".join(lines)
 
 
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")   # what its attacks_to_run takes
+
+
+def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
+    """The (method, seed) runs the arguments name, each a run of this workspace whose files are there; anything
+    else (a method or seed the params lack, a missing model, a bad number, an --out that cannot be written) is
+    a UserError now, before hours of attacks."""
+    methods, seeds = args.methods or params.method_names(), args.seeds if args.seeds is not None else params.train_seeds()
+    problems = [f"--methods {method}: not in params.yaml's `methods` ({', '.join(params.method_names())})"
+                for method in methods if method not in params.method_names()]
+    problems += [f"--seeds {seed}: not in params.yaml's `seeds.train` {params.train_seeds()}"
+                 for seed in seeds if seed not in params.train_seeds()]
+    problems += ["--seeds: give at least one seed (or leave it out: every seed of `seeds.train`)"] * (not seeds)
+    problems += [f"--head-attacks {name}: not one of AutoAttack's ({', '.join(AUTOATTACK_ATTACKS)})"
+                 for name in args.head_attacks if name not in AUTOATTACK_ATTACKS]
+    problems += [f"--iterations {args.iterations}: must be at least 1"] * (args.iterations < 1)
+    problems += [f"--tolerance {args.tolerance}: must be from 0 to 1 (a fraction of the images)"] * (
+        not 0 <= args.tolerance <= 1)
+    problems += [f"--temperatures {t}: must be above 0" for t in args.temperatures if not t > 0]
+    if problems:
+        raise ParamsError(problems[0])
+    runs = [(method, seed) for method in methods for seed in seeds]
+    needed = [path for method, seed in runs for path in (paths.model(method, seed), paths.robustness(method, seed),
+                                                         paths.robustness_per_image(method, seed),
+                                                         paths.embeddings(method, seed))]
+    missing = [path for path in needed if not path.is_file()]
+    if missing:
+        raise InputError(f"no {missing[0]}{f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''}: "
+                         "the check reads a reproduced run; `dvc repro` (or `dvc pull`) first")
+    if args.out is not None:
+        check_writable(args.out)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", help="default: params.yaml's methods")
@@ -174,15 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperatures", nargs="+", type=float, default=list(TEMPERATURES),
                         help="of the soft k-NN surrogates (default 0.01 0.03 0.1)")
     args = parser.parse_args(argv)
-    params = load_params()
+    runs = runs_to_check(args, load_params())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
-    for method in args.methods or params.method_names():
-        for seed in args.seeds if args.seeds is not None else params.train_seeds():
-            checked = check_run(method, seed, device, args.iterations, tuple(args.head_attacks),
-                                tuple(args.temperatures))
-            print("\n".join(table(checked, args.tolerance).splitlines()[2:]), flush=True)
-            rows += checked
+    for method, seed in runs:
+        checked = check_run(method, seed, device, args.iterations, tuple(args.head_attacks), tuple(args.temperatures))
+        print("\n".join(table(checked, args.tolerance).splitlines()[2:]), flush=True)
+        rows += checked
     text = table(rows, args.tolerance)
     print(text)
     if args.out:
