@@ -123,11 +123,12 @@ def save_model(model: CifarResNet18, path: str | Path, **metadata) -> None:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", expect: ModelConfig | None = None,
-               num_classes: int | None = None) -> tuple[CifarResNet18, dict]:
+               num_classes: int | None = None, run: tuple[str, int] | None = None) -> tuple[CifarResNet18, dict]:
     """The model saved at `path`, in eval mode. Anything but a checkpoint written by `save_model` is refused
     with a one-line InputError; nothing but tensors and plain values is ever unpickled (weights_only).
     So is a checkpoint of another model than the caller's: `expect` (params.yaml's model section) and
-    `num_classes` (the data's), where given, must be what it was built with."""
+    `num_classes` (the data's), where given, must be what it was built with, and `run` (method, seed) the
+    run its metadata names (another run's model copied over this one's is otherwise a well-formed file)."""
     path = Path(path)
     redo = get_back(path, _stage_of(path))
     if not path.is_file():
@@ -151,6 +152,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
     mismatches = config_mismatches(checkpoint["config"], expect, num_classes)
     if mismatches:
         raise InputError(f"{path} has {'; '.join(mismatches)}: {redo}")
+    metadata = checkpoint.get("metadata") if isinstance(checkpoint.get("metadata"), dict) else {}
+    if run is not None and (metadata.get("method"), metadata.get("seed")) != tuple(run):
+        raise InputError(f"{path} holds the model of {metadata.get('method')}-{metadata.get('seed')} (its metadata), "
+                         f"not of {run[0]}-{run[1]}: {redo}")
     nonfinite = [key for key, value in checkpoint["state_dict"].items()
                  if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
     if nonfinite:   # training refuses to write such a model, and its embeddings would score chance
@@ -162,7 +167,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
     except (RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: its weights do not match its model config ({first}): {redo}") from None
-    return model.to(device).eval(), checkpoint.get("metadata", {})
+    return model.to(device).eval(), metadata
 
 
 # how a message names each key of a checkpoint's config

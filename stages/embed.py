@@ -33,10 +33,11 @@ def main(argv: list[str]) -> None:
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     plans = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()})
     expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
-    model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
+    model = compute.prepare(load_model(paths.model(name, seed), compute.device, run=(name, seed), **expected)[0])
     # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one
     transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
-        load_model(paths.model(REFERENCE_METHOD, seed), compute.device, **expected)[0]))
+        load_model(paths.model(REFERENCE_METHOD, seed), compute.device, run=(REFERENCE_METHOD, seed),
+                   **expected)[0]))
     images = {name: torch.from_numpy(split.images).to(compute.device) for name, split in splits.items()}
     # float32 embeddings (and logits) per image and condition, and the labels: refused now if they cannot fit
     per_image = 4 * (model_config.embedding_dim + (len(class_names) if method.has_head else 0))

@@ -39,9 +39,10 @@ def main(argv: list[str]) -> None:
 
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
-    model = compute.prepare(load_model(paths.model(name, seed), compute.device, **expected)[0])
+    model = compute.prepare(load_model(paths.model(name, seed), compute.device, run=(name, seed), **expected)[0])
     transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
-        load_model(paths.model(REFERENCE_METHOD, seed), compute.device, **expected)[0]))
+        load_model(paths.model(REFERENCE_METHOD, seed), compute.device, run=(REFERENCE_METHOD, seed),
+                   **expected)[0]))
     arrays = load_embeddings(paths.embeddings(name, seed), f"embed@{run}", num_classes=model.config["num_classes"],
                              embedding_dim=model.config["embedding_dim"])
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(compute.device)

@@ -205,3 +205,14 @@ def test_load_model_refuses_weights_that_do_not_match_the_config(small_model, tm
     torch.save(checkpoint, path)
     with pytest.raises(InputError, match="weights do not match its model config"):
         load_model(path)
+
+
+def test_another_runs_model_under_this_runs_name_is_refused(small_model, tmp_path):
+    """`cp models/<reference>-0.pt models/<other>-0.pt; dvc repro -s embed@<other>-0` scored one model as another."""
+    path = tmp_path / "models" / "other-0.pt"
+    save_model(small_model, path, method=HEAD, seed=0, class_names=["a", "b"])
+    assert load_model(path, run=(HEAD, 0))[1]["method"] == HEAD
+    for run in (("other", 0), (HEAD, 1)):
+        with pytest.raises(InputError, match=rf"holds the model of {HEAD}-0 \(its metadata\), not of {run[0]}-{run[1]}: "
+                                             r"restore it with `dvc checkout"):
+            load_model(path, run=run)
