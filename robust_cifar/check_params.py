@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from robust_cifar.compute import ComputeConfig
-from robust_cifar.data.download import DataConfig, check_archive_file
+from robust_cifar.data.download import DataConfig, check_local_archive
 from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import knn_k
@@ -112,5 +112,5 @@ def check_on_this_machine(params: Params) -> None:
         print(warning, file=sys.stderr)
     data = DataConfig.from_params(params)
     if data.archive:
-        check_archive_file(Path(data.archive), data.archive_md5)
+        check_local_archive(Path(data.archive), data.archive_md5)
 

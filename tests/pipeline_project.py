@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robust_cifar.data.download import md5_of
 from robust_cifar.params import set_dotted
 from tests import archives
 
@@ -139,6 +140,7 @@ def create_tiny_project(destination: Path) -> Path:
     params = yaml.safe_load((destination / "params.yaml").read_text())
     for key, value in TINY_PARAMS.items():
         set_dotted(params, key, value)
+    set_dotted(params, "data.archive_md5", md5_of(destination / "tiny.tar.gz"))   # what DVC records of the archive
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (destination / ".gitignore").write_text((destination / ".gitignore").read_text() + f"/{PARAMS_TRACE}/\n")
     run(destination, "git", "init", "-q")

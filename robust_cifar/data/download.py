@@ -150,8 +150,7 @@ def verify_md5(path, expected_md5: str | None) -> None:
         raise ArchiveError(
             f"md5 of {path} is {actual}, but {expected} was expected: the file is "
             "truncated, corrupt, or a different archive. Re-download it, or if this "
-            f"is the archive you meant to use, set `data.archive_md5` to {actual} "
-            "(or to empty to skip the check)."
+            f"is the archive you meant to use, set `data.archive_md5` to {actual}."
         )
 
 
@@ -248,6 +247,17 @@ _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError,
 def _unreadable(path: Path, error: BaseException) -> ArchiveError:
     return ArchiveError(f"{path} is not a readable tar archive, or is truncated ({type(error).__name__}: "
                         f"{_one_line(str(error))}). Re-download it, or {_SET_ARCHIVE_HINT}.")
+
+
+def check_local_archive(path: Path, expected_md5: str | None) -> None:
+    """`data.archive` as the pipeline takes it (check_params and download): check_archive_file, and its md5 param
+    set, since the file is no DVC dependency: the md5 is what DVC records of it (another file under the same
+    name went unseen)."""
+    check_archive_file(path, expected_md5)
+    if not _normalised_md5(expected_md5):
+        raise ArchiveError(f"`data.archive` = {path} has no `data.archive_md5`: DVC knows a local archive only by "
+                           "that param, so another file under this name would go unseen; set this one's: "
+                           f"`dvc exp run -S data.archive_md5={md5_of(path)} dvc.yaml`")
 
 
 def read_archive(path, expected_md5: str | None = None) -> CifarArrays:
