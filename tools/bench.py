@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from robust_cifar.compute import Compute
+from robust_cifar.compute import DEVICE, Compute
+from robust_cifar.errors import DeviceError
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.evaluation.knn import knn_predict
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
@@ -218,9 +219,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="CUDA: time only the eager training step (compute.cuda_graphs=false)")
     args = parser.parse_args(argv)
     seconds = 15.0 if args.long else args.seconds
-
-    compute = Compute.create(args.device, fast=not args.fp32, deterministic=args.deterministic,
-                             cuda_graphs=not args.no_graphs)
+    if args.batch < 1:
+        parser.error(f"--batch {args.batch}: must be at least 1")
+    if not seconds > 0:
+        parser.error(f"--seconds {seconds}: must be above 0")
+    if not (args.device == "auto" or DEVICE.check(args.device)):
+        parser.error(f"--device {args.device}: must be auto, cpu, cuda or cuda:N")
+    try:
+        compute = Compute.create(args.device, fast=not args.fp32, deterministic=args.deterministic,
+                                 cuda_graphs=not args.no_graphs)
+    except DeviceError:   # its fix speaks of params: here the flag is --device
+        parser.error(f"--device {args.device}: this machine has no such device (--device cpu, or auto)")
     device = compute.device
     torch.manual_seed(0)
     print(f"device: {compute.describe()}{', deterministic kernels' if args.deterministic else ''}; "

@@ -1,0 +1,18 @@
+"""tools.bench refuses what it cannot measure in one line, before any model is built."""
+import pytest
+
+from tools import bench
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--batch", "0"], "--batch 0: must be at least 1"),
+    (["--batch", "-4"], "--batch -4: must be at least 1"),
+    (["--seconds", "0"], "--seconds 0.0: must be above 0"),
+    (["--device", "bogus"], "--device bogus: must be auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], "--device cuda:99: this machine has no such device")])
+def test_what_cannot_be_measured_is_one_line(capsys, arguments, words):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(arguments)
+    assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert words in errors[-1] and not any("Traceback" in line for line in errors)
