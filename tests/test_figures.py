@@ -203,3 +203,13 @@ def test_dvc_render_fills_the_template_with_each_file_as_its_own_series():
     assert "DVC_METRIC" not in json.dumps(spec)
     assert {point["filename"] for point in spec["data"]["values"]} == {point["filename"] for point in datapoints}
     assert spec["layer"][0]["transform"][0]["groupby"] == ["rev", "method"]
+
+
+def test_every_attack_keeps_a_style_of_its_own_past_the_palettes_colours():
+    """A twelfth attack shared the first one's colour; now colours repeat only with another line style."""
+    from robust_cifar.reporting.colours import ATTACK_PALETTE
+    from robust_cifar.reporting.figures import attack_style
+    names = tuple(f"attack{number}" for number in range(2 * len(ATTACK_PALETTE) + 3))
+    styles = [tuple(attack_style(name, names).values()) for name in names]
+    assert len(set(styles)) == len(names)
+    assert styles[0] == (ATTACK_PALETTE[0], "-") and styles[len(ATTACK_PALETTE)][1] != "-"

@@ -38,9 +38,14 @@ def accuracy_bars(all_metrics: dict[str, dict], split: str = "test"):
     return figure
 
 
-def attack_colour(name: str) -> str:
-    """One colour per registered attack, in registry order."""
-    return ATTACK_PALETTE[list(ATTACKS).index(name) % len(ATTACK_PALETTE)]
+ATTACK_DASHES = ("-", "--", ":")   # the palette's colours used up, the next attacks reuse them dashed
+
+
+def attack_style(name: str, names: tuple[str, ...] = tuple(ATTACKS)) -> dict:
+    """Its own colour and line style for each registered attack, in registry order."""
+    index = names.index(name)
+    return {"color": ATTACK_PALETTE[index % len(ATTACK_PALETTE)],
+            "linestyle": ATTACK_DASHES[index // len(ATTACK_PALETTE) % len(ATTACK_DASHES)]}
 
 
 def _eps_axis(axis, eps_values: set[float]) -> None:
@@ -105,16 +110,16 @@ def robustness_curves(all_metrics: dict[str, dict]):
             overview.fill_between(eps, mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
             clean = robustness["clean"][decision]
             for name, (attack_eps, left) in left_after_each_attack(robustness, decision).items():
-                axis.plot(attack_eps, left, "-", color=attack_colour(name), linewidth=0.9, marker=".", markersize=4,
-                          alpha=0.85)
+                axis.plot(attack_eps, left, **attack_style(name), linewidth=0.9, marker=".", markersize=4, alpha=0.85)
                 used_attacks += [name] if name not in used_attacks else []
             for name in (name for name in ATTACKS if name in robustness.get("attacks", {})):
                 points = robustness["attacks"][name]
                 # an attack run at one eps only (the study's) is a point, not a line from clean accuracy
                 attack_eps, attack_mean, _ = _curve({"eps_0": {decision: clean}, **points} if len(points) > 1
                                                     else points, decision)
-                axis.plot(attack_eps, attack_mean, "-" if len(points) > 1 else "none", color=attack_colour(name),
-                          linewidth=0.9, marker="." if len(points) > 1 else "D", markersize=4, alpha=0.85)
+                style = attack_style(name) if len(points) > 1 else {**attack_style(name), "linestyle": "none"}
+                axis.plot(attack_eps, attack_mean, **style, linewidth=0.9, marker="." if len(points) > 1 else "D",
+                          markersize=4, alpha=0.85)
                 used_attacks += [name] if name not in used_attacks else []
             axis.plot(eps, mean, "-", color="black", linewidth=2, label="robust (every attack)")
             axis.set_title(f"{method}: {label}", fontsize=8)
@@ -126,7 +131,7 @@ def robustness_curves(all_metrics: dict[str, dict]):
             overview.legend(fontsize=7, frameon=False)
     for axis in axes[-1]:
         axis.set_xlabel("L-inf eps (x 1/255)", fontsize=8)
-    handles = [plt.Line2D([], [], color=attack_colour(name), marker=".", label=name)
+    handles = [plt.Line2D([], [], **attack_style(name), marker=".", label=name)
                for name in ATTACKS if name in used_attacks]
     handles.append(plt.Line2D([], [], color="black", linewidth=2, label="robust: right under every attack"))
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
