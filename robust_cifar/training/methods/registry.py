@@ -66,10 +66,10 @@ def on_a_cpu() -> dict[str, object]:
 
 
 def shaped_like(objective: type, perturbation: Optional[type], params: Params) -> str:
-    """The first registered method (name order) whose objective is an `objective` and whose training images
-    are perturbed by a `perturbation` (None: clean images): how tools and tests pick a method by what it
-    is, not by its name."""
-    for name in REGISTRY:
+    """The reference method if it is one, else the first registered method (name order), whose objective is an
+    `objective` and whose training images are perturbed by a `perturbation` (None: clean images): how tools
+    and tests pick a method by what it is, not by its name (a new method never displaces the reference)."""
+    for name in sorted(REGISTRY, key=lambda name: name != REFERENCE_METHOD):
         method = build_method(name, params)
         trained_on = method.training_perturbation
         if isinstance(method.objective, objective) and (
