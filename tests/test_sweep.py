@@ -137,6 +137,15 @@ def test_workers_beyond_the_bounds_are_refused_at_once(capsys, workers):
     assert f"--workers {workers}: must be from 1 to {cli.MAX_WORKERS}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arguments, words", [(["--tail", "-5"], "--tail -5: must be 0 or more"),
+                                             (["--ray", "auto", "--gpus", "none"], "on a Ray cluster use --cpus-per-exp"),
+                                             (["--ray", "auto", "--workers", "2"], "on a Ray cluster use --cpus-per-exp")])
+def test_options_that_cannot_apply_are_refused_at_once(capsys, arguments, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-S", "knn.k=1", *arguments, "--dry-run"])
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_dry_run_lists_the_experiments(capsys, bf16_units):
     assert main(["-S", "knn.k=1,3", "-S", "seeds.umap=0", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines() == ["k=1,umap=0\t-S knn.k=1 -S seeds.umap=0",

@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         experiments = grid.experiments(args.set, args.name_prefix)
         if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
             raise SweepError(f"--workers {args.workers}: must be from 1 to {MAX_WORKERS} (one clone and one process each)")
+        if args.tail < 0:
+            raise SweepError(f"--tail {args.tail}: must be 0 or more log lines")
+        if args.ray and (args.workers is not None or args.gpus != "all"):
+            raise SweepError("--workers and --gpus are for this machine's workers; on a Ray cluster use "
+                             "--cpus-per-exp and --gpus-per-exp")
     except SweepError as error:
         parser.error(str(error))
     stop_on_signals()   # INT, TERM and HUP stop every running experiment and its stages
