@@ -229,6 +229,19 @@ def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: dvc cannot read the pipeline") and len(err.strip().splitlines()) == 1
 
 
+def test_a_dvc_message_ending_in_a_colon_keeps_what_follows(monkeypatch):
+    """DVC's lock error is `'x' is busy, it is being blocked by:` and then the process: one line with both."""
+    from dvc.exceptions import DvcException
+    from dvc import repo as dvc_repo
+
+    def busy(*args, **kwargs):
+        raise DvcException("'dvc.lock' is busy, it is being blocked by:\n  (PID 123): dvc repro\n\nIf there are no...")
+    monkeypatch.setattr(dvc_repo, "Repo", busy)
+    with pytest.raises(UserError, match=re.escape("dvc cannot read the pipeline: 'dvc.lock' is busy, it is being "
+                                                  "blocked by: (PID 123): dvc repro (`dvc repro` shows")):
+        concurrent_repro.read_pipeline(Path("."))
+
+
 def test_set_params_edits_params_yaml_as_dvc_exp_run_does(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", params)

@@ -91,8 +91,9 @@ def read_pipeline(root: Path) -> tuple[dict[str, set[str]], set[str]]:
                                               if isinstance(dependency, PipelineStage)} for stage in stages}
             stale = set(repo.status())
     except DvcException as error:
-        raise UserError(f"dvc cannot read the pipeline: {str(error).splitlines()[0]}; "
-                        "`dvc repro` shows the whole message") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        said = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]   # "... is busy, it is being blocked by:"
+        raise UserError(f"dvc cannot read the pipeline: {said} (`dvc repro` shows the whole message)") from None
     return upstream_of, stale & set(upstream_of)
 
 
