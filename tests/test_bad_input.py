@@ -49,7 +49,7 @@ BAD_PARAMS = [
     ("compute.device", "cuda:99", "compute.device = 'cuda:99'"),
     ("data.archive", "missing.tar.gz", "CIFAR-10 archive not found: missing.tar.gz"),
     ("data.archive_md5", "0123456789abcdef0123456789abcdef", "but 0123456789abcdef0123456789abcdef was expected"),
-    ("data.archive", "dvc.yaml", "dvc.yaml is not a readable tar archive"),   # a file, but no archive
+    ("data.archive", "dvc.yaml", "md5 of dvc.yaml is"),   # a file, but not the archive its md5 names
     # the archive is no DVC dep: without its md5 another file under its name changed nothing DVC saw
     ("data.archive_md5", "", "has no `data.archive_md5`: DVC knows a local archive only by that param"),
 ]
