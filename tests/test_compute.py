@@ -52,6 +52,7 @@ def test_a_gpu_the_machine_lacks_is_refused_with_the_cpu_settings_to_use():
                                          ("DNNL_MAX_CPU_ISA", "AVX"), ("MKL_CBWR", "COMPATIBLE")])
 def test_an_environment_variable_that_picks_other_kernels_is_refused(monkeypatch, name, value):
     """Each changed a tiny training's weights (tools.determinism) while the params stayed the same."""
+    monkeypatch.setattr(compute_module, "KERNEL_ENV_ALLOWED", False)   # as in every stage (the tool alone allows them)
     monkeypatch.setenv(name, value)
     with pytest.raises(DeviceError, match=f"{name}={value} is set: .* unset it \\(`unset {name}`\\)") as refused:
         config().check_machine()

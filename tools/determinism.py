@@ -42,6 +42,7 @@ from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from robust_cifar.check_params import validate_params
+from robust_cifar import compute as compute_module
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import ParamsError, UserError
@@ -185,6 +186,7 @@ def trace_one_run(method: str, seed: int, trace: Path) -> None:
     from stages import train as train_stage
 
     die_with_parent()   # a scratch training outlives no check
+    compute_module.KERNEL_ENV_ALLOWED = True   # its weights are no output of the project: an ISA may be tried
     started = time.perf_counter()
     with Tracer() as tracer:
         train_stage.main([method, str(seed)])
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         parser.error("the seed must be a whole number >= 0")
 
+    compute_module.KERNEL_ENV_ALLOWED = True   # the trainings write nothing of the project: ONEDNN_MAX_CPU_ISA may be tried
     params = check_project(args.settings, args.method, args.seed)
     project = Path.cwd()
     run_name = f"train@{paths.run_name(args.method, args.seed)}"
