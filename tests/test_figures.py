@@ -213,3 +213,12 @@ def test_every_attack_keeps_a_style_of_its_own_past_the_palettes_colours():
     styles = [tuple(attack_style(name, names).values()) for name in names]
     assert len(set(styles)) == len(names)
     assert styles[0] == (ATTACK_PALETTE[0], "-") and styles[len(ATTACK_PALETTE)][1] != "-"
+
+
+def test_a_lone_validation_point_is_drawn_on_the_epochs_trained():
+    """Validation every few epochs can leave one point: its panel spanned fractional epochs around it."""
+    curves = synthetic_curves(epochs=5)
+    for run in curves.values():
+        run["val/acc"] = (np.array([5]), np.array([0.4]))
+    figure = training_curves(curves)
+    assert {axis.get_xlim() for axis in figure.axes} == {(0.5, 5.5)}

@@ -106,6 +106,10 @@ def training_curves(curves: dict[str, dict[str, Curve]], loss_of=loss_name):
     figure, axes = plt.subplots(rows, COLUMNS, figsize=(15, height), squeeze=False)
     for axis in axes.flat[len(shown):]:
         axis.remove()
+    # every panel over the epochs trained (validation may be logged every few epochs only: a lone point
+    # otherwise gets an axis of fractional epochs around it)
+    epochs = np.concatenate([steps for run in curves.values() for steps, _ in run.values()])
+    span = (epochs.min() - 0.5, epochs.max() + 0.5) if len(epochs) else None
     for axis, (title, metric, y_label, kind) in zip(axes.flat, shown):
         drawn = 0
         for method in methods:
@@ -128,6 +132,8 @@ def training_curves(curves: dict[str, dict[str, Curve]], loss_of=loss_name):
         axis.set_xlabel("epoch")
         axis.set_ylabel(y_label)
         axis.grid(True, alpha=0.3, which="both" if metric == LR else "major")
+        if span is not None:
+            axis.set_xlim(*span)
         axis.xaxis.get_major_locator().set_params(integer=True)
     handles = [plt.Line2D([], [], color=method_colour(method, methods), marker="o", markersize=4, label=method)
                for method in methods]
