@@ -108,8 +108,8 @@ def training_curves(curves: dict[str, dict[str, Curve]], loss_of=loss_name):
         axis.remove()
     # every panel over the epochs trained (validation may be logged every few epochs only: a lone point
     # otherwise gets an axis of fractional epochs around it)
-    epochs = np.concatenate([steps for run in curves.values() for steps, _ in run.values()])
-    span = (epochs.min() - 0.5, epochs.max() + 0.5) if len(epochs) else None
+    logged = [steps for run in curves.values() for steps, _ in run.values()]
+    span = (min(map(np.min, logged)) - 0.5, max(map(np.max, logged)) + 0.5) if logged else None
     for axis, (title, metric, y_label, kind) in zip(axes.flat, shown):
         drawn = 0
         for method in methods:
