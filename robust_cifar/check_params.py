@@ -10,6 +10,7 @@ import difflib
 import sys
 from pathlib import Path
 
+from robust_cifar.cache import ensure_cache
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.download import DataConfig, check_local_archive
 from robust_cifar.data.split import SplitConfig
@@ -22,7 +23,7 @@ from robust_cifar.params import Params, fix_hint
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method, registry_problem
 from robust_cifar.training.train import TrainConfig
 
 SEEDS = ("split", "plan", "umap")
@@ -57,7 +58,10 @@ def refuse_moved_keys(params: Params) -> None:
 
 
 def validate_params(params: Params) -> None:
-    """Raise ParamsError for the first bad, missing or unknown key."""
+    """Raise ParamsError for the first bad, missing or unknown key (and for method modules that make no registry)."""
+    problem = registry_problem()
+    if problem:
+        raise ParamsError(problem)
     refuse_moved_keys(params)
     DataConfig.from_params(params)
     SplitConfig.from_params(params)
@@ -105,6 +109,7 @@ def check_on_this_machine(params: Params) -> None:
     units and the local archive (there, and the one its md5 names). The check_params stage runs this,
     and so does every tool of the project before it hands overrides to DVC."""
     validate_params(params)
+    ensure_cache()
     compute = ComputeConfig.from_params(params)
     compute.check_machine()
     warning = compute.oversubscription(usable_cores())

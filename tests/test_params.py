@@ -371,3 +371,24 @@ def test_params_read_exactly_as_dvc_reads_them_even_with_a_yaml_directive(tmp_pa
     path = tmp_path / "params.yaml"
     path.write_text(text)
     assert load_params(path).raw == dvc_parse_yaml(text, str(path))
+
+
+def test_method_modules_that_make_no_registry_are_one_line_before_any_stage(monkeypatch):
+    """A method file named otherwise than its NAME, or a LABEL of another method, was an ImportError traceback in
+    every stage that imports the registry; check_params now refuses it in one line."""
+    import types
+
+    from robust_cifar.check_params import validate_params
+    from robust_cifar.training.methods import registry
+
+    def module(stem: str, label: str):
+        return types.SimpleNamespace(__name__=f"robust_cifar.training.methods.{stem}", LABEL=label)
+    assert registry.registry_problem() is None
+    for name, stem, label, words in [("mine2x", "mine2", "mtwo", "mine2.py sets NAME to 'mine2x'"),
+                                     ("mine", "mine", registry.label(REFERENCE_METHOD), "a LABEL of its own"),
+                                     ("mine", "mine", "Mtwo", "a LABEL of its own")]:
+        with monkeypatch.context() as patch:
+            patch.setitem(registry.REGISTRY, name, module(stem, label))
+            with pytest.raises(ParamsError, match=words) as refused:
+                validate_params(load_params(PARAMS))
+            assert "\n" not in str(refused.value)

@@ -66,3 +66,30 @@ def test_regenerating_keeps_everything_above_the_marker():
     once = with_generated(DVC_YAML, ["a"])
     assert once.startswith(DVC_YAML) and with_generated(once, ["a", "b"]).startswith(DVC_YAML)
     assert with_generated(with_generated(once, ["a", "b"]), ["a"]) == once
+
+
+def test_a_method_in_params_without_its_file_is_refused_before_dvc_yaml_is_touched(tmp_path, monkeypatch):
+    """Synced without the file, DVC skipped check_params (a dep gone is no change) and deleted the method's
+    outputs before failing on the missing dep."""
+    import pytest
+
+    from robust_cifar.errors import UserError
+    from tools import sync_dvc_yaml
+    (tmp_path / "params.yaml").write_text("methods: [kept, gone_one]\n")
+    (tmp_path / sync_dvc_yaml.METHODS_FOLDER).mkdir(parents=True)
+    (tmp_path / sync_dvc_yaml.METHODS_FOLDER / "kept.py").write_text("NAME = 'kept'\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setattr(sync_dvc_yaml, "ROOT", tmp_path)
+    with pytest.raises(UserError, match="lists gone_one, which no robust_cifar/training/methods/<name>.py defines"):
+        sync_dvc_yaml.main([])
+    assert (tmp_path / "dvc.yaml").read_text() == "stages: {}\n"
+
+
+def test_a_method_module_is_found_however_its_name_is_assigned(tmp_path):
+    """`NAME: str = ...` once hid a method's imports from every per-run stage's deps."""
+    from tools.import_closure import defines_name
+    for line, defines in (("NAME = 'a'", True), ("NAME: str = 'a'", True), ("NAMES = ['a']", False),
+                          ("def f():\n    NAME = 'a'", False)):
+        path = tmp_path / f"m{len(line)}{defines}.py"
+        path.write_text(line + "\n")
+        assert defines_name(path) == defines, line

@@ -77,8 +77,9 @@ def imports_one_by_name(path: Path) -> bool:
 
 def defines_name(path: Path) -> bool:
     """A method module: it sets NAME at its top level."""
-    return any(isinstance(node, ast.Assign) and any(isinstance(target, ast.Name) and target.id == "NAME"
-                                                    for target in node.targets) for node in parsed(path).body)
+    def targets(node) -> list:
+        return node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return any(isinstance(target, ast.Name) and target.id == "NAME" for node in parsed(path).body for target in targets(node))
 
 
 def import_closure(root: Path, module: str) -> set[Path]:

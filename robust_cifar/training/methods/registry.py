@@ -31,15 +31,26 @@ def _discover() -> dict[str, ModuleType]:
 
 
 REGISTRY = _discover()   # name -> module, in name order
-_misnamed = {name: module.__name__ for name, module in REGISTRY.items() if module.__name__.rsplit(".", 1)[1] != name}
-if _misnamed:
-    raise ImportError(f"a method module's file is named after its NAME (build_method finds it so): {_misnamed}")
-if REFERENCE_METHOD not in REGISTRY:
-    raise ImportError(f"REFERENCE_METHOD = {REFERENCE_METHOD!r} (robust_cifar/training/methods/__init__.py) is no method")
 LABEL_PATTERN = re.compile(r"[a-z]{1,7}")   # short: five methods' three columns fit 200 characters
-_labels = [getattr(module, "LABEL", "") for module in REGISTRY.values()]
-if not all(LABEL_PATTERN.fullmatch(label) for label in _labels) or len(set(_labels)) != len(_labels):
-    raise ImportError(f"every method needs its own LABEL of 1-7 lowercase letters, not {dict(zip(REGISTRY, _labels))}")
+
+
+def registry_problem() -> Optional[str]:
+    """What keeps the method modules from making a registry, in one line (None when nothing does): check_params
+    refuses it before any stage runs, a method added by hand being a user's edit, not a crash."""
+    folder = "robust_cifar/training/methods"
+    misnamed = {name: module.__name__.rsplit(".", 1)[1] for name, module in REGISTRY.items()
+                if module.__name__.rsplit(".", 1)[1] != name}
+    if misnamed:
+        return (f"{', '.join(f'{folder}/{stem}.py' for stem in misnamed.values())} sets NAME to "
+                f"{', '.join(map(repr, misnamed))}: a method's file is named after its NAME (stages find it so)")
+    if REFERENCE_METHOD not in REGISTRY:
+        return f"REFERENCE_METHOD = {REFERENCE_METHOD!r} ({folder}/__init__.py) names no method"
+    labels = {name: getattr(module, "LABEL", "") for name, module in REGISTRY.items()}
+    bad = {name: label for name, label in labels.items()
+           if not (isinstance(label, str) and LABEL_PATTERN.fullmatch(label)) or list(labels.values()).count(label) > 1}
+    if bad:
+        return f"every method needs a LABEL of its own, 1-7 lowercase letters: not {bad}"
+    return None
 
 
 def known(name: str) -> str:
