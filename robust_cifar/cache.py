@@ -10,6 +10,7 @@ compiled code are shared. A leaf module but for the errors.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -43,3 +44,25 @@ def project_cache_dir(name: str) -> Path:
     """The cache's subfolder `name` for this project's runs alone: `.cache/<name>`, or under $ROBUST_CIFAR_CACHE
     `<name>/<project_key>` (two clones training the same run at once would otherwise share a live log)."""
     return cache_dir(name) / project_key() if os.environ.get(ENV) else cache_dir(name)
+
+
+def ensure_cache() -> None:
+    """The cache folder exists or can be made: a UserError (one line) when it is a file or cannot be created,
+    before a stage's work rather than in the middle of it. Folders made to find out are removed again (only
+    while still empty: another stage may be filling one)."""
+    root = _root()
+    made: list[Path] = []
+    try:
+        for folder in reversed([root, *root.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+    except OSError as error:
+        where = f"${ENV} = {root}" if os.environ.get(ENV) else str(root.resolve())
+        raise UserError(f"the cache folder {where} cannot be made ({error.strerror}): "
+                        + (f"point ${ENV} at a folder you can write" if os.environ.get(ENV) else
+                           "make the project folder writable")) from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from robust_cifar.cache import project_cache_dir
+from robust_cifar.cache import ensure_cache, project_cache_dir
 from robust_cifar.errors import USER_ERROR_EXIT, UserError
 from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
@@ -41,7 +41,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     try:
         stop_on_signals()
         die_with_parent()
-        timings()   # a cache folder that is a file is refused now, not after the work (and the training's live log)
+        ensure_cache()   # a cache folder that is a file or cannot be made: refused now, not in the middle of the work
         main(sys.argv[1:])
         ignore_stop_signals()   # its outputs are written: a signal now would only make DVC discard a finished stage
         record_time(stage_name(sys.argv), time.perf_counter() - started)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from robust_cifar.cache import ENV, cache_dir, project_cache_dir
+from robust_cifar.cache import ENV, cache_dir, ensure_cache, project_cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.stage import record_time
 from tests.methods import HEAD
@@ -53,3 +53,13 @@ def test_a_cache_that_is_a_file_is_one_line(tmp_path, monkeypatch, named):
         project_cache_dir("live")
     assert "\n" not in str(refused.value)
     record_time("train-x-0", 1.0)   # a finished stage's timing never fails it
+
+
+def test_a_cache_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    """/proc takes no new folder, even from root: the training once died in dvclive's makedirs, a traceback."""
+    monkeypatch.setenv(ENV, "/proc/robust-cifar-cache")
+    with pytest.raises(UserError, match=r"\$ROBUST_CIFAR_CACHE = /proc/robust-cifar-cache cannot be made .*: point "):
+        ensure_cache()
+    monkeypatch.setenv(ENV, str(tmp_path / "new" / "cache"))
+    ensure_cache()
+    assert not (tmp_path / "new").exists()   # it could be made: what was made to find out is gone again
