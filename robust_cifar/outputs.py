@@ -119,11 +119,13 @@ def save_figure(figure, path: str | Path, dpi: int = 110) -> None:
         figure.savefig(partial, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
 
 
-def check_writable(*paths: str | Path) -> None:
-    """Refuse to start (before hours of work) when an output's folder cannot be created or written."""
+def check_writable(*paths: str | Path, files: bool = False) -> None:
+    """Refuse to start (before hours of work) when an output's folder cannot be created or written. A path with
+    a suffix is a file (its folder is checked), one without a folder, unless `files` (a tool's --out)."""
     for path in map(Path, paths):
-        folder = path if not path.suffix else path.parent
-        if path.suffix and path.is_dir():   # the rename at the end would fail, after the work
+        is_file = files or bool(path.suffix)
+        folder = path.parent if is_file else path
+        if is_file and path.is_dir():   # the write at the end would fail, after the work
             raise InputError(f"{path} is a folder where this stage writes a file: remove it (`rm -r {path}`), "
                              "then rerun")
         try:

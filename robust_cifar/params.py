@@ -86,7 +86,7 @@ VALIDATED_ELSEWHERE = Rule(lambda v: True, "any value")
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str), "a string")
 MD5 = Rule(lambda v: isinstance(v, str) and (v == "" or re.fullmatch(r"[0-9a-fA-F]{32}", v) is not None),
-           'an md5 of 32 hex digits, or "" to skip the check')
+           'an md5 of 32 hex digits, as `md5sum` prints it, or "" (none: a local data.archive needs its own)')
 
 
 def one_of(*choices: str) -> Rule:

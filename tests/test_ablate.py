@@ -35,3 +35,12 @@ def test_a_bad_setting_is_one_line_before_the_archive_is_read(setting, words):
     with pytest.raises(UserError, match=words) as refused:
         ablate.main(["--archive", "not-read.tar.gz", "--set", setting])
     assert "\n" not in str(refused.value)
+
+
+def test_an_out_that_is_a_folder_or_no_variant_is_refused_before_training(tmp_path, capsys):
+    """Both once trained (a variant, or nothing at all and exit 0) before failing or saying nothing."""
+    with pytest.raises(UserError, match="is a folder where this stage writes a file"):
+        ablate.main(["--archive", "not-read.tar.gz", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        ablate.main(["--archive", "not-read.tar.gz", "--variants"])
+    assert exit_info.value.code == 2 and "--variants: name at least one" in capsys.readouterr().err

@@ -8,6 +8,8 @@ from tools import bench
     (["--batch", "0"], "--batch 0: must be at least 1"),
     (["--batch", "-4"], "--batch -4: must be at least 1"),
     (["--seconds", "0"], "--seconds 0.0: must be above 0"),
+    (["--seconds", "inf"], "--seconds inf: must be above 0 and below an hour"),   # it ran with no end
+    (["--long", "--seconds", "2"], "give --long or --seconds, not both"),   # 2 was silently 15
     (["--device", "bogus"], "--device bogus: must be auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:99"], "--device cuda:99: this machine has no such device")])
 def test_what_cannot_be_measured_is_one_line(capsys, arguments, words):

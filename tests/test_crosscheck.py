@@ -34,6 +34,9 @@ def test_a_project_number_above_the_reference_fails_the_check():
     (["--methods", "bogus"], "--methods bogus: not in params.yaml's `methods`"),
     (["--seeds", "99"], "--seeds 99: not in params.yaml's `seeds.train`"),
     (["--seeds"], "--seeds: give at least one seed"),   # an empty shell variable once checked nothing, and passed
+    (["--methods"], "--methods: give at least one method"),
+    (["--temperatures", "inf"], "--temperatures inf: must be a finite number above 0"),   # it scored "yes"
+    (["--out", "reports"], "reports is a folder where this stage writes a file"),   # it failed after the attacks
     (["--head-attacks", "bogus"], "--head-attacks bogus: not one of AutoAttack's"),
     (["--iterations", "-5"], "--iterations -5: must be at least 1"),
     (["--tolerance", "2"], "--tolerance 2.0: must be from 0 to 1"),

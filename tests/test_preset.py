@@ -70,6 +70,14 @@ def test_the_command_is_one_dvc_experiment_with_the_archive(capsys):
     assert "dvc exp run -n x -S preset=quick" in capsys.readouterr().out
 
 
+def test_an_md5_without_its_archive_is_refused_and_an_empty_archive_downloads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quick", "--archive-md5", "0" * 32, "--dry-run"])   # it was ignored
+    assert exit_info.value.code == 2 and "--archive-md5 is the md5 of --archive" in capsys.readouterr().err
+    cmd = command("quick", "", None, "x", machine={})   # the download, whatever params.yaml's archive is
+    assert "data.archive=''" in cmd and "data.archive_md5=''" in cmd
+
+
 def test_an_archive_without_its_md5_gets_it_computed(tmp_path):
     """DVC records a local archive by its md5 param alone (check_params refuses one without it)."""
     archive = tmp_path / "local.tar.gz"

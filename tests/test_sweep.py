@@ -139,7 +139,10 @@ def test_workers_beyond_the_bounds_are_refused_at_once(capsys, workers):
 
 @pytest.mark.parametrize("arguments, words", [(["--tail", "-5"], "--tail -5: must be 0 or more"),
                                              (["--ray", "auto", "--gpus", "none"], "on a Ray cluster use --cpus-per-exp"),
-                                             (["--ray", "auto", "--workers", "2"], "on a Ray cluster use --cpus-per-exp")])
+                                             (["--ray", "auto", "--workers", "2"], "on a Ray cluster use --cpus-per-exp"),
+                                             (["--gpus-per-exp", "1"], "--gpus-per-exp: for a Ray cluster only"),
+                                             (["--git-remote", "up", "--ray-workdir", "/x"],
+                                              "--git-remote, --ray-workdir: for a Ray cluster only")])
 def test_options_that_cannot_apply_are_refused_at_once(capsys, arguments, words):
     with pytest.raises(SystemExit) as exit_info:
         main(["-S", "knn.k=1", *arguments, "--dry-run"])

@@ -26,6 +26,7 @@ from robust_cifar.data.download import CifarArrays, read_archive
 from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
+from robust_cifar.outputs import check_writable
 from robust_cifar.check_params import validate_params
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.signals import run_tool
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> None:
 
     edited = with_overrides(load_params(), args.set)   # `dvc exp run -S`'s grammar: a bad one is one line
     validate_params(edited)
+    if not args.variants:
+        parser.error("--variants: name at least one (or leave it out: every variant)")
+    if args.out:
+        check_writable(args.out, files=True)   # not after the first variant's training
     common = dict(item.split("=", 1) for item in args.set)
     raw = edited.raw
     arrays = read_archive(args.archive, args.archive_md5)

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast / channels_last")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement, after warm-up")
+    parser.add_argument("--seconds", type=float, help="per measurement, after warm-up (default 3)")
     parser.add_argument("--long", action="store_true", help="15 s per measurement")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "knn", "umap"])
@@ -218,11 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-graphs", action="store_true",
                         help="CUDA: time only the eager training step (compute.cuda_graphs=false)")
     args = parser.parse_args(argv)
-    seconds = 15.0 if args.long else args.seconds
+    if args.long and args.seconds is not None:
+        parser.error("--long is 15 s per measurement: give --long or --seconds, not both")
+    seconds = 15.0 if args.long else 3.0 if args.seconds is None else args.seconds
     if args.batch < 1:
         parser.error(f"--batch {args.batch}: must be at least 1")
-    if not seconds > 0:
-        parser.error(f"--seconds {seconds}: must be above 0")
+    if not 0 < seconds < 3600:
+        parser.error(f"--seconds {seconds}: must be above 0 and below an hour")
     if not (args.device == "auto" or DEVICE.check(args.device)):
         parser.error(f"--device {args.device}: must be auto, cpu, cuda or cuda:N")
     try:

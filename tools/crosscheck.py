@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -172,18 +173,22 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
     """The (method, seed) runs the arguments name, each a run of this workspace whose files are there; anything
     else (a method or seed the params lack, a missing model, a bad number, an --out that cannot be written) is
     a UserError now, before hours of attacks."""
-    methods, seeds = args.methods or params.method_names(), args.seeds if args.seeds is not None else params.train_seeds()
+    methods = args.methods if args.methods is not None else params.method_names()
+    seeds = args.seeds if args.seeds is not None else params.train_seeds()
     problems = [f"--methods {method}: not in params.yaml's `methods` ({', '.join(params.method_names())})"
                 for method in methods if method not in params.method_names()]
     problems += [f"--seeds {seed}: not in params.yaml's `seeds.train` {params.train_seeds()}"
                  for seed in seeds if seed not in params.train_seeds()]
     problems += ["--seeds: give at least one seed (or leave it out: every seed of `seeds.train`)"] * (not seeds)
+    problems += ["--methods: give at least one method (or leave it out: every method of `methods`)"] * (
+        args.methods is not None and not args.methods)
     problems += [f"--head-attacks {name}: not one of AutoAttack's ({', '.join(AUTOATTACK_ATTACKS)})"
                  for name in args.head_attacks if name not in AUTOATTACK_ATTACKS]
     problems += [f"--iterations {args.iterations}: must be at least 1"] * (args.iterations < 1)
     problems += [f"--tolerance {args.tolerance}: must be from 0 to 1 (a fraction of the images)"] * (
         not 0 <= args.tolerance <= 1)
-    problems += [f"--temperatures {t}: must be above 0" for t in args.temperatures if not t > 0]
+    problems += [f"--temperatures {t}: must be a finite number above 0" for t in args.temperatures
+                 if not (t > 0 and math.isfinite(t))]
     if problems:
         raise ParamsError(problems[0])
     runs = [(method, seed) for method in methods for seed in seeds]
@@ -195,7 +200,7 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
         raise InputError(f"no {missing[0]}{f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''}: "
                          "the check reads a reproduced run; `dvc repro` (or `dvc pull`) first")
     if args.out is not None:
-        check_writable(args.out)
+        check_writable(args.out, files=True)
     return runs
 
 

@@ -111,7 +111,9 @@ def overrides(name: str, machine: dict[str, object] | None = None) -> list[str]:
 def command(name: str, archive: str | None, archive_md5: str | None, experiment: str | None,
             machine: dict[str, object] | None = None) -> list[str]:
     data = []
-    if archive:
+    if archive == "":   # asked for the download: params.yaml's archive, if it names one, is not used
+        data += ["-S", "data.archive=''", "-S", "data.archive_md5=''"]
+    elif archive:
         if not archive_md5 and Path(archive).is_file():   # DVC records a local archive by its md5 param alone
             archive_md5 = md5_of(archive)
         md5 = archive_md5 or "''"   # a missing archive: the empty string spelled out, and check_params names the file
@@ -244,13 +246,16 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", choices=sorted(PRESETS))
-    parser.add_argument("--archive", help="a local CIFAR-10 archive (data.archive); default: download the official one")
+    parser.add_argument("--archive", help="a local CIFAR-10 archive (data.archive); \"\" downloads the official one; "
+                        "default: params.yaml's data.archive")
     parser.add_argument("--archive-md5", help="its md5 (data.archive_md5, what DVC records of it); default: computed")
     parser.add_argument("--name", help="the experiment's name (default: <preset>-<date>-<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
     parser.add_argument("--publish", type=Path, metavar="DIR",
                         help="after a successful run, copy its summary, metrics and figures into DIR (e.g. results/quick-cpu)")
     args = parser.parse_args(argv)
+    if args.archive_md5 and args.archive is None:
+        parser.error("--archive-md5 is the md5 of --archive: give the archive too")
     machine = machine_settings()
     cmd = command(args.preset, args.archive, args.archive_md5, args.name, machine)
     try:

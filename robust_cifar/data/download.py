@@ -85,7 +85,7 @@ _USE_OFFICIAL_HINT = f"Use the official archive from {OFFICIAL_URL} (md5 {OFFICI
 _SET_ARCHIVE_HINT = (
     "point `data.archive` at a local copy of the CIFAR-10 archive, e.g. "
     "`dvc exp run -S data.archive=path/to/cifar-10-python.tar.gz dvc.yaml` "
-    "(and set `data.archive_md5` to its md5, or to empty to skip the check)"
+    "and set `data.archive_md5` to its md5 (`md5sum` prints it)"
 )
 
 

@@ -34,6 +34,7 @@ from tools.sweep.grid import SweepError
 from tools.sweep.local import Progress, Slot, clone_job, plan_slots, run_pool, shown, visible_gpus
 
 MAX_WORKERS = 64   # experiments side by side on one machine (each a clone of the repository and a process)
+RAY_DEFAULTS = ("git_remote", "dvc_remote", "cpus_per_exp", "gpus_per_exp", "ray_workdir")   # the Ray group's options
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.ray and (args.workers is not None or args.gpus != "all"):
             raise SweepError("--workers and --gpus are for this machine's workers; on a Ray cluster use "
                              "--cpus-per-exp and --gpus-per-exp")
+        ray_only = [f"--{name.replace('_', '-')}" for name in RAY_DEFAULTS if getattr(args, name) != parser.get_default(name)]
+        if not args.ray and ray_only:
+            raise SweepError(f"{', '.join(ray_only)}: for a Ray cluster only; add --ray ADDRESS, or leave "
+                             f"{'them' if len(ray_only) > 1 else 'it'} out")
     except SweepError as error:
         parser.error(str(error))
     stop_on_signals()   # INT, TERM and HUP stop every running experiment and its stages
