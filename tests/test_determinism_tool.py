@@ -142,6 +142,9 @@ def test_onednn_kernels_are_read_from_its_verbose_lines_without_their_times():
                        "reorder,jit:uni,undef,src:f32::blocked:a::f0 dst:f32::blocked:a::f0,attr-scratchpad:user,,64"]
     again, _ = onednn_kernels(VERBOSE.replace("0.75", "0.81").splitlines())   # another time, the same kernel
     assert again == kernels
+    # ONEDNN_VERBOSE_TIMESTAMP=1 puts a time before the version: the same kernels are read
+    stamped = VERBOSE.replace("onednn_verbose,v1,", "onednn_verbose,1733500000000.123,v1,")
+    assert onednn_kernels(stamped.splitlines()) == (kernels, isa)
 
 
 def test_dispatch_says_whether_onednn_chose_the_same_kernels():

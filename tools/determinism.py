@@ -56,7 +56,7 @@ from stages import paths
 ROOT = Path(__file__).resolve().parents[1]
 DIFFERENT_EXIT = 1
 # oneDNN's verbose mode prints a line for each primitive it executes, naming its implementation; it changes no result
-ONEDNN_VERBOSE = {"ONEDNN_VERBOSE": "1"}
+ONEDNN_VERBOSE = {"ONEDNN_VERBOSE": "1", "ONEDNN_VERBOSE_TIMESTAMP": "0"}
 VERBOSE_PREFIX = "onednn_verbose,"
 # What the scratch folder shares with the project: read only, as train@ reads it.
 SHARED = (paths.RAW.parent, paths.SPLIT.parent)
@@ -202,10 +202,14 @@ def onednn_kernels(lines) -> tuple[list[str], str]:
         if not line.startswith(VERBOSE_PREFIX):
             continue
         fields = line.rstrip("\n").split(",")
-        if fields[2:4] == ["primitive", "exec"]:
-            kernels.append(",".join(fields[5:-1]))
-        elif fields[2:4] == ["info", "cpu"] and fields[4].startswith("isa:"):
-            isa = fields[4].removeprefix("isa:")
+        # onednn_verbose,[timestamp,]v1,<kind>,...: find the kind wherever a timestamp put it
+        at = next((index for index, field in enumerate(fields[:4]) if field in ("primitive", "info")), None)
+        if at is None:
+            continue
+        if fields[at:at + 2] == ["primitive", "exec"]:
+            kernels.append(",".join(fields[at + 3:-1]))   # after the engine, without the time
+        elif fields[at:at + 2] == ["info", "cpu"] and len(fields) > at + 2 and fields[at + 2].startswith("isa:"):
+            isa = fields[at + 2].removeprefix("isa:")
     return kernels, isa
 
 
