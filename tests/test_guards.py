@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robust_cifar.training.methods import FOLDER
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
@@ -21,7 +22,7 @@ from tools.preset import OUTPUT_FOLDERS
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
 WHOLE_FILE = "check_params"
-REGISTRY_FOLDER = "robust_cifar/training/methods/"
+REGISTRY_FOLDER = f"{FOLDER}/"
 
 
 def command_module(cmd: str) -> tuple[str, list[str]]:

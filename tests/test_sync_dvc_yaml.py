@@ -76,8 +76,8 @@ def test_a_method_in_params_without_its_file_is_refused_before_dvc_yaml_is_touch
     from robust_cifar.errors import UserError
     from tools import sync_dvc_yaml
     (tmp_path / "params.yaml").write_text("methods: [kept, gone_one]\n")
-    (tmp_path / sync_dvc_yaml.METHODS_FOLDER).mkdir(parents=True)
-    (tmp_path / sync_dvc_yaml.METHODS_FOLDER / "kept.py").write_text("NAME = 'kept'\n")
+    (tmp_path / sync_dvc_yaml.FOLDER).mkdir(parents=True)
+    (tmp_path / sync_dvc_yaml.FOLDER / "kept.py").write_text("NAME = 'kept'\n")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.setattr(sync_dvc_yaml, "ROOT", tmp_path)
     with pytest.raises(UserError, match="lists gone_one, which no robust_cifar/training/methods/<name>.py defines"):

@@ -10,3 +10,4 @@ the summary, the figures, the tools). docs/extending.md: adding a method.
 # The reference: every other method is compared with it (the verdict), and its model of the same seed
 # attacks every model's inputs alike (the transfer condition). The registry checks that it is a method.
 REFERENCE_METHOD = "baseline"
+FOLDER = "robust_cifar/training/methods"   # where the method modules are, as messages, docs and dvc.yaml name it

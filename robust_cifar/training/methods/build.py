@@ -14,6 +14,7 @@ from types import ModuleType
 
 from robust_cifar.errors import ParamsError
 from robust_cifar.params import Params
+from robust_cifar.training.methods import FOLDER
 from robust_cifar.training.methods.method import Method
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")   # a module of this folder, and a DVC stage name's part
@@ -22,10 +23,10 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")   # a module of this folder, and a
 def method_module(name: str) -> ModuleType:
     """The module that defines method `name`; a name no module of this folder defines is a ParamsError."""
     if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name) and (Path(__file__).parent / f"{name}.py").is_file()):
-        raise ParamsError(f"unknown method {name!r}: no robust_cifar/training/methods/<name>.py defines it")
+        raise ParamsError(f"unknown method {name!r}: no {FOLDER}/<name>.py defines it")
     module = importlib.import_module(f"{__package__}.{name}")
     if getattr(module, "NAME", None) != name:
-        raise ParamsError(f"unknown method {name!r}: robust_cifar/training/methods/{name}.py is no method "
+        raise ParamsError(f"unknown method {name!r}: {FOLDER}/{name}.py is no method "
                           "(a method module sets NAME to its file's name)")
     return module
 

@@ -18,7 +18,7 @@ from typing import Optional
 
 from robust_cifar.errors import ParamsError
 from robust_cifar.params import Params
-from robust_cifar.training.methods import REFERENCE_METHOD
+from robust_cifar.training.methods import FOLDER, REFERENCE_METHOD
 from robust_cifar.training.methods.build import build_method
 from robust_cifar.training.methods.method import Method
 
@@ -37,14 +37,13 @@ LABEL_PATTERN = re.compile(r"[a-z]{1,7}")   # short: five methods' three columns
 def registry_problem() -> Optional[str]:
     """What keeps the method modules from making a registry, in one line (None when nothing does): check_params
     refuses it before any stage runs, a method added by hand being a user's edit, not a crash."""
-    folder = "robust_cifar/training/methods"
     misnamed = {name: module.__name__.rsplit(".", 1)[1] for name, module in REGISTRY.items()
                 if module.__name__.rsplit(".", 1)[1] != name}
     if misnamed:
-        return (f"{', '.join(f'{folder}/{stem}.py' for stem in misnamed.values())} sets NAME to "
+        return (f"{', '.join(f'{FOLDER}/{stem}.py' for stem in misnamed.values())} sets NAME to "
                 f"{', '.join(map(repr, misnamed))}: a method's file is named after its NAME (stages find it so)")
     if REFERENCE_METHOD not in REGISTRY:
-        return f"REFERENCE_METHOD = {REFERENCE_METHOD!r} ({folder}/__init__.py) names no method"
+        return f"REFERENCE_METHOD = {REFERENCE_METHOD!r} ({FOLDER}/__init__.py) names no method"
     labels = {name: getattr(module, "LABEL", "") for name, module in REGISTRY.items()}
     bad = {name: label for name, label in labels.items()
            if not (isinstance(label, str) and LABEL_PATTERN.fullmatch(label)) or list(labels.values()).count(label) > 1}
