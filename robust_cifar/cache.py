@@ -20,12 +20,20 @@ from robust_cifar.errors import UserError
 ENV = "ROBUST_CIFAR_CACHE"
 
 
+def _named() -> bool:
+    return bool(os.environ.get(ENV))
+
+
+def _where(root: Path) -> str:
+    """The cache folder as a message names it: the variable that set it, or its path."""
+    return f"${ENV} = {root}" if _named() else str(root.resolve())
+
+
 def _root() -> Path:
     root = Path(os.environ.get(ENV) or ".cache")
     if root.exists() and not root.is_dir():
-        where = f"${ENV} = {root}" if os.environ.get(ENV) else f"{root.resolve()}"
-        raise UserError(f"the cache folder {where} is a file, not a folder: move the file away"
-                        + (f", or point ${ENV} at a folder" if os.environ.get(ENV) else ""))
+        raise UserError(f"the cache folder {_where(root)} is a file, not a folder: move the file away"
+                        + (f", or point ${ENV} at a folder" if _named() else ""))
     return root
 
 
@@ -43,7 +51,7 @@ def project_key(root: Path | None = None) -> str:
 def project_cache_dir(name: str) -> Path:
     """The cache's subfolder `name` for this project's runs alone: `.cache/<name>`, or under $ROBUST_CIFAR_CACHE
     `<name>/<project_key>` (two clones training the same run at once would otherwise share a live log)."""
-    return cache_dir(name) / project_key() if os.environ.get(ENV) else cache_dir(name)
+    return cache_dir(name) / project_key() if _named() else cache_dir(name)
 
 
 def ensure_cache() -> None:
@@ -58,9 +66,8 @@ def ensure_cache() -> None:
                 folder.mkdir()
                 made.append(folder)
     except OSError as error:
-        where = f"${ENV} = {root}" if os.environ.get(ENV) else str(root.resolve())
-        raise UserError(f"the cache folder {where} cannot be made ({error.strerror}): "
-                        + (f"point ${ENV} at a folder you can write" if os.environ.get(ENV) else
+        raise UserError(f"the cache folder {_where(root)} cannot be made ({error.strerror}): "
+                        + (f"point ${ENV} at a folder you can write" if _named() else
                            "make the project folder writable")) from None
     finally:
         for folder in reversed(made):

@@ -3,8 +3,7 @@ and where the images came from -> data/raw/source.json"""
 from pathlib import Path
 
 from robust_cifar.cache import cache_dir
-from robust_cifar.data.download import (OFFICIAL_MD5, DataConfig, check_local_archive, download, md5_of, read_archive,
-                                        save_arrays)
+from robust_cifar.data.download import OFFICIAL_MD5, DataConfig, download, md5_of, read_archive, require_md5, save_arrays
 from robust_cifar.outputs import write_json
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
@@ -15,7 +14,7 @@ def main(argv: list[str]) -> None:
     data = DataConfig.from_params(load_params())
     if data.archive:
         archive, expected_md5 = Path(data.archive), data.archive_md5
-        check_local_archive(archive, expected_md5)
+        require_md5(archive, expected_md5)   # read_archive checks the rest
     else:
         archive, expected_md5 = cache_dir("downloads") / Path(data.url).name, data.md5
         if not (archive.is_file() and (not expected_md5 or md5_of(archive) == expected_md5)):

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from robust_cifar.check_params import validate_params
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.data.download import CifarArrays, read_archive
 from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
 from robust_cifar.outputs import check_writable
-from robust_cifar.check_params import validate_params
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, build_method

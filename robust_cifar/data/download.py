@@ -250,14 +250,19 @@ def _unreadable(path: Path, error: BaseException) -> ArchiveError:
 
 
 def check_local_archive(path: Path, expected_md5: str | None) -> None:
-    """`data.archive` as the pipeline takes it (check_params and download): check_archive_file, and its md5 param
-    set, since the file is no DVC dependency: the md5 is what DVC records of it (another file under the same
-    name went unseen)."""
+    """`data.archive` as check_params takes it: check_archive_file, and require_md5."""
     check_archive_file(path, expected_md5)
+    require_md5(path, expected_md5)
+
+
+def require_md5(path: Path, expected_md5: str | None) -> None:
+    """A local archive's md5 param is set: the file is no DVC dependency, so the md5 is what DVC records of it
+    (another file under the same name went unseen)."""
     if not _normalised_md5(expected_md5):
         raise ArchiveError(f"`data.archive` = {path} has no `data.archive_md5`: DVC knows a local archive only by "
                            "that param, so another file under this name would go unseen; set this one's: "
-                           f"`dvc exp run -S data.archive_md5={md5_of(path)} dvc.yaml`")
+                           f"`dvc exp run -S data.archive_md5={md5_of(path) if Path(path).is_file() else '<its md5>'} "
+                           "dvc.yaml`")
 
 
 def read_archive(path, expected_md5: str | None = None) -> CifarArrays:

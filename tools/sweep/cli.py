@@ -223,12 +223,15 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
         committed = Params(parse_yaml(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
     except (SweepError, YAMLError) as error:
         raise SweepError(f"params.yaml of {commit[:7]} cannot be read ({error})") from None
-    check = validate_params if slot is None else check_on_this_machine
     numerics = [] if slot is None else slot.set_params()[1::2]
+    machine_checked = set()   # what the machine check reads (the compute and data sections): an archive's md5 once
     for experiment in experiments:
         try:
+            edited = with_overrides(committed, numerics + experiment.set_params()[1::2])
+            reads = json.dumps([edited.raw.get("compute"), edited.raw.get("data")], sort_keys=True, default=str)
             with contextlib.chdir(root):   # a local archive's path is relative to the project, as DVC runs stages
-                check(with_overrides(committed, numerics + experiment.set_params()[1::2]))
+                (validate_params if slot is None or reads in machine_checked else check_on_this_machine)(edited)
+            machine_checked.add(reads)
         except UserError as error:
             edited = git(root, "diff", "--quiet", commit, "--", "params.yaml", check=False).returncode != 0
             raise SweepError(f"experiment {experiment.name}: {error}"
