@@ -29,8 +29,10 @@ NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
                 "DNNL_CPU_ISA_HINTS", "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE", "MKL_CBWR",
                 "MKL_ENABLE_INSTRUCTIONS")
 # Set by tools.determinism alone, whose trainings write no file of the project: it may try another instruction set
-# (ONEDNN_MAX_CPU_ISA) to see whether the kernels of one are what differs between runs.
+# (ONEDNN_MAX_CPU_ISA) to see whether the kernels of one are what differs between runs, and (`--without-onednn`)
+# bf16 autocast on a CPU without bf16 units, where PyTorch's own kernels compute it as on any other CPU.
 KERNEL_ENV_ALLOWED = False
+EMULATED_BF16_ALLOWED = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     # On CPUs without bf16 matrix units autocast emulates bf16 and runs slower than fp32.
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return device.type == "cpu" and (EMULATED_BF16_ALLOWED or (torch.backends.mkldnn.is_available()
+                                                               and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,15 @@ def test_an_environment_variable_that_picks_other_kernels_is_refused(monkeypatch
     config().check_machine()
 
 
+def test_emulated_bf16_is_allowed_only_where_the_determinism_tool_turns_onednn_off(monkeypatch):
+    monkeypatch.setattr(compute_module, "EMULATED_BF16_ALLOWED", True)
+    assert compute_module.bf16_supported(torch.device("cpu"))
+    config(fast=True).check_machine()   # passes on any CPU
+    monkeypatch.setattr(compute_module, "EMULATED_BF16_ALLOWED", False)
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert compute_module.bf16_supported(torch.device("cpu")) == native
+
+
 def test_more_threads_than_cores_is_allowed_with_a_one_line_warning_naming_the_fix():
     assert config(threads=2).oversubscription(cores=2) is None
     assert config(device="cuda", threads=64).oversubscription(cores=2) is None   # the GPU does the work

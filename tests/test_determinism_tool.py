@@ -186,6 +186,16 @@ def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reprod
     assert state() == before
 
 
+def test_without_onednn_the_runs_use_pytorchs_own_kernels_and_bf16_runs_on_any_cpu(reproduced_project):
+    """The filer's split of a difference: runs that differ with oneDNN and agree without it point at its kernels."""
+    result = determinism(reproduced_project, ANGULAR, "--runs", "2", "--without-onednn", "-S", "compute.threads=2",
+                         "-S", "train.epochs=1", "-S", "compute.fast=true")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "oneDNN off" in result.stdout.splitlines()[0]
+    assert result.stdout.count(" 0 oneDNN kernels run,") == 2, result.stdout   # oneDNN dispatched nothing
+    assert f"train@{ANGULAR}-0: one result in 2 runs" in result.stdout
+
+
 @pytest.mark.parametrize("settings, seed, named", [
     (["knn.kk=3"], 0, "knn.kk"),
     (["train.lr=1e9"], 0, "train.lr"),   # read by the training only: checked before the first run all the same

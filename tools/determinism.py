@@ -12,7 +12,10 @@ gradient reaching it (forward passes with gradients: training steps and attacks)
 rate and every parameter's gradient before each optimizer step; then the digest of the saved weights.
 On a CPU, oneDNN names each kernel it runs (ONEDNN_VERBOSE=1): where two runs differ, the tool also says
 whether oneDNN dispatched the same kernels in the same order (the difference then lies inside a kernel,
-or outside oneDNN) or, if not, the first kernel it chose otherwise.
+or outside oneDNN) or, if not, the first kernel it chose otherwise. With `--without-onednn` the trainings run
+with oneDNN off (PyTorch's own kernels for every convolution, matrix product and batch norm; slower, and bf16
+emulated as on any CPU, so `-S compute.fast=true` runs on a CPU without bf16 units too): runs that differ with
+oneDNN and agree without it point at oneDNN's kernels.
 
 Exit 0 when every run saved the same weights and traced the same tensors; 1 when they differ, after
 naming the first differing tensor and the last identical one before it. The kernel to suspect lies
@@ -181,17 +184,26 @@ def state_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def trace_one_run(method: str, seed: int, trace: Path) -> None:
+def trace_one_run(method: str, seed: int, trace: Path, without_onednn: bool = False) -> None:
     """In a scratch folder (cwd): train@<method>-<seed> as the stage does, traced; the trace to `trace`."""
     from stages import train as train_stage
 
     die_with_parent()   # a scratch training outlives no check
     compute_module.KERNEL_ENV_ALLOWED = True   # its weights are no output of the project: an ISA may be tried
+    if without_onednn:
+        use_native_kernels()
     started = time.perf_counter()
     with Tracer() as tracer:
         train_stage.main([method, str(seed)])
     trace.write_text(json.dumps({"records": tracer.records, "weights": state_digest(paths.model(method, seed)),
                                  "seconds": time.perf_counter() - started}))
+
+
+def use_native_kernels() -> None:
+    """oneDNN off in this process: PyTorch's own CPU kernels compute what oneDNN would, bf16 included (emulated,
+    as on a CPU without bf16 units), so a run's numerics no longer depend on oneDNN's choice of kernels."""
+    torch.backends.mkldnn.enabled = False
+    compute_module.EMULATED_BF16_ALLOWED = True
 
 
 def onednn_kernels(lines) -> tuple[list[str], str]:
@@ -239,14 +251,15 @@ def scratch_folder(project: Path, folder: Path, params: dict) -> None:
         (folder / shared).symlink_to((project / shared).resolve(), target_is_directory=True)
 
 
-def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: Path) -> Run:
+def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: Path,
+                   without_onednn: bool = False) -> Run:
     scratch_folder(project, folder, params)
     trace, onednn_log = folder / "trace.json", folder / "stdout.log"
     env = {**os.environ, **ONEDNN_VERBOSE,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     with onednn_log.open("w") as stdout:   # a file: a long training's verbose lines run to megabytes
-        result = subprocess.run([sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)],
-                                cwd=folder, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)]
+        result = subprocess.run(command + (["--without-onednn"] if without_onednn else []), cwd=folder, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         said = [line for line in onednn_log.read_text(errors="replace").splitlines() + result.stderr.splitlines()
                 if line.strip() and not line.startswith(VERBOSE_PREFIX)]
@@ -321,10 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=8, help="trainings to compare (default 8; at least 2)")
     parser.add_argument("-S", "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a params override, as `dvc exp run -S` takes it")
+    parser.add_argument("--without-onednn", action="store_true",
+                        help="train with oneDNN off: PyTorch's own kernels (bf16 emulated, so compute.fast=true runs "
+                             "on any CPU); runs that then agree point at oneDNN's kernels")
     parser.add_argument("--trace-to", type=Path, help=argparse.SUPPRESS)   # one traced run, in its scratch folder
     args = parser.parse_intermixed_args(argv)   # the seed may follow an -S
     if args.trace_to is not None:
-        trace_one_run(args.method, args.seed, args.trace_to)
+        trace_one_run(args.method, args.seed, args.trace_to, args.without_onednn)
         return 0
     if args.runs < 2:
         parser.error("--runs must be at least 2: a determinism check compares trainings")
@@ -332,15 +348,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the seed must be a whole number >= 0")
 
     compute_module.KERNEL_ENV_ALLOWED = True   # the trainings write nothing of the project: ONEDNN_MAX_CPU_ISA may be tried
+    if args.without_onednn:
+        use_native_kernels()   # as its trainings will: check_project's machine check then allows emulated bf16
     params = check_project(args.settings, args.method, args.seed)
     project = Path.cwd()
     run_name = f"train@{paths.run_name(args.method, args.seed)}"
-    print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}",
-          flush=True)
+    print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}"
+          f"{', oneDNN off' if args.without_onednn else ''}", flush=True)
     runs = []
     for number in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="determinism-") as folder:
-            runs.append(run_in_scratch(project, params, args.method, args.seed, Path(folder)))
+            runs.append(run_in_scratch(project, params, args.method, args.seed, Path(folder), args.without_onednn))
         print(f"run {number}: weights {runs[-1].weights}, {len(runs[-1].records):,} tensors traced, "
               f"{len(runs[-1].kernels):,} oneDNN kernels run{f' ({runs[-1].isa})' if runs[-1].isa else ''}, "
               f"{runs[-1].seconds:.1f} s", flush=True)
