@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     train_labels = torch.from_numpy(splits["train"].labels).to(compute.device)
     reference = method.objective.reference(clean_train[0], train_labels, model.config["num_classes"])
     score = method.objective.score_fn(model, reference)
-    arrays = {"class_names": np.array(class_names)}
+    arrays = {"run": np.array(paths.run_name(name, seed)), "class_names": np.array(class_names)}
     for split in SPLITS:
         results = evaluate_conditions(model, images[split], plans[split], fgm_eps, score, transfer_source, compute,
                                       batch_size, conditions_for(split), clean=clean_train if split == "train" else None,

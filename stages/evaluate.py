@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
     method, seed = paths.run_arguments(argv)
     run = paths.run_name(method, seed)
     k, device = knn_k(params), Compute.fp32_from_params(params).device
-    arrays = load_embeddings(paths.embeddings(method, seed), f"embed@{run}")
+    arrays = load_embeddings(paths.embeddings(method, seed), run)
     metrics, predictions = score_embeddings(arrays, k, device)
     write_json(paths.seed_metrics(method, seed), metrics)
 

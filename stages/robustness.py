@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
         load_model(paths.model(REFERENCE_METHOD, seed), compute.device, run=(REFERENCE_METHOD, seed),
                    **expected)[0]))
-    arrays = load_embeddings(paths.embeddings(name, seed), f"embed@{run}", num_classes=model.config["num_classes"],
+    arrays = load_embeddings(paths.embeddings(name, seed), run, num_classes=model.config["num_classes"],
                              embedding_dim=model.config["embedding_dim"])
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(compute.device)
     fit_labels = torch.from_numpy(arrays["train.labels"]).to(compute.device)

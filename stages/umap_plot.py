@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     method = paths.method_argument(argv)
     config, seed, model_seed = UmapConfig.from_params(params), params.seed("umap"), params.seed("figures")
     check_writable(paths.umap_figure(method))
-    arrays = load_embeddings(paths.embeddings(method, model_seed), f"embed@{paths.run_name(method, model_seed)}")
+    arrays = load_embeddings(paths.embeddings(method, model_seed), paths.run_name(method, model_seed))
     rng = np.random.default_rng(seed)
 
     started = time.perf_counter()

@@ -46,9 +46,9 @@ def one_line(error: pytest.ExceptionInfo, path: Path, stage: str, *words: str) -
 # --- embeddings --------------------------------------------------------------------------------
 
 def embedding_arrays(with_logits: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
-    """What stages/embed.py writes: class_names, then per split flatten(...) and the labels."""
+    """What stages/embed.py writes: its run and class_names, then per split flatten(...) and the labels."""
     generator = torch.Generator().manual_seed(seed)
-    arrays = {"class_names": np.array(CLASSES)}
+    arrays = {"run": np.array(RUN), "class_names": np.array(CLASSES)}
     for split in SPLITS:
         results = {condition: (torch.randn(ROWS, DIM, generator=generator), torch.randn(ROWS, len(CLASSES), generator=generator))
                    for condition in conditions_for(split)}
@@ -67,7 +67,7 @@ def written(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
 @pytest.mark.parametrize("with_logits", [True, False], ids=["head", "no head"])
 def test_the_embeddings_embed_writes_pass_and_score(tmp_path, with_logits):
     path = written(tmp_path, embedding_arrays(with_logits))
-    arrays = load_embeddings(path, STAGE, num_classes=len(CLASSES), embedding_dim=DIM)
+    arrays = load_embeddings(path, RUN, num_classes=len(CLASSES), embedding_dim=DIM)
     metrics, _ = score_embeddings(arrays, 1, torch.device("cpu"))
     assert ("head" in metrics["test"]["clean"]) == with_logits
 
@@ -84,6 +84,8 @@ BAD_EMBEDDINGS = [
     ("without a key", without("val.transfer.embeddings"), "no val.transfer.embeddings"),
     ("without the labels", without("test.labels"), "no test.labels"),
     ("without the class names", without("class_names"), "no class_names"),
+    ("without its run", without("run"), "no run"),   # written before embed stamped its run, or by hand
+    ("runs as a list", replaced("run", lambda run: np.array([str(run)] * 2)), "run has 1 dimension (2,), not 0"),
     ("5 labels for 12 rows", replaced("train.labels", lambda labels: labels[:5]),
      "train.labels has 5 train images, train.clean.embeddings 12"),
     ("string embeddings", replaced("train.clean.embeddings", lambda values: values.astype(str)),
@@ -116,7 +118,7 @@ def test_an_embeddings_file_of_the_wrong_shape_is_one_line(tmp_path, damage, wor
     damage(arrays)
     path = written(tmp_path, arrays)
     with pytest.raises(InputError) as error:
-        load_embeddings(path, STAGE)
+        load_embeddings(path, RUN)
     one_line(error, path, STAGE, f"does not hold what {STAGE} writes", words)
 
 
@@ -127,8 +129,18 @@ def test_an_embeddings_file_of_the_wrong_shape_is_one_line(tmp_path, damage, wor
 def test_embeddings_of_another_model_are_refused(tmp_path, known, words):
     path = written(tmp_path, embedding_arrays())
     with pytest.raises(InputError) as error:
-        load_embeddings(path, STAGE, **known)
+        load_embeddings(path, RUN, **known)
     one_line(error, path, STAGE, words)
+
+
+def test_another_runs_embeddings_copied_over_this_ones_are_refused(tmp_path):
+    """`cp data/embeddings/<a>-0.npz data/embeddings/<b>-0.npz` leaves a well-formed file: its stamp tells."""
+    arrays = embedding_arrays()
+    arrays["run"] = np.array(f"{HEAD}-1")
+    path = written(tmp_path, arrays)
+    with pytest.raises(InputError) as error:
+        load_embeddings(path, RUN)
+    one_line(error, path, STAGE, f"the embeddings of {HEAD}-1, not of {RUN}")
 
 
 # --- per-seed reports and metrics --------------------------------------------------------------

@@ -37,8 +37,8 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import InputError, ParamsError
+from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.model import load_model
-from robust_cifar.npz import load_npz
 from robust_cifar.outputs import check_writable
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
 from robust_cifar.signals import run_tool
@@ -100,10 +100,11 @@ def check_run(method: str, seed: int, device: torch.device, iterations: int = IT
     splits, _ = load_splits(paths.RAW, paths.SPLIT)
     x = torch.from_numpy(splits["test"].images[chosen]).float().div(255).to(device)
     y = torch.from_numpy(splits["test"].labels[chosen]).long().to(device)
-    model = load_model(paths.model(method, seed), device)[0].float().eval()
+    model = load_model(paths.model(method, seed), device, run=(method, seed))[0].float().eval()
     baseline = (None if method == REFERENCE_METHOD else
-                load_model(paths.model(REFERENCE_METHOD, seed), device)[0].float().eval())
-    arrays = load_npz(paths.embeddings(method, seed), f"embed@{method}-{seed}")
+                load_model(paths.model(REFERENCE_METHOD, seed), device, run=(REFERENCE_METHOD, seed))[0].float().eval())
+    arrays = load_embeddings(paths.embeddings(method, seed), paths.run_name(method, seed),
+                             num_classes=model.config["num_classes"], embedding_dim=model.config["embedding_dim"])
     fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(device)
     fit_labels = torch.from_numpy(arrays["train.labels"]).long().to(device)
     knn = KNeighborsClassifier(n_neighbors=load_params().value("knn.k", VALIDATED_ELSEWHERE)).fit(fit.cpu().numpy(),
