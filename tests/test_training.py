@@ -201,6 +201,23 @@ def test_a_training_whose_loss_becomes_nan_stops_in_that_epoch_with_one_line(mon
     assert "no model was written" in message and "-S train.lr=0.01 dvc.yaml" in message, message
 
 
+def test_an_interrupted_training_ends_its_progress_line_so_the_stages_one_line_starts_a_new_one(capsys):
+    """A bar left open kept its line unended, and the stage's `interrupted (SIGINT): ...` was glued to it."""
+    def interrupt(row):
+        raise KeyboardInterrupt
+
+    setup = TrainingSetup(method=make_method(HEAD, 20), train=config(epochs=3, val_every=100),
+                          compute=Compute.create("cpu", fast=False), seed=0, num_classes=CLASSES, eval_batch_size=64)
+    # held, as run_stage holds the exception while it prints its line: the frames (and an unclosed bar) stay alive
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        train_model(setup, CifarResNet18(width=4, embedding_dim=16, num_classes=CLASSES), SMALL, VAL, progress=True,
+                    on_epoch=interrupt)
+    shown = capsys.readouterr().err
+    assert interrupted.traceback
+    print(repr(shown[-300:]), file=__import__("sys").__stdout__)
+    assert f"train@{HEAD}" in shown and shown.endswith("\n"), repr(shown[-200:])
+
+
 def test_plateau_of_the_training_loss_lowers_lr(monkeypatch):
     import itertools
     constant_loss(monkeypatch, itertools.repeat(1.0))

@@ -26,18 +26,17 @@ def embed_and_classify(model: CifarResNet18, images: torch.Tensor, compute: Comp
     """
     model.eval()
     embeddings, logits = [], []
-    bar = tqdm(total=len(images), unit="img", unit_scale=True, leave=False, disable=not progress,
-               desc=progress if isinstance(progress, str) else "inference")
-    for start in range(0, len(images), batch_size):
-        stop = min(start + batch_size, len(images))
-        x = compute.images(images[start:stop])
-        if transform is not None:
-            with compute.autocast():
-                x = transform(x, start, stop)
-        with torch.no_grad(), compute.autocast():
-            batch_embeddings, batch_logits = model.embed_and_classify(x)
-        embeddings.append(batch_embeddings.float())
-        logits.append(batch_logits.float())
-        bar.update(stop - start)
-    bar.close()
+    with tqdm(total=len(images), unit="img", unit_scale=True, leave=False, disable=not progress,
+              desc=progress if isinstance(progress, str) else "inference") as bar:
+        for start in range(0, len(images), batch_size):
+            stop = min(start + batch_size, len(images))
+            x = compute.images(images[start:stop])
+            if transform is not None:
+                with compute.autocast():
+                    x = transform(x, start, stop)
+            with torch.no_grad(), compute.autocast():
+                batch_embeddings, batch_logits = model.embed_and_classify(x)
+            embeddings.append(batch_embeddings.float())
+            logits.append(batch_logits.float())
+            bar.update(stop - start)
     return torch.cat(embeddings), torch.cat(logits)

@@ -150,48 +150,47 @@ def train_model(setup: TrainingSetup, model: CifarResNet18, train: SplitTensors,
 
     history = []
     # images per epoch from the method's own batch order (balanced batches repeat images); a throwaway generator
-    bar = tqdm(total=config.epochs * sum(map(len, method.batch_order.epoch(train.labels, torch.Generator()))),
-               unit="img", unit_scale=True, disable=not progress,
-               desc=f"train@{method.name}")
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        tracker = method.objective.training_accuracy(len(train.labels), model, setup.num_classes, compute.device)
-        loss_sum = torch.zeros((), device=compute.device)
-        seen = 0
-        for indices in epoch_batches(setup, train.labels, order_generator):
-            labels = train.labels[indices]
-            loss, outputs = step(train.images[indices], labels)
-            loss_sum += loss * len(indices)
-            tracker.update(outputs, labels, indices)
-            seen += len(indices)
-            bar.update(len(indices))
-        train_loss = (loss_sum / seen).item()   # the one host sync of the epoch
-        if not math.isfinite(train_loss):   # weights that are NaN now stay NaN: stop, rather than save chance
-            raise TrainingDiverged(
-                f"train@{method.name}-{setup.seed} diverged: its mean training loss in epoch {epoch} is {train_loss} "
-                f"(train.lr = {config.lr:g}), and no model was written: lower the learning rate, for example "
-                f"`dvc exp run -S train.lr={config.lr / 10:g} dvc.yaml`")
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": tracker.value(train.labels, seen).item(),
-               "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
-        clean_now = config.validates(epoch)
-        perturbed_now = perturbed_val is not None and config.validates_perturbed(epoch)
-        loss_now = config.lr_schedule_on == "validation"
-        if clean_now or perturbed_now or loss_now:
+    with tqdm(total=config.epochs * sum(map(len, method.batch_order.epoch(train.labels, torch.Generator()))),
+              unit="img", unit_scale=True, disable=not progress,
+              desc=f"train@{method.name}") as bar:
+        for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
-            row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
-                                clean="full" if clean_now else "loss" if loss_now else "none"))
-            row["val_seconds"] = time.perf_counter() - started
-        scheduler.step(row["val_loss"] if loss_now else loss.item() if config.lr_schedule_on == "last_batch"
-                       else train_loss)   # the last batch's loss is read from the device only when it is watched
-        if graphed:
-            keep_learning_rate_tensor(optimizer)
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        bar.set_postfix({key: f"{value:.3g}" for key, value in row.items()
-                         if key in ("epoch", "train_loss", "train_acc", "val_acc", "val_perturbed_acc", "lr")})
-    bar.close()
+            model.train()
+            tracker = method.objective.training_accuracy(len(train.labels), model, setup.num_classes, compute.device)
+            loss_sum = torch.zeros((), device=compute.device)
+            seen = 0
+            for indices in epoch_batches(setup, train.labels, order_generator):
+                labels = train.labels[indices]
+                loss, outputs = step(train.images[indices], labels)
+                loss_sum += loss * len(indices)
+                tracker.update(outputs, labels, indices)
+                seen += len(indices)
+                bar.update(len(indices))
+            train_loss = (loss_sum / seen).item()   # the one host sync of the epoch
+            if not math.isfinite(train_loss):   # weights that are NaN now stay NaN: stop, rather than save chance
+                raise TrainingDiverged(
+                    f"train@{method.name}-{setup.seed} diverged: its mean training loss in epoch {epoch} is {train_loss} "
+                    f"(train.lr = {config.lr:g}), and no model was written: lower the learning rate, for example "
+                    f"`dvc exp run -S train.lr={config.lr / 10:g} dvc.yaml`")
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": tracker.value(train.labels, seen).item(),
+                   "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
+            clean_now = config.validates(epoch)
+            perturbed_now = perturbed_val is not None and config.validates_perturbed(epoch)
+            loss_now = config.lr_schedule_on == "validation"
+            if clean_now or perturbed_now or loss_now:
+                started = time.perf_counter()
+                row.update(validate(setup, model, train, val, perturbed_val if perturbed_now else None, progress,
+                                    clean="full" if clean_now else "loss" if loss_now else "none"))
+                row["val_seconds"] = time.perf_counter() - started
+            scheduler.step(row["val_loss"] if loss_now else loss.item() if config.lr_schedule_on == "last_batch"
+                           else train_loss)   # the last batch's loss is read from the device only when it is watched
+            if graphed:
+                keep_learning_rate_tensor(optimizer)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            bar.set_postfix({key: f"{value:.3g}" for key, value in row.items()
+                             if key in ("epoch", "train_loss", "train_acc", "val_acc", "val_perturbed_acc", "lr")})
     return history
 
 
