@@ -281,6 +281,29 @@ def test_each_worker_clones_once_and_runs_its_experiments_pinned_to_its_gpu(tmp_
     assert sorted(pushes) == [["exp", "push", "--no-cache", "/main/repo", f"k={k}"] for k in (1, 2, 3, 4)]
 
 
+@pytest.mark.parametrize("stopped_at", ["cache dir", "pool"])
+def test_a_sweep_stopped_early_leaves_no_folder_behind(tmp_path, monkeypatch, stopped_at):
+    """Ctrl-C between making the workers' folder and the pool once left that folder (empty) behind."""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def cache_dir(root, *args):
+        if stopped_at == "cache dir":
+            stop()
+        return subprocess.CompletedProcess(args, 0, stdout=str(tmp_path / "cache"))
+
+    monkeypatch.setattr(cli, "repo_root", lambda path: tmp_path)
+    monkeypatch.setattr(cli, "git", lambda root, *args, check=True: subprocess.CompletedProcess(args, 0, stdout="c0ffee\n"))
+    monkeypatch.setattr(cli, "check_overrides", lambda *args: None)
+    monkeypatch.setattr(cli, "existing_names", lambda root: set())
+    monkeypatch.setattr(cli, "run_dvc", cache_dir)
+    monkeypatch.setattr(cli, "run_pool", stop)
+    args = cli.build_parser().parse_args([*GRID, "--workers", "2", "--gpus", "none"])
+    with pytest.raises(KeyboardInterrupt):
+        cli.sweep(args, grid.experiments(["knn.k=1,5"]))
+    assert list((tmp_path / ".dvc" / "tmp" / "sweep").iterdir()) == []
+
+
 # --- real sweeps of the tiny pipeline -----------------------------------------------------------------------------
 
 def copy_project(source: Path, destination: Path) -> Path:

@@ -33,6 +33,7 @@ from tools.sweep import grid, steps
 from tools.sweep.grid import SweepError
 from tools.sweep.local import Progress, Slot, clone_job, plan_slots, run_pool, shown, visible_gpus
 
+WORKERS = "workers"   # the folder of a sweep's folder that holds its worker clones
 MAX_WORKERS = 64   # experiments side by side on one machine (each a clone of the repository and a process)
 RAY_DEFAULTS = ("git_remote", "dvc_remote", "cpus_per_exp", "gpus_per_exp", "ray_workdir")   # the Ray group's options
 
@@ -263,6 +264,18 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
                          "or --name-prefix")
     sweep_dir = root / ".dvc" / "tmp" / "sweep" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     sweep_dir.mkdir(parents=True)
+    try:
+        return run_sweep(args, experiments, root, commit, slots, sweep_dir)
+    except KeyboardInterrupt:
+        # the experiments are stopped (run_pool, run_on_ray); the clones go, and the folder if nothing was logged
+        shutil.rmtree(sweep_dir / WORKERS, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            sweep_dir.rmdir()
+        raise
+
+
+def run_sweep(args: argparse.Namespace, experiments: list[grid.Experiment], root: Path, commit: str,
+              slots: list[Slot] | None, sweep_dir: Path) -> int:
     progress = Progress(len(experiments), tail=args.tail)
     start = time.monotonic()
     if args.ray:
@@ -278,7 +291,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
                               args.gpus_per_exp, args.ray_workdir, sweep_dir, progress)
         pulled = pull(root, url, [outcome.name for outcome in outcomes if outcome.ok], args, sweep_dir, progress)
     else:
-        workdir = sweep_dir / "workers"
+        workdir = sweep_dir / WORKERS
         workdir.mkdir()
         cache_dir = run_dvc(root, "cache", "dir").stdout.strip()
         if not cache_dir:
@@ -287,11 +300,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
         progress.say(f"sweep: {len(experiments)} experiments of {commit[:7]} on {len(slots)} workers ({where}); "
                      f"logs in {shown(sweep_dir)}")
         job = clone_job(root, commit, cache_dir, workdir, slots, args.force)
-        try:
-            outcomes = run_pool(experiments, slots, job, sweep_dir, progress)
-        except KeyboardInterrupt:
-            shutil.rmtree(workdir, ignore_errors=True)   # run_pool stopped the experiments; the clones go
-            raise
+        outcomes = run_pool(experiments, slots, job, sweep_dir, progress)
         if not args.keep_workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
         pulled = True
