@@ -266,7 +266,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     sweep_dir.mkdir(parents=True)
     try:
         return run_sweep(args, experiments, root, commit, slots, sweep_dir)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SweepError):
         # the experiments are stopped (run_pool, run_on_ray); the clones go, and the folder if nothing was logged
         shutil.rmtree(sweep_dir / WORKERS, ignore_errors=True)
         with contextlib.suppress(OSError):
