@@ -6,12 +6,14 @@ import sys
 import pytest
 import torch
 
+from robust_cifar import compute as compute_module
 from robust_cifar.errors import UserError
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.methods import ANGULAR
 from tests.pipeline_project import dvc_env
+from tools import determinism as determinism_tool
 from tools.determinism import (DIFFERENT_EXIT, Run, Tracer, check_project, compare, describe, dispatch,
-                               first_difference, onednn_kernels)
+                               first_difference, next_split, onednn_kernels)
 
 
 def noise(shape) -> torch.Tensor:
@@ -122,6 +124,31 @@ def test_compare_says_which_runs_differ_and_where():
                         "identical tensors (the last: the output of Model.a before optimizer step 1)")
     assert lines[4].startswith("run 4: its trace has 1 tensors, run 1's 2")
     assert lines[1] == lines[3] == lines[5] == f"  {dispatch([], [])}"   # each differing run: oneDNN's dispatch
+
+
+def test_runs_that_differ_are_followed_by_the_commands_that_split_onednn_from_the_rest():
+    said = next_split([ANGULAR, "--runs", "12", "-S", "compute.fast=true", "-S", "methods=[a, b]"])
+    again = f"python -m tools.determinism {ANGULAR} --runs 12 -S compute.fast=true -S 'methods=[a, b]'"
+    assert f"`{again} --without-onednn`" in said and f"`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 {again}`" in said
+
+
+@pytest.mark.parametrize("without_onednn", [False, True])
+def test_the_tool_names_the_next_split_only_where_onednn_ran(monkeypatch, capsys, without_onednn):
+    records = [(0, "output", "Model.a", "1")]
+    kernels = [] if without_onednn else ["convolution,jit:avx2,forward_training,x"]
+    results = iter([Run(records, "w", 1.0, kernels), Run([(0, "output", "Model.a", "2")], "v", 1.0, kernels)])
+    # what main switches for its trainings, put back after the test
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", torch.backends.mkldnn.enabled)
+    for switch in ("KERNEL_ENV_ALLOWED", "EMULATED_BF16_ALLOWED"):
+        monkeypatch.setattr(compute_module, switch, getattr(compute_module, switch))
+    monkeypatch.setattr(determinism_tool, "check_project", lambda settings, method, seed: {})
+    monkeypatch.setattr(determinism_tool, "run_in_scratch", lambda *args: next(results))
+    argv = [ANGULAR, "--runs", "2"] + (["--without-onednn"] if without_onednn else [])
+    assert determinism_tool.main(argv) == DIFFERENT_EXIT
+    said = capsys.readouterr().out
+    assert "2 different results in 2 runs" in said
+    assert ("next: `python -m tools.determinism" in said) != without_onednn, said
+    assert compute_module.EMULATED_BF16_ALLOWED == without_onednn   # (undone by monkeypatch)
 
 
 VERBOSE = """onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80afa71049cd69a3df32adcccb623b12cd7baa22)

@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -370,7 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{run_name}: {results} different results in {args.runs} runs")
     for line in differences:
         print(line)
+    if not args.without_onednn and any(run.kernels for run in runs):
+        print(next_split(argv if argv is not None else sys.argv[1:]))
     return DIFFERENT_EXIT
+
+
+def next_split(argv: list[str]) -> str:
+    """What to run next to tell oneDNN's kernels (and among them its AMX ones) from the rest."""
+    again = "python -m tools.determinism " + shlex.join(argv)
+    return (f"next: `{again} --without-onednn` (runs that then agree point at oneDNN's kernels), and "
+            f"`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 {again}` (at its AMX kernels, on a CPU with AMX)")
 
 
 if __name__ == "__main__":   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
