@@ -254,6 +254,32 @@ def restored_on_failure(path: Path) -> Iterator[Outcome]:
             print(f"{path} is as it was before the run", file=sys.stderr)
 
 
+# Each params file this process loaded, with what it read: a stage checks, when it ends, that none changed under it
+LOADED: list[tuple[Path, Params]] = []
+MISSING = object()
+
+
+def changed_while_read(loaded: list[tuple[Path, Params]]) -> str | None:
+    """The first key one of the `loaded` Params (LOADED, or its tail) read whose file now holds another value
+    (`train.lr`: 0.01 -> 0.02), or None.
+
+    DVC records a stage's params from params.yaml after the stage ends: a value edited while it ran would
+    be recorded beside outputs computed with the old one (and its run cache would serve them for the new)."""
+    for path, params in loaded:
+        try:
+            now = parse_yaml(path.read_text())
+        except (OSError, YAMLError):
+            return f"{path} is now unreadable"
+        for key in sorted(params.read):
+            try:
+                value = get_dotted(now, key)
+            except (KeyError, TypeError):
+                value = MISSING
+            if value != get_dotted(params.raw, key):
+                return f"`{key}`: {get_dotted(params.raw, key)!r} -> {'gone' if value is MISSING else repr(value)}"
+    return None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
@@ -264,6 +290,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         first_line = str(error).strip().splitlines()[0]
         raise ParamsError(f"{path} is not valid YAML ({first_line}): fix the file, or `git checkout {path}`") from None
     params = Params(raw, source=str(path))
+    LOADED.append((path.resolve(), params))
     if os.environ.get(TRACE_ENV):
         atexit.register(params.write_trace)
     return params

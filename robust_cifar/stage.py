@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from robust_cifar.cache import ensure_cache, project_cache_dir
-from robust_cifar.errors import USER_ERROR_EXIT, UserError
+from robust_cifar.errors import USER_ERROR_EXIT, ParamsError, UserError
+from robust_cifar.params import LOADED, Params, changed_while_read
 from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
 
@@ -36,13 +37,25 @@ def record_time(name: str, seconds: float) -> None:
         pass   # a timing is nice to have; never fail a finished stage over it
 
 
+def check_params_unchanged(loaded: list[tuple[Path, Params]]) -> None:
+    """Fail a stage whose params.yaml values changed while it ran: DVC would record the new values beside outputs
+    computed with the old (in dvc.lock and its run cache, which would then serve them for the new values)."""
+    changed = changed_while_read(loaded)
+    if changed:
+        raise ParamsError(f"params.yaml changed while this stage ran ({changed}): its outputs were computed with the "
+                          "values it read at the start, so DVC must not record them; run `dvc repro` again (edit "
+                          "params.yaml between runs, or use `dvc exp run -S`)")
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
     started = time.perf_counter()
     try:
         stop_on_signals()
         die_with_parent()
         ensure_cache()   # a cache folder that is a file or cannot be made: refused now, not in the middle of the work
+        loaded_before = len(LOADED)
         main(sys.argv[1:])
+        check_params_unchanged(LOADED[loaded_before:])
         ignore_stop_signals()   # its outputs are written: a signal now would only make DVC discard a finished stage
         record_time(stage_name(sys.argv), time.perf_counter() - started)
     except UserError as error:

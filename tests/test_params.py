@@ -15,7 +15,7 @@ from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import knn_k
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import BOOLEAN, Params, get_dotted, leaf_keys, load_params, set_dotted
+from robust_cifar.params import BOOLEAN, Params, Rule, changed_while_read, get_dotted, leaf_keys, load_params, set_dotted
 from robust_cifar.perturbations.perturb import PerturbSettings, fgm_eps_from_params
 from robust_cifar.reporting.umap_plot import UmapConfig
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method, shaped_like
@@ -392,3 +392,52 @@ def test_method_modules_that_make_no_registry_are_one_line_before_any_stage(monk
             with pytest.raises(ParamsError, match=words) as refused:
                 validate_params(load_params(PARAMS))
             assert "\n" not in str(refused.value)
+
+
+# --- params edited while a stage runs ------------------------------------------------------------------------------
+
+def test_a_value_a_stage_read_and_that_changed_since_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.01\n  epochs: 2\nknn:\n  k: 3\n")
+    params = load_params(path)
+    params.value("train.lr", Rule(lambda v: True, "any"))
+    loaded = [(path.resolve(), params)]
+    assert changed_while_read(loaded) is None
+    path.write_text("train:\n  lr: 0.01\n  epochs: 9\nknn:\n  k: 3\n# a comment\n")   # keys it did not read
+    assert changed_while_read(loaded) is None
+    path.write_text("train:\n  lr: 0.02\n  epochs: 2\n")
+    assert changed_while_read(loaded) == "`train.lr`: 0.01 -> 0.02"
+    path.write_text("train:\n  epochs: 2\n")
+    assert changed_while_read(loaded) == "`train.lr`: 0.01 -> gone"
+    path.write_text("train: [\n")
+    assert changed_while_read(loaded) == f"{path.resolve()} is now unreadable"
+
+
+# A stand-in stage: reads train.lr, then params.yaml is edited (by its argument) before it ends
+EDITED_STAGE = """import sys
+from pathlib import Path
+from robust_cifar.params import Rule, load_params
+from robust_cifar.stage import run_stage
+
+def main(argv):
+    load_params().value("train.lr", Rule(lambda v: True, "any"))
+    Path("params.yaml").write_text(argv[0])
+    Path("out.txt").write_text("computed")
+
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("edited, refused", [("train:\n  lr: 0.01\n  epochs: 5\n", False),
+                                             ("train:\n  lr: 0.02\n  epochs: 2\n", True)])
+def test_a_stage_whose_params_changed_while_it_ran_fails_so_dvc_records_nothing(tmp_path, edited, refused):
+    """DVC reads the params into dvc.lock (and its run cache) after the stage: the new lr beside an old-lr model."""
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.01\n  epochs: 2\n")
+    stage = subprocess.run([sys.executable, "-c", EDITED_STAGE, edited], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                                "ROBUST_CIFAR_CACHE": str(tmp_path / "cache")})
+    assert stage.returncode == (2 if refused else 0), stage.stderr
+    if refused:
+        assert stage.stderr.strip().count("\n") == 0, stage.stderr
+        assert "params.yaml changed while this stage ran (`train.lr`: 0.01 -> 0.02)" in stage.stderr
+        assert "run `dvc repro` again" in stage.stderr
