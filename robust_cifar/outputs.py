@@ -20,6 +20,11 @@ def prepare(path: str | Path) -> Path:
     return path
 
 
+# Every output of dvc.yaml lies in one of these (tests/test_guards.py): a rerun deletes what it finds there
+OUTPUT_FOLDERS = (Path("data"), Path("models"), Path("reports"))
+# What DVC and Git keep of the project: no tool's report belongs there
+CONTROL_FOLDERS = (Path(".dvc"), Path(".git"))
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NEARLY_FULL = 16 * 2**20   # bytes free below which a failed write is blamed on the disk
 
@@ -119,6 +124,28 @@ def save_figure(figure, path: str | Path, dpi: int = 110) -> None:
         figure.savefig(partial, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
 
 
+def check_report_file(path: str | Path, option: str, suffix: str, example: str) -> None:
+    """A tool's report file (`option`, e.g. `--out`, of `suffix`, e.g. .md), checked before the tool's work: not
+    a folder, not in DVC's output folders or in .dvc/.git, not a file of the project's top level (params.yaml,
+    dvc.yaml, README.md ...) nor an existing file of another kind (a report is written over an earlier one
+    only); then writable."""
+    path = Path(path)
+    target, project = path.resolve(), Path.cwd().resolve()
+    fix = f"name a new {suffix} file, e.g. {example}"
+    if str(path) in ("", ".") or path.is_dir():
+        raise InputError(f"{option} {str(path) or repr('')}: is a folder; {fix}")
+    inside = next((folder for folder in OUTPUT_FOLDERS + CONTROL_FOLDERS if target.is_relative_to(project / folder)),
+                  None)
+    if inside is not None:
+        where = "DVC writes the pipeline's outputs" if inside in OUTPUT_FOLDERS else f"{inside} keeps its records"
+        raise InputError(f"{option} {path}: lies in {inside}/, where {where} (a rerun may delete or mix it); {fix}")
+    if path.exists() and target.parent == project:
+        raise InputError(f"{option} {path}: is a file of the project's top level, which the report would overwrite; {fix}")
+    if path.exists() and path.suffix != suffix:
+        raise InputError(f"{option} {path}: exists and is no {suffix} report, which the report would overwrite; {fix}")
+    check_writable(path, files=True)
+
+
 def check_writable(*paths: str | Path, files: bool = False) -> None:
     """Refuse to start (before hours of work) when an output's folder cannot be created or written. A path with
     a suffix is a file (its folder is checked), one without a folder, unless `files` (a tool's --out)."""
@@ -128,6 +155,9 @@ def check_writable(*paths: str | Path, files: bool = False) -> None:
         if is_file and path.is_dir():   # the write at the end would fail, after the work
             raise InputError(f"{path} is a folder where this stage writes a file: remove it (`rm -r {path}`), "
                              "then rerun")
+        existing = next((above for above in [folder, *folder.parents] if above.exists()), Path("."))
+        if not existing.is_dir():
+            raise InputError(f"cannot write {path}: {existing} is a file, not a folder; name another place")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"

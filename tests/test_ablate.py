@@ -39,8 +39,11 @@ def test_a_bad_setting_is_one_line_before_the_archive_is_read(setting, words):
 
 def test_an_out_that_is_a_folder_or_no_variant_is_refused_before_training(tmp_path, capsys):
     """Both once trained (a variant, or nothing at all and exit 0) before failing or saying nothing."""
-    with pytest.raises(UserError, match="is a folder where this stage writes a file"):
+    with pytest.raises(UserError, match="is a folder; name a new .json file"):
         ablate.main(["--archive", "not-read.tar.gz", "--out", str(tmp_path)])
+    (tmp_path / "table.md").write_text("a report of another tool")
+    with pytest.raises(UserError, match="table.md: exists and is no .json report"):
+        ablate.main(["--archive", "not-read.tar.gz", "--out", str(tmp_path / "table.md")])
     with pytest.raises(SystemExit) as exit_info:
         ablate.main(["--archive", "not-read.tar.gz", "--variants"])
     assert exit_info.value.code == 2 and "--variants: name at least one" in capsys.readouterr().err

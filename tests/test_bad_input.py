@@ -18,11 +18,11 @@ import yaml
 
 from robust_cifar.errors import DiskFullError, InputError
 from robust_cifar.npz import save_npz
+from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.params import set_dotted
 
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
 from tests.pipeline_project import dvc, dvc_env
-from tools.preset import OUTPUT_FOLDERS
 
 
 @pytest.fixture

@@ -36,18 +36,25 @@ def test_a_project_number_above_the_reference_fails_the_check():
     (["--seeds"], "--seeds: give at least one seed"),   # an empty shell variable once checked nothing, and passed
     (["--methods"], "--methods: give at least one method"),
     (["--temperatures", "inf"], "--temperatures inf: must be a finite number above 0"),   # it scored "yes"
-    (["--out", "reports"], "reports is a folder where this stage writes a file"),   # it failed after the attacks
+    (["--out", "reports"], "--out reports: is a folder; name a new .md file"),   # it failed after the attacks
+    # each was overwritten (params.yaml, a DVC output), or the advice was `rm -r .`
+    (["--out", ""], "--out .: is a folder; name a new .md file"),
+    (["--out", "params.yaml"], "--out params.yaml: is a file of the project's top level"),
+    (["--out", "README.md"], "--out README.md: is a file of the project's top level"),
+    (["--out", "reports/summary.md"], "--out reports/summary.md: lies in reports/, where DVC writes the pipeline's"),
+    (["--out", ".dvc/table.md"], "--out .dvc/table.md: lies in .dvc/, where .dvc keeps its records"),
+    (["--out", "dvc.lock/table.md"], "cannot write dvc.lock/table.md: dvc.lock is a file, not a folder"),
     (["--head-attacks", "bogus"], "--head-attacks bogus: not one of AutoAttack's"),
     (["--iterations", "-5"], "--iterations -5: must be at least 1"),
     (["--tolerance", "2"], "--tolerance 2.0: must be from 0 to 1"),
-    (["--out", "params.yaml/table.md"], "cannot write params.yaml/table.md")])
+    (["--out", "params.yaml/table.md"], "cannot write params.yaml/table.md: params.yaml is a file, not a folder")])
 def test_what_cannot_be_checked_is_one_line_before_any_attack(reproduced_project, monkeypatch, arguments, words):
     from robust_cifar.errors import UserError
     monkeypatch.chdir(reproduced_project)
     monkeypatch.setattr(crosscheck, "check_run", lambda *args: pytest.fail("an attack ran"))
     with pytest.raises(UserError, match=re.escape(words)) as refused:
         crosscheck.main(arguments)
-    assert "\n" not in str(refused.value)
+    assert "\n" not in str(refused.value) and "rm -r" not in str(refused.value)
 
 
 def test_a_run_not_reproduced_is_named_before_any_attack(reproduced_project, tmp_path, monkeypatch):

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.training.methods import FOLDER
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 from tools.import_closure import BY_NAME, import_closure
-from tools.preset import OUTPUT_FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.

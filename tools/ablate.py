@@ -27,7 +27,7 @@ from robust_cifar.data.download import CifarArrays, read_archive
 from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
-from robust_cifar.outputs import check_writable
+from robust_cifar.outputs import check_report_file
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, build_method
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     validate_params(edited)
     if not args.variants:
         parser.error("--variants: name at least one (or leave it out: every variant)")
-    if args.out:
-        check_writable(args.out, files=True)   # not after the first variant's training
+    if args.out is not None:   # not after the first variant's training
+        check_report_file(args.out, "--out", ".json", "ablation.json")
     common = dict(item.split("=", 1) for item in args.set)
     raw = edited.raw
     arrays = read_archive(args.archive, args.archive_md5)

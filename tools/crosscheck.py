@@ -39,7 +39,7 @@ from robust_cifar.data.split import load_splits
 from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.model import load_model
-from robust_cifar.outputs import check_writable
+from robust_cifar.outputs import check_report_file
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
@@ -201,7 +201,7 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
         raise InputError(f"no {missing[0]}{f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''}: "
                          "the check reads a reproduced run; `dvc repro` (or `dvc pull`) first")
     if args.out is not None:
-        check_writable(args.out, files=True)
+        check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md")
     return runs
 
 

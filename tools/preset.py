@@ -25,6 +25,7 @@ from pathlib import Path
 from robust_cifar.check_params import check_on_this_machine
 from robust_cifar.data.download import md5_of
 from robust_cifar.errors import ParamsError, PublishError, UserError
+from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
 from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
@@ -137,8 +138,6 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
         check_destination(destination)
 
 
-# Every output of dvc.yaml lies in one of these (tests/test_guards.py): a rerun deletes what it finds there
-OUTPUT_FOLDERS = (Path("data"), Path("models"), Path("reports"))
 PUBLISHED_MARK = ": a published run"   # the end of the title line of the README that publish writes
 
 
