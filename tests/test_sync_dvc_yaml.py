@@ -2,6 +2,7 @@
 DVC cannot loop over, generated from params.yaml's `methods`."""
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tools.sync_dvc_yaml import generated_sections, synced, with_generated
@@ -71,8 +72,6 @@ def test_regenerating_keeps_everything_above_the_marker():
 def test_a_method_in_params_without_its_file_is_refused_before_dvc_yaml_is_touched(tmp_path, monkeypatch):
     """Synced without the file, DVC skipped check_params (a dep gone is no change) and deleted the method's
     outputs before failing on the missing dep."""
-    import pytest
-
     from robust_cifar.errors import UserError
     from tools import sync_dvc_yaml
     (tmp_path / "params.yaml").write_text("methods: [kept, gone_one]\n")
@@ -93,3 +92,28 @@ def test_a_method_module_is_found_however_its_name_is_assigned(tmp_path):
         path = tmp_path / f"m{len(line)}{defines}.py"
         path.write_text(line + "\n")
         assert defines_name(path) == defines, line
+
+
+@pytest.mark.parametrize("params, dvc_yaml, words", [
+    ("methods: [kept\n", "stages: {}\n", "params.yaml is not valid YAML"),
+    (None, "stages: {}\n", "params.yaml not found"),
+    ("methods: [kept, kept]\n", "stages: {}\n", "a non-empty list of distinct method names"),   # wrote duplicate keys
+    ("methods: []\n", "stages: {}\n", "a non-empty list of distinct method names"),
+    ("methods: [kept]\n", None, "dvc.yaml not found"),
+    ("methods: [kept]\n", "stages: [\n", "dvc.yaml is not valid YAML"),
+])
+def test_a_broken_params_or_dvc_yaml_is_one_line_and_nothing_is_written(tmp_path, monkeypatch, params, dvc_yaml, words):
+    from robust_cifar.errors import UserError
+    from tools import sync_dvc_yaml
+    for name, text in (("params.yaml", params), ("dvc.yaml", dvc_yaml)):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+    (tmp_path / sync_dvc_yaml.FOLDER).mkdir(parents=True)
+    (tmp_path / sync_dvc_yaml.FOLDER / "kept.py").write_text("NAME = 'kept'\n")
+    monkeypatch.setattr(sync_dvc_yaml, "ROOT", tmp_path)
+    with pytest.raises(UserError, match=words) as refused:
+        sync_dvc_yaml.main([])
+    assert "\n" not in str(refused.value)
+    assert (tmp_path / "dvc.yaml").exists() == (dvc_yaml is not None)
+    if dvc_yaml is not None:
+        assert (tmp_path / "dvc.yaml").read_text() == dvc_yaml

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from robust_cifar.errors import UserError
+from robust_cifar.params import load_params
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import FOLDER
 from tools.import_closure import import_closure
@@ -118,14 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if dvc.yaml is out of date")
     args = parser.parse_args(argv)
-    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
+    # read and checked as the stages read it: a broken file, or `methods` empty or listing a method twice, is one
+    # line (a duplicate once wrote a dvc.yaml of duplicate keys, which DVC then refused everywhere)
+    methods = load_params(ROOT / "params.yaml").method_names()
     gone = [method for method in methods if not (ROOT / FOLDER / f"{method}.py").is_file()]
     if gone:   # synced, DVC would skip check_params (a dep gone is no change to it) and delete the runs' outputs
         raise UserError(f"params.yaml's `methods` lists {', '.join(gone)}, which no {FOLDER}/<name>.py "
                         "defines: take it out of `methods` (or restore its file), then sync")
     path = ROOT / "dvc.yaml"
+    if not path.is_file():
+        raise UserError(f"{path} not found: the tool rewrites the project's dvc.yaml; `git checkout dvc.yaml`")
     text = path.read_text()
-    new_text, changed = synced(text, closures(yaml.safe_load(text), ROOT))
+    try:
+        pipeline = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix it, or "
+                        "`git checkout dvc.yaml`") from None
+    new_text, changed = synced(text, closures(pipeline, ROOT))
     if with_generated(new_text, methods) != new_text:
         new_text, changed = with_generated(new_text, methods), changed + ["plots and artifacts"]
     if changed and not args.check:
