@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from robust_cifar.compute import DEVICE, Compute
-from robust_cifar.errors import DeviceError
+from robust_cifar.errors import DeviceError, UserError
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.evaluation.knn import knn_predict
 from robust_cifar.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
@@ -240,7 +240,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # The first training measurement in a process pays one-off costs (kernel selection, allocator
     # growth, oneDNN primitive creation); a throwaway run keeps them out of the numbers.
-    project_training(REFERENCE_METHOD, compute, args.batch, seconds=0)
+    try:
+        project_training(REFERENCE_METHOD, compute, args.batch, seconds=0)
+    except (torch.OutOfMemoryError, RuntimeError) as error:   # the CPU allocator's is a RuntimeError
+        if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
+            raise
+        raise UserError(f"--batch {args.batch}: a training step of that batch does not fit in the memory of {device}; "
+                        "give a smaller --batch (the study's is 256)") from None
     rates = {}
     for name in REGISTRY:
         rates[name], graphed = project_training(name, compute, args.batch, seconds)
