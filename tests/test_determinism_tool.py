@@ -151,6 +151,26 @@ def test_the_tool_names_the_next_split_only_where_onednn_ran(monkeypatch, capsys
     assert compute_module.EMULATED_BF16_ALLOWED == without_onednn   # (undone by monkeypatch)
 
 
+def test_a_split_changed_during_the_check_is_named_not_blamed_on_a_kernel(tmp_path, monkeypatch):
+    """A `dvc checkout` of another split between runs once read as two results, `inside a kernel`."""
+    split = tmp_path / "data" / "split" / "indices.npz"
+    split.parent.mkdir(parents=True)
+    split.write_bytes(b"first split")
+    (tmp_path / "data" / "raw").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", torch.backends.mkldnn.enabled)
+    monkeypatch.setattr(compute_module, "KERNEL_ENV_ALLOWED", compute_module.KERNEL_ENV_ALLOWED)
+    monkeypatch.setattr(determinism_tool, "check_project", lambda settings, method, seed: {})
+
+    def run_and_swap(*args):
+        split.write_bytes(b"another split, copied in")
+        return Run([(0, "output", "Model.a", "1")], "w", 1.0)
+
+    monkeypatch.setattr(determinism_tool, "run_in_scratch", run_and_swap)
+    with pytest.raises(UserError, match=r"data/split/indices.npz changed during run 1 .*run the check again"):
+        determinism_tool.main([ANGULAR, "--runs", "3"])
+
+
 VERBOSE = """onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80afa71049cd69a3df32adcccb623b12cd7baa22)
 onednn_verbose,v1,info,cpu,runtime:OpenMP,nthr:2
 onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with Intel AMX

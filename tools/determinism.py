@@ -252,6 +252,14 @@ def scratch_folder(project: Path, folder: Path, params: dict) -> None:
         (folder / shared).symlink_to((project / shared).resolve(), target_is_directory=True)
 
 
+def shared_state(project: Path) -> dict[str, tuple[int, int, int]]:
+    """What the runs read from the project (its raw data and split): each file's size, change time and inode,
+    which a `dvc repro`, `dvc checkout` or copy in the workspace changes."""
+    return {str(path): (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+            for shared in SHARED for path in sorted((project / shared).rglob("*")) if path.is_file()
+            for stat in [path.stat()]}
+
+
 def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: Path,
                    without_onednn: bool = False) -> Run:
     scratch_folder(project, folder, params)
@@ -356,10 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     run_name = f"train@{paths.run_name(args.method, args.seed)}"
     print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}"
           f"{', oneDNN off' if args.without_onednn else ''}", flush=True)
-    runs = []
+    runs, inputs = [], shared_state(project)
     for number in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="determinism-") as folder:
             runs.append(run_in_scratch(project, params, args.method, args.seed, Path(folder), args.without_onednn))
+        now = shared_state(project)
+        if now != inputs:   # the runs would differ for their inputs, not for a kernel
+            changed = next(path for path in sorted(set(inputs) | set(now)) if inputs.get(path) != now.get(path))
+            raise UserError(f"{Path(changed).relative_to(project)} changed during run {number} (a `dvc repro`, "
+                            "`dvc checkout` or copy in this workspace?): the runs read other inputs; run the check "
+                            "again while nothing else changes the project")
         print(f"run {number}: weights {runs[-1].weights}, {len(runs[-1].records):,} tensors traced, "
               f"{len(runs[-1].kernels):,} oneDNN kernels run{f' ({runs[-1].isa})' if runs[-1].isa else ''}, "
               f"{runs[-1].seconds:.1f} s", flush=True)
