@@ -5,7 +5,7 @@ import shutil
 from robust_cifar.outputs import atomic_path, write_json
 from robust_cifar.params import load_params
 from robust_cifar.reporting.aggregate import aggregate
-from robust_cifar.reporting.results import read_correct, read_runs
+from robust_cifar.reporting.results import METHOD, read_correct, read_runs, stamped
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     per_seed = read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
     predictions = paths.seed_predictions(method, figures_seed)
     read_correct(predictions, f"evaluate@{method}-{figures_seed}")   # refused here, not in the figures drawn from it
-    write_json(paths.aggregated(method), aggregate(per_seed))
+    write_json(paths.aggregated(method), stamped(aggregate(per_seed), METHOD, method))
     with atomic_path(paths.predictions(method)) as partial:
         shutil.copyfile(predictions, partial)
     print(f"aggregate@{method}: seeds {sorted(per_seed)} -> {paths.aggregated(method)}")

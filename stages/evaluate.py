@@ -6,6 +6,7 @@ from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import has_head, knn_k, score_embeddings
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
+from robust_cifar.reporting.results import RUN, stamped
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -17,7 +18,7 @@ def main(argv: list[str]) -> None:
     k, device = knn_k(params), Compute.fp32_from_params(params).device
     arrays = load_embeddings(paths.embeddings(method, seed), run)
     metrics, predictions = score_embeddings(arrays, k, device)
-    write_json(paths.seed_metrics(method, seed), metrics)
+    write_json(paths.seed_metrics(method, seed), stamped(metrics, RUN, run))
 
     # The confusion matrices show the method's own decision: its head, or the 3-NN when it has none.
     decision = "head" if has_head(arrays) else "knn"

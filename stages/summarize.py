@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     methods, seeds = params.method_names(), params.train_seeds()
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download", SOURCE), run_settings)
-    all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}") for method in methods}
+    all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}", method) for method in methods}
     per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
                 for method in methods}
     correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"evaluate@{method}-{seed}")

@@ -6,6 +6,7 @@ save_model), so a schema that drifted from its writer fails here too."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,10 @@ from robust_cifar.perturbations.perturb import PerturbSettings, load_plans, make
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.curves import read_training_curves
 from robust_cifar.reporting.provenance import SOURCE
-from robust_cifar.reporting.results import read_correct, read_json, read_metrics, read_runs
+from robust_cifar.reporting.results import (METHOD, RUN as RESULTS_RUN, read_correct, read_json, read_metrics,
+                                           read_runs, stamped)
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
-from tests.methods import HEAD
+from tests.methods import ANGULAR, HEAD
 
 CLASSES = tuple(f"class{index}" for index in range(10))
 ROWS, DIM = 12, 8
@@ -159,8 +161,9 @@ def seed_files(root: Path, seeds=(0, 1), method: str = HEAD) -> tuple[Path, Path
     robustness_folder.mkdir(parents=True)
     for seed in seeds:
         metrics, _ = score_embeddings(embedding_arrays(seed=seed), 1, torch.device("cpu"))
-        (seeds_folder / f"{seed}.json").write_text(json.dumps(metrics))
-        (robustness_folder / f"{seed}.json").write_text(json.dumps(ROBUSTNESS_REPORT))
+        (seeds_folder / f"{seed}.json").write_text(json.dumps(stamped(metrics, RESULTS_RUN, f"{method}-{seed}")))
+        (robustness_folder / f"{seed}.json").write_text(json.dumps(stamped(ROBUSTNESS_REPORT, RESULTS_RUN,
+                                                                            f"{method}-{seed}")))
     return seeds_folder, robustness_folder
 
 
@@ -168,9 +171,38 @@ def test_the_reports_eval_robustness_and_aggregate_write_pass(tmp_path):
     seeds_folder, robustness_folder = seed_files(tmp_path)
     runs = read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
     assert sorted(runs) == [0, 1] and runs[0]["robustness"]["robust"]["knn"] == 0.0
+    assert RESULTS_RUN not in runs[0] and RESULTS_RUN not in runs[0]["robustness"]   # the stamps are not metrics
     path = tmp_path / f"{HEAD}.json"
-    path.write_text(json.dumps(aggregate(runs)))
-    assert read_metrics(path, f"aggregate@{HEAD}")["seeds"] == 2
+    path.write_text(json.dumps(stamped(aggregate(runs), METHOD, HEAD)))
+    assert read_metrics(path, f"aggregate@{HEAD}", HEAD)["seeds"] == 2
+    assert METHOD not in read_metrics(path, f"aggregate@{HEAD}", HEAD)
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "robustness"])
+def test_another_runs_report_copied_over_this_ones_is_refused(tmp_path, stage):
+    """`cp reports/seeds/<a>/0.json reports/seeds/<b>/0.json`, then `dvc repro -s aggregate@<b>`: it was averaged in."""
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    other_folder, other_robustness = seed_files(tmp_path / "other", method=ANGULAR)
+    source, target = ((other_folder, seeds_folder) if stage == "evaluate" else (other_robustness, robustness_folder))
+    shutil.copy(source / "1.json", target / "1.json")
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
+    one_line(error, target / "1.json", f"{stage}@{HEAD}-1", f"the results of {ANGULAR}-1, not of {HEAD}-1")
+    (target / "1.json").write_text(json.dumps({key: value for key, value in json.loads((target / "1.json").read_text()).items()
+                                               if key != RESULTS_RUN}))   # written before the stamp
+    with pytest.raises(InputError, match="no `run`"):
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
+
+
+def test_another_methods_aggregate_copied_over_this_ones_is_refused(tmp_path):
+    """`cp reports/aggregate/<a>.json reports/aggregate/<b>.json`: summarize showed <a>'s numbers as <b>'s."""
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    path = tmp_path / f"{HEAD}.json"
+    path.write_text(json.dumps(stamped(aggregate(read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)), METHOD,
+                                       ANGULAR)))
+    with pytest.raises(InputError) as error:
+        read_metrics(path, f"aggregate@{HEAD}", HEAD)
+    one_line(error, path, f"aggregate@{HEAD}", f"the results of {ANGULAR}, not of {HEAD}")
 
 
 def test_the_published_metrics_pass():

@@ -1,6 +1,7 @@
 """Reading the results that evaluate and robustness write per seed (reports/seeds/<method>/<seed>.json and .csv,
 reports/robustness/<method>/<seed>.json) and aggregate per method (reports/aggregate/<method>.json), each
-checked against its schema: what summarize, the figures and aggregate look up in it."""
+checked against its schema: what summarize, the figures and aggregate look up in it. Each JSON also names
+whose it is (RUN, METHOD): another run's file copied over this one's is well-formed, and would be mixed in."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,7 @@ import numpy as np
 
 from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.errors import InputError, get_back
-from robust_cifar.schema import NUMBER, WHOLE, Each, Optional, check_tree, map_leaves
+from robust_cifar.schema import NUMBER, WHOLE, Each, Optional, check_tree, map_leaves, refuse
 
 # Accuracy per decision: every method has the 3-NN, only a method whose head decides has "head".
 SCORES = {"knn": NUMBER, "head": Optional(NUMBER)}
@@ -43,21 +44,44 @@ def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
     return tree
 
 
-def read_seed_metrics(folder: Path, seeds: list[int], produced_by: str, schema: Any) -> dict[int, dict]:
+RUN = "run"         # in a per-seed file: its `<method>-<seed>`
+METHOD = "method"   # in an aggregate: its method
+
+
+def stamped(tree: dict, key: str, owner: str) -> dict:
+    """What a stage writes: `tree` with whose it is."""
+    return {key: owner, **tree}
+
+
+def check_owner(tree: dict, key: str, owner: str, path: Path, produced_by: str) -> dict:
+    """`tree` without its owner's stamp, refused (one line) where the stamp names another run or method."""
+    if tree.get(key) != owner:
+        problem = f"no `{key}`" if key not in tree else f"the results of {tree[key]}, not of {owner}"
+        raise refuse(path, produced_by, problem)
+    return {name: value for name, value in tree.items() if name != key}
+
+
+def read_seed_metrics(folder: Path, seeds: list[int], method: str, stage: str, schema: Any) -> dict[int, dict]:
     """{seed: metrics} of one method for exactly `seeds` (files of seeds no longer listed are ignored)."""
-    return {seed: read_json(folder / f"{seed}.json", f"{produced_by}-{seed}", schema) for seed in sorted(seeds)}
+    runs = {}
+    for seed in sorted(seeds):
+        path, produced_by = folder / f"{seed}.json", f"{stage}@{method}-{seed}"
+        runs[seed] = check_owner(read_json(path, produced_by, schema), RUN, f"{method}-{seed}", path, produced_by)
+    return runs
 
 
 def read_runs(seed_results: Path, robustness_results: Path, seeds: list[int], method: str) -> dict[int, dict]:
     """{seed: evaluate's metrics with the robustness stage's results under "robustness"} of one method."""
-    metrics = read_seed_metrics(seed_results, seeds, f"evaluate@{method}", SEED_METRICS)
-    robustness = read_seed_metrics(robustness_results, seeds, f"robustness@{method}", ROBUSTNESS_REPORT)
+    metrics = read_seed_metrics(seed_results, seeds, method, "evaluate", SEED_METRICS)
+    robustness = read_seed_metrics(robustness_results, seeds, method, "robustness", ROBUSTNESS_REPORT)
     return {seed: {**metrics[seed], "robustness": robustness[seed]} for seed in metrics}
 
 
-def read_metrics(path: Path, produced_by: str) -> dict:
-    """One method's metrics over seeds, as aggregate writes them."""
-    return read_json(path, produced_by, METRICS)
+def read_metrics(path: Path, produced_by: str, method: str | None = None) -> dict:
+    """One method's metrics over seeds, as aggregate writes them; where `method` is given, refused unless the
+    file is that method's (without its stamp)."""
+    metrics = read_json(path, produced_by, METRICS)
+    return metrics if method is None else check_owner(metrics, METHOD, method, path, produced_by)
 
 
 def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
