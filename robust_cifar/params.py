@@ -283,7 +283,7 @@ def changed_while_read(loaded: list[tuple[Path, Params]]) -> str | None:
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path} not found: run the stage from the project root, where params.yaml lives")
+        raise ParamsError(f"{path} not found: run it from the project root, where params.yaml lives")
     try:
         raw = parse_yaml(path.read_text())
     except YAMLError as error:
