@@ -132,12 +132,12 @@ def check_report_file(path: str | Path, option: str, suffix: str, example: str) 
     path = Path(path)
     target, project = path.resolve(), Path.cwd().resolve()
     fix = f"name a new {suffix} file, e.g. {example}"
-    if str(path) in ("", ".") or path.is_dir():
-        raise InputError(f"{option} {str(path) or repr('')}: is a folder; {fix}")
+    if path.is_dir():   # `--out ''` too: Path('') is the current folder
+        raise InputError(f"{option} {path}: is a folder; {fix}")
     inside = next((folder for folder in OUTPUT_FOLDERS + CONTROL_FOLDERS if target.is_relative_to(project / folder)),
                   None)
     if inside is not None:
-        where = "DVC writes the pipeline's outputs" if inside in OUTPUT_FOLDERS else f"{inside} keeps its records"
+        where = "DVC writes the pipeline's outputs" if inside in OUTPUT_FOLDERS else "DVC or Git keeps its records"
         raise InputError(f"{option} {path}: lies in {inside}/, where {where} (a rerun may delete or mix it); {fix}")
     if path.exists() and target.parent == project:
         raise InputError(f"{option} {path}: is a file of the project's top level, which the report would overwrite; {fix}")

@@ -42,7 +42,7 @@ def test_a_project_number_above_the_reference_fails_the_check():
     (["--out", "params.yaml"], "--out params.yaml: is a file of the project's top level"),
     (["--out", "README.md"], "--out README.md: is a file of the project's top level"),
     (["--out", "reports/summary.md"], "--out reports/summary.md: lies in reports/, where DVC writes the pipeline's"),
-    (["--out", ".dvc/table.md"], "--out .dvc/table.md: lies in .dvc/, where .dvc keeps its records"),
+    (["--out", ".dvc/table.md"], "--out .dvc/table.md: lies in .dvc/, where DVC or Git keeps its records"),
     (["--out", "dvc.lock/table.md"], "cannot write dvc.lock/table.md: dvc.lock is a file, not a folder"),
     (["--head-attacks", "bogus"], "--head-attacks bogus: not one of AutoAttack's"),
     (["--iterations", "-5"], "--iterations -5: must be at least 1"),
