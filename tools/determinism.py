@@ -267,8 +267,9 @@ def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: 
     env = {**os.environ, **ONEDNN_VERBOSE,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     with onednn_log.open("w") as stdout:   # a file: a long training's verbose lines run to megabytes
-        command = [sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed)]
-        result = subprocess.run(command + (["--without-onednn"] if without_onednn else []), cwd=folder, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "tools.determinism", "--trace-to", str(trace), method, str(seed),
+                   *(["--without-onednn"] if without_onednn else [])]
+        result = subprocess.run(command, cwd=folder, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         said = [line for line in onednn_log.read_text(errors="replace").splitlines() + result.stderr.splitlines()
                 if line.strip() and not line.startswith(VERBOSE_PREFIX)]

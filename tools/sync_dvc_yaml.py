@@ -18,10 +18,10 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAMLError
 
 from robust_cifar.errors import UserError
-from robust_cifar.params import load_params
+from robust_cifar.params import load_params, parse_yaml
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import FOLDER
 from tools.import_closure import import_closure
@@ -131,13 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{path} not found: the tool rewrites the project's dvc.yaml; `git checkout dvc.yaml`")
     text = path.read_text()
     try:
-        pipeline = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+        pipeline = parse_yaml(text)   # as DVC reads it
+    except YAMLError as error:
         raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): fix it, or "
                         "`git checkout dvc.yaml`") from None
     new_text, changed = synced(text, closures(pipeline, ROOT))
-    if with_generated(new_text, methods) != new_text:
-        new_text, changed = with_generated(new_text, methods), changed + ["plots and artifacts"]
+    generated = with_generated(new_text, methods)
+    if generated != new_text:
+        new_text, changed = generated, changed + ["plots and artifacts"]
     if changed and not args.check:
         path.write_text(new_text)
     print(f"{'out of date' if args.check else 'rewrote'}: {', '.join(changed)}" if changed else "dvc.yaml is in sync")
