@@ -115,6 +115,7 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     calls = []
     monkeypatch.setattr(preset, "run_in_group", lambda cmd: calls.append(cmd))
+    monkeypatch.setattr(preset, "existing_names", lambda root: {"taken"})   # `dvc exp list` of a repository
     return calls
 
 
@@ -131,6 +132,9 @@ def workspace(tmp_path, monkeypatch):
     (["--publish", "reports/training/run-0/pub"], "--publish reports/training/run-0/pub: lies in reports/"),
     (["--publish", "models"], "--publish models: lies in models/"),
     (["--name", "Bad Name!"], "--name 'Bad Name!' is not a valid experiment name"),
+    # DVC refused it after its start, advising `dvc exp run -f`, which the preset does not pass
+    (["--name", "taken"], "--name taken: an experiment of this commit has that name; choose another, or remove it "
+                          "first (`dvc exp remove taken`)"),
     # DVC ran the whole experiment, then could not save it under a name too long for a file
     (["--name", "x" * 300], f"--name '{'x' * 40}... (300 characters)' is not a valid experiment name: use at most 200")])
 def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):

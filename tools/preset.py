@@ -31,6 +31,7 @@ from robust_cifar.reporting.provenance import devices, git_commit, run_lines, st
 from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
 from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
+from tools.sweep.cli import existing_names
 from tools.sweep.grid import LONGEST_EXP_NAME, valid_exp_name
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
@@ -132,6 +133,9 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
         shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
         raise ParamsError(f"--name {shown!r} is not a valid experiment name: use at most {LONGEST_EXP_NAME} letters, "
                           "digits and . _ = , + - (no spaces or '/'; not starting with '.' or '-')")
+    if name in existing_names(Path.cwd()):   # DVC refuses it too, advising its -f, which this command does not take
+        raise ParamsError(f"--name {name}: an experiment of this commit has that name; choose another, or remove it "
+                          f"first (`dvc exp remove {name}`)")
     settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     check_on_this_machine(with_overrides(load_params(), settings))
     if destination is not None:
