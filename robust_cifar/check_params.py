@@ -19,7 +19,7 @@ from robust_cifar.evaluation.evaluate import knn_k
 from robust_cifar.evaluation.robustness import RobustnessConfig
 from robust_cifar.machine import usable_cores
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import Params, fix_hint
+from robust_cifar.params import Params
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
@@ -70,7 +70,7 @@ def validate_params(params: Params) -> None:
     figures_seed = params.seed("figures")
     if figures_seed not in params.train_seeds():
         raise ParamsError(f"{params.source}: `seeds.figures` = {figures_seed} is invalid: must be one of seeds.train "
-                          f"{params.train_seeds()} (the models the figures show); {fix_hint('seeds.figures')}")
+                          f"{params.train_seeds()} (the models the figures show); {params.fix_hint('seeds.figures')}")
     ModelConfig.from_params(params)
     TrainConfig.from_params(params)
     ComputeConfig.from_params(params)
@@ -83,7 +83,7 @@ def validate_params(params: Params) -> None:
     unknown = [name for name in written if isinstance(name, str) and name not in REGISTRY]
     if unknown:   # named, with the registered ones, before the list's shape rule speaks of it only in general
         raise ParamsError(f"{params.source}: `methods` lists {unknown[0]!r}, which is no method: each must be one of "
-                          f"{', '.join(REGISTRY)}; {fix_hint('methods')}")
+                          f"{', '.join(REGISTRY)}; {params.fix_hint('methods')}")
     listed = params.method_names()
     if REFERENCE_METHOD not in listed:
         raise ParamsError(f"{params.source}: `methods` = {listed} lacks {REFERENCE_METHOD!r}, the method every other is "

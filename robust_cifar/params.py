@@ -104,12 +104,20 @@ NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and len(set(map(str, v
 class Params:
     """The parsed params.yaml; `value` validates one key and records that it was read."""
 
-    def __init__(self, raw: dict, source: str = "params.yaml"):
+    def __init__(self, raw: dict, source: str = "params.yaml", overridden: tuple[str, ...] = ()):
         if not isinstance(raw, dict):
             raise ParamsError(f"{source} must hold a mapping of sections, got {type(raw).__name__}")
         self.raw = raw
         self.source = source
+        self.overridden = overridden   # the keys a tool's -S flags set (with_overrides)
         self.read: set[str] = set()
+
+    def fix_hint(self, key: str) -> str:
+        """How to fix a bad value of `key`: where it came from, the file or a -S flag of the command run."""
+        for setting in self.overridden:
+            if f"{setting}.".startswith(f"{key}.") or f"{key}.".startswith(f"{setting}."):
+                return f"change the `-S {setting}=...` you gave"
+        return fix_hint(key)
 
     def has(self, key: str) -> bool:
         node: Any = self.raw
@@ -127,12 +135,12 @@ class Params:
             if not isinstance(node, dict):   # `model: [4, 128]` where its keys belong
                 section = ".".join(parts[:depth])
                 raise ParamsError(f"{self.source}: `{section}` = {node!r} is invalid: must be a section of keys "
-                                  f"(`{key}` and the rest); {fix_hint(section)}")
+                                  f"(`{key}` and the rest); {self.fix_hint(section)}")
             if part not in node:
                 raise ParamsError(f"{self.source}: `{key}` is missing; add it to params.yaml ({rule.allowed})")
             node = node[part]
         if not rule.check(node):
-            raise ParamsError(f"{self.source}: `{key}` = {node!r} is invalid: must be {rule.allowed}; {fix_hint(key)}")
+            raise ParamsError(f"{self.source}: `{key}` = {node!r} is invalid: must be {rule.allowed}; {self.fix_hint(key)}")
         return float(node) if rule.as_float else node
 
     def seed(self, name: str) -> int:
@@ -230,7 +238,8 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
             cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)
             raise ParamsError(f"override {' '.join(settings)}: {cause}; write each as key=value with a key of "
                               "params.yaml (lists as [a, b])") from None
-        return Params(parse_yaml(path.read_text()), source=f"{params.source} with its overrides")
+        return Params(parse_yaml(path.read_text()), source=f"{params.source} with its overrides",
+                      overridden=tuple(setting.partition("=")[0] for setting in settings))
 
 
 @dataclass

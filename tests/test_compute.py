@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 
+from robust_cifar import check_params
 from robust_cifar import compute as compute_module
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.errors import DeviceError, ParamsError
@@ -79,7 +80,6 @@ def test_more_threads_than_cores_is_allowed_with_a_one_line_warning_naming_the_f
 
 
 def test_check_params_prints_the_oversubscription_warning_and_passes(monkeypatch, capsys):
-    from robust_cifar import check_params
     raw = yaml.safe_load(PARAMS.read_text())
     raw["compute"].update(device="cpu", fast=False, threads=16)
     monkeypatch.setattr(check_params, "usable_cores", lambda: 4)
@@ -98,6 +98,21 @@ def test_overrides_are_applied_by_dvc_exp_runs_own_code():
     for bad in ("knn.k", "=3", "knn.k.deeper=1", "knn.k=[1"):
         with pytest.raises(ParamsError, match="override"):
             with_overrides(params, [bad])
+
+
+@pytest.mark.parametrize("settings, key, hint", [
+    (["knn.k=0"], "knn.k", "change the `-S knn.k=...` you gave"),
+    (["model={width: 0, embedding_dim: 128, dropout: 0.1}"], "model.width", "change the `-S model=...` you gave"),
+    # a bad value the file holds, with another key overridden: the file is what to fix
+    (["seeds.plan=1"], "knn.k", "edit it in params.yaml or override it with `dvc exp run -S knn.k=... dvc.yaml`")])
+def test_a_bad_value_names_where_it_came_from_a_tools_flag_or_the_file(settings, key, hint):
+    raw = yaml.safe_load(PARAMS.read_text())
+    if settings == ["seeds.plan=1"]:
+        raw["knn"]["k"] = 0
+    edited = with_overrides(Params(raw), settings)
+    with pytest.raises(ParamsError, match=f"`{key}` = 0 is invalid") as refused:
+        check_params.validate_params(edited)
+    assert str(refused.value).endswith(hint)
 
 
 def test_a_failed_run_leaves_params_yaml_byte_for_byte_with_its_times(tmp_path):

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from robust_cifar.errors import ArchiveError, ParamsError, get_back
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.outputs import NO_SPACE, no_space
-from robust_cifar.params import MD5, TEXT, Params, fix_hint
+from robust_cifar.params import MD5, TEXT, Params
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -102,7 +102,7 @@ class DataConfig:
                      archive=params.value("data.archive", TEXT), archive_md5=params.value("data.archive_md5", MD5).lower())
         if not config.archive and not config.url.startswith(("https://", "http://")):
             raise ParamsError(f"{params.source}: `data.url` = {config.url!r} is not an http(s) address and `data.archive` "
-                              f"is empty: set one of them; {fix_hint('data.archive')}")
+                              f"is empty: set one of them; {params.fix_hint('data.archive')}")
         return config
 
 

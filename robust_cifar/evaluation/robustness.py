@@ -38,7 +38,7 @@ from robust_cifar.evaluation.apgd import APGDResult, apgd, cross_entropy, dlr, t
 from robust_cifar.evaluation.attack_registry import ATTACKS, TRANSFER, PlannedAttack, eps_key, planned_attacks
 from robust_cifar.evaluation.attacks import ScoreFn, fgm_step, guide_sample_attack, soft_knn_score
 from robust_cifar.evaluation.knn import knn_predict
-from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int, fix_hint
+from robust_cifar.params import BOOLEAN, Params, Rule, bounded_int
 from robust_cifar.perturbations.perturb import study_eps_255
 from robust_cifar.perturbations.pgd import pgd
 
@@ -62,7 +62,7 @@ class RobustnessConfig:
         if study not in sweep:
             raise ParamsError(f"{params.source}: `attack.eps_255` = {sweep} does not contain the study's eps "
                               f"`perturb.fgm.eps_255` = {study:g}: every sweep must hold it exactly, so robust "
-                              f"accuracy is reported at the study's eps; {fix_hint('attack.eps_255')}")
+                              f"accuracy is reported at the study's eps; {params.fix_hint('attack.eps_255')}")
         return cls(eps_255=tuple(float(e) for e in sweep), study_eps_255=float(study),
                    test_images=params.value("attack.test_images", bounded_int(0, 10_000_000, "0 = all")),
                    attacks=tuple(planned_attacks(params)), cascade=params.value("attack.cascade", BOOLEAN))
