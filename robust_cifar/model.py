@@ -137,6 +137,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
         raise InputError(f"{path} is not a readable checkpoint (not the zip archive torch.save writes: a text file, "
                          f"a git-lfs pointer or a truncated copy?): {redo}")
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()   # torch.load reads the records without their CRC-32s: a flipped bit loads
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:   # a damaged directory or record header
+        raise InputError(f"{path} is not a readable checkpoint ({type(error).__name__}; truncated or corrupt?): "
+                         f"{redo}") from None
+    if damaged:
+        raise InputError(f"{path} is damaged (its record {damaged.split('/', 1)[-1]} fails its checksum): remake it "
+                         f"with `dvc repro -f -s {_stage_of(path)}` (a `dvc checkout` may restore the same damaged "
+                         "copy from DVC's cache)")
+    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's message suggests weights_only=False, which is the wrong advice for a file that tries

@@ -1,3 +1,7 @@
+import io
+import struct
+import zipfile
+
 import pytest
 import torch
 from torch import nn
@@ -177,6 +181,17 @@ def test_load_model_never_runs_pickled_code(small_model, tmp_path):
     assert marker.exists()
 
 
+def flip_a_weight_bit(checkpoint: bytes) -> bytes:
+    """The checkpoint with one bit flipped in the middle of its largest tensor's bytes."""
+    with zipfile.ZipFile(io.BytesIO(checkpoint)) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    name_length, extra_length = struct.unpack("<HH", checkpoint[largest.header_offset + 26: largest.header_offset + 30])
+    where = largest.header_offset + 30 + name_length + extra_length + largest.file_size // 2
+    damaged = bytearray(checkpoint)
+    damaged[where] ^= 1
+    return bytes(damaged)
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda path, good: path.write_bytes(good[: len(good) // 2]), "not a readable checkpoint"),
     (lambda path, good: path.write_bytes(b""), "not a readable checkpoint"),
@@ -185,6 +200,8 @@ def test_load_model_never_runs_pickled_code(small_model, tmp_path):
     (lambda path, good: path.write_text("version https://git-lfs.github.com/spec/v1\n"), "not a readable checkpoint"),
     (lambda path, good: torch.save({"state_dict": {}}, path), "not a checkpoint of this project"),
     (lambda path, good: torch.save([1, 2, 3], path), "not a checkpoint of this project"),
+    # one flipped bit in a weight: torch.load would load it; the record's CRC-32 tells
+    (lambda path, good: path.write_bytes(flip_a_weight_bit(good)), r"damaged \(its record data/\d+ fails its checksum"),
 ])
 def test_load_model_refuses_damaged_checkpoints_in_one_line(small_model, tmp_path, damage, words):
     good_path = tmp_path / "good.pt"
