@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
                           eval_batch_size=compute_config.eval_batch_size)
     print(f"train@{run}: {len(splits['train'])} images on {compute.describe()}", flush=True)
     log = EpochLog(paths.training_live(name, seed))
-    log.describe(device=compute.describe(), torch=str(torch.__version__), threads=torch.get_num_threads())
+    log.describe(run, device=compute.describe(), torch=str(torch.__version__), threads=torch.get_num_threads())
     history = train_model(setup, model, on_device["train"], on_device["val"], on_epoch=log)
     log.close()
 

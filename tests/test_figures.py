@@ -10,8 +10,8 @@ import yaml
 
 from robust_cifar.reporting.colours import TAB10, VEGA_SCHEME, method_colour
 from robust_cifar.reporting.colours import STACKED_WIDTHS, stacked_width
-from robust_cifar.reporting.curves import LR, TRAIN_LOSS, panels, read_training_curves, training_curves
-from robust_cifar.training.live_log import LOGGED
+from robust_cifar.reporting.curves import LR, RUN, TRAIN_LOSS, panels, read_training_curves, training_curves
+from robust_cifar.training.live_log import LOGGED, RUN as LOGGED_RUN
 from robust_cifar.training.methods.registry import loss_name
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from tests.methods import ANGULAR, PERTURBED_ANGULAR
@@ -106,6 +106,7 @@ def test_a_panel_no_method_logged_says_so():
 
 
 def test_curves_are_read_from_dvclive_tsv_files(tmp_path):
+    (tmp_path / "params.yaml").write_text(f"run: {tmp_path.name}\n")
     metrics = tmp_path / "plots" / "metrics"
     (metrics / "train").mkdir(parents=True)
     (metrics / "lr.tsv").write_text("step\tlr\n1\t0.01\n2\t0.0005\n")
@@ -120,6 +121,7 @@ def test_curves_are_read_from_dvclive_tsv_files(tmp_path):
 def test_curves_read_the_names_the_training_logger_writes():
     read = {metric for _, metric, _, _ in PANELS}
     assert read <= set(LOGGED.values())
+    assert RUN == LOGGED_RUN   # whose log it is
 
 
 # --- the dvc plots templates ---------------------------------------------------------------------

@@ -437,8 +437,11 @@ def test_a_plan_of_the_wrong_shape_or_with_nan_is_one_line(tmp_path, damage, wor
 
 # --- training logs -----------------------------------------------------------------------------
 
-def training_log(root: Path, files: dict[str, bytes | str]) -> Path:
+def training_log(root: Path, files: dict[str, bytes | str], facts: str = f"run: {RUN}\ndevice: cpu\n") -> Path:
+    """The log of RUN with these curves, and its params.yaml of `facts` as training writes it."""
     directory = root / "reports/training" / RUN
+    directory.mkdir(parents=True)
+    (directory / "params.yaml").write_text(facts)
     for name, content in files.items():
         path = directory / "plots/metrics" / f"{name}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -458,8 +461,7 @@ BAD_LOGS = [
 
 
 def test_a_training_log_dvclive_writes_passes(tmp_path):
-    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/loss": "step\tloss\n0\t2.5\n1\t1.5\n",
-                                        "train/acc": "step\tacc\n0\t0.1\n1\t0.2\n"})
+    directory = training_log(tmp_path, GOOD_CURVES)
     curves = read_training_curves(directory, f"train@{RUN}")
     assert curves["lr"][0].tolist() == [0, 1] and curves["train/loss"][1].tolist() == [2.5, 1.5]
 
@@ -481,9 +483,27 @@ def test_a_garbage_training_log_is_one_line(tmp_path, content, words):
     assert f"dvc checkout --force {directory}`" in message   # the output DVC tracks is the whole folder
 
 
+GOOD_CURVES = {"lr": GOOD_LR, "train/loss": "step\tloss\n0\t2.5\n1\t1.5\n", "train/acc": "step\tacc\n0\t0.1\n1\t0.2\n"}
+
+
+@pytest.mark.parametrize("facts, words", [
+    (f"run: {ANGULAR}-0\ndevice: cpu\n", f"the log of {ANGULAR}-0, not of {RUN}"),   # another run's, copied over
+    ("device: cpu\n", "no `run`"),
+    ("[run, 1]\n", "no `run`"),
+    ("run: [unclosed\n", "unreadable: "),
+    (None, "missing")])
+def test_a_training_log_of_another_run_or_of_none_is_one_line(tmp_path, facts, words):
+    directory = training_log(tmp_path, GOOD_CURVES, facts or "")
+    if facts is None:
+        (directory / "params.yaml").unlink()
+    with pytest.raises(InputError) as error:
+        read_training_curves(directory, f"train@{RUN}")
+    message = one_line(error, directory / "params.yaml", f"train@{RUN}", words)
+    assert f"dvc checkout --force {directory}`" in message   # the output DVC tracks is the whole folder
+
+
 def test_a_training_log_without_curves_is_one_line(tmp_path):
-    directory = tmp_path / "reports/training" / RUN
-    directory.mkdir(parents=True)
+    directory = training_log(tmp_path, {})
     (directory / "metrics.json").write_text("{}")
     with pytest.raises(InputError) as error:
         read_training_curves(directory, f"train@{RUN}")

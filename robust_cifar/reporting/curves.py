@@ -14,8 +14,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from ruamel.yaml import YAMLError  # noqa: E402
 
 from robust_cifar.errors import InputError, get_back  # noqa: E402
+from robust_cifar.params import parse_yaml  # noqa: E402
 from robust_cifar.reporting.colours import method_colour, method_rank, stacked_width  # noqa: E402
 from robust_cifar.schema import refuse  # noqa: E402
 from robust_cifar.training.methods.registry import loss_name  # noqa: E402
@@ -72,12 +74,33 @@ def read_tsv_curve(path: Path, field: str, produced_by: str, output: Path) -> Cu
     return steps, values
 
 
+RUN = "run"   # in the log's params.yaml (live_log.RUN): the `<method>-<seed>` it logged, as its folder is named
+
+
+def check_run(directory: Path, produced_by: str) -> None:
+    """Refuse (one line) a log that names another run than its folder: another run's log copied over this one's
+    is otherwise well-formed, and would be drawn as this method's."""
+    path = directory / "params.yaml"
+    try:
+        facts = parse_yaml(path.read_text())
+    except FileNotFoundError:
+        raise refuse(path, produced_by, "missing", directory) from None
+    except (YAMLError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise refuse(path, produced_by, f"unreadable: {type(error).__name__}", directory) from None
+    logged = facts.get(RUN) if isinstance(facts, dict) else None
+    if logged != directory.name:
+        raise refuse(path, produced_by, f"the log of {logged}, not of {directory.name}" if logged else f"no `{RUN}`",
+                     directory)
+
+
 def read_training_curves(directory: str | Path, produced_by: str | None = None) -> dict[str, Curve]:
     """Every metric of METRICS that one training run logged (perturbed accuracy only for the methods
-    trained on perturbations), keyed by dvclive name; a log with none of them, or a damaged one, is a one-line
-    InputError naming `produced_by` (the training stage of the run the folder is named after, by default)."""
+    trained on perturbations), keyed by dvclive name; a log with none of them, a damaged one or another run's
+    is a one-line InputError naming `produced_by` (the training stage of the run the folder is named after,
+    by default)."""
     directory = Path(directory)
     produced_by = produced_by or f"train@{directory.name}"
+    check_run(directory, produced_by)
     base = directory / "plots" / "metrics"
     curves = {}
     for name in METRICS:

@@ -10,6 +10,7 @@ from robust_cifar.outputs import move_folder
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
           "val_acc": "val/acc", "val_perturbed_acc": "val/perturbed_acc"}
+RUN = "run"   # the log's own run, in its params.yaml (read by reporting/curves.py, which names it RUN too)
 # Wall times are left out: they differ on every run, and metrics.json is an output DVC hashes.
 
 
@@ -27,9 +28,10 @@ class EpochLog:
         # (or `dvc repro`) owns the experiment, not the logger.
         self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
 
-    def describe(self, **facts) -> None:
-        """Facts about the run (device, torch version) in the log's params.yaml, for the summary."""
-        self.live.log_params(facts)
+    def describe(self, run: str, **facts) -> None:
+        """Whose log it is (`<method>-<seed>`, which the curves stage checks) and facts about the run (device,
+        torch version) in the log's params.yaml, for the summary."""
+        self.live.log_params({RUN: run, **facts})
 
     def __call__(self, row: dict) -> None:
         self.live.step = row["epoch"]
