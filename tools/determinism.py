@@ -395,7 +395,8 @@ def next_split(argv: list[str]) -> str:
     """What to run next to tell oneDNN's kernels (and among them its AMX ones) from the rest."""
     again = "python -m tools.determinism " + shlex.join(argv)
     return (f"next: `{again} --without-onednn` (runs that then agree point at oneDNN's kernels), and "
-            f"`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 {again}` (at its AMX kernels, on a CPU with AMX)")
+            f"`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 {again}` (at its AMX kernels, on a CPU with AMX: "
+            "docs/reproducibility.md names a known lead)")
 
 
 if __name__ == "__main__":   # TERM and HUP as Ctrl-C: the running training is stopped and its scratch folder removed
