@@ -211,35 +211,51 @@ def write_yaml(tree: dict, path: Path) -> None:
         writer.dump(copy.deepcopy(tree), stream)
 
 
+def _applied(params: Params, settings: list[str]) -> str:
+    """params.yaml's text after `dvc exp run -S`'s own code applied `settings` (a DvcException if it refuses one)."""
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        write_yaml(params.raw, path)
+        apply_overrides(path, settings)
+        return path.read_text()
+
+
 def with_overrides(params: Params, settings: list[str]) -> Params:
     """A copy of `params` with `key=value` settings applied by `dvc exp run -S`'s own code (Hydra's
     override grammar: `key=` is an empty string, a key params.yaml lacks is refused), so a tool can
     refuse a bad override before DVC edits params.yaml or deletes anything."""
     from dvc.exceptions import DvcException
-    from dvc.utils.hydra import apply_overrides
+
+    def refused(setting: str) -> bool:
+        try:
+            _applied(params, [setting])
+        except DvcException:
+            return True
+        return False
 
     for setting in settings:
         key, equals, _ = setting.partition("=")
         if not equals or not key:
             raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "params.yaml"
-        write_yaml(params.raw, path)
-        try:
-            apply_overrides(path, settings)
-        except DvcException as error:
-            keys = params.leaf_keys()
-            for setting in settings:   # a typo of a key: named, with the key it likely meant, as check_params does
-                key = setting.partition("=")[0]
-                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-                if close and key not in keys:
-                    raise ParamsError(f"override {setting}: params.yaml has no key `{key}`: did you mean "
-                                      f"`{close[0]}`?") from None
-            cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)
-            raise ParamsError(f"override {' '.join(settings)}: {cause}; write each as key=value with a key of "
-                              "params.yaml (lists as [a, b])") from None
-        return Params(parse_yaml(path.read_text()), source=f"{params.source} with its overrides",
-                      overridden=tuple(setting.partition("=")[0] for setting in settings))
+    try:
+        text = _applied(params, settings)
+    except DvcException as error:
+        keys = params.leaf_keys()
+        for setting in settings:   # a typo of a key: named, with the key it likely meant, as check_params does
+            key = setting.partition("=")[0]
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            if close and key not in keys:
+                raise ParamsError(f"override {setting}: params.yaml has no key `{key}`: did you mean "
+                                  f"`{close[0]}`?") from None
+        culprit = next((setting for setting in settings if refused(setting)), " ".join(settings))
+        cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)
+        raise ParamsError(f"override {culprit}: {cause}; write each as key=value with a key of params.yaml "
+                          "(lists as [a, b]; a text holding more than ASCII letters, digits, spaces and . _ - / "
+                          "in quotes: key='a text')") from None
+    return Params(parse_yaml(text), source=f"{params.source} with its overrides",
+                  overridden=tuple(setting.partition("=")[0] for setting in settings))
 
 
 @dataclass

@@ -100,6 +100,17 @@ def test_overrides_are_applied_by_dvc_exp_runs_own_code():
             with_overrides(params, [bad])
 
 
+def test_a_refused_override_among_many_is_named_alone_with_how_to_quote_it():
+    """The preset's 30 overrides were all printed, and the advice did not say what DVC's grammar wanted."""
+    params = Params(yaml.safe_load(PARAMS.read_text()))
+    with pytest.raises(ParamsError) as refused:
+        with_overrides(params, ["knn.k=5", "data.archive=données.tar.gz", "seeds.plan=1"])
+    message = str(refused.value)
+    assert message.startswith("override data.archive=données.tar.gz: ") and "knn.k=5" not in message
+    assert message.endswith("in quotes: key='a text')")
+    assert with_overrides(params, ["data.archive='données.tar.gz'"]).raw["data"]["archive"] == "données.tar.gz"
+
+
 @pytest.mark.parametrize("settings, key, hint", [
     (["knn.k=0"], "knn.k", "change the `-S knn.k=...` you gave"),
     (["model={width: 0, embedding_dim: 128, dropout: 0.1}"], "model.width", "change the `-S model=...` you gave"),

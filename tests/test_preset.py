@@ -9,10 +9,11 @@ import yaml
 from robust_cifar.check_params import validate_params
 from robust_cifar.errors import PublishError
 from robust_cifar.machine import cpu_description
-from robust_cifar.params import Params, set_dotted
+from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.reporting.provenance import time_lines
 from robust_cifar.reporting.summarize import BREAK_EPS
 from robust_cifar.training.methods.registry import REGISTRY
+from tests.archives import write_official_archive
 from tests.methods import HEAD
 from tests.test_params import PARAMS
 from tools import preset
@@ -65,7 +66,7 @@ def test_the_presets_run_fgm_pgd_and_both_apgd_attacks_at_every_eps_where_the_br
 def test_the_command_is_one_dvc_experiment_with_the_archive(capsys):
     cmd = command("quick", "../shared/data/cifar10-jpeg.tar.gz", "26db66ca8cac19aed87bc28f0e6c6d82", "quick-cpu")
     assert cmd[1:6] == ["-m", "dvc", "exp", "run", "-n"] and cmd[6] == "quick-cpu"
-    assert "data.archive=../shared/data/cifar10-jpeg.tar.gz" in cmd and "seeds.train=[0, 1, 2]" in cmd
+    assert "data.archive='../shared/data/cifar10-jpeg.tar.gz'" in cmd and "seeds.train=[0, 1, 2]" in cmd
     assert main(["quick", "--dry-run", "--name", "x"]) == 0
     assert "dvc exp run -n x -S preset=quick" in capsys.readouterr().out
 
@@ -76,6 +77,17 @@ def test_an_md5_without_its_archive_is_refused_and_an_empty_archive_downloads(ca
     assert exit_info.value.code == 2 and "--archive-md5 is the md5 of --archive" in capsys.readouterr().err
     cmd = command("quick", "", None, "x", machine={})   # the download, whatever params.yaml's archive is
     assert "data.archive=''" in cmd and "data.archive_md5=''" in cmd
+
+
+@pytest.mark.parametrize("name", ["données.tar.gz", "a,b (1).tar.gz", "it's [copy] {2}.tar.gz", 'say "x"#1.tar.gz',
+                                  "${HOME}.tar.gz", "back\\slash\\'\\.tar.gz", "ends-in\\"])
+def test_an_archive_at_any_path_reaches_dvc_whole(workspace, tmp_path, name, capsys):
+    """DVC's -S grammar refused or changed such a path unquoted, with advice for a -S the user never wrote."""
+    archive = write_official_archive(tmp_path / "archives" / name)
+    cmd = command("quick", str(archive), None, "x", machine={})
+    settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
+    assert with_overrides(load_params(), settings).raw["data"]["archive"] == str(archive)   # as `dvc exp run` reads it
+    assert main(["quick", "--dry-run", "--name", "x", "--archive", str(archive)]) == 0, capsys.readouterr().err
 
 
 def test_an_archive_without_its_md5_gets_it_computed(tmp_path):

@@ -32,7 +32,7 @@ from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, sto
 from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
 from tools.sweep.cli import existing_names
-from tools.sweep.grid import LONGEST_EXP_NAME, valid_exp_name
+from tools.sweep.grid import LONGEST_EXP_NAME, quoted, valid_exp_name
 
 TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
@@ -119,7 +119,7 @@ def command(name: str, archive: str | None, archive_md5: str | None, experiment:
         if not archive_md5 and Path(archive).is_file():   # DVC records a local archive by its md5 param alone
             archive_md5 = md5_of(archive)
         md5 = archive_md5 or "''"   # a missing archive: the empty string spelled out, and check_params names the file
-        data += ["-S", f"data.archive={archive}", "-S", f"data.archive_md5={md5}"]
+        data += ["-S", f"data.archive={quoted(archive)}", "-S", f"data.archive_md5={md5}"]
     experiment = experiment or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # dvc.yaml as the target: without one, `dvc exp run` deletes the outputs it recorded of stages the new
     # params drop before check_params can refuse anything (docs/experiments.md "Working with experiments")

@@ -40,6 +40,13 @@ class Experiment:
         return " ".join(f"{key}={value}" for key, value in self.overrides)
 
 
+def quoted(text: str) -> str:
+    """`text` as one quoted value of DVC's -S (Hydra's grammar), read back exactly whatever it holds: a path with
+    commas, brackets, quotes, `${`, backslashes or letters beyond ASCII, which unquoted DVC refuses or changes."""
+    # in a quoted value, backslashes before a quote, before `${` or at its end escape; elsewhere they are literal
+    return "'" + re.sub(r"(\\*)('|\$\{|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), text) + "'"
+
+
 _CLOSING = {"[": "]", "{": "}", "(": ")"}
 
 
