@@ -14,7 +14,7 @@ from robust_cifar.reporting.provenance import time_lines
 from robust_cifar.reporting.summarize import BREAK_EPS
 from robust_cifar.training.methods.registry import REGISTRY
 from tests.archives import write_official_archive
-from tests.methods import HEAD
+from tests.methods import ANGULAR, HEAD
 from tests.test_params import PARAMS
 from tools import preset
 from tools.preset import PRESETS, command, main, overrides, publish
@@ -192,6 +192,9 @@ def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
 
 def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["methods"], raw["seeds"]["train"] = [HEAD], [0, 1]   # the run's; ANGULAR's files and seed 2's are older runs'
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "umap").mkdir()
@@ -201,12 +204,18 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (reports / "aggregate").mkdir()
     (reports / "aggregate" / f"{HEAD}.json").write_text("{}")
     (reports / "umap" / f"{HEAD}.png").write_bytes(b"png")
+    (reports / "aggregate" / f"{ANGULAR}.json").write_text("{}")   # DVC leaves a dropped method's outputs
+    (reports / "umap" / f"{ANGULAR}.png").write_bytes(b"png")
+    for run, device in ((f"{HEAD}-0", "cpu (CPU), fp32"), (f"{ANGULAR}-0", "cuda:0 (an old GPU)")):
+        (reports / "training" / run).mkdir(parents=True)
+        (reports / "training" / run / "params.yaml").write_text(f"run: {run}\ndevice: {device}\ntorch: 2.13\nthreads: 2\n")
     (reports / "seeds").mkdir()
     (reports / "seeds" / "big.csv").write_text("not published")
     (tmp_path / "results" / "quick-cpu" / "umap").mkdir(parents=True)
     (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").write_bytes(b"an earlier run's")
     (tmp_path / ".cache" / "timing").mkdir(parents=True)
-    for stage, seconds in ((f"train-{HEAD}-0", 30.0), (f"train-{HEAD}-1", 40.2), (f"embed-{HEAD}-0", 5.0)):
+    for stage, seconds in ((f"train-{HEAD}-0", 30.0), (f"train-{HEAD}-1", 40.2), (f"embed-{HEAD}-0", 5.0),
+                           (f"train-{HEAD}-2", 99.0), (f"train-{ANGULAR}-0", 99.0), (f"aggregate-{ANGULAR}", 9.0)):
         (tmp_path / ".cache" / "timing" / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": seconds}))
     copied = publish(tmp_path / "results" / "quick-cpu", "python -m tools.preset quick", wall_seconds=634.8)
     assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
@@ -215,6 +224,7 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m tools.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
     assert "**wall time of the command**: 10.6 min" in readme
+    assert "- **device**: cpu (CPU), fp32, torch 2.13, 2 CPU threads." in readme   # not the dropped method's GPU
     # the time budget per stage kind, and what DVC and the stages' start-up took beside them
     assert "| train | 2 | 70 s | 30-40 s |" in readme and "| embed | 1 | 5 s | 5-5 s |" in readme
     assert "| DVC and each stage's start-up (the rest of the wall time) | 3 | 560 s | 186.5 s per stage |" in readme

@@ -27,14 +27,16 @@ from robust_cifar.data.download import md5_of
 from robust_cifar.errors import ParamsError, PublishError, UserError
 from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
-from robust_cifar.reporting.provenance import devices, git_commit, run_lines, stage_times, time_lines
+from robust_cifar.reporting.provenance import (devices, git_commit, run_lines, stage_times, time_lines,
+                                                times_of_runs)
 from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
 from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
+from stages import paths
+from stages.curves import TRAINING_CURVES
 from tools.sweep.cli import existing_names
 from tools.sweep.grid import LONGEST_EXP_NAME, quoted, valid_exp_name
 
-TRAINING = Path("reports/training")   # the dvclive folders, each with the device its run trained on
 
 # Each override names the lever it pulls; every key has a validation rule where its owner reads it.
 ON_A_CPU: dict[str, object] = {
@@ -206,10 +208,11 @@ def probe_staging(destination: Path) -> None:
                 folder.rmdir()
 
 
-# What a published run holds: small files that say what the run found (models and embeddings stay in DVC).
-PUBLISHED = ("reports/summary.md", "reports/summary.json", "reports/accuracy.png", "reports/robustness_curve.png",
-             "reports/training_curves.png", "reports/examples.png", "reports/metrics.json", "reports/aggregate/*.json",
-             "reports/umap/*.png")
+# What a published run holds: small files that say what the run found (models and embeddings stay in DVC), and
+# each of its methods' (not those of a method the params no longer list, which DVC leaves in the workspace).
+PUBLISHED = (paths.SUMMARY_MD, paths.SUMMARY_JSON, paths.ACCURACY_FIGURE, paths.ROBUSTNESS_FIGURE, TRAINING_CURVES,
+             paths.EXAMPLES, paths.HEADLINE)
+PUBLISHED_PER_METHOD = (paths.aggregated, paths.umap_figure)
 
 
 def publish(destination: Path, command_line: str, wall_seconds: float | None = None) -> list[Path]:
@@ -221,9 +224,11 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
     staging = staging_folder(destination)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    params = load_params()
+    methods, seeds = params.method_names(), params.train_seeds()
     copied = []
-    for pattern in PUBLISHED:
-        for source in sorted(Path(".").glob(pattern)):
+    for source in [*PUBLISHED, *(path_of(method) for path_of in PUBLISHED_PER_METHOD for method in methods)]:
+        if source.is_file():
             relative = source.relative_to("reports")
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / relative)
@@ -234,10 +239,11 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
         "```bash", command_line, "```", "",
         "## What produced it", "", *summary["provenance"],
-        *run_lines(devices(TRAINING), git_commit()),
+        *run_lines(devices(paths.TRAINING, [paths.run_name(method, seed) for method in methods for seed in seeds]),
+                   git_commit()),
         *([f"- **wall time of the command**: {wall_seconds / 60:.1f} min from start to end (stages that DVC "
            "reused from its cache took none)."] if wall_seconds is not None else []),
-        *time_lines(stage_times(timings()), wall_seconds), "",
+        *time_lines(times_of_runs(stage_times(timings()), methods, seeds), wall_seconds), "",
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics.json` the headline numbers (`dvc metrics show`), `aggregate/`",
         "every number's mean and std over seeds; the PNGs are the figures of `dvc plots show`.", ""]))

@@ -49,11 +49,12 @@ def git_commit(root: Path = Path(".")) -> str:
     return (commit or "unknown") + (" with uncommitted code changes" if dirty else "")
 
 
-def devices(training: Path) -> list[str]:
-    """Every device the training runs report (dvclive params.yaml of each run)."""
+def devices(training: Path, runs: list[str]) -> list[str]:
+    """Every device these training runs report (dvclive params.yaml of each run): a run the params no longer
+    list, whose log DVC leaves in place, is not one of them."""
     found = set()
-    for path in sorted(training.glob("*/params.yaml")):
-        facts = yaml.safe_load(path.read_text()) or {}
+    for path in (training / run / "params.yaml" for run in runs):
+        facts = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
         if "device" in facts:
             found.add(f"{facts['device']}, torch {facts.get('torch', '?')}, {facts.get('threads', '?')} CPU threads")
     return sorted(found)
@@ -68,6 +69,16 @@ def stage_times(timings: Path) -> dict[str, float]:
         except (json.JSONDecodeError, KeyError):
             continue
     return times
+
+
+def times_of_runs(times: dict[str, float], methods: list[str], seeds: list[int]) -> dict[str, float]:
+    """The times (keyed by stage.stage_name: `train-<method>-<seed>`, `aggregate-<method>`, `summarize`) of
+    the stages these methods and seeds make, not of a method or seed the params no longer list."""
+    def listed(name: str) -> bool:
+        _, *arguments = name.split("-")
+        return not arguments or arguments[0] in methods and (len(arguments) == 1 or len(arguments) == 2 and (
+            arguments[1].isdigit() and int(arguments[1]) in seeds))
+    return {name: seconds for name, seconds in times.items() if listed(name)}
 
 
 def time_lines(times: dict[str, float], wall_seconds: float | None = None) -> list[str]:
