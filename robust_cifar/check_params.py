@@ -7,6 +7,9 @@ typo such as `train.epochz` would otherwise be silently ignored).
 from __future__ import annotations
 
 import difflib
+import hashlib
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +22,8 @@ from robust_cifar.evaluation.evaluate import knn_k
 from robust_cifar.evaluation.robustness import RobustnessConfig
 from robust_cifar.machine import usable_cores
 from robust_cifar.model import ModelConfig
-from robust_cifar.params import Params
+from robust_cifar.outputs import OUTPUT_FOLDERS
+from robust_cifar.params import Params, parse_yaml
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
@@ -119,3 +123,96 @@ def check_on_this_machine(params: Params) -> None:
     if data.archive:
         check_local_archive(Path(data.archive), data.archive_md5)
 
+
+
+# --- outputs of runs the params no longer list ------------------------------------------------------
+
+_ITEM_GROUPS = {"${item.method}": ("method", "[a-z][a-z0-9_]*"), "${item}": ("method", "[a-z][a-z0-9_]*"),
+                "${item.seed}": ("seed", "[0-9]+")}
+_INTERPOLATION = re.compile(r"(\$\{[^}]*\})")
+
+
+def _looped_output(template: str) -> re.Pattern | None:
+    """The paths a looped stage's output template names, as a pattern with the run's method (and seed); None
+    where it interpolates more than the loop's item (`${seeds.figures}`: not one path per run)."""
+    pattern, seen = "", set()
+    for part in _INTERPOLATION.split(template):
+        if not _INTERPOLATION.fullmatch(part):
+            pattern += re.escape(part)
+        elif part not in _ITEM_GROUPS:
+            return None
+        else:
+            name, form = _ITEM_GROUPS[part]
+            pattern += f"(?P={name})" if name in seen else f"(?P<{name}>{form})"
+            seen.add(name)
+    return re.compile(pattern)
+
+
+def stale_outputs(stages: dict, methods: list[str], seeds: list[int], root: Path = Path(".")) -> list[Path]:
+    """The outputs, found under `root`, of the per-run and per-method stages of dvc.yaml's `stages` (a matrix over
+    methods and seeds, or a foreach over methods) for a method or seed that `methods` and `seeds` no longer list.
+
+    DVC never removes them: a dropped method's model, logs and figures stayed beside the run's (`dvc plots show`
+    drew them, a publication copied them), and a dropped seed's per-seed reports stayed in the folders each
+    aggregate depends on, so the lock recorded files a clone never pulls (its status then never clean)."""
+    stale: set[Path] = set()
+    for stage in stages.values():
+        if not (isinstance(stage, dict) and ("matrix" in stage or "foreach" in stage)):
+            continue
+        looped = stage.get("do", stage)
+        for out in looped.get("outs", []) if isinstance(looped, dict) else []:
+            template = out if isinstance(out, str) else next(iter(out), "")
+            pattern = _looped_output(template)
+            if pattern is None:
+                continue
+            for path in root.glob(_INTERPOLATION.sub("*", template)):
+                match = pattern.fullmatch(path.relative_to(root).as_posix())
+                if match and (match["method"] not in methods
+                              or "seed" in match.groupdict() and int(match["seed"]) not in seeds):
+                    stale.add(path)
+    return sorted(stale)
+
+
+def _in_dvc_cache(path: Path, odb) -> bool:
+    """Whether DVC's cache holds every file of this output (so removing it loses nothing)."""
+    files = [path] if path.is_file() else [each for each in path.rglob("*") if each.is_file()]
+    return bool(files) and all(Path(odb.oid_to_path(hashlib.md5(each.read_bytes()).hexdigest())).is_file()
+                               for each in files)
+
+
+def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Remove the stale_outputs of dvc.yaml that DVC's cache holds (listing the method or seed again restores them
+    from DVC's run cache, without rerunning), and name any it does not hold (made outside DVC), which stay."""
+    from dvc.repo import Repo
+
+    stale = stale_outputs(parse_yaml(dvc_yaml.read_text())["stages"], params.method_names(), params.train_seeds())
+    if not stale:
+        return
+    with Repo(".") as repo:
+        cached = {path: _in_dvc_cache(path, repo.cache.local) for path in stale}
+    removed = [path for path in stale if cached[path]]
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        for folder in path.parents:   # reports/seeds/<method>/, once its last seed is gone
+            if folder in OUTPUT_FOLDERS or folder == Path(".") or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    if removed:
+        print(f"removed {_counted(removed)} of methods or seeds params.yaml no longer lists ({_shown(removed)}): "
+              "DVC's cache keeps them, and listing them again restores them without rerunning")
+    kept = [path for path in stale if not cached[path]]
+    if kept:
+        print(f"warning: kept {_counted(kept)} of methods or seeds params.yaml no longer lists that DVC's cache "
+              f"does not hold (made outside DVC?): {_shown(kept)}; remove them by hand once they are not needed",
+              file=sys.stderr)
+
+
+def _counted(paths: list[Path]) -> str:
+    return f"{len(paths)} output{'s' * (len(paths) > 1)}"
+
+
+def _shown(paths: list[Path], most: int = 4) -> str:
+    return ", ".join(map(str, paths[:most])) + (f" and {len(paths) - most} more" if len(paths) > most else "")

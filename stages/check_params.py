@@ -5,8 +5,12 @@ stage's command, so a bad value must be refused here, upstream of everything: th
 deleted. That includes what only this machine can say is wrong: a device it does not have, bf16
 without bf16 units, a local archive that is missing or not the one its md5 names. The file's
 content never changes, so a valid edit reruns only the stages that read it.
+
+It also removes the outputs of methods and seeds that params.yaml no longer lists, which DVC leaves in
+place (robust_cifar/check_params.py, stale_outputs). Its output persists (`persist: true` in dvc.yaml) so
+that DVC's run cache never skips it: every edit of params.yaml runs it.
 """
-from robust_cifar.check_params import check_on_this_machine
+from robust_cifar.check_params import check_on_this_machine, remove_stale_outputs
 from robust_cifar.outputs import write_text
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
@@ -14,7 +18,9 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
-    check_on_this_machine(load_params())
+    params = load_params()
+    check_on_this_machine(params)
+    remove_stale_outputs(params)
     write_text(paths.PARAMS_CHECKED, "params.yaml is valid\n")
 
 
