@@ -185,6 +185,8 @@ def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> N
     from DVC's run cache, without rerunning), and name any it does not hold (made outside DVC), which stay."""
     from dvc.repo import Repo
 
+    if not dvc_yaml.is_file():   # the stage run by hand outside a project: no outputs of DVC's to tidy
+        return
     stale = stale_outputs(parse_yaml(dvc_yaml.read_text())["stages"], params.method_names(), params.train_seeds())
     if not stale:
         return

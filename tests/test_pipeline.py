@@ -254,6 +254,27 @@ def test_removing_a_method_reruns_only_the_summaries(project):
         params_path.write_text(original)
 
 
+def test_a_dropped_methods_outputs_go_and_listing_it_again_restores_them_without_rerunning(project):
+    """DVC left them: `dvc plots show` drew them beside the run's, and a publication copied them."""
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["methods"] = [method for method in METHODS if method != PERTURBED_ANGULAR]
+    outputs = [project / f"models/{PERTURBED_ANGULAR}-{SEED}.pt", project / f"reports/umap/{PERTURBED_ANGULAR}.png",
+               project / f"reports/seeds/{PERTURBED_ANGULAR}/{SEED}.json"]
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        dropped = dvc(project, "repro")
+        assert ran_stages(dropped.stdout) == {"check_params", "summarize", "curves"}
+        assert "removed 10 outputs of methods or seeds params.yaml no longer lists" in dropped.stdout
+        assert not any(path.exists() for path in outputs)
+    finally:
+        params_path.write_text(original)
+    listed = dvc(project, "repro")
+    assert ran_stages(listed.stdout) == {"check_params"}   # the rest from DVC's run cache
+    assert all(path.exists() for path in outputs) and stale_stages(project) == set()
+
+
 # The harness: one build of the tiny pipeline per run, which every worker's slow tests wait for.
 
 def test_a_failed_build_fails_every_test_waiting_for_it_saying_why(tmp_path):
