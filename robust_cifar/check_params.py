@@ -124,7 +124,6 @@ def check_on_this_machine(params: Params) -> None:
         check_local_archive(Path(data.archive), data.archive_md5)
 
 
-
 # --- outputs of runs the params no longer list ------------------------------------------------------
 
 _ITEM_GROUPS = {"${item.method}": ("method", "[a-z][a-z0-9_]*"), "${item}": ("method", "[a-z][a-z0-9_]*"),
