@@ -179,14 +179,24 @@ def _in_dvc_cache(path: Path, odb) -> bool:
                                for each in files)
 
 
-def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
-    """Remove the stale_outputs of dvc.yaml that DVC's cache holds (listing the method or seed again restores them
-    from DVC's run cache, without rerunning), and name any it does not hold (made outside DVC), which stay."""
+def recorded_outputs(lock: Path) -> set[Path]:
+    """Every output dvc.lock records, of any stage it still holds (DVC keeps the entries of dropped stages)."""
+    stages = (parse_yaml(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    return {Path(out["path"]) for stage in stages.values() if isinstance(stage, dict)
+            for out in stage.get("outs", []) if isinstance(out, dict) and "path" in out}
+
+
+def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml"), lock: Path = Path("dvc.lock")) -> None:
+    """Remove the stale_outputs of dvc.yaml that dvc.lock records and DVC's cache holds (listing the method or seed
+    again restores them from DVC's run cache, without rerunning), and name any it does not hold, which stay. A file
+    DVC never recorded is the user's, whatever its name: left alone."""
     from dvc.repo import Repo
 
     if not dvc_yaml.is_file():   # the stage run by hand outside a project: no outputs of DVC's to tidy
         return
-    stale = stale_outputs(parse_yaml(dvc_yaml.read_text())["stages"], params.method_names(), params.train_seeds())
+    recorded = recorded_outputs(lock)
+    stale = [path for path in stale_outputs(parse_yaml(dvc_yaml.read_text())["stages"], params.method_names(),
+                                            params.train_seeds()) if path in recorded]
     if not stale:
         return
     with Repo(".") as repo:
@@ -207,8 +217,8 @@ def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> N
     kept = [path for path in stale if not cached[path]]
     if kept:
         print(f"warning: kept {_counted(kept)} of methods or seeds params.yaml no longer lists that DVC's cache "
-              f"does not hold (made outside DVC?): {_shown(kept)}; remove them by hand once they are not needed",
-              file=sys.stderr)
+              f"does not hold (changed since DVC recorded them, or its cache was cleaned): {_shown(kept)}; remove "
+              "them by hand once they are not needed", file=sys.stderr)
 
 
 def _counted(paths: list[Path]) -> str:

@@ -22,6 +22,7 @@ LISTED = [f"models/{HEAD}-0.pt", f"reports/training/{HEAD}-0/metrics.json", f"da
           "models/notes.txt", "models/mine-0.ckpt", "reports/summary.md", "data/split/indices.npz"]   # no run's
 DROPPED_SEED = [f"models/{HEAD}-1.pt", f"reports/training/{HEAD}-1", f"data/embeddings/{HEAD}-1.npz",
                 f"reports/seeds/{HEAD}/1.json", f"reports/seeds/{HEAD}/1.csv", f"reports/robustness/{HEAD}/1.json"]
+USERS = [f"reports/umap/{HEAD}_before.png", f"models/{HEAD}-9.pt"]   # named like outputs, never DVC's: kept
 DROPPED_METHOD = [f"models/{ANGULAR}-0.pt", f"reports/training/{ANGULAR}-0", f"reports/seeds/{ANGULAR}/0.json",
                   f"reports/aggregate/{ANGULAR}.json", f"reports/umap/{ANGULAR}.png",
                   f"reports/predictions/{ANGULAR}.csv"]
@@ -47,10 +48,13 @@ def test_the_outputs_of_a_dropped_method_or_seed_are_found_and_nothing_else(tmp_
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A DVC project (no git) with the run's, a dropped seed's and a dropped method's outputs, each in DVC's cache
-    but one, made outside DVC."""
+    """A DVC project (no git) with the run's, a dropped seed's and a dropped method's outputs, each recorded in
+    dvc.lock and in DVC's cache but one (the cache cleaned since), and the user's own files, named like outputs and
+    with bytes DVC's cache holds (a copy), but never recorded."""
     Repo.init(str(tmp_path), no_scm=True).close()
-    make(tmp_path, LISTED + DROPPED_SEED + DROPPED_METHOD)
+    make(tmp_path, LISTED + DROPPED_SEED + DROPPED_METHOD + USERS)
+    recorded = [{"path": name} for name in LISTED + DROPPED_SEED + DROPPED_METHOD]
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"a@b-0": {"outs": recorded}}}))
     outside = tmp_path / DROPPED_METHOD[0]
     with Repo(str(tmp_path)) as repo:
         for path in (each for each in tmp_path.rglob("*") if each.is_file() and ".dvc" not in each.parts):
@@ -65,13 +69,14 @@ def project(tmp_path, monkeypatch):
 def test_check_params_removes_what_dvcs_cache_holds_and_keeps_what_it_does_not(project, capsys):
     raw = yaml.safe_load(PARAMS.read_text())
     raw["methods"], raw["seeds"]["train"], raw["seeds"]["figures"] = [HEAD], [0], 0
-    remove_stale_outputs(Params(raw), dvc_yaml=ROOT / "dvc.yaml")
+    remove_stale_outputs(Params(raw), dvc_yaml=ROOT / "dvc.yaml", lock=project / "dvc.lock")
     left = {str(path.relative_to(project)) for path in project.rglob("*") if ".dvc" not in path.parts}
-    assert set(LISTED) <= left and DROPPED_METHOD[0] in left   # made outside DVC: kept
+    assert set(LISTED + USERS) <= left and DROPPED_METHOD[0] in left   # no longer in DVC's cache: kept
     assert not left & set(DROPPED_SEED + DROPPED_METHOD[1:])
     assert f"reports/seeds/{ANGULAR}" not in left   # its last seed gone, the method's folder too
     said = capsys.readouterr()
     assert said.out.startswith(f"removed {len(DROPPED_SEED) + len(DROPPED_METHOD) - 1} outputs of methods or seeds")
     assert said.err.startswith("warning: kept 1 output of") and DROPPED_METHOD[0] in said.err
-    remove_stale_outputs(Params(raw), dvc_yaml=ROOT / "dvc.yaml")   # once removed, nothing more to say
+    assert not any(name in said.out + said.err for name in USERS)
+    remove_stale_outputs(Params(raw), dvc_yaml=ROOT / "dvc.yaml", lock=project / "dvc.lock")   # once removed, nothing more to say
     assert capsys.readouterr().out == ""
