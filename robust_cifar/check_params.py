@@ -203,7 +203,7 @@ def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml"), lock
         cached = {path: _in_dvc_cache(path, repo.cache.local) for path in stale}
     removed = [path for path in stale if cached[path]]
     for path in removed:
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():   # a link (a cache of symlinks) goes, never what it points to
             shutil.rmtree(path)
         else:
             path.unlink()

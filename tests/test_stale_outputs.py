@@ -80,3 +80,14 @@ def test_check_params_removes_what_dvcs_cache_holds_and_keeps_what_it_does_not(p
     assert not any(name in said.out + said.err for name in USERS)
     remove_stale_outputs(Params(raw), dvc_yaml=ROOT / "dvc.yaml", lock=project / "dvc.lock")   # once removed, nothing more to say
     assert capsys.readouterr().out == ""
+
+
+def test_a_recorded_output_that_is_a_link_goes_and_what_it_links_to_stays(project, tmp_path_factory):
+    log = project / DROPPED_SEED[1]   # a training log, a folder: here a link to a folder elsewhere
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "log"
+    log.rename(elsewhere)
+    log.symlink_to(elsewhere, target_is_directory=True)
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw["methods"], raw["seeds"]["train"], raw["seeds"]["figures"] = [HEAD], [0], 0
+    remove_stale_outputs(Params(raw), dvc_yaml=ROOT / "dvc.yaml", lock=project / "dvc.lock")   # was rmtree's OSError
+    assert not log.is_symlink() and not log.exists() and (elsewhere / "plots" / "lr.tsv").is_file()
