@@ -190,15 +190,17 @@ def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml"), lock
     """Remove the stale_outputs of dvc.yaml that dvc.lock records and DVC's cache holds (listing the method or seed
     again restores them from DVC's run cache, without rerunning), and name any it does not hold, which stay. A file
     DVC never recorded is the user's, whatever its name: left alone."""
-    from dvc.repo import Repo
-
     if not dvc_yaml.is_file():   # the stage run by hand outside a project: no outputs of DVC's to tidy
         return
+    found = stale_outputs(parse_yaml(dvc_yaml.read_text())["stages"], params.method_names(), params.train_seeds())
+    if not found:   # the common case: neither the lock (thousands of lines) nor DVC is read
+        return
     recorded = recorded_outputs(lock)
-    stale = [path for path in stale_outputs(parse_yaml(dvc_yaml.read_text())["stages"], params.method_names(),
-                                            params.train_seeds()) if path in recorded]
+    stale = [path for path in found if path in recorded]
     if not stale:
         return
+    from dvc.repo import Repo
+
     with Repo(".") as repo:
         cached = {path: _in_dvc_cache(path, repo.cache.local) for path in stale}
     removed = [path for path in stale if cached[path]]
