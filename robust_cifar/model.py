@@ -113,6 +113,7 @@ class CifarResNet18(nn.Module):
 
 
 CONFIG_KEYS = ("width", "embedding_dim", "num_classes", "dropout")
+NORMALIZATION = ("normalize.mean", "normalize.std")   # buffers of fixed CIFAR constants, never trained
 
 
 def save_model(model: CifarResNet18, path: str | Path, **metadata) -> None:
@@ -173,11 +174,27 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
                          f"{nonfinite[0]} first): {redo}")
     try:
         model = CifarResNet18(**checkpoint["config"])
+        unlike = unlike_training(checkpoint["state_dict"], model.state_dict())
+        if unlike:   # load_state_dict would cast other dtypes silently, and take any normalization constants
+            raise InputError(f"{path} {unlike}, which no training writes: {redo}")
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: its weights do not match its model config ({first}): {redo}") from None
     return model.to(device).eval(), metadata
+
+
+def unlike_training(state: dict, fresh: dict) -> str | None:
+    """How a checkpoint's tensors differ from what `save_model` writes for its config (`fresh`: a new model's
+    state_dict), in words; None where they do not: another dtype (float16 weights, an int64 running_var) or
+    normalization constants other than the model's fixed ones."""
+    for key, value in state.items():
+        if key in fresh and isinstance(value, torch.Tensor) and value.dtype != fresh[key].dtype:
+            return f"stores {key} as {value.dtype}, not {fresh[key].dtype}"
+    for key in NORMALIZATION:
+        if isinstance(state.get(key), torch.Tensor) and not torch.equal(state[key], fresh[key]):
+            return f"has {key} = {[round(x, 4) for x in state[key].flatten().tolist()]}, not the model's fixed constants"
+    return None
 
 
 # how a message names each key of a checkpoint's config

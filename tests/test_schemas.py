@@ -560,6 +560,41 @@ def test_a_checkpoint_with_nan_weights_is_one_line(checkpoints):
     one_line(error, checkpoints["diverged-0"], "train@diverged-0", "has NaN or infinite weights (in 1 tensor, head.weight first)")
 
 
+def rewritten(good: Path, folder: Path, name: str, change) -> Path:
+    """A copy of the checkpoint `good` whose state_dict `change` edited, saved as torch.save would."""
+    checkpoint = torch.load(good, weights_only=True)
+    change(checkpoint["state_dict"])
+    torch.save(checkpoint, folder / f"{name}.pt")
+    return folder / f"{name}.pt"
+
+
+def retyped(dtype, which=lambda key, value: value.is_floating_point()):
+    return lambda state: state.update({key: value.to(dtype) for key, value in state.items() if which(key, value)})
+
+
+@pytest.mark.parametrize("change, words", [
+    (retyped(torch.float16), "stores normalize.mean as torch.float16, not torch.float32"),
+    (retyped(torch.bfloat16, lambda key, value: key == "head.weight"), "stores head.weight as torch.bfloat16"),
+    (retyped(torch.float64, lambda key, value: key.endswith("running_var")), "as torch.float64, not torch.float32"),
+    (retyped(torch.int64, lambda key, value: key.endswith("running_var")), "as torch.int64, not torch.float32"),
+    (lambda state: state["normalize.mean"].fill_(0.9), "has normalize.mean = [0.9, 0.9, 0.9], not the model's fixed"),
+    (lambda state: state["normalize.std"].mul_(2), "has normalize.std = [0.494, 0.487, 0.5232], not the model's"),
+])
+def test_a_checkpoint_no_training_writes_is_one_line_not_cast(checkpoints, tmp_path, change, words):
+    """load_state_dict would cast float16 weights into the model, or take other normalization constants, and the
+    stages would score a model that was never trained."""
+    path = rewritten(checkpoints[f"{HEAD}-0"], tmp_path, f"{HEAD}-0", change)
+    with pytest.raises(InputError) as error:
+        load_model(path, expect=EXPECTED, num_classes=10)
+    one_line(error, path, f"train@{HEAD}-0", words)
+
+
+def test_a_rewritten_checkpoint_that_training_could_have_written_loads(checkpoints, tmp_path):
+    path = rewritten(checkpoints[f"{HEAD}-0"], tmp_path, f"{HEAD}-0", lambda state: state["head.bias"].add_(1.0))
+    model, _ = load_model(path, expect=EXPECTED, num_classes=10)
+    assert torch.equal(model.head.bias, torch.load(path, weights_only=True)["state_dict"]["head.bias"])
+
+
 def test_the_class_count_alone_can_be_expected(checkpoints):
     with pytest.raises(InputError, match="has 5 classes, the data 10"):
         load_model(checkpoints["five-0"], num_classes=10)
