@@ -38,9 +38,8 @@ def main(argv: list[str]) -> None:
     log = EpochLog(paths.training_live(name, seed))
     log.describe(run, device=compute.describe(), torch=str(torch.__version__), threads=torch.get_num_threads())
     history = train_model(setup, model, on_device["train"], on_device["val"], on_epoch=log)
-    log.close()
-
     save_model(model, paths.model(name, seed), method=name, seed=seed, class_names=list(class_names))
+    log.close()   # last: it lets another training of this run start
     last = history[-1]
     print(f"train@{run}: final train acc {last['train_acc']:.4f}, val acc {last['val_acc']:.4f}")
 

@@ -1,13 +1,19 @@
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
+from robust_cifar.cache import ENV
 from robust_cifar.compute import Compute
-from robust_cifar.errors import TrainingDiverged
+from robust_cifar.errors import TrainingDiverged, UserError
 from robust_cifar.model import CifarResNet18
 from robust_cifar.perturbations.perturb import PerturbSettings
+from robust_cifar.training.live_log import EpochLog
 from robust_cifar.training.methods.registry import Method
 from robust_cifar.training.methods.batches import BalancedBatches, ShuffledBatches
 from robust_cifar.training.methods.drawn_perturbations import DrawnPerturbations
@@ -300,3 +306,33 @@ def test_a_headless_method_attacks_its_own_embedding_never_the_untrained_head():
     assert torch.equal(first, attacked(model))
     assert not torch.equal(first, images)   # something was perturbed
     assert model.training                   # the attack ran in eval mode and switched back
+
+
+def test_one_training_of_a_run_at_a_time_and_a_dead_one_holds_nothing(tmp_path, monkeypatch):
+    """A stage run by hand while DVC runs the same one: both wrote one live log folder, and DVC recorded the half the
+    second process went on writing after the first had moved the folder into place."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    run, log_folder = f"{HEAD}-0", f"reports/training/{HEAD}-0"
+    lock = tmp_path / f".cache/live/{run}.lock"
+    holder = (f"import time; from pathlib import Path; from robust_cifar.training.live_log import hold_run; "
+              f"held = hold_run(Path({str(lock)!r}), {run!r}); print('held', flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert other.stdout.readline() == "held\n"
+        with pytest.raises(UserError) as refused:
+            EpochLog(log_folder)
+        message = str(refused.value)
+        assert "\n" not in message and message.startswith(f"another training of {run} is running in this project")
+        EpochLog(f"reports/training/{HEAD}-1").close()   # another run is free
+    finally:
+        other.kill()
+        other.wait()
+    log = EpochLog(log_folder)   # killed, it holds nothing
+    log({"epoch": 0, "train_loss": 1.0})
+    with pytest.raises(UserError):
+        EpochLog(log_folder)   # this process's own log holds it too, until it is closed
+    log.close()
+    assert (tmp_path / log_folder / "metrics.json").is_file()
+    EpochLog(log_folder).close()
