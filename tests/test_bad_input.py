@@ -268,6 +268,24 @@ def test_a_full_disk_while_the_log_is_copied_across_disks_is_one_line_and_leaves
     assert list(destination.parent.iterdir()) == [] and (source / "metrics.json").is_file()
 
 
+def test_a_full_disk_while_training_logs_an_epoch_is_one_line_and_leaves_no_partial_log(tmp_path, monkeypatch):
+    from dvclive import Live
+
+    from robust_cifar.cache import ENV
+    from robust_cifar.training.live_log import EpochLog
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    log = EpochLog(f"reports/training/{HEAD}-0")
+    log({"epoch": 0, "train_loss": 1.0})
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Live, "make_summary", full)
+    with pytest.raises(DiskFullError, match=rf"^no space left on the disk holding .cache/live while writing {HEAD}-0 "):
+        log({"epoch": 1, "train_loss": 0.5})
+    assert not (tmp_path / ".cache/live" / f"{HEAD}-0").exists() and not (tmp_path / "reports").exists()
+
+
 def test_a_folder_where_a_stage_writes_a_file_is_refused_before_the_work(tmp_path):
     from robust_cifar import outputs
     (tmp_path / "models/run-0.pt/x").mkdir(parents=True)

@@ -2,12 +2,14 @@
 and live updates in DVC Studio when it is connected."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import shutil
 from pathlib import Path
 
 from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
-from robust_cifar.outputs import move_folder
+from robust_cifar.outputs import NO_SPACE, move_folder, no_space
 
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
@@ -45,22 +47,37 @@ class EpochLog:
         self.lock = hold_run(self.in_progress.with_name(f"{self.directory.name}.lock"), self.directory.name)
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
         # (or `dvc repro`) owns the experiment, not the logger.
-        self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
+        with self.disk():
+            self.live = Live(str(self.in_progress), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    @contextlib.contextmanager
+    def disk(self):
+        """dvclive's writes, where a full disk is one line and the partial log is removed (not a traceback)."""
+        try:
+            yield
+        except OSError as error:
+            if error.errno not in NO_SPACE:
+                raise
+            shutil.rmtree(self.in_progress, ignore_errors=True)
+            raise no_space(self.in_progress) from None
 
     def describe(self, run: str, **facts) -> None:
         """Whose log it is (`<method>-<seed>`, which the curves stage checks) and facts about the run (device,
         torch version) in the log's params.yaml, for the summary."""
-        self.live.log_params({RUN: run, **facts})
+        with self.disk():
+            self.live.log_params({RUN: run, **facts})
 
     def __call__(self, row: dict) -> None:
         self.live.step = row["epoch"]
-        for key, name in LOGGED.items():
-            if key in row:
-                self.live.log_metric(name, row[key])
-        self.live.make_summary()
+        with self.disk():
+            for key, name in LOGGED.items():
+                if key in row:
+                    self.live.log_metric(name, row[key])
+            self.live.make_summary()
 
     def close(self) -> None:
         """Finish the log and move it into place; another training of the run may start after this."""
-        self.live.end()
+        with self.disk():
+            self.live.end()
         move_folder(self.in_progress, self.directory)   # across disks too, when the cache is on another
         self.lock.close()
