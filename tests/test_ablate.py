@@ -1,11 +1,14 @@
 """tools.ablate: the reference method trained under alternative settings, on an archive's images."""
 import copy
+import errno
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from robust_cifar.data.download import CifarArrays
-from robust_cifar.errors import UserError
+from robust_cifar.errors import DiskFullError, UserError
 from robust_cifar.params import set_dotted
 from tests.pipeline_project import PARAMS, TINY_PARAMS
 from tools import ablate
@@ -47,3 +50,24 @@ def test_an_out_that_is_a_folder_or_no_variant_is_refused_before_training(tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         ablate.main(["--archive", "not-read.tar.gz", "--variants"])
     assert exit_info.value.code == 2 and "--variants: name at least one" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_the_results_are_written_is_one_line_and_the_last_whole_file_stays(tmp_path, monkeypatch):
+    """The file was rewritten in place after each variant: a full disk left it empty, after a traceback."""
+    out = tmp_path / "ablation.json"
+    monkeypatch.setattr(ablate, "read_archive", lambda archive, md5: None)
+    monkeypatch.setattr(ablate, "run_variant", lambda variant, *rest: {"variant": variant.name})
+    real, writes = Path.write_text, []
+
+    def second_write_fills_the_disk(self, text, *args, **kwargs):
+        writes.append(self)
+        if len(writes) == 2:
+            real(self, text[:5])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", second_write_fills_the_disk)
+    first, second = (variant.name for variant in ablate.VARIANTS[:2])
+    with pytest.raises(DiskFullError, match=rf"^no space left on the disk holding {tmp_path} while writing ablation.json"):
+        ablate.main(["--archive", "not-read.tar.gz", "--variants", first, second, "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == [{"variant": first}]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ablation.json"]

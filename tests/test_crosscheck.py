@@ -1,9 +1,12 @@
 """The independent check (python -m tools.crosscheck) on the reproduced tiny project."""
+import errno
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
+from robust_cifar.errors import DiskFullError
 from tests.methods import HEAD
 from tests.pipeline_project import METHODS
 from tools import crosscheck
@@ -63,3 +66,23 @@ def test_a_run_not_reproduced_is_named_before_any_attack(reproduced_project, tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=r"no models/\S+-0\.pt \(and \d+ more files\): .* `dvc repro`"):
         crosscheck.main([])
+
+
+def test_a_full_disk_while_the_report_is_written_is_one_line_and_the_earlier_report_stays(reproduced_project,
+                                                                                          monkeypatch, tmp_path):
+    """The report used to be written in place after the attacks: a full disk left it empty, after a traceback."""
+    monkeypatch.chdir(reproduced_project)
+    out = tmp_path / "crosscheck.md"
+    out.write_text("an earlier check\n")
+    monkeypatch.setattr(crosscheck, "check_run", lambda method, seed, *rest: [
+        {"run": f"{method}-{seed}", "decision": "head", "images": 10, "project": 0.0, "reference": 0.0, "overcounted": 0}])
+    real = Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        real(self, text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(DiskFullError, match=rf"^no space left on the disk holding {tmp_path} while writing crosscheck.md"):
+        crosscheck.main(["--methods", HEAD, "--out", str(out)])
+    monkeypatch.setattr(Path, "write_text", real)
+    assert out.read_text() == "an earlier check\n" and sorted(path.name for path in tmp_path.iterdir()) == ["crosscheck.md"]

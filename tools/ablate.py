@@ -27,7 +27,7 @@ from robust_cifar.data.download import CifarArrays, read_archive
 from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
-from robust_cifar.outputs import check_report_file
+from robust_cifar.outputs import check_report_file, write_json
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, build_method
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append(run_variant(variant, raw, arrays, reencoded))
         print(json.dumps(results[-1]), flush=True)
         if args.out:
-            with open(args.out, "w") as handle:
-                json.dump({"common_changes": common, "results": results}, handle, indent=2)
+            write_json(args.out, {"common_changes": common, "results": results})   # whole or not at all, each time
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from robust_cifar.data.split import load_splits
 from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.model import load_model
-from robust_cifar.outputs import check_report_file
+from robust_cifar.outputs import check_report_file, write_text
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows, args.tolerance)
     print(text)
     if args.out:
-        args.out.write_text("# Robust accuracy, checked by an independent attack library\n\n" + __doc__.split("\n\n")[0]
-                            + "\n\n" + text + "\n")
+        write_text(args.out, "# Robust accuracy, checked by an independent attack library\n\n" + __doc__.split("\n\n")[0]
+                   + "\n\n" + text + "\n")   # atomic: an earlier report stays whole when the disk is full
     return 0 if all(row["project"] <= row["reference"] + args.tolerance + 1e-9 for row in rows) else 1
 
 
