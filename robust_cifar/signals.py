@@ -55,6 +55,22 @@ def stop_on_signals() -> None:
         signal.signal(signum, _raise_stopped)
 
 
+@contextlib.contextmanager
+def signals_held():
+    """INT, TERM and HUP that arrive during the block are held, then raised again when it ends (one, the first):
+    for a few renames that must happen together or not at all. Handlers, not a signal mask: a mask holds a
+    signal for the main thread alone, and another thread of the process would take it."""
+    arrived = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
+
+
 def die_with_parent() -> None:
     """SIGTERM when the parent process dies (Linux; elsewhere nothing changes)."""
     if not sys.platform.startswith("linux"):

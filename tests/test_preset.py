@@ -1,6 +1,10 @@
 import copy
+import errno
 import hashlib
 import json
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from robust_cifar.machine import cpu_description
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.reporting.provenance import time_lines
 from robust_cifar.reporting.summarize import BREAK_EPS
+from robust_cifar.signals import STOP_SIGNALS, Stopped, stop_on_signals
 from robust_cifar.training.methods.registry import REGISTRY
 from tests.archives import write_official_archive
 from tests.methods import ANGULAR, HEAD
@@ -190,8 +195,9 @@ def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
     assert (tmp_path / "params.yaml").read_bytes() == PARAMS.read_bytes()
 
 
-def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def finished_run(tmp_path: Path) -> None:
+    """What a finished run of HEAD with seeds 0 and 1 leaves in the workspace (`tmp_path`), beside an earlier
+    run's files and an earlier publication in results/quick-cpu."""
     raw = yaml.safe_load(PARAMS.read_text())
     raw["methods"], raw["seeds"]["train"] = [HEAD], [0, 1]   # the run's; ANGULAR's files and seed 2's are older runs'
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -213,10 +219,16 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     (reports / "seeds" / "big.csv").write_text("not published")
     (tmp_path / "results" / "quick-cpu" / "umap").mkdir(parents=True)
     (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").write_bytes(b"an earlier run's")
+    (tmp_path / "results" / "quick-cpu" / "README.md").write_text(f"# quick-cpu{preset.PUBLISHED_MARK}\n")
     (tmp_path / ".cache" / "timing").mkdir(parents=True)
     for stage, seconds in ((f"train-{HEAD}-0", 30.0), (f"train-{HEAD}-1", 40.2), (f"embed-{HEAD}-0", 5.0),
                            (f"train-{HEAD}-2", 99.0), (f"train-{ANGULAR}-0", 99.0), (f"aggregate-{ANGULAR}", 9.0)):
         (tmp_path / ".cache" / "timing" / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": seconds}))
+
+
+def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    finished_run(tmp_path)
     copied = publish(tmp_path / "results" / "quick-cpu", "python -m tools.preset quick", wall_seconds=634.8)
     assert not (tmp_path / "results" / "quick-cpu" / "umap" / "stale.png").exists()   # replaced whole
     names = sorted(str(path.relative_to(tmp_path / "results" / "quick-cpu")) for path in copied)
@@ -231,6 +243,75 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     # a rerun that reused most stages says whose times the table holds
     assert "reused stages of an earlier run, whose times these are" in "\n".join(time_lines(
         {f"train-{HEAD}-0": 30.0, "summarize-": 1.0}, wall_seconds=5.0))
+
+
+def test_a_symbolic_link_is_refused_before_the_run(tmp_path, monkeypatch):
+    """Replaced whole, the link was removed in place of its folder: a traceback after the run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PublishError) as refused:
+        preset.check_destination(Path("results/linked"))
+    assert str(refused.value) == (f"--publish results/linked: is a symbolic link (to {tmp_path / 'elsewhere'}); name "
+                                  f"the folder itself ({tmp_path / 'elsewhere'}) or a new one")
+
+
+def copies_failing_at_the_third(monkeypatch, error: BaseException) -> None:
+    real, calls = shutil.copyfile, []
+
+    def copyfile(source, target):
+        calls.append(source)
+        if len(calls) == 3:
+            Path(target).write_bytes(b"half")
+            raise error
+        return real(source, target)
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+@pytest.mark.parametrize("error, code, words", [
+    (OSError(errno.ENOSPC, "No space left on device"), 2,
+     "error: no space left on the disk holding results while publishing into results/quick-cpu (the partial copy was "
+     "removed): free some space there; the run finished and results/quick-cpu is as it was; to publish, rerun the "
+     "command with a new --name (DVC reuses every stage from its run cache)"),
+    (Stopped(signal.SIGTERM), 143,
+     "interrupted (SIGTERM) while publishing: the run finished and results/quick-cpu is as it was; to publish, rerun "
+     "the command with a new --name (DVC reuses every stage from its run cache)")])
+def test_a_full_disk_or_a_signal_while_publishing_leaves_the_earlier_publication_whole(
+        tmp_path, monkeypatch, capsys, error, code, words):
+    """Both were a traceback or a bare `interrupted` after the run, and left a half-copied folder beside it."""
+    monkeypatch.chdir(tmp_path)
+    finished_run(tmp_path)
+    earlier = {path: path.read_bytes() for path in (tmp_path / "results").rglob("*") if path.is_file()}
+    monkeypatch.setattr(preset, "run_in_group", lambda cmd: 0)   # the run finished
+    monkeypatch.setattr(preset, "existing_names", lambda root: set())
+    copies_failing_at_the_third(monkeypatch, error)
+    assert main(["quick", "--name", "x", "--publish", "results/quick-cpu"]) == code
+    assert capsys.readouterr().err.strip() == words
+    assert {path: path.read_bytes() for path in (tmp_path / "results").rglob("*") if path.is_file()} == earlier
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["quick-cpu"]
+
+
+def test_a_signal_while_the_publication_is_swapped_in_waits_for_the_swap(tmp_path, monkeypatch):
+    """Between removing the earlier publication and renaming the new one in, a signal left neither."""
+    monkeypatch.chdir(tmp_path)
+    finished_run(tmp_path)
+    real = Path.rename
+
+    def rename(self, target):
+        os.kill(os.getpid(), signal.SIGTERM)   # arrives at the first rename: held until both are done
+        return real(self, target)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    stop_on_signals()
+    monkeypatch.setattr(Path, "rename", rename)
+    try:
+        with pytest.raises(Stopped):
+            publish(tmp_path / "results" / "quick-cpu", "python -m tools.preset quick")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert (tmp_path / "results" / "quick-cpu" / "summary.md").read_text() == "# summary\n"   # the new one, whole
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["quick-cpu", "quick-cpu.replaced"]
 
 
 @pytest.mark.parametrize("flags, units", [("fpu avx avx2 avx512f avx512_bf16 amx_bf16", "bf16 units: avx512_bf16, amx_bf16"),

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from robust_cifar.check_params import check_on_this_machine
 from robust_cifar.data.download import md5_of
-from robust_cifar.errors import ParamsError, PublishError, UserError
-from robust_cifar.outputs import OUTPUT_FOLDERS
+from robust_cifar.errors import DiskFullError, ParamsError, PublishError, UserError
+from robust_cifar.outputs import NO_SPACE, OUTPUT_FOLDERS
 from robust_cifar.params import load_params, restored_on_failure, with_overrides
 from robust_cifar.reporting.provenance import (devices, git_commit, run_lines, stage_times, time_lines,
                                                 times_of_runs)
-from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, stop_on_signals
+from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, signals_held, stop_on_signals
 from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
 from stages import paths
@@ -168,6 +168,9 @@ def check_destination(destination: Path) -> None:
     if inside:
         raise PublishError(f"--publish {destination}: lies in {inside}/, where DVC writes the pipeline's outputs (a rerun "
                            "may delete it); name a folder outside it, e.g. results/<name>")
+    if destination.is_symlink():   # replacing it whole would replace the link, not the folder it names
+        raise PublishError(f"--publish {destination}: is a symbolic link (to {os.readlink(destination)}); name the "
+                           f"folder itself ({target}) or a new one")
     if destination.is_dir() and destination.is_mount():
         raise PublishError(f"--publish {destination}: is a mount point, which cannot be replaced whole; name a folder in it")
     if destination.is_dir() and any(destination.iterdir()) and not is_publication(destination):
@@ -219,10 +222,30 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
     """Copy the workspace's results into `destination` (for git), with a README saying how they were made.
 
     `wall_seconds`: how long the command took from start to end, dvc's own work included (on a fresh
-    clone, the whole study)."""
-    # Built beside the destination, then swapped in: an earlier run's files never stay next to this one's.
+    clone, the whole study). Built beside the destination, then swapped in: an earlier run's files never stay
+    next to this one's, and a full disk or a signal while copying leaves the destination as it was."""
     staging = staging_folder(destination)
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        copied = build_publication(staging, destination, command_line, wall_seconds)
+    except BaseException as error:   # a full disk, a signal: no half-built folder stays beside the results
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            raise DiskFullError(f"no space left on the disk holding {destination.parent} while publishing into "
+                                f"{destination} (the partial copy was removed)") from None
+        raise
+    replaced = destination.with_name(destination.name + ".replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    with signals_held():   # both renames or neither: a signal between them would leave no publication at all
+        if destination.exists():
+            destination.rename(replaced)
+        staging.rename(destination)
+    shutil.rmtree(replaced, ignore_errors=True)
+    return copied
+
+
+def build_publication(staging: Path, destination: Path, command_line: str, wall_seconds: float | None) -> list[Path]:
+    """Write the publication for `destination` into the folder `staging`; the files it will hold there."""
     staging.mkdir(parents=True)
     params = load_params()
     methods, seeds = params.method_names(), params.train_seeds()
@@ -247,8 +270,6 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         "## Verdict", "", *[f"- {sentence}" for sentence in summary["verdict"]], "",
         "`summary.md` holds every table; `metrics.json` the headline numbers (`dvc metrics show`), `aggregate/`",
         "every number's mean and std over seeds; the PNGs are the figures of `dvc plots show`.", ""]))
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.rename(destination)
     return copied
 
 
@@ -289,9 +310,19 @@ def main(argv: list[str] | None = None) -> int:
             return Stopped(signum).exit_code
     returncode = outcome.returncode
     if returncode == 0 and args.publish:
-        published = publish(args.publish, "python -m tools.preset " + " ".join(
-            shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])),
-            wall_seconds=time.perf_counter() - started)
+        again = (f"the run finished and {args.publish} is as it was; to publish, rerun the command"
+                 + (" with a new --name" if args.name else "") + " (DVC reuses every stage from its run cache)")
+        try:
+            published = publish(args.publish, "python -m tools.preset " + " ".join(
+                shlex.quote(part) for part in (argv if argv is not None else sys.argv[1:])),
+                wall_seconds=time.perf_counter() - started)
+        except DiskFullError as error:
+            print(f"error: {error}: free some space there; {again}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as stopped:
+            signum = signal_of(stopped)
+            print(f"interrupted ({Stopped(signum).name}) while publishing: {again}", file=sys.stderr)
+            return Stopped(signum).exit_code
         print(f"published {len(published)} files to {args.publish}")
     return returncode
 
