@@ -266,6 +266,20 @@ def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone(tmp_path, overr
     assert params.read_text() == before
 
 
+@pytest.mark.parametrize("returncode, kept", [(255, False), (0, True)])
+def test_a_failed_run_puts_back_the_params_yaml_its_overrides_edited(tmp_path, monkeypatch, capsys, returncode, kept):
+    """A value only a stage refuses (knn.k above the training images) stayed in params.yaml, unsaid."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_bytes()
+    monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: ({"evaluate": set()}, {"evaluate"}))
+    monkeypatch.setattr(concurrent_repro, "run", lambda plan, jobs, echo: returncode)   # a stage refused the value
+    assert concurrent_repro.main(["-S", "compute.device=cpu", "-S", "compute.fast=false", "-S", "knn.k=7"]) == returncode
+    edited = yaml.safe_load((tmp_path / "params.yaml").read_text())["knn"]["k"] == 7
+    assert edited is kept and ((tmp_path / "params.yaml").read_bytes() == before) is not kept
+    assert ("params.yaml is as it was before the run" in capsys.readouterr().err) is not kept
+
+
 def outs(lock: dict, stage: str) -> list:
     return [(out["path"], out["md5"]) for out in lock["stages"][stage]["outs"]]
 

@@ -13,7 +13,8 @@ the stages it depends on have finished, at most `--jobs` at a time, longest chai
 What it leaves is what `dvc repro` leaves: the same outputs, dvc.lock entries and run cache (each
 stage's bytes depend on its seeds and inputs, never on what ran beside it; tested on the CPU, where
 reruns are bit-identical). Record the result as an experiment afterwards with `dvc exp save`. `-S key=value` edits
-params.yaml first, with DVC's own code for `dvc exp run -S` (same syntax, comments kept).
+params.yaml first, with DVC's own code for `dvc exp run -S` (same syntax, comments kept), and puts it back byte
+for byte when a stage fails or the run is stopped.
 Each stage's output goes to .cache/concurrent/<stage>.log (robust_cifar/cache.py); the terminal gets a line per stage.
 Stage processes keep their usual CPU threads: capping them at cores / jobs would change the bits
 of a CPU run (a reduction split over fewer threads rounds differently).
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
+from robust_cifar.params import Outcome, restored_on_failure
 from robust_cifar.signals import Stopped, run_tool, signal_of, stop_group, stop_on_signals
 
 POLL_SECONDS = 0.2
@@ -220,8 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs = default_jobs()
     if not 1 <= args.jobs <= MAX_JOBS:
         parser.error(f"--jobs {args.jobs}: must be from 1 to {MAX_JOBS}")
-    started = time.perf_counter()
     stop_on_signals()   # TERM and HUP (a closed terminal, a scheduler) stop the stages as Ctrl-C does
+    params = Path("params.yaml")
+    # -S edits params.yaml: a run that fails (a value only a stage can refuse) or is stopped puts it back
+    with restored_on_failure(params) if args.set_param and params.is_file() else contextlib.nullcontext(Outcome()) \
+            as outcome:
+        outcome.returncode = run_all(args)
+    return outcome.returncode
+
+
+def run_all(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     try:
         if args.set_param:
             set_params(args.set_param)
