@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import shutil
@@ -278,6 +279,30 @@ def test_a_failed_run_puts_back_the_params_yaml_its_overrides_edited(tmp_path, m
     edited = yaml.safe_load((tmp_path / "params.yaml").read_text())["knn"]["k"] == 7
     assert edited is kept and ((tmp_path / "params.yaml").read_bytes() == before) is not kept
     assert ("params.yaml is as it was before the run" in capsys.readouterr().err) is not kept
+
+
+def test_ctrl_c_while_the_overrides_are_written_leaves_params_yaml_whole_and_as_it_was(tmp_path, monkeypatch, capsys):
+    """DVC's edit truncates params.yaml and writes it again: a Ctrl-C between the two left it empty."""
+    import dvc.utils.hydra
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", tmp_path / "params.yaml")
+    before, real, finished = (tmp_path / "params.yaml").read_bytes(), dvc.utils.hydra.apply_overrides, []
+
+    def interrupted_halfway(path, overrides):   # as DVC writes: the file emptied, then its new text
+        if Path(path).resolve() != tmp_path / "params.yaml":   # the check's edit of a copy
+            return real(path, overrides)
+        Path(path).write_bytes(b"")
+        os.kill(os.getpid(), signal.SIGINT)
+        Path(path).write_bytes(before.replace(b"k: 3", b"k: 7"))
+        finished.append(path)
+    monkeypatch.setattr(dvc.utils.hydra, "apply_overrides", interrupted_halfway)
+    monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: pytest.fail("went on after the Ctrl-C"))
+    assert concurrent_repro.main(["-S", "compute.device=cpu", "-S", "compute.fast=false", "-S", "knn.k=7"]) == 130
+    assert finished   # the Ctrl-C waited for the whole edit (a tool without the put-back would keep a whole file)
+    assert (tmp_path / "params.yaml").read_bytes() == before
+    assert capsys.readouterr().err.splitlines() == ["interrupted before any stage started",
+                                                    "params.yaml is as it was before the run"]
 
 
 def outs(lock: dict, stage: str) -> list:

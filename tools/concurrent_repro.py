@@ -34,7 +34,7 @@ from pathlib import Path
 from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.params import Outcome, restored_on_failure
-from robust_cifar.signals import Stopped, run_tool, signal_of, stop_group, stop_on_signals
+from robust_cifar.signals import Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals
 
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
@@ -110,7 +110,8 @@ def set_params(overrides: list[str], path: Path = Path("params.yaml")) -> None:
     if not path.is_file():
         raise UserError(f"no {path} here: run from the project's root")
     check_on_this_machine(with_overrides(load_params(path), overrides))   # the same edit, on a copy
-    apply_overrides(path, overrides)
+    with signals_held():   # DVC rewrites the file in place: Ctrl-C halfway through left it empty or cut short
+        apply_overrides(path, overrides)
 
 
 def stage_command(stage: str) -> list[str]:
