@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from robust_cifar.errors import DiskFullError, InputError
 
@@ -124,11 +124,12 @@ def save_figure(figure, path: str | Path, dpi: int = 110) -> None:
         figure.savefig(partial, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
 
 
-def check_report_file(path: str | Path, option: str, suffix: str, example: str) -> None:
+def check_report_file(path: str | Path, option: str, suffix: str, example: str,
+                      earlier: Callable[[Path], bool]) -> None:
     """A tool's report file (`option`, e.g. `--out`, of `suffix`, e.g. .md), checked before the tool's work: not
     a folder, not in DVC's output folders or in .dvc/.git, not a file of the project's top level (params.yaml,
-    dvc.yaml, README.md ...) nor an existing file of another kind (a report is written over an earlier one
-    only); then writable."""
+    dvc.yaml, README.md ...) nor an existing file that is not an `earlier` report of the tool (a published
+    run's summary.md or metrics.json has the suffix too); then writable."""
     path = Path(path)
     target, project = path.resolve(), Path.cwd().resolve()
     fix = f"name a new {suffix} file, e.g. {example}"
@@ -141,8 +142,9 @@ def check_report_file(path: str | Path, option: str, suffix: str, example: str) 
         raise InputError(f"{option} {path}: lies in {inside}/, where {where} (a rerun may delete or mix it); {fix}")
     if path.exists() and target.parent == project:
         raise InputError(f"{option} {path}: is a file of the project's top level, which the report would overwrite; {fix}")
-    if path.exists() and path.suffix != suffix:
-        raise InputError(f"{option} {path}: exists and is no {suffix} report, which the report would overwrite; {fix}")
+    if path.exists() and not (path.suffix == suffix and path.is_file() and earlier(path)):
+        raise InputError(f"{option} {path}: exists and is no earlier {suffix} report of this tool, which the report "
+                         f"would overwrite; {fix}")
     check_writable(path, files=True)
 
 

@@ -45,7 +45,7 @@ def test_an_out_that_is_a_folder_or_no_variant_is_refused_before_training(tmp_pa
     with pytest.raises(UserError, match="is a folder; name a new .json file"):
         ablate.main(["--archive", "not-read.tar.gz", "--out", str(tmp_path)])
     (tmp_path / "table.md").write_text("a report of another tool")
-    with pytest.raises(UserError, match="table.md: exists and is no .json report"):
+    with pytest.raises(UserError, match="table.md: exists and is no earlier .json report of this tool"):
         ablate.main(["--archive", "not-read.tar.gz", "--out", str(tmp_path / "table.md")])
     with pytest.raises(SystemExit) as exit_info:
         ablate.main(["--archive", "not-read.tar.gz", "--variants"])
@@ -71,3 +71,15 @@ def test_a_full_disk_while_the_results_are_written_is_one_line_and_the_last_whol
         ablate.main(["--archive", "not-read.tar.gz", "--variants", first, second, "--out", str(out)])
     assert json.loads(out.read_text())["results"] == [{"variant": first}]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ablation.json"]
+
+
+def test_an_out_over_a_json_file_that_is_no_earlier_report_is_refused_and_an_earlier_report_is_not(tmp_path):
+    """A published run's metrics.json (the README's numbers) was replaced by the ablation's table."""
+    published = tmp_path / "metrics.json"
+    published.write_text('{"baseline": {"clean": 0.5}}')
+    with pytest.raises(UserError, match=rf"--out {published}: exists and is no earlier .json report of this tool"):
+        ablate.main(["--archive", "not-read.tar.gz", "--out", str(published)])
+    earlier = tmp_path / "ablation.json"
+    earlier.write_text(json.dumps({"common_changes": {}, "results": []}))
+    with pytest.raises(UserError, match="CIFAR-10 archive not found: not-read.tar.gz"):   # accepted: on to the archive
+        ablate.main(["--archive", "not-read.tar.gz", "--out", str(earlier)])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from robust_cifar.errors import DiskFullError
+from robust_cifar.errors import DiskFullError, InputError
 from tests.methods import HEAD
 from tests.pipeline_project import METHODS
 from tools import crosscheck
@@ -86,3 +86,17 @@ def test_a_full_disk_while_the_report_is_written_is_one_line_and_the_earlier_rep
         crosscheck.main(["--methods", HEAD, "--out", str(out)])
     monkeypatch.setattr(Path, "write_text", real)
     assert out.read_text() == "an earlier check\n" and sorted(path.name for path in tmp_path.iterdir()) == ["crosscheck.md"]
+
+
+def test_an_out_over_a_markdown_file_that_is_no_earlier_report_is_refused_before_any_attack(reproduced_project,
+                                                                                           monkeypatch, tmp_path):
+    """A published run's summary.md or README.md, or a doc, was overwritten by the table."""
+    monkeypatch.chdir(reproduced_project)
+    monkeypatch.setattr(crosscheck, "check_run", lambda *arguments: pytest.fail("attacked before refusing"))
+    summary = tmp_path / "summary.md"
+    summary.write_text("# Summary\n")
+    with pytest.raises(InputError, match=rf"--out {summary}: exists and is no earlier .md report of this tool"):
+        crosscheck.main(["--methods", HEAD, "--out", str(summary)])
+    earlier = tmp_path / "crosscheck.md"
+    earlier.write_text(crosscheck.TITLE + "\n\nan earlier table\n")
+    crosscheck.check_report_file(earlier, "--out", ".md", "x.md", earlier=crosscheck.is_report)   # may be replaced

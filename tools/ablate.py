@@ -16,6 +16,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +49,18 @@ VARIANTS = (
     Variant("notebook_settings", {"model.dropout": 0.1, "train.lr_schedule_on": "last_batch"}),
     Variant("jpeg_again", jpeg_again=True),
 )
+
+
+REPORT_KEYS = {"common_changes", "results"}   # what --out holds
+
+
+def is_report(path: Path) -> bool:
+    """Whether `path` holds an earlier report of this tool (which --out may replace)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and set(report) == REPORT_KEYS
 
 
 def reencode_jpeg(images: np.ndarray, quality: int = 75) -> np.ndarray:
@@ -117,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.variants:
         parser.error("--variants: name at least one (or leave it out: every variant)")
     if args.out is not None:   # not after the first variant's training
-        check_report_file(args.out, "--out", ".json", "ablation.json")
+        check_report_file(args.out, "--out", ".json", "ablation.json", earlier=is_report)
     common = dict(item.split("=", 1) for item in args.set)
     raw = edited.raw
     arrays = read_archive(args.archive, args.archive_md5)

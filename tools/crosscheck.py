@@ -27,7 +27,6 @@ import csv
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +46,7 @@ from stages import paths
 
 TEMPERATURES = (0.01, 0.03, 0.1)
 TOLERANCE = 0.02
+TITLE = "# Robust accuracy, checked by an independent attack library"   # the report's first line
 ITERATIONS = 100
 HEAD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")   # AutoAttack's standard version
 
@@ -170,6 +170,12 @@ def table(rows: list[dict], tolerance: float) -> str:
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")   # what its attacks_to_run takes
 
 
+def is_report(path: Path) -> bool:
+    """Whether `path` holds an earlier report of this tool (which --out may replace)."""
+    with path.open(errors="replace") as report:
+        return report.readline().rstrip("\n") == TITLE
+
+
 def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
     """The (method, seed) runs the arguments name, each a run of this workspace whose files are there; anything
     else (a method or seed the params lack, a missing model, a bad number, an --out that cannot be written) is
@@ -201,7 +207,7 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
         raise InputError(f"no {missing[0]}{f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''}: "
                          "the check reads a reproduced run; `dvc repro` (or `dvc pull`) first")
     if args.out is not None:
-        check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md")
+        check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md", earlier=is_report)
     return runs
 
 
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows, args.tolerance)
     print(text)
     if args.out:
-        write_text(args.out, "# Robust accuracy, checked by an independent attack library\n\n" + __doc__.split("\n\n")[0]
+        write_text(args.out, TITLE + "\n\n" + __doc__.split("\n\n")[0]
                    + "\n\n" + text + "\n")   # atomic: an earlier report stays whole when the disk is full
     return 0 if all(row["project"] <= row["reference"] + args.tolerance + 1e-9 for row in rows) else 1
 
