@@ -10,7 +10,6 @@ params.yaml that nothing reads.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import copy
 import difflib
 import json
@@ -21,7 +20,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ruamel.yaml import YAMLError
 
@@ -256,27 +255,6 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
                           "in quotes: key='a text')") from None
     return Params(parse_yaml(text), source=f"{params.source} with its overrides",
                   overridden=tuple(setting.partition("=")[0] for setting in settings))
-
-
-@dataclass
-class Outcome:
-    returncode: int = 1
-
-
-@contextlib.contextmanager
-def restored_on_failure(path: Path) -> Iterator[Outcome]:
-    """Put `path` back byte for byte, with its times, unless the block sets `outcome.returncode = 0`:
-    `dvc exp run -S` leaves its edit of params.yaml behind when the run fails, where `git status` may
-    not show it (same size, same second)."""
-    before, times = path.read_bytes(), path.stat()
-    outcome = Outcome()
-    try:
-        yield outcome
-    finally:
-        if outcome.returncode != 0 and path.read_bytes() != before:
-            path.write_bytes(before)
-            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
-            print(f"{path} is as it was before the run", file=sys.stderr)
 
 
 # Each params file this process loaded, with what it read: a stage checks, when it ends, that none changed under it

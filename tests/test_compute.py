@@ -1,5 +1,4 @@
 """The numerics a result depends on are params, and a machine that cannot honour them refuses them."""
-import os
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from robust_cifar import check_params
 from robust_cifar import compute as compute_module
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.errors import DeviceError, ParamsError
-from robust_cifar.params import Params, restored_on_failure, with_overrides
+from robust_cifar.params import Params, with_overrides
 from tests.test_params import PARAMS
 
 
@@ -124,16 +123,3 @@ def test_a_bad_value_names_where_it_came_from_a_tools_flag_or_the_file(settings,
     with pytest.raises(ParamsError, match=f"`{key}` = 0 is invalid") as refused:
         check_params.validate_params(edited)
     assert str(refused.value).endswith(hint)
-
-
-def test_a_failed_run_leaves_params_yaml_byte_for_byte_with_its_times(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("knn:\n  k: 3\n")
-    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
-    with restored_on_failure(path):
-        path.write_text("knn:\n  k: 0\n")     # what a refused `dvc exp run -S knn.k=0` leaves
-    assert path.read_text() == "knn:\n  k: 3\n" and path.stat().st_mtime_ns == 2_000_000_000
-    with restored_on_failure(path) as outcome:
-        path.write_text("knn:\n  k: 5\n")
-        outcome.returncode = 0
-    assert path.read_text() == "knn:\n  k: 5\n"

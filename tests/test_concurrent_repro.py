@@ -302,7 +302,7 @@ def test_ctrl_c_while_the_overrides_are_written_leaves_params_yaml_whole_and_as_
     assert finished   # the Ctrl-C waited for the whole edit (a tool without the put-back would keep a whole file)
     assert (tmp_path / "params.yaml").read_bytes() == before
     assert capsys.readouterr().err.splitlines() == ["interrupted before any stage started",
-                                                    "params.yaml is as it was before the run"]
+                                                    "params.yaml is as it was before the run (in the work tree)"]
 
 
 def outs(lock: dict, stage: str) -> list:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
-from robust_cifar.params import Outcome, restored_on_failure
 from robust_cifar.signals import Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals
+from tools.restored import Outcome, restored_on_failure
 
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two

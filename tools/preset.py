@@ -26,7 +26,7 @@ from robust_cifar.check_params import check_on_this_machine
 from robust_cifar.data.download import md5_of
 from robust_cifar.errors import DiskFullError, ParamsError, PublishError, UserError
 from robust_cifar.outputs import NO_SPACE, OUTPUT_FOLDERS
-from robust_cifar.params import load_params, restored_on_failure, with_overrides
+from robust_cifar.params import load_params, with_overrides
 from robust_cifar.reporting.provenance import (devices, git_commit, run_lines, stage_times, time_lines,
                                                 times_of_runs)
 from robust_cifar.signals import Stopped, run_in_group, run_tool, signal_of, signals_held, stop_on_signals
@@ -34,6 +34,7 @@ from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
 from stages import paths
 from stages.curves import TRAINING_CURVES
+from tools.restored import restored_on_failure
 from tools.sweep.cli import existing_names
 from tools.sweep.grid import LONGEST_EXP_NAME, quoted, valid_exp_name
 

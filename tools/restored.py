@@ -1,0 +1,58 @@
+"""Putting params.yaml back when a tool's run fails or is stopped: `dvc exp run -S` (the preset) and `-S` of
+concurrent_repro leave their edit behind, where `git status` may not show it (same size, same second), and the
+project's core.autostage has DVC stage it in Git's index, where `git checkout params.yaml` would bring it back."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass
+class Outcome:
+    returncode: int = 1
+
+
+def index_entry(path: Path) -> str | None:
+    """`path`'s entry in Git's index (`<mode> <blob> <stage>`), or None: untracked, or no Git work tree here."""
+    try:
+        found = subprocess.run(["git", "ls-files", "--stage", "--", path.name], cwd=path.parent, capture_output=True,
+                               text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (found.stdout.split("\t")[0] or None) if found.returncode == 0 else None
+
+
+def put_back_entry(path: Path, entry: str | None) -> None:
+    """Set `path`'s index entry to `entry` (None: not in the index)."""
+    git = ["git", "update-index"]
+    command = ([*git, "--force-remove", "--", path.name] if entry is None else
+               [*git, "--cacheinfo", ",".join([*entry.split()[:2], path.name])])
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(command, cwd=path.parent, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def restored_on_failure(path: Path) -> Iterator[Outcome]:
+    """Put `path` back byte for byte, with its times, and its entry in Git's index, unless the block sets
+    `outcome.returncode = 0`."""
+    before, times, entry = path.read_bytes(), path.stat(), index_entry(path)
+    outcome = Outcome()
+    try:
+        yield outcome
+    finally:
+        if outcome.returncode != 0:
+            restored = []
+            if path.read_bytes() != before:
+                path.write_bytes(before)
+                os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+                restored.append("the work tree")
+            if index_entry(path) != entry:
+                put_back_entry(path, entry)
+                restored.append("Git's index")
+            if restored:
+                print(f"{path} is as it was before the run (in {' and '.join(restored)})", file=sys.stderr)
