@@ -4,8 +4,8 @@ A stage that outlives DVC (killed by a scheduler, a closed terminal) would keep 
 for hours and write outputs no dvc.lock records. So a stage asks the kernel for SIGTERM when its
 parent dies, and treats TERM and HUP as it treats Ctrl-C: the exception unwinds, partial files are
 removed, one line is printed, and the exit code is 128 + the signal's number. A tool that starts
-stages or DVC (preset, concurrent_repro, sweep) runs each in a process group of its own, passes the
-signal on to those groups, waits for them, and exits the same way.
+stages or DVC (preset, concurrent_repro, sweep) runs each in a process group of its own, passes SIGINT
+on to those groups (FORWARDED: what DVC handles), waits for them, and exits as the signal it got says.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Callable, NoReturn
 
 from robust_cifar.errors import USER_ERROR_EXIT, UserError
@@ -124,27 +126,63 @@ def run_tool(main: Callable[[], int | None], stopped_line: str = "") -> NoReturn
     sys.exit(code)
 
 
+# What a tool passes on to the process groups it started, whatever signal stopped the tool: DVC handles SIGINT alone
+# (it lets its stage stop, then releases its locks; TERM or HUP killed it at once and left .dvc/tmp/rwlock entries
+# the next `dvc repro` warned about), and a stage takes INT, TERM and HUP alike.
+FORWARDED = signal.SIGINT
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of the group `pgid` still runs (zombies waiting to be reaped do not count); on a
+    system without /proc, whether the group can be signalled at all."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            state, _, group = stat.read_text().rpartition(")")[2].split()[:3]
+            if int(group) == pgid and state not in "ZX":
+                return True
+    return False
+
+
+def wait_for_group(process: subprocess.Popen, seconds: float) -> bool:
+    """Wait up to `seconds` for the process group led by `process` to end (the leader reaped, and every other
+    member gone: a stage still unwinding after DVC exited); whether it did."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None and not group_running(process.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20.0, sent: bool = False) -> None:
-    """Pass `signum` to the process group led by `process` (started with process_group=0) unless it was
-    `sent` already, wait for it, then TERM and KILL what is left. Stages handle INT, TERM and HUP
-    alike, so any of them stops one."""
-    for number, (escalation, wait) in enumerate(((signum, grace_seconds), (signal.SIGTERM, 5.0),
+    """Stop the process group led by `process` (started with process_group=0), which `signum` stopped the tool
+    for: FORWARDED to the group unless it was `sent` already, a wait for the whole group, then TERM and KILL to
+    what is left. The tool's own line and exit code (128 + `signum`) come after its stages' lines."""
+    for number, (escalation, wait) in enumerate(((FORWARDED, grace_seconds), (signal.SIGTERM, 5.0),
                                                  (signal.SIGKILL, 5.0))):
         if number or not sent:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, escalation)
         try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            if wait_for_group(process, wait):
+                return
         except KeyboardInterrupt:   # a second Ctrl-C: stop waiting politely
             continue
 
 
 def run_in_group(command: list[str], **popen) -> int:
     """Run `command` in a process group of its own and return its exit code; Stopped while waiting
-    passes the signal on to that group and waits for it (the preset's `dvc exp run`)."""
+    stops that group (stop_group) and waits for it (the preset's `dvc exp run`)."""
     process = subprocess.Popen(command, process_group=0, **popen)
     try:
         return process.wait()

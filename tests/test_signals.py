@@ -59,14 +59,27 @@ def test_a_stage_exits_when_the_process_that_started_it_is_killed():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_stopping_a_process_group_stops_a_stage_with_the_signals_exit_code(signum):
+def test_a_stopped_tool_passes_sigint_on_to_a_stage_whatever_stopped_it(signum):
+    """DVC handles SIGINT alone: a TERM or HUP passed on killed it at once, and its locks stayed behind."""
     stage = subprocess.Popen([sys.executable, "-c", STAGE], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, process_group=0)
     stage.stdout.readline()
     stop_group(stage, signum)
-    assert stage.returncode == 128 + signum
-    assert stage.stderr.read().strip() == (f"interrupted ({signal.Signals(signum).name}): no output of this stage "
-                                           "was written; rerun it with `dvc repro`")
+    assert stage.returncode == 128 + signal.SIGINT
+    assert stage.stderr.read().strip() == ("interrupted (SIGINT): no output of this stage was written; rerun it with "
+                                           "`dvc repro`")
+
+
+def test_a_stopped_tool_waits_for_its_whole_process_group_not_only_the_leader():
+    """DVC exited at once and the tool said its line and exited while the stage under it still unwound."""
+    unwinding = ("import os, signal, sys, time; signal.signal(signal.SIGINT, lambda *a: (time.sleep(1.5), sys.exit(0)));"
+                 " print(os.getpid(), flush=True); time.sleep(120)")
+    leader = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', sys.argv[1]]); time.sleep(120)", unwinding],
+                              stdout=subprocess.PIPE, text=True, process_group=0)
+    stage_pid = int(leader.stdout.readline())
+    stop_group(leader, signal.SIGINT)   # the leader dies of it at once; the stage takes 1.5 s to finish
+    assert leader.returncode is not None and not alive(stage_pid)
 
 
 def test_a_stage_stopped_once_its_outputs_are_written_finishes():

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from robust_cifar.cache import project_cache_dir
 from robust_cifar.errors import UserError
-from robust_cifar.signals import Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals
+from robust_cifar.signals import FORWARDED, Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals
 from tools.restored import Outcome, restored_on_failure
 
 POLL_SECONDS = 0.2
@@ -195,10 +195,11 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
 
 
 def interrupt(running: dict[str, tuple[subprocess.Popen, float]], signum: int = signal.SIGINT) -> None:
-    """The signal to every running stage's process group (DVC and the stage under it), then wait."""
+    """Stop every running stage's process group (DVC and the stage under it; FORWARDED, whatever `signum` stopped
+    the tool), then wait for them."""
     for process, _ in running.values():
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
+            os.killpg(process.pid, FORWARDED)
     for process, _ in running.values():
         stop_group(process, signum, sent=True)
     print(f"interrupted ({Stopped(signum).name}): finished stages are kept; rerun the same command to continue",

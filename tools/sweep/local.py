@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
-from robust_cifar.signals import ignore_stop_signals, signal_of
+from robust_cifar.signals import FORWARDED, ignore_stop_signals
 from tools.sweep import steps
 from tools.sweep.grid import Experiment
 
@@ -172,12 +172,12 @@ def run_pool(experiments: list[Experiment], slots: list[Slot], job: Job, logs: P
         for thread in threads:
             while thread.is_alive():       # a join with a timeout lets Ctrl-C reach the main thread
                 thread.join(0.5)
-    except KeyboardInterrupt as stopped:
+    except KeyboardInterrupt:
         # INT, TERM or HUP: no new experiment starts; each running command (`dvc exp run` and its stage, in a
-        # process group of its own) gets the signal and stops; their workers then end without a report
+        # process group of its own) gets FORWARDED and stops; their workers then end without a report
         stopping.set()
         ignore_stop_signals()   # a second signal changes nothing while they stop
-        steps.COMMANDS.stop(signal_of(stopped))
+        steps.COMMANDS.stop(FORWARDED)
         for thread in threads:
             if thread.ident is not None:   # started
                 thread.join(STOP_WAIT_SECONDS)
