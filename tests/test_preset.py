@@ -235,6 +235,7 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     assert names == [f"aggregate/{HEAD}.json", "metrics.json", "summary.json", "summary.md", f"umap/{HEAD}.png"]
     readme = (tmp_path / "results" / "quick-cpu" / "README.md").read_text()
     assert "python -m tools.preset quick" in readme and "- **data**: x" in readme and "- a raises b." in readme
+    assert f"`python -m tools.crosscheck --out {tmp_path / 'results' / 'quick-cpu'}/crosscheck.md`" in readme
     assert "**wall time of the command**: 10.6 min" in readme
     assert "- **device**: cpu (CPU), fp32, torch 2.13, 2 CPU threads." in readme   # not the dropped method's GPU
     # the time budget per stage kind, and what DVC and the stages' start-up took beside them

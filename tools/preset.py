@@ -260,8 +260,12 @@ def build_publication(staging: Path, destination: Path, command_line: str, wall_
     summary = json.loads(Path("reports/summary.json").read_text())
     (staging / "README.md").write_text("\n".join([
         f"# {destination.name}{PUBLISHED_MARK}", "",
-        "Reproduce it from a clone of this repository (the numbers are bit-identical on the same kind of CPU):", "",
+        "Reproduce it from a clone of this repository at the commit below (the numbers are bit-identical on the "
+        "same kind of CPU):", "",
         "```bash", command_line, "```", "",
+        f"The independent check, `crosscheck.md` where the folder has one: `python -m tools.crosscheck --out "
+        f"{destination}/crosscheck.md`, run after the command in the same workspace (publishing again replaces the "
+        "folder, that file included).", "",
         "## What produced it", "", *summary["provenance"],
         *run_lines(devices(paths.TRAINING, [paths.run_name(method, seed) for method in methods for seed in seeds]),
                    git_commit()),
