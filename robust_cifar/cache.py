@@ -11,6 +11,7 @@ compiled code are shared. A leaf module but for the errors.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -73,3 +74,16 @@ def ensure_cache() -> None:
         for folder in reversed(made):
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def hold(lock: Path, busy: str):
+    """An exclusive lock on the file `lock` (in the cache) for this process, released when the returned handle is
+    closed or the process ends, however it ends; a UserError saying `busy` while another process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"{busy} (it holds {lock}): let it finish or stop it, then rerun") from None
+    return handle

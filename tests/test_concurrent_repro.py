@@ -305,6 +305,25 @@ def test_ctrl_c_while_the_overrides_are_written_leaves_params_yaml_whole_and_as_
                                                     "params.yaml is as it was before the run (in the work tree)"]
 
 
+def test_a_second_run_in_the_same_project_is_refused_before_it_edits_params_yaml(tmp_path, monkeypatch, capsys):
+    """A second `-S knn.k=7` edited params.yaml under the first `-S knn.k=5`, whose stages then recorded k=7."""
+    from robust_cifar.cache import ENV, hold
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_bytes()
+    first = hold(tmp_path / ".cache/concurrent/running.lock", "the first")   # as the first run holds it
+    monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: pytest.fail("the second went on"))
+    assert concurrent_repro.main(["-S", "compute.device=cpu", "-S", "compute.fast=false", "-S", "knn.k=7"]) == 2
+    assert capsys.readouterr().err == ("error: another concurrent_repro is running in this project (it holds "
+                                       ".cache/concurrent/running.lock): let it finish or stop it, then rerun\n")
+    assert (tmp_path / "params.yaml").read_bytes() == before
+    first.close()
+    monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: ({}, set()))
+    assert concurrent_repro.main([]) == 0   # once the first ends
+
+
 def outs(lock: dict, stage: str) -> list:
     return [(out["path"], out["md5"]) for out in lock["stages"][stage]["outs"]]
 

@@ -315,8 +315,8 @@ def test_one_training_of_a_run_at_a_time_and_a_dead_one_holds_nothing(tmp_path, 
     monkeypatch.chdir(tmp_path)
     run, log_folder = f"{HEAD}-0", f"reports/training/{HEAD}-0"
     lock = tmp_path / f".cache/live/{run}.lock"
-    holder = (f"import time; from pathlib import Path; from robust_cifar.training.live_log import hold_run; "
-              f"held = hold_run(Path({str(lock)!r}), {run!r}); print('held', flush=True); time.sleep(60)")
+    holder = (f"import time; from pathlib import Path; from robust_cifar.cache import hold; "
+              f"held = hold(Path({str(lock)!r}), 'busy'); print('held', flush=True); time.sleep(60)")
     other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     try:
@@ -325,6 +325,7 @@ def test_one_training_of_a_run_at_a_time_and_a_dead_one_holds_nothing(tmp_path, 
             EpochLog(log_folder)
         message = str(refused.value)
         assert "\n" not in message and message.startswith(f"another training of {run} is running in this project")
+        assert message.endswith(f"(it holds {lock.relative_to(tmp_path)}): let it finish or stop it, then rerun")
         EpochLog(f"reports/training/{HEAD}-1").close()   # another run is free
     finally:
         other.kill()

@@ -14,7 +14,7 @@ What it leaves is what `dvc repro` leaves: the same outputs, dvc.lock entries an
 stage's bytes depend on its seeds and inputs, never on what ran beside it; tested on the CPU, where
 reruns are bit-identical). Record the result as an experiment afterwards with `dvc exp save`. `-S key=value` edits
 params.yaml first, with DVC's own code for `dvc exp run -S` (same syntax, comments kept), and puts it back byte
-for byte when a stage fails or the run is stopped.
+for byte when a stage fails or the run is stopped. One runs at a time in a project (a second is refused).
 Each stage's output goes to .cache/concurrent/<stage>.log (robust_cifar/cache.py); the terminal gets a line per stage.
 Stage processes keep their usual CPU threads: capping them at cores / jobs would change the bits
 of a CPU run (a reduction split over fewer threads rounds differently).
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from robust_cifar.cache import project_cache_dir
+from robust_cifar.cache import hold, project_cache_dir
 from robust_cifar.errors import UserError
 from robust_cifar.signals import FORWARDED, Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals
 from tools.restored import Outcome, restored_on_failure
@@ -225,11 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.jobs <= MAX_JOBS:
         parser.error(f"--jobs {args.jobs}: must be from 1 to {MAX_JOBS}")
     stop_on_signals()   # TERM and HUP (a closed terminal, a scheduler) stop the stages as Ctrl-C does
+    try:   # a second one's -S edit would reach this one's stages, which then record its values
+        running = hold(project_cache_dir("concurrent") / "running.lock",
+                       "another concurrent_repro is running in this project")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     params = Path("params.yaml")
     # -S edits params.yaml: a run that fails (a value only a stage can refuse) or is stopped puts it back
     with restored_on_failure(params) if args.set_param and params.is_file() else contextlib.nullcontext(Outcome()) \
             as outcome:
         outcome.returncode = run_all(args)
+    running.close()
     return outcome.returncode
 
 

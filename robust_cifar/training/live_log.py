@@ -3,12 +3,10 @@ and live updates in DVC Studio when it is connected."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import shutil
 from pathlib import Path
 
-from robust_cifar.cache import project_cache_dir
-from robust_cifar.errors import UserError
+from robust_cifar.cache import hold, project_cache_dir
 from robust_cifar.outputs import NO_SPACE, move_folder, no_space
 
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
@@ -16,20 +14,6 @@ LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val
           "val_acc": "val/acc", "val_perturbed_acc": "val/perturbed_acc"}
 RUN = "run"   # the log's own run, in its params.yaml (read by reporting/curves.py, which names it RUN too)
 # Wall times are left out: they differ on every run, and metrics.json is an output DVC hashes.
-
-
-def hold_run(lock: Path, run: str):
-    """An exclusive lock on `lock` for this process's training of `run` (released by close or at exit, however the
-    process ends); a UserError while another process of the project holds it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = lock.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(f"another training of {run} is running in this project (it holds {lock}): let it finish or "
-                        "stop it, then rerun; two at once would write one live log and one model") from None
-    return handle
 
 
 class EpochLog:
@@ -44,7 +28,9 @@ class EpochLog:
         self.in_progress = project_cache_dir("live") / self.directory.name
         # One training of a run at a time (a stage run by hand while DVC runs it): both would write this folder,
         # and the first to finish would move the other's half into the output.
-        self.lock = hold_run(self.in_progress.with_name(f"{self.directory.name}.lock"), self.directory.name)
+        self.lock = hold(self.in_progress.with_name(f"{self.directory.name}.lock"),
+                         f"another training of {self.directory.name} is running in this project; two at once would "
+                         "write one live log and one model")
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
         # (or `dvc repro`) owns the experiment, not the logger.
         with self.disk():
