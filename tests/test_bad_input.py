@@ -108,6 +108,13 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
+def raw_of_another_archive(project: Path) -> None:
+    """Another archive's raw file in place of the one the split was drawn from: its indices are in range."""
+    path = project / "data/raw/cifar10.npz"
+    arrays = dict(np.load(path))
+    save_npz(path, {**arrays, "train_labels": np.roll(arrays["train_labels"], 1)})
+
+
 def validate_on_train(project: Path) -> None:
     path = project / "data/split/indices.npz"
     indices = dict(np.load(path))
@@ -133,6 +140,9 @@ DAMAGE = [
      f"reports/seeds/{HEAD}/0.csv is not a predictions table", f"dvc repro -f -s evaluate@{HEAD}-0"),
     ("a split whose validation is the training set", validate_on_train, ("stages.train", HEAD, "0"),
      "data/split/indices.npz does not hold what split writes (train and val share", "dvc repro -f -s split"),
+    ("raw data of another archive", raw_of_another_archive, ("stages.embed", HEAD, "0"),
+     "data/split/indices.npz does not hold what split writes (it was drawn from other data than data/raw/cifar10.npz",
+     "dvc repro -f -s split"),
 ]
 
 

@@ -1,19 +1,19 @@
 """The stratified train / validation split of the official training set, and loading the three splits."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from robust_cifar.data.download import load_arrays
+from robust_cifar.data.download import CifarArrays, load_arrays
 from robust_cifar.conditions import SPLITS
 from robust_cifar.errors import ParamsError
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import OPEN_FRACTION, Params, whole
 from robust_cifar.schema import Array, array_problem, refuse
-
 
 
 PER_CLASS = whole(lambda v: 0 <= v <= 100_000, "0 (all of them) or a whole number of images per class up to 100,000")
@@ -71,9 +71,23 @@ def stratified_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarr
     return np.sort(np.concatenate(parts))
 
 
-def save_split(train_indices: np.ndarray, val_indices: np.ndarray, test_indices: np.ndarray, path: str | Path) -> None:
+RAW = "raw"   # the split's key for the fingerprint of the data it indexes
+
+
+def fingerprint(arrays: CifarArrays) -> np.ndarray:
+    """16 bytes that tell one data set's labels (their order and both sets' sizes) from another's: a split's
+    indices mean nothing for another archive's images, and within range they are read without a word."""
+    digest = hashlib.blake2b(digest_size=16)
+    for labels in (arrays.train_labels, arrays.test_labels):
+        digest.update(np.int64(len(labels)).tobytes() + np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
+
+
+def save_split(train_indices: np.ndarray, val_indices: np.ndarray, test_indices: np.ndarray, raw: np.ndarray,
+               path: str | Path) -> None:
+    """The three index sets, and `raw`: the fingerprint of the data they were drawn from."""
     save_npz(path, {"train": train_indices.astype(np.int64), "val": val_indices.astype(np.int64),
-                    "test": test_indices.astype(np.int64)})
+                    "test": test_indices.astype(np.int64), RAW: raw})
 
 
 @dataclass(frozen=True)
@@ -117,10 +131,13 @@ def load_split_indices(split_path: str | Path, sizes: Mapping[str, int] | None =
 
 
 def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str, LabelledImages], tuple[str, ...]]:
-    """train / val / test images and labels, and the class names."""
+    """train / val / test images and labels, and the class names; a split drawn from other data is refused."""
     arrays = load_arrays(raw_path)
     indices = load_split_indices(split_path, {"training set": len(arrays.train_labels),
                                               "test set": len(arrays.test_labels)})
+    if not np.array_equal(indices.get(RAW), fingerprint(arrays)):
+        raise refuse(split_path, "split", f"{'it was drawn from other data than' if RAW in indices else 'no record of'} "
+                     f"{raw_path}, whose labels it indexes")
     train, val, test = indices["train"], indices["val"], indices["test"]
     splits = {
         "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),
