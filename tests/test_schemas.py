@@ -449,26 +449,28 @@ def training_log(root: Path, files: dict[str, bytes | str], facts: str = f"run: 
     return directory
 
 
-GOOD_LR = "step\tlr\ttimestamp\n0\t0.1\t1\n1\t0.05\t2\n"
+GOOD_LR = "step\tlr\ttimestamp\n1\t0.1\t1\n2\t0.05\t2\n"
 BAD_LOGS = [
     ("binary garbage", bytes(range(256)) * 8, "unreadable"),
     ("text garbage", "this is not a training log\n", "no `step` and `lr` columns"),
     ("a header only", "step\tlr\n", "no steps"),
     ("words for numbers", "step\tlr\nfirst\tfast\n", "a row without a whole `step` and a number `lr`"),
-    ("a short row", "step\tlr\n0\t0.1\n1\n", "a row without a whole `step` and a number `lr`"),
-    ("an infinite rate", "step\tlr\n0\tinf\n", "not finite"),
+    ("a short row", "step\tlr\n1\t0.1\n2\n", "a row without a whole `step` and a number `lr`"),
+    ("an infinite rate", "step\tlr\n1\tinf\n", "not finite"),
+    ("a step before the first epoch", "step\tlr\n0\t0.1\n1\t0.1\n", "a step below epoch 1"),
+    ("a repeated step", "step\tlr\n1\t0.1\n1\t0.1\n2\t0.05\n", "steps that do not rise epoch by epoch"),
 ]
 
 
 def test_a_training_log_dvclive_writes_passes(tmp_path):
     directory = training_log(tmp_path, GOOD_CURVES)
     curves = read_training_curves(directory, f"train@{RUN}")
-    assert curves["lr"][0].tolist() == [0, 1] and curves["train/loss"][1].tolist() == [2.5, 1.5]
+    assert curves["lr"][0].tolist() == [1, 2] and curves["train/loss"][1].tolist() == [2.5, 1.5]
 
 
 def test_a_training_log_without_a_curve_every_training_logs_is_one_line(tmp_path):
     """Drawn without it, the figure showed the method as if it had never logged a training loss."""
-    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/acc": "step\tacc\n0\t0.1\n1\t0.2\n"})
+    directory = training_log(tmp_path, {"lr": GOOD_LR, "train/acc": "step\tacc\n1\t0.1\n2\t0.2\n"})
     with pytest.raises(InputError) as error:
         read_training_curves(directory, f"train@{RUN}")
     one_line(error, directory, f"train@{RUN}", "lacks the train/loss curve every training logs")
@@ -476,14 +478,30 @@ def test_a_training_log_without_a_curve_every_training_logs_is_one_line(tmp_path
 
 @pytest.mark.parametrize("content, words", [case[1:] for case in BAD_LOGS], ids=[case[0] for case in BAD_LOGS])
 def test_a_garbage_training_log_is_one_line(tmp_path, content, words):
-    directory = training_log(tmp_path, {"train/loss": "step\tloss\n0\t2.5\n", "lr": content})
+    directory = training_log(tmp_path, {"train/loss": "step\tloss\n1\t2.5\n", "lr": content})
     with pytest.raises(InputError) as error:
         read_training_curves(directory)
     message = one_line(error, directory / "plots/metrics/lr.tsv", f"train@{RUN}", words)
     assert f"dvc checkout --force {directory}`" in message   # the output DVC tracks is the whole folder
 
 
-GOOD_CURVES = {"lr": GOOD_LR, "train/loss": "step\tloss\n0\t2.5\n1\t1.5\n", "train/acc": "step\tacc\n0\t0.1\n1\t0.2\n"}
+@pytest.mark.parametrize("changed, words", [
+    ({"train/acc": "step\tacc\n1\t0.1\n2\t2.0\n"}, "train/acc.tsv does not hold what train@{run} writes (a `acc` "
+                                                      "outside 0..1)"),
+    ({"train/loss": "step\tloss\n1\t2.5\n3\t1.5\n"}, "train/loss.tsv does not hold what train@{run} writes (steps "
+                                                       "1..3 (2) where the training logged epochs 1..2 every epoch)"),
+    ({"val/acc": "step\tacc\n2\t0.3\n7\t0.4\n"}, "val/acc.tsv does not hold what train@{run} writes (steps 2..7 (2) "
+                                                   "where the training logged epochs 1..2)"),
+])
+def test_a_training_log_whose_epochs_or_accuracies_no_training_logs_is_one_line(tmp_path, changed, words):
+    """A missing epoch, an epoch past the training's last, an accuracy of 2.0: each was drawn without a word."""
+    directory = training_log(tmp_path, {**GOOD_CURVES, **changed})
+    with pytest.raises(InputError) as error:
+        read_training_curves(directory)
+    one_line(error, directory / "plots/metrics" / f"{next(iter(changed))}.tsv", f"train@{RUN}", words.format(run=RUN))
+
+
+GOOD_CURVES = {"lr": GOOD_LR, "train/loss": "step\tloss\n1\t2.5\n2\t1.5\n", "train/acc": "step\tacc\n1\t0.1\n2\t0.2\n"}
 
 
 @pytest.mark.parametrize("facts, words", [

@@ -69,8 +69,12 @@ def read_tsv_curve(path: Path, field: str, produced_by: str, output: Path) -> Cu
         values = np.array([float(row[field]) for row in rows])
     except (TypeError, ValueError):   # a short row reads as None
         raise refuse(path, produced_by, f"a row without a whole `step` and a number `{field}`", output) from None
-    if steps.min() < 0 or not np.isfinite(values).all():
-        raise refuse(path, produced_by, f"a negative step or a `{field}` that is not finite", output)
+    if steps.min() < 1 or not np.isfinite(values).all():
+        raise refuse(path, produced_by, f"a step below epoch 1 or a `{field}` that is not finite", output)
+    if np.any(np.diff(steps) <= 0):
+        raise refuse(path, produced_by, "steps that do not rise epoch by epoch (a repeated or reordered row)", output)
+    if field.endswith("acc") and (values.min() < 0 or values.max() > 1):
+        raise refuse(path, produced_by, f"a `{field}` outside 0..1", output)
     return steps, values
 
 
@@ -114,6 +118,13 @@ def read_training_curves(directory: str | Path, produced_by: str | None = None) 
     if missing:   # drawn without it, the figure would look like a method that never logged one
         raise InputError(f"{directory} lacks the {', '.join(missing)} curve{'s' * (len(missing) > 1)} every training logs "
                          f"(plots/metrics/{missing[0]}.tsv): {get_back(directory, produced_by)}")
+    epochs = len(curves[EVERY_EPOCH[0]][0])   # the training's, logged at steps 1..epochs
+    for name, (steps, _) in curves.items():
+        expected = np.arange(1, epochs + 1)
+        if (name in EVERY_EPOCH and not np.array_equal(steps, expected)) or not np.isin(steps, expected).all():
+            raise refuse(base / f"{name}.tsv", produced_by, f"steps {steps.min()}..{steps.max()} ({len(steps)}) where "
+                         f"the training logged epochs 1..{epochs}{' every epoch' if name in EVERY_EPOCH else ''}",
+                         directory)
     return curves
 
 
