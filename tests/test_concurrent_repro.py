@@ -152,6 +152,16 @@ def test_the_failure_line_is_the_most_telling_line_of_the_log(tmp_path, log, exp
     assert concurrent_repro.failure_line(path).startswith(expected)
 
 
+def test_a_stage_whose_log_met_a_full_disk_is_said_so(tmp_path, monkeypatch):
+    """The line read `(no output)`: the full disk that kept the stage's own line out of the log went unnamed."""
+    (tmp_path / "stage.log").write_text("")
+    monkeypatch.setattr(concurrent_repro, "free_bytes", lambda folder: 0)
+    assert concurrent_repro.failure_line(tmp_path / "stage.log") == (
+        f"(no output: the disk holding {tmp_path} is full; free some space there, then rerun)")
+    monkeypatch.setattr(concurrent_repro, "free_bytes", lambda folder: 10**12)
+    assert concurrent_repro.failure_line(tmp_path / "stage.log") == "(no output)"
+
+
 def test_stages_run_with_the_python_that_runs_the_schedule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")

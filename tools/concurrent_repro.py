@@ -33,6 +33,7 @@ from pathlib import Path
 
 from robust_cifar.cache import hold, project_cache_dir
 from robust_cifar.errors import UserError
+from robust_cifar.outputs import NEARLY_FULL, free_bytes
 from robust_cifar.signals import FORWARDED, Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals
 from tools.restored import Outcome, restored_on_failure
 
@@ -132,7 +133,11 @@ def failure_line(path: Path) -> str:
     dvc_error = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), len(lines))
     if any(line.startswith("Traceback") for line in lines[:dvc_error]):
         return lines[dvc_error - 1]
-    return lines[min(dvc_error, len(lines) - 1)] if lines else "(no output)"
+    if lines:
+        return lines[min(dvc_error, len(lines) - 1)]
+    if free_bytes(path.parent) < NEARLY_FULL:   # the stage could not write its log, its own line included
+        return f"(no output: the disk holding {path.parent} is full; free some space there, then rerun)"
+    return "(no output)"
 
 
 def not_run(path: Path) -> str | None:
