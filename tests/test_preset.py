@@ -148,6 +148,13 @@ def workspace(tmp_path, monkeypatch):
     # where a rerun of a stage deletes what is there
     (["--publish", "reports/training/run-0/pub"], "--publish reports/training/run-0/pub: lies in reports/"),
     (["--publish", "models"], "--publish models: lies in models/"),
+    # what Git never commits, or what DVC, Git and the runs keep for themselves
+    (["--publish", ".git/pub"], "--publish .git/pub: lies in .git/, which is no place for results to commit"),
+    (["--publish", ".dvc/pub"], "--publish .dvc/pub: lies in .dvc/"),
+    (["--publish", ".cache/pub"], "--publish .cache/pub: lies in .cache/"),
+    # another preset's publication (results/cpu written over by a quick run)
+    (["--publish", "results/cpu"], "--publish results/cpu: holds the published run of the cpu preset, which a quick "
+                                   "run would replace; name a folder of its own, e.g. results/quick-<date>"),
     (["--name", "Bad Name!"], "--name 'Bad Name!' is not a valid experiment name"),
     # DVC refused it after its start, advising `dvc exp run -f`, which the preset does not pass
     (["--name", "taken"], "--name taken: an experiment of this commit has that name; choose another, or remove it "
@@ -157,6 +164,8 @@ def workspace(tmp_path, monkeypatch):
 def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arguments, words):
     Path("notes").mkdir()
     (Path("notes") / "todo.md").write_text("a file of the user's\n")
+    Path("results/cpu").mkdir(parents=True)
+    Path("results/cpu/README.md").write_text(f"# cpu{preset.PUBLISHED_MARK}\n\n- **preset**: `cpu`: ResNet18 ...\n")
     assert main(["quick", "--name", "x", *arguments]) == 2
     assert workspace == []   # dvc never ran
     output = capsys.readouterr()
@@ -169,8 +178,8 @@ def test_a_place_no_folder_can_be_made_is_refused_before_the_run_and_nothing_is_
     monkeypatch.chdir(tmp_path)
     # /proc takes no new folder, even from root, for whom os.access says yes
     with pytest.raises(PublishError, match="--publish /proc/robust-cifar-results: cannot write there"):
-        preset.check_destination(Path("/proc/robust-cifar-results"))
-    preset.check_destination(Path("results/deep/new"))
+        preset.check_destination(Path("/proc/robust-cifar-results"), "quick")
+    preset.check_destination(Path("results/deep/new"), "quick")
     assert list(tmp_path.iterdir()) == []   # the probe's folders are gone again
 
 
@@ -178,9 +187,10 @@ def test_an_earlier_publication_or_an_empty_folder_may_be_replaced(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results" / "quick-cpu").mkdir(parents=True)
     (tmp_path / "results" / "empty").mkdir()
-    (tmp_path / "results" / "quick-cpu" / "README.md").write_text(f"# quick-cpu{preset.PUBLISHED_MARK}\n\nold\n")
+    (tmp_path / "results" / "quick-cpu" / "README.md").write_text(f"# quick-cpu{preset.PUBLISHED_MARK}\n\n"
+                                                                  "- **preset**: `quick`: ResNet18 width 8\n")
     for folder in ("results/quick-cpu", "results/empty", "results/new"):
-        preset.check_destination(Path(folder))
+        preset.check_destination(Path(folder), "quick")
 
 
 def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
@@ -253,7 +263,7 @@ def test_a_symbolic_link_is_refused_before_the_run(tmp_path, monkeypatch):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "linked").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(PublishError) as refused:
-        preset.check_destination(Path("results/linked"))
+        preset.check_destination(Path("results/linked"), "quick")
     assert str(refused.value) == (f"--publish results/linked: is a symbolic link (to {tmp_path / 'elsewhere'}); name "
                                   f"the folder itself ({tmp_path / 'elsewhere'}) or a new one")
 

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from robust_cifar.check_params import check_on_this_machine
 from robust_cifar.data.download import md5_of
 from robust_cifar.errors import DiskFullError, ParamsError, PublishError, UserError
-from robust_cifar.outputs import NO_SPACE, OUTPUT_FOLDERS
+from robust_cifar.outputs import CONTROL_FOLDERS, NO_SPACE, OUTPUT_FOLDERS
 from robust_cifar.params import load_params, with_overrides
 from robust_cifar.reporting.provenance import (devices, git_commit, run_lines, stage_times, time_lines,
                                                 times_of_runs)
@@ -142,7 +143,7 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
     settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     check_on_this_machine(with_overrides(load_params(), settings))
     if destination is not None:
-        check_destination(destination)
+        check_destination(destination, preset=dict(setting.split("=", 1) for setting in settings)["preset"])
 
 
 PUBLISHED_MARK = ": a published run"   # the end of the title line of the README that publish writes
@@ -157,9 +158,16 @@ def is_publication(folder: Path) -> bool:
     return bool(lines) and lines[0].endswith(PUBLISHED_MARK)
 
 
-def check_destination(destination: Path) -> None:
+def published_preset(folder: Path) -> str | None:
+    """The preset of the run published in `folder`, as its README's provenance names it (None: not said)."""
+    found = re.search(r"^- \*\*preset\*\*: `([^`]+)`", (folder / "README.md").read_text(errors="replace"), re.M)
+    return found.group(1) if found else None
+
+
+def check_destination(destination: Path, preset: str) -> None:
     """A folder that can be made or replaced whole: not the project or a folder holding it, not in a folder of
-    DVC's outputs, not a folder of other files or a mount point, not a file, under a writable parent."""
+    DVC's outputs, .git, .dvc or .cache, not a link, a folder of other files, another `preset`'s publication or
+    a mount point, not a file, under a writable parent."""
     target, project = destination.resolve(), Path.cwd().resolve()
     if target == project or target in project.parents:
         held = "this project" if target == project else "a folder holding this project"
@@ -169,6 +177,11 @@ def check_destination(destination: Path) -> None:
     if inside:
         raise PublishError(f"--publish {destination}: lies in {inside}/, where DVC writes the pipeline's outputs (a rerun "
                            "may delete it); name a folder outside it, e.g. results/<name>")
+    kept = next((folder for folder in (*CONTROL_FOLDERS, Path(".cache")) if (project / folder) in [target, *target.parents]),
+                None)
+    if kept:   # what Git never commits, or what DVC, Git and the runs keep for themselves
+        raise PublishError(f"--publish {destination}: lies in {kept}/, which is no place for results to commit; name a "
+                           "folder outside it, e.g. results/<name>")
     if destination.is_symlink():   # replacing it whole would replace the link, not the folder it names
         raise PublishError(f"--publish {destination}: is a symbolic link (to {os.readlink(destination)}); name the "
                            f"folder itself ({target}) or a new one")
@@ -177,6 +190,10 @@ def check_destination(destination: Path) -> None:
     if destination.is_dir() and any(destination.iterdir()) and not is_publication(destination):
         raise PublishError(f"--publish {destination}: holds files that are not a published run, and the folder is "
                            "replaced whole; name a new folder, or an earlier run's")
+    if destination.is_dir() and is_publication(destination) and published_preset(destination) not in (None, preset):
+        raise PublishError(f"--publish {destination}: holds the published run of the {published_preset(destination)} "
+                           f"preset, which a {preset} run would replace; name a folder of its own, e.g. "
+                           f"results/{preset}-<date>")
     if destination.exists() and not destination.is_dir():
         raise PublishError(f"--publish {destination}: is a file; name a folder (it is replaced whole)")
     parent = next((folder for folder in [destination, *destination.parents] if folder.exists()), Path("."))
