@@ -73,7 +73,7 @@ def test_a_full_disk_while_the_report_is_written_is_one_line_and_the_earlier_rep
     """The report used to be written in place after the attacks: a full disk left it empty, after a traceback."""
     monkeypatch.chdir(reproduced_project)
     out = tmp_path / "crosscheck.md"
-    out.write_text("an earlier check\n")
+    out.write_text(crosscheck.TITLE + "\n\nan earlier check\n")
     monkeypatch.setattr(crosscheck, "check_run", lambda method, seed, *rest: [
         {"run": f"{method}-{seed}", "decision": "head", "images": 10, "project": 0.0, "reference": 0.0, "overcounted": 0}])
     real = Path.write_text
@@ -85,7 +85,8 @@ def test_a_full_disk_while_the_report_is_written_is_one_line_and_the_earlier_rep
     with pytest.raises(DiskFullError, match=rf"^no space left on the disk holding {tmp_path} while writing crosscheck.md"):
         crosscheck.main(["--methods", HEAD, "--out", str(out)])
     monkeypatch.setattr(Path, "write_text", real)
-    assert out.read_text() == "an earlier check\n" and sorted(path.name for path in tmp_path.iterdir()) == ["crosscheck.md"]
+    assert out.read_text() == crosscheck.TITLE + "\n\nan earlier check\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["crosscheck.md"]
 
 
 def test_an_out_over_a_markdown_file_that_is_no_earlier_report_is_refused_before_any_attack(reproduced_project,
