@@ -193,7 +193,7 @@ def unlike_training(state: dict, fresh: dict) -> str | None:
             return f"stores {key} as {value.dtype}, not {fresh[key].dtype}"
     for key in NORMALIZATION:
         if isinstance(state.get(key), torch.Tensor) and not torch.equal(state[key], fresh[key]):
-            return f"has {key} = {[round(x, 4) for x in state[key].flatten().tolist()]}, not the model's fixed constants"
+            return f"has another {key} than the model's fixed {[round(x, 4) for x in fresh[key].flatten().tolist()]}"
     return None
 
 

@@ -7,6 +7,7 @@ custom templates in .dvc/plots/ give each method, so the two views read alike.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -97,6 +98,15 @@ def check_run(directory: Path, produced_by: str) -> None:
                      directory)
 
 
+def last_step(path: Path) -> int | None:
+    """The last epoch dvclive's metrics.json (the log's final values) records, or None where it says none."""
+    try:
+        step = json.loads(path.read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def read_training_curves(directory: str | Path, produced_by: str | None = None) -> dict[str, Curve]:
     """Every metric of METRICS that one training run logged (perturbed accuracy only for the methods
     trained on perturbations), keyed by dvclive name; a log with none of them, a damaged one or another run's
@@ -119,6 +129,10 @@ def read_training_curves(directory: str | Path, produced_by: str | None = None) 
         raise InputError(f"{directory} lacks the {', '.join(missing)} curve{'s' * (len(missing) > 1)} every training logs "
                          f"(plots/metrics/{missing[0]}.tsv): {get_back(directory, produced_by)}")
     epochs = len(curves[EVERY_EPOCH[0]][0])   # the training's, logged at steps 1..epochs
+    last = last_step(directory / "metrics.json")
+    if last is not None and last != epochs:   # every curve cut at one epoch reads as a shorter training
+        raise refuse(base / f"{EVERY_EPOCH[0]}.tsv", produced_by, f"epochs 1..{epochs} where the log's metrics.json "
+                     f"ends at epoch {last}", directory)
     for name, (steps, _) in curves.items():
         expected = np.arange(1, epochs + 1)
         if (name in EVERY_EPOCH and not np.array_equal(steps, expected)) or not np.isin(steps, expected).all():
