@@ -101,3 +101,18 @@ def test_an_out_over_a_markdown_file_that_is_no_earlier_report_is_refused_before
     earlier = tmp_path / "crosscheck.md"
     earlier.write_text(crosscheck.TITLE + "\n\nan earlier table\n")
     crosscheck.check_report_file(earlier, "--out", ".md", "x.md", earlier=crosscheck.is_report)   # may be replaced
+
+
+def test_outputs_that_are_not_what_the_params_make_are_refused_before_any_attack(reproduced_project, monkeypatch):
+    """An experiment's reports (knn.k=7) beside params.yaml put back alone (knn.k=3) gave a false NO."""
+    monkeypatch.chdir(reproduced_project)
+    monkeypatch.setattr(crosscheck, "check_run", lambda *arguments: pytest.fail("attacked before refusing"))
+    params = reproduced_project / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("\n  k: 3\n", "\n  k: 1\n"))
+        with pytest.raises(InputError, match=rf"^the workspace's outputs are not what params.yaml and the code make now "
+                                             rf"\(`dvc status`: robustness@{HEAD}-0 changed\): run `dvc repro` first"):
+            crosscheck.main(["--methods", HEAD, "--seeds", "0"])
+    finally:
+        params.write_text(original)

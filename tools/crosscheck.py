@@ -47,6 +47,8 @@ from stages import paths
 TEMPERATURES = (0.01, 0.03, 0.1)
 TOLERANCE = 0.02
 TITLE = "# Robust accuracy, checked by an independent attack library"   # the report's first line
+RUN_STAGES = ("train", "embed", "robustness")   # what made the files the check reads of a run
+CHECK_PARAMS = "check_params"   # the stage (dvc.yaml) every other depends on
 ITERATIONS = 100
 HEAD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")   # AutoAttack's standard version
 
@@ -206,9 +208,29 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
     if missing:
         raise InputError(f"no {missing[0]}{f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''}: "
                          "the check reads a reproduced run; `dvc repro` (or `dvc pull`) first")
+    stale = stale_stages(runs)
+    if stale:   # a false failure otherwise: the reports' 3-NN used another knn.k than the check would, say
+        raise InputError(f"the workspace's outputs are not what params.yaml and the code make now (`dvc status`: "
+                         f"{stale[0]}{f' and {len(stale) - 1} more' if len(stale) > 1 else ''} changed): run `dvc repro` "
+                         "first, or put back what made them (`git checkout HEAD -- params.yaml dvc.lock && dvc checkout`)")
     if args.out is not None:
         check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md", earlier=is_report)
     return runs
+
+
+def stale_stages(runs: list[tuple[str, int]]) -> list[str]:
+    """The stages that made what the check reads of `runs` (and those upstream of them) whose inputs `dvc status`
+    finds changed; none where DVC cannot tell (no DVC project here). Not check_params: every params.yaml edit
+    changes its input, and its output (that the params passed) stays the same."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    targets = [f"{stage}@{paths.run_name(method, seed)}" for method, seed in runs for stage in RUN_STAGES]
+    try:
+        with Repo(".") as repo:
+            return sorted(set(repo.status(targets=targets, with_deps=True)) - {CHECK_PARAMS})
+    except DvcException:
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
