@@ -18,7 +18,8 @@ reference attack left it right. Only images still robust are attacked by the nex
 AutoAttack does), so the check costs little more than its first attack.
 
 Exit status 1 when a project number is more than --tolerance above the reference's; 2 for arguments or
-files it cannot check (one line, before any attack).
+files it cannot check (one line, before any attack), a workspace whose outputs `dvc status` finds out of date
+among them: the check scores with today's params.yaml.
 """
 from __future__ import annotations
 
