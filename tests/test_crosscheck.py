@@ -116,3 +116,20 @@ def test_outputs_that_are_not_what_the_params_make_are_refused_before_any_attack
             crosscheck.main(["--methods", HEAD, "--seeds", "0"])
     finally:
         params.write_text(original)
+
+
+def test_an_out_in_the_publication_of_another_run_is_refused_and_in_this_runs_is_written(reproduced_project,
+                                                                                        monkeypatch, tmp_path):
+    """The check of the workspace's run replaced a published run's crosscheck.md, in a folder describing another."""
+    monkeypatch.chdir(reproduced_project)
+    monkeypatch.setattr(crosscheck, "check_run", lambda method, seed, *rest: [
+        {"run": f"{method}-{seed}", "decision": "head", "images": 10, "project": 0.0, "reference": 0.0, "overcounted": 0}])
+    other, this = tmp_path / "other", tmp_path / "this"
+    for folder, summary in ((other, b'{"another": "run"}'), (this, (reproduced_project / "reports/summary.json").read_bytes())):
+        folder.mkdir()
+        (folder / "summary.json").write_bytes(summary)
+    with pytest.raises(InputError, match=rf"--out {other}/crosscheck.md: its folder publishes another run than this "
+                                         "workspace's"):
+        crosscheck.main(["--methods", HEAD, "--seeds", "0", "--out", str(other / "crosscheck.md")])
+    assert crosscheck.main(["--methods", HEAD, "--seeds", "0", "--out", str(this / "crosscheck.md")]) == 0
+    assert (this / "crosscheck.md").read_text().startswith(crosscheck.TITLE)

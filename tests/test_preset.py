@@ -322,7 +322,30 @@ def test_a_signal_while_the_publication_is_swapped_in_waits_for_the_swap(tmp_pat
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert (tmp_path / "results" / "quick-cpu" / "summary.md").read_text() == "# summary\n"   # the new one, whole
-    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["quick-cpu", "quick-cpu.replaced"]
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["quick-cpu"]   # the old one removed
+
+
+def test_a_signal_during_the_swap_is_said_to_have_come_as_the_run_was_published(tmp_path, monkeypatch, capsys):
+    """The line said the folder was as it was, when the new publication was in place."""
+    monkeypatch.chdir(tmp_path)
+    finished_run(tmp_path)
+    monkeypatch.setattr(preset, "run_in_group", lambda cmd: 0)
+    monkeypatch.setattr(preset, "existing_names", lambda root: set())
+    real = Path.rename
+
+    def rename(self, target):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, target)
+    monkeypatch.setattr(Path, "rename", rename)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        assert main(["quick", "--name", "x", "--publish", "results/quick-cpu"]) == 143
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert capsys.readouterr().err.strip() == "interrupted (SIGTERM) as the run was published: 5 files in " \
+                                              "results/quick-cpu, whole"
+    assert sorted(path.name for path in (tmp_path / "results").iterdir()) == ["quick-cpu"]
 
 
 @pytest.mark.parametrize("flags, units", [("fpu avx avx2 avx512f avx512_bf16 amx_bf16", "bf16 units: avx512_bf16, amx_bf16"),

@@ -216,6 +216,12 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
                          "first, or put back what made them (`git checkout HEAD -- params.yaml dvc.lock && dvc checkout`)")
     if args.out is not None:
         check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md", earlier=is_report)
+        published = Path(args.out).parent / paths.SUMMARY_JSON.name   # a folder `preset --publish` wrote
+        if published.is_file() and (not paths.SUMMARY_JSON.is_file()
+                                    or published.read_bytes() != paths.SUMMARY_JSON.read_bytes()):
+            raise InputError(f"--out {args.out}: its folder publishes another run than this workspace's (its "
+                             f"{published.name} is not {paths.SUMMARY_JSON}'s): check that run in its own workspace, "
+                             "or name another file")
     return runs
 
 

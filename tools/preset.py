@@ -254,11 +254,15 @@ def publish(destination: Path, command_line: str, wall_seconds: float | None = N
         raise
     replaced = destination.with_name(destination.name + ".replaced")
     shutil.rmtree(replaced, ignore_errors=True)
-    with signals_held():   # both renames or neither: a signal between them would leave no publication at all
-        if destination.exists():
-            destination.rename(replaced)
-        staging.rename(destination)
-    shutil.rmtree(replaced, ignore_errors=True)
+    try:
+        with signals_held():   # the whole swap or none of it: a signal between the renames left no publication
+            if destination.exists():
+                destination.rename(replaced)
+            staging.rename(destination)
+            shutil.rmtree(replaced, ignore_errors=True)
+    except KeyboardInterrupt as stopped:   # it came during the swap, which is done: the publication is whole
+        stopped.published = copied
+        raise
     return copied
 
 
@@ -343,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as stopped:
             signum = signal_of(stopped)
-            print(f"interrupted ({Stopped(signum).name}) while publishing: {again}", file=sys.stderr)
+            done = getattr(stopped, "published", None)
+            print(f"interrupted ({Stopped(signum).name}) " + (
+                f"as the run was published: {len(done)} files in {args.publish}, whole" if done is not None else
+                f"while publishing: {again}"), file=sys.stderr)
             return Stopped(signum).exit_code
         print(f"published {len(published)} files to {args.publish}")
     return returncode
