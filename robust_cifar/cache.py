@@ -19,6 +19,7 @@ from pathlib import Path
 from robust_cifar.errors import UserError
 
 ENV = "ROBUST_CIFAR_CACHE"
+LOCAL = Path(".cache")   # the cache folder without $ROBUST_CIFAR_CACHE; the project's locks, always
 
 
 def _named() -> bool:
@@ -31,7 +32,7 @@ def _where(root: Path) -> str:
 
 
 def _root() -> Path:
-    root = Path(os.environ.get(ENV) or ".cache")
+    root = Path(os.environ.get(ENV) or LOCAL)
     if root.exists() and not root.is_dir():
         raise UserError(f"the cache folder {_where(root)} is a file, not a folder: move the file away"
                         + (f", or point ${ENV} at a folder" if _named() else ""))
@@ -76,9 +77,12 @@ def ensure_cache() -> None:
                 folder.rmdir()
 
 
-def hold(lock: Path, busy: str):
-    """An exclusive lock on the file `lock` (in the cache) for this process, released when the returned handle is
-    closed or the process ends, however it ends; a UserError saying `busy` while another process holds it."""
+def hold(name: str, busy: str):
+    """An exclusive lock named `name` for this process, released when the returned handle is closed or the process
+    ends, however it ends; a UserError saying `busy` while another process holds it. The lock file lies in the
+    project's own `.cache/locks/`, whatever $ROBUST_CIFAR_CACHE says: two shells of one project, one with the
+    variable set, must find the same lock."""
+    lock = LOCAL / "locks" / f"{name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = lock.open("a")
     try:

@@ -115,6 +115,12 @@ def raw_of_another_archive(project: Path) -> None:
     save_npz(path, {**arrays, "train_labels": np.roll(arrays["train_labels"], 1)})
 
 
+def other_images(project: Path) -> None:
+    path = project / "data/raw/cifar10.npz"
+    arrays = dict(np.load(path))
+    save_npz(path, {**arrays, "test_images": 255 - arrays["test_images"]})
+
+
 def validate_on_train(project: Path) -> None:
     path = project / "data/split/indices.npz"
     indices = dict(np.load(path))
@@ -141,8 +147,10 @@ DAMAGE = [
     ("a split whose validation is the training set", validate_on_train, ("stages.train", HEAD, "0"),
      "data/split/indices.npz does not hold what split writes (train and val share", "dvc repro -f -s split"),
     ("raw data of another archive", raw_of_another_archive, ("stages.embed", HEAD, "0"),
-     "data/split/indices.npz does not hold what split writes (it was drawn from other data than data/raw/cifar10.npz",
-     "dvc repro -f -s split"),
+     "data/split/indices.npz was drawn from other data than data/raw/cifar10.npz holds now: put both back",
+     "`dvc checkout --force data/raw/cifar10.npz data/split/indices.npz`"),
+    ("other images, the same labels", other_images, ("stages.embed", HEAD, "0"),
+     "data/split/indices.npz was drawn from other data than data/raw/cifar10.npz", "dvc repro -f -s split"),
 ]
 
 

@@ -323,11 +323,12 @@ def test_a_second_run_in_the_same_project_is_refused_before_it_edits_params_yaml
     monkeypatch.chdir(tmp_path)
     shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_bytes()
-    first = hold(tmp_path / ".cache/concurrent/running.lock", "the first")   # as the first run holds it
+    first = hold("concurrent_repro", "the first")   # as the first run holds it
+    monkeypatch.setenv(ENV, str(tmp_path / "a cache of its own"))   # the second's shell: the lock is the project's
     monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: pytest.fail("the second went on"))
     assert concurrent_repro.main(["-S", "compute.device=cpu", "-S", "compute.fast=false", "-S", "knn.k=7"]) == 2
     assert capsys.readouterr().err == ("error: another concurrent_repro is running in this project (it holds "
-                                       ".cache/concurrent/running.lock): let it finish or stop it, then rerun\n")
+                                       ".cache/locks/concurrent_repro.lock): let it finish or stop it, then rerun\n")
     assert (tmp_path / "params.yaml").read_bytes() == before
     first.close()
     monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: ({}, set()))

@@ -314,18 +314,19 @@ def test_one_training_of_a_run_at_a_time_and_a_dead_one_holds_nothing(tmp_path, 
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     run, log_folder = f"{HEAD}-0", f"reports/training/{HEAD}-0"
-    lock = tmp_path / f".cache/live/{run}.lock"
-    holder = (f"import time; from pathlib import Path; from robust_cifar.cache import hold; "
-              f"held = hold(Path({str(lock)!r}), 'busy'); print('held', flush=True); time.sleep(60)")
-    other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    holder = (f"import time; from robust_cifar.cache import hold; held = hold('train@{run}', 'busy'); "
+              "print('held', flush=True); time.sleep(60)")
+    # in another shell of the project, with a cache of its own: the lock is the project's
+    other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                                  ENV: str(tmp_path / "elsewhere")})
     try:
         assert other.stdout.readline() == "held\n"
         with pytest.raises(UserError) as refused:
             EpochLog(log_folder)
         message = str(refused.value)
         assert "\n" not in message and message.startswith(f"another training of {run} is running in this project")
-        assert message.endswith(f"(it holds {lock.relative_to(tmp_path)}): let it finish or stop it, then rerun")
+        assert message.endswith(f"(it holds .cache/locks/train@{run}.lock): let it finish or stop it, then rerun")
         EpochLog(f"reports/training/{HEAD}-1").close()   # another run is free
     finally:
         other.kill()

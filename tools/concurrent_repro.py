@@ -231,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs {args.jobs}: must be from 1 to {MAX_JOBS}")
     stop_on_signals()   # TERM and HUP (a closed terminal, a scheduler) stop the stages as Ctrl-C does
     try:   # a second one's -S edit would reach this one's stages, which then record its values
-        running = hold(project_cache_dir("concurrent") / "running.lock",
-                       "another concurrent_repro is running in this project")
+        running = hold("concurrent_repro", "another concurrent_repro is running in this project")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import numpy as np
 
 from robust_cifar.data.download import CifarArrays, load_arrays
 from robust_cifar.conditions import SPLITS
-from robust_cifar.errors import ParamsError
+from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import OPEN_FRACTION, Params, whole
 from robust_cifar.schema import Array, array_problem, refuse
@@ -75,11 +75,13 @@ RAW = "raw"   # the split's key for the fingerprint of the data it indexes
 
 
 def fingerprint(arrays: CifarArrays) -> np.ndarray:
-    """16 bytes that tell one data set's labels (their order and both sets' sizes) from another's: a split's
-    indices mean nothing for another archive's images, and within range they are read without a word."""
+    """16 bytes that tell one data set (both sets' images and labels, in their order) from another: a split's
+    indices mean nothing for another archive's images, and within range they are read without a word. About
+    0.3 s for CIFAR-10's 180 MB."""
     digest = hashlib.blake2b(digest_size=16)
-    for labels in (arrays.train_labels, arrays.test_labels):
+    for images, labels in ((arrays.train_images, arrays.train_labels), (arrays.test_images, arrays.test_labels)):
         digest.update(np.int64(len(labels)).tobytes() + np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(images).data)
     return np.frombuffer(digest.digest(), dtype=np.uint8)
 
 
@@ -135,9 +137,12 @@ def load_splits(raw_path: str | Path, split_path: str | Path) -> tuple[dict[str,
     arrays = load_arrays(raw_path)
     indices = load_split_indices(split_path, {"training set": len(arrays.train_labels),
                                               "test set": len(arrays.test_labels)})
-    if not np.array_equal(indices.get(RAW), fingerprint(arrays)):
-        raise refuse(split_path, "split", f"{'it was drawn from other data than' if RAW in indices else 'no record of'} "
-                     f"{raw_path}, whose labels it indexes")
+    if RAW not in indices:
+        raise refuse(split_path, "split", f"no record of the data it indexes, {raw_path}")
+    if not np.array_equal(indices[RAW], fingerprint(arrays)):   # which of the two is foreign, no file can tell
+        raise InputError(f"{split_path} was drawn from other data than {raw_path} holds now: put both back as DVC "
+                         f"recorded them (`dvc checkout --force {raw_path} {split_path}`); only if {raw_path} is the "
+                         "data you mean, draw the split from it (`dvc repro -f -s split`)")
     train, val, test = indices["train"], indices["val"], indices["test"]
     splits = {
         "train": LabelledImages(arrays.train_images[train], arrays.train_labels[train]),

@@ -28,7 +28,7 @@ class EpochLog:
         self.in_progress = project_cache_dir("live") / self.directory.name
         # One training of a run at a time (a stage run by hand while DVC runs it): both would write this folder,
         # and the first to finish would move the other's half into the output.
-        self.lock = hold(self.in_progress.with_name(f"{self.directory.name}.lock"),
+        self.lock = hold(f"train@{self.directory.name}",
                          f"another training of {self.directory.name} is running in this project; two at once would "
                          "write one live log and one model")
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
