@@ -6,7 +6,8 @@ the working directory (the project root, where DVC runs stages), or in the folde
 $ROBUST_CIFAR_CACHE names (one cache for several clones, or a scratch disk). There, what belongs to one
 project's runs (`project_cache_dir`: live logs, timings, concurrent_repro's logs) goes into a subfolder
 of that project's own, so clones that share the cache never write into each other's runs; downloads and
-compiled code are shared. A leaf module but for the errors.
+compiled code are shared. The project's locks (`hold`: one training of a run, one concurrent_repro at a
+time) are always in its own `.cache/locks/`. A leaf module but for the errors.
 """
 from __future__ import annotations
 
