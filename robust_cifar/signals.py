@@ -50,11 +50,19 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def unblock_stop_signals() -> None:
+    """Let INT, TERM and HUP in where the parent left them blocked (a mask is inherited: Ray blocks SIGINT in every
+    process it starts), so that they arrive instead of waiting for ever."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def stop_on_signals() -> None:
     """INT, TERM and HUP raise Stopped in the main thread, even where the parent left them ignored
-    (`dvc exp run` starts its stages with INT and HUP ignored, so Ctrl-C could not stop them)."""
+    (`dvc exp run` starts its stages with INT and HUP ignored, so Ctrl-C could not stop them) or blocked."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stopped)
+    unblock_stop_signals()
 
 
 @contextlib.contextmanager
@@ -94,6 +102,7 @@ def leave_at_once_on_signals(while_doing: str) -> None:
     exit 128 + the signal: no exception to unwind through an import that cannot take one (torch's, in C++)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: leave_at_once(signum, while_doing))
+    unblock_stop_signals()
 
 
 def guard_start() -> None:

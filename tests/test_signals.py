@@ -190,6 +190,21 @@ def test_a_tool_stopped_while_it_works_is_one_line_with_the_signals_exit_code(si
     assert stderr.strip() == f"interrupted ({signal.Signals(signum).name})"
 
 
+def block_hup():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})   # a mask is inherited (Ray blocks SIGINT everywhere)
+
+
+def test_a_tool_started_with_the_stop_signals_blocked_still_stops_on_them():
+    """A blocked signal waited for ever: the tool (or stage) ran on as if it had never come."""
+    tool = subprocess.Popen([sys.executable, "-c", "import time; from robust_cifar.signals import run_tool; "
+                             "run_tool(lambda: (print('working', flush=True), time.sleep(60)))"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=block_hup)
+    assert tool.stdout.readline() == "working\n"
+    tool.send_signal(signal.SIGHUP)
+    _, stderr = tool.communicate(timeout=30)
+    assert tool.returncode == 128 + signal.SIGHUP and stderr.strip() == "interrupted (SIGHUP)"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("tool", ["tools.preset", "tools.determinism"])
 def test_ctrl_c_while_a_tool_still_imports_torch_is_one_line(tool):
