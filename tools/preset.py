@@ -190,10 +190,10 @@ def check_destination(destination: Path, preset: str) -> None:
     if destination.is_dir() and any(destination.iterdir()) and not is_publication(destination):
         raise PublishError(f"--publish {destination}: holds files that are not a published run, and the folder is "
                            "replaced whole; name a new folder, or an earlier run's")
-    if destination.is_dir() and is_publication(destination) and published_preset(destination) not in (None, preset):
-        raise PublishError(f"--publish {destination}: holds the published run of the {published_preset(destination)} "
-                           f"preset, which a {preset} run would replace; name a folder of its own, e.g. "
-                           f"results/{preset}-<date>")
+    other = published_preset(destination) if destination.is_dir() and is_publication(destination) else None
+    if other not in (None, preset):
+        raise PublishError(f"--publish {destination}: holds the published run of the {other} preset, which a {preset} "
+                           f"run would replace; name a folder of its own, e.g. results/{preset}-<date>")
     if destination.exists() and not destination.is_dir():
         raise PublishError(f"--publish {destination}: is a file; name a folder (it is replaced whole)")
     parent = next((folder for folder in [destination, *destination.parents] if folder.exists()), Path("."))

@@ -133,8 +133,8 @@ def read_training_curves(directory: str | Path, produced_by: str | None = None) 
     if last is not None and last != epochs:   # every curve cut at one epoch reads as a shorter training
         raise refuse(base / f"{EVERY_EPOCH[0]}.tsv", produced_by, f"epochs 1..{epochs} where the log's metrics.json "
                      f"ends at epoch {last}", directory)
+    expected = np.arange(1, epochs + 1)
     for name, (steps, _) in curves.items():
-        expected = np.arange(1, epochs + 1)
         if (name in EVERY_EPOCH and not np.array_equal(steps, expected)) or not np.isin(steps, expected).all():
             raise refuse(base / f"{name}.tsv", produced_by, f"steps {steps.min()}..{steps.max()} ({len(steps)}) where "
                          f"the training logged epochs 1..{epochs}{' every epoch' if name in EVERY_EPOCH else ''}",
