@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 from robust_cifar.cache import ensure_cache
+from robust_cifar.code_deps import stale_code_deps
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.download import DataConfig, check_local_archive
 from robust_cifar.data.split import SplitConfig
-from robust_cifar.errors import ParamsError
+from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.evaluation.evaluate import knn_k
 from robust_cifar.evaluation.robustness import RobustnessConfig
 from robust_cifar.machine import usable_cores
@@ -122,6 +123,19 @@ def check_on_this_machine(params: Params) -> None:
     data = DataConfig.from_params(params)
     if data.archive:
         check_local_archive(Path(data.archive), data.archive_md5)
+
+
+def check_code_deps(dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Refuse a dvc.yaml whose stages do not list exactly the modules their commands import (a module that gained
+    an import and `python -m tools.sync_dvc_yaml` not run): DVC would not rerun a stage when a module it runs
+    but does not list changes. This stage depends on every stage's code, so any code edit brings it here first."""
+    if not dvc_yaml.is_file():   # the stage run by hand outside a project
+        return
+    stale = stale_code_deps(parse_yaml(dvc_yaml.read_text())["stages"], dvc_yaml.parent)
+    if stale:
+        raise UserError(f"{dvc_yaml}: the code deps of {', '.join(stale)} are not the modules their commands import "
+                        "(an import was added or removed), so DVC would miss edits of the code they run: "
+                        "`python -m tools.sync_dvc_yaml`, then rerun")
 
 
 # --- outputs of runs the params no longer list ------------------------------------------------------

@@ -6,11 +6,13 @@ deleted. That includes what only this machine can say is wrong: a device it does
 without bf16 units, a local archive that is missing or not the one its md5 names. The file's
 content never changes, so a valid edit reruns only the stages that read it.
 
+It refuses a dvc.yaml whose stages do not list the modules they import (robust_cifar/code_deps.py): it
+depends on the code of every stage, so an edit that adds an import reaches it before any stage reruns.
 It also removes the outputs of methods and seeds that params.yaml no longer lists, which DVC leaves in
 place (robust_cifar/check_params.py, stale_outputs). Its output persists (`persist: true` in dvc.yaml) so
 that DVC's run cache never skips it: every edit of params.yaml runs it.
 """
-from robust_cifar.check_params import check_on_this_machine, remove_stale_outputs
+from robust_cifar.check_params import check_code_deps, check_on_this_machine, remove_stale_outputs
 from robust_cifar.outputs import write_text
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage
@@ -20,6 +22,7 @@ from stages import paths
 def main(argv: list[str]) -> None:
     params = load_params()
     check_on_this_machine(params)
+    check_code_deps()
     remove_stale_outputs(params)
     write_text(paths.PARAMS_CHECKED, "params.yaml is valid\n")
 

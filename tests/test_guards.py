@@ -17,7 +17,7 @@ from robust_cifar.training.methods import FOLDER
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
-from tools.import_closure import BY_NAME, import_closure
+from robust_cifar.code_deps import BY_NAME, EVERY_STAGE, import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
@@ -31,11 +31,17 @@ def command_module(cmd: str) -> tuple[str, list[str]]:
     return match.group(1), match.group(2).split()
 
 
-def code_dep_problems(name: str, cmd: str, declared: set[str], root: Path = ROOT) -> list[str]:
-    """What a stage's .py deps lack or hold beyond its command's import closure."""
+def command_closure(cmd: str, root: Path = ROOT) -> set[str]:
     module, args = command_module(cmd)
     # a per-run stage's method (its command's first argument) is the module build_method imports by name
-    closure = {str(path).replace(BY_NAME, args[0] if args else BY_NAME) for path in import_closure(root, module)}
+    return {str(path).replace(BY_NAME, args[0] if args else BY_NAME) for path in import_closure(root, module)}
+
+
+def code_dep_problems(name: str, cmd: str, declared: set[str], root: Path = ROOT) -> list[str]:
+    """What a stage's .py deps lack or hold beyond its command's import closure (check_params: beyond every
+    stage's, so that any code edit reruns its check of dvc.yaml's code deps)."""
+    closure = (set().union(*(command_closure(stage.cmd, root) for stage in stages_of(root).values()))
+               if name == EVERY_STAGE else command_closure(cmd, root))
     code = {dep for dep in declared if dep.endswith(".py")}
     problems = [f"{name}: imports {path} but does not list it in deps" for path in sorted(closure - code)]
     problems += [f"{name}: lists {path} in deps but does not import it" for path in sorted(code - closure)]

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robust_cifar.check_params import check_code_deps
+from robust_cifar.errors import UserError
 from tools.sync_dvc_yaml import generated_sections, synced, with_generated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,27 @@ def test_deps_under_a_foreach_are_synced_and_data_deps_kept():
     assert "        - data/${item}.npz\n        - robust_cifar/reporting/colours.py\n        - stages/umap.py\n      outs:" in text
     assert text.count("data/raw.npz   # data first") == 1
 
+
+def project_with(folder: Path, stages: dict) -> Path:
+    """A project of the repository's code and a dvc.yaml of these stages."""
+    folder.mkdir()
+    for package in ("robust_cifar", "stages"):
+        (folder / package).symlink_to(ROOT / package)
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    return folder / "dvc.yaml"
+
+
+@pytest.mark.parametrize("stage, dropped", [("evaluate", "robust_cifar/evaluation/knn.py"),
+                                            ("check_params", "stages/embed.py")])
+def test_check_params_refuses_a_dvc_yaml_that_misses_an_import(tmp_path, stage, dropped):
+    """A stage that imports a module it does not list would not rerun when that module changes; check_params,
+    whose deps are every stage's code, refuses it first (a developer who forgot `tools.sync_dvc_yaml`)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    check_code_deps(project_with(tmp_path / "synced", stages))
+    body = stages[stage]["do"] if "foreach" in stages[stage] else stages[stage]
+    body["deps"].remove(dropped)
+    with pytest.raises(UserError, match=rf"code deps of {stage} are not the modules .*`python -m tools.sync_dvc_yaml`"):
+        check_code_deps(project_with(tmp_path / "edited", stages))
 
 
 def test_dvc_yamls_method_lists_are_generated_from_params_methods():
@@ -86,7 +109,7 @@ def test_a_method_in_params_without_its_file_is_refused_before_dvc_yaml_is_touch
 
 def test_a_method_module_is_found_however_its_name_is_assigned(tmp_path):
     """`NAME: str = ...` once hid a method's imports from every per-run stage's deps."""
-    from tools.import_closure import defines_name
+    from robust_cifar.code_deps import defines_name
     for line, defines in (("NAME = 'a'", True), ("NAME: str = 'a'", True), ("NAMES = ['a']", False),
                           ("def f():\n    NAME = 'a'", False)):
         path = tmp_path / f"m{len(line)}{defines}.py"

@@ -1,7 +1,7 @@
 """The method a stage names, built from its own module alone: robust_cifar/training/methods/<name>.py.
 
 Importing by name, rather than through the registry (which imports every method), keeps a stage of one
-method's run independent of every other method's file. tools/import_closure.py reads the import below
+method's run independent of every other method's file. robust_cifar/code_deps.py reads the import below
 and makes `robust_cifar/training/methods/${item.method}.py`, and what every method module imports, the
 code deps of the stages that call it (dvc.yaml's per-run stages, whose first argument is the method).
 """

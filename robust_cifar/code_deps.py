@@ -1,8 +1,12 @@
-"""A module's project imports, transitively, read from the source (AST): nothing is imported or run."""
+"""Which project files each stage of dvc.yaml runs: its command module's imports, transitively, read from the
+source (AST: nothing is imported or run). `python -m tools.sync_dvc_yaml` writes them as the stages' code deps;
+the check_params stage refuses a dvc.yaml whose code deps are not these (a module that gained an import DVC
+does not know of would leave its stage's results stale when that module changes)."""
 from __future__ import annotations
 
 import ast
 import functools
+import re
 from pathlib import Path
 
 PACKAGES = ("robust_cifar", "stages")
@@ -26,13 +30,33 @@ def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
-def parsed(path: Path) -> ast.Module:
+def version(path: Path) -> tuple[Path, int, int]:
     status = path.stat()
-    return _parsed(path.resolve(), status.st_mtime_ns, status.st_size)
+    return path.resolve(), status.st_mtime_ns, status.st_size
 
 
-def imported_modules(root: Path, path: Path) -> set[str]:
+def parsed(path: Path) -> ast.Module:
+    return _parsed(*version(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _calls_by_name(path: Path, mtime_ns: int, size: int) -> dict[str, list[ast.Call]]:
+    """A file's calls by the name called (`f(...)` and `x.f(...)` under "f"), found in one walk per version."""
+    found: dict[str, list[ast.Call]] = {}
+    for node in ast.walk(_parsed(path, mtime_ns, size)):
+        if isinstance(node, ast.Call):
+            for name in {getattr(node.func, "attr", None), getattr(node.func, "id", None)} - {None}:
+                found.setdefault(name, []).append(node)
+    return found
+
+
+def imported_modules(root: Path, path: Path) -> frozenset[str]:
     """Project modules that `path` imports, at any depth of its code (function-level imports too)."""
+    return _imported_modules(root, path, *version(path)[1:])
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules(root: Path, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     found = set()
     for node in ast.walk(parsed(path)):
@@ -55,12 +79,11 @@ def imported_modules(root: Path, path: Path) -> set[str]:
         for module in path.parent.glob("*.py"):
             if defines_name(module):
                 found.update(imported_modules(root, module))
-    return {name for name in found if name.split(".")[0] in PACKAGES and module_file(root, name)}
+    return frozenset(name for name in found if name.split(".")[0] in PACKAGES and module_file(root, name))
 
 
 def _calls(path: Path, function: str) -> list[ast.Call]:
-    return [node for node in ast.walk(parsed(path)) if isinstance(node, ast.Call)
-            and (getattr(node.func, "attr", None) == function or getattr(node.func, "id", None) == function)]
+    return _calls_by_name(*version(path)).get(function, [])
 
 
 def discovers_its_modules(path: Path) -> bool:
@@ -107,3 +130,34 @@ def import_closure(root: Path, module: str) -> set[Path]:
     files = {module_file(root, name) for name in seen}
     return ({path.relative_to(root) for path in files if path is not None and path.stat().st_size > 0}
             | {path for path in by_name if path.parent not in every_module_of})
+
+
+COMMAND = re.compile(r"python -m (\S+)")
+# The stage that depends on the code of every stage: any code edit reruns it, and it checks the code deps of all.
+EVERY_STAGE = "check_params"
+
+
+def stage_body(stage: dict) -> dict:
+    """A stage of dvc.yaml, or the `do:` of a foreach one."""
+    return stage["do"] if "foreach" in stage else stage
+
+
+def closures(stages: dict, root: Path) -> dict[str, list[str]]:
+    """What each of dvc.yaml's `stages` should list as its code deps: the sorted import closure of its command's
+    module (EVERY_STAGE: of every stage's, a looped stage's by-name module aside)."""
+    found = {name: sorted(str(path) for path in import_closure(root, COMMAND.match(stage_body(stage)["cmd"]).group(1)))
+             for name, stage in stages.items()}
+    if EVERY_STAGE in found:
+        found[EVERY_STAGE] = sorted({path for paths in found.values() for path in paths if BY_NAME not in path})
+    return found
+
+
+def declared_code(stage: dict) -> list[str]:
+    """The sorted `.py` deps a stage of dvc.yaml lists."""
+    return sorted(dep for dep in stage_body(stage).get("deps") or [] if isinstance(dep, str) and dep.endswith(".py"))
+
+
+def stale_code_deps(stages: dict, root: Path) -> list[str]:
+    """The stages whose code deps are not their closures."""
+    wanted = closures(stages, root)
+    return [name for name, stage in stages.items() if declared_code(stage) != wanted[name]]
