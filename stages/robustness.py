@@ -1,6 +1,7 @@
 """robustness@<method>-<seed>: robust test accuracy of the head and the 3-NN under every registered attack
-(true labels, fp32, cumulative over the eps sweep) -> reports/robustness/<method>/<seed>.json, and per test
-image whether each decision is right clean and robust at the study's eps -> reports/robustness/<method>/<seed>.csv"""
+(true labels, fp32, cumulative over the eps sweep; the 3-NN's neighbours, the clean training images, embedded
+here in fp32) -> reports/robustness/<method>/<seed>.json, and per test image whether each decision is right
+clean and robust at the study's eps -> reports/robustness/<method>/<seed>.csv"""
 from dataclasses import replace
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.data.split import load_splits
-from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import knn_k
+from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.evaluation.robustness import RobustnessConfig, Victim, percentages, robust_accuracy
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import check_writable, write_csv, write_json
@@ -44,10 +45,10 @@ def main(argv: list[str]) -> None:
     transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
         load_model(paths.model(REFERENCE_METHOD, seed), compute.device, run=(REFERENCE_METHOD, seed),
                    **expected)[0]))
-    arrays = load_embeddings(paths.embeddings(name, seed), run, num_classes=model.config["num_classes"],
-                             embedding_dim=model.config["embedding_dim"])
-    fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(compute.device)
-    fit_labels = torch.from_numpy(arrays["train.labels"]).to(compute.device)
+    # the 3-NN's neighbours in float32 too, embedded here: the embed stage's are bf16 where compute.fast is on
+    fit = embed_and_classify(model, torch.from_numpy(splits["train"].images).to(compute.device), compute,
+                             compute_config.eval_batch_size, progress="train clean (the 3-NN's neighbours)")[0]
+    fit_labels = torch.from_numpy(splits["train"].labels).to(compute.device)
     chosen = evenly_spaced(len(splits["test"]), config.test_images)
     images = torch.from_numpy(splits["test"].images[chosen]).to(compute.device)
     labels = torch.from_numpy(splits["test"].labels[chosen]).to(compute.device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,9 +13,10 @@ import yaml
 from robust_cifar.params import get_dotted, set_dotted
 from robust_cifar.reporting.summarize import HEADLINE_SOURCES
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label
+from stages import paths
 from tests.pipeline_project import (ALL_STAGES, METHODS, PARAMS, ROOT, SEED, covers, dag_edges, declared_params,
-                                    downstream_closure, dvc, ran_stages, stages_of, stale_stages, start_build,
-                                    wait_for_build)
+                                    downstream_closure, dvc, ran_stages, run, stages_of, stale_stages,
+                                    start_build, wait_for_build)
 from tests.methods import ANGULAR, PERTURBED_ANGULAR
 
 
@@ -199,6 +202,17 @@ def test_exp_run_alpha_retrains_only_the_angular_chain(project, tmp_path):
     assert ran_stages(result.stdout) == chain(ANGULAR) | {"check_params"}, result.stdout
     (shown,) = json.loads(dvc(copy, "metrics", "show", "--json").stdout).values()   # the workspace's
     assert set(shown["data"]["reports/metrics.json"]["data"][label(ANGULAR)]) >= {"clean", "perturbed", "robust"}
+
+
+def test_the_robust_3nn_embeds_its_own_fp32_neighbours_not_the_embed_stages(project, tmp_path):
+    """The embed stage's embeddings are bf16 where compute.fast is on; the robustness stage, fp32 throughout,
+    embeds the clean training images (the 3-NN's neighbours) itself: the same report without embed's file."""
+    copy = Path(shutil.copytree(project, tmp_path / "project", symlinks=True))
+    report = paths.robustness(ANGULAR, SEED)
+    (copy / paths.embeddings(ANGULAR, SEED)).unlink()
+    (copy / report).unlink()
+    run(copy, sys.executable, "-m", "stages.robustness", ANGULAR, str(SEED))
+    assert json.loads((copy / report).read_text()) == json.loads((project / report).read_text())
 
 
 def test_the_headline_metrics_are_each_methods_own_decision_in_percent(project):

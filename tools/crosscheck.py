@@ -10,7 +10,7 @@ What the reference attacks, at the study's eps (from each robustness report), tr
 - a head: AutoAttack's standard evaluation (APGD-CE, APGD-T over 9 targets, FAB-T, Square with 5,000
   queries: RobustBench's), and APGD-CE transferred from the baseline's head of the same seed;
 - a 3-NN: the reference APGD-CE and APGD-DLR on soft k-NN surrogates (per class logsumexp of
-  cosine / T over all clean training embeddings, written here afresh) at T = 0.01, 0.03, 0.1, each
+  cosine / T over all clean training embeddings, fp32, computed here) at T = 0.01, 0.03, 0.1, each
   run's highest-loss and fooling images scored by scikit-learn's KNeighborsClassifier; and the
   transfer from the baseline's head.
 An image counts as robust for the reference only if it is right on the clean image and every
@@ -37,7 +37,6 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import InputError, ParamsError
-from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.model import load_model
 from robust_cifar.outputs import check_report_file, write_text
 from robust_cifar.params import VALIDATED_ELSEWHERE, load_params
@@ -48,7 +47,7 @@ from stages import paths
 TEMPERATURES = (0.01, 0.03, 0.1)
 TOLERANCE = 0.02
 TITLE = "# Robust accuracy, checked by an independent attack library"   # the report's first line
-RUN_STAGES = ("train", "embed", "robustness")   # what made the files the check reads of a run
+RUN_STAGES = ("train", "robustness")   # what made the files the check reads of a run
 CHECK_PARAMS = "check_params"   # the stage (dvc.yaml) every other depends on
 ITERATIONS = 100
 HEAD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")   # AutoAttack's standard version
@@ -93,6 +92,13 @@ def narrow(robust: torch.Tensor, attack, still_correct) -> None:
         robust[rows[~still_correct(images, rows)]] = False
 
 
+def fp32_embeddings(model, images: np.ndarray, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """The model's embeddings of uint8 NCHW images, in float32, batch by batch."""
+    with torch.no_grad():
+        return torch.cat([model.embed(torch.from_numpy(images[start:start + batch_size]).float().div(255).to(device))
+                          for start in range(0, len(images), batch_size)])
+
+
 def check_run(method: str, seed: int, device: torch.device, iterations: int = ITERATIONS,
               head_attacks: tuple[str, ...] = HEAD_ATTACKS, temperatures: tuple[float, ...] = TEMPERATURES) -> list[dict]:
     report = json.loads(paths.robustness(method, seed).read_text())
@@ -106,10 +112,8 @@ def check_run(method: str, seed: int, device: torch.device, iterations: int = IT
     model = load_model(paths.model(method, seed), device, run=(method, seed))[0].float().eval()
     baseline = (None if method == REFERENCE_METHOD else
                 load_model(paths.model(REFERENCE_METHOD, seed), device, run=(REFERENCE_METHOD, seed))[0].float().eval())
-    arrays = load_embeddings(paths.embeddings(method, seed), paths.run_name(method, seed),
-                             num_classes=model.config["num_classes"], embedding_dim=model.config["embedding_dim"])
-    fit = torch.from_numpy(arrays["train.clean.embeddings"]).float().to(device)
-    fit_labels = torch.from_numpy(arrays["train.labels"]).long().to(device)
+    fit = fp32_embeddings(model, splits["train"].images, device)   # as the robustness stage: not embed's bf16 ones
+    fit_labels = torch.from_numpy(splits["train"].labels).long().to(device)
     knn = KNeighborsClassifier(n_neighbors=load_params().value("knn.k", VALIDATED_ELSEWHERE)).fit(fit.cpu().numpy(),
                                                                                    fit_labels.cpu().numpy())
 
@@ -203,8 +207,7 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
         raise ParamsError(problems[0])
     runs = [(method, seed) for method in methods for seed in seeds]
     needed = [path for method, seed in runs for path in (paths.model(method, seed), paths.robustness(method, seed),
-                                                         paths.robustness_per_image(method, seed),
-                                                         paths.embeddings(method, seed))]
+                                                         paths.robustness_per_image(method, seed))]
     missing = [path for path in needed if not path.is_file()]
     if missing:
         raise InputError(f"no {missing[0]}{f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''}: "
