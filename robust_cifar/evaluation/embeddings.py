@@ -2,8 +2,8 @@
 
 Per split, `<split>.<condition>.embeddings` (and `.logits` for a model whose head decides: see
 embed.flatten) for each of its conditions, and `<split>.labels`; `class_names` and `run` (the model's
-`<method>-<seed>`) once. evaluate, umap_plot
-and robustness read it; numpy only, so the light stages stay light.
+`<method>-<seed>`) once. evaluate and umap_plot read it (robustness embeds its 3-NN's neighbours
+itself, in fp32); numpy only, so the light stages stay light.
 """
 from __future__ import annotations
 
