@@ -133,8 +133,9 @@ def import_closure(root: Path, module: str) -> set[Path]:
 
 
 COMMAND = re.compile(r"python -m (\S+)")
-# The stage that depends on the code of every stage: any code edit reruns it, and it checks the code deps of all.
-EVERY_STAGE = "check_params"
+# The stage every other depends on: its deps are every stage's code (any code edit reruns it, and it checks the
+# code deps of all) and params.yaml; its output never changes, so rerunning it makes no stage below it stale.
+CHECK_STAGE = "check_params"
 
 
 def stage_body(stage: dict) -> dict:
@@ -144,11 +145,11 @@ def stage_body(stage: dict) -> dict:
 
 def closures(stages: dict, root: Path) -> dict[str, list[str]]:
     """What each of dvc.yaml's `stages` should list as its code deps: the sorted import closure of its command's
-    module (EVERY_STAGE: of every stage's, a looped stage's by-name module aside)."""
+    module (CHECK_STAGE: of every stage's, a looped stage's by-name module aside)."""
     found = {name: sorted(str(path) for path in import_closure(root, COMMAND.match(stage_body(stage)["cmd"]).group(1)))
              for name, stage in stages.items()}
-    if EVERY_STAGE in found:
-        found[EVERY_STAGE] = sorted({path for paths in found.values() for path in paths if BY_NAME not in path})
+    if CHECK_STAGE in found:
+        found[CHECK_STAGE] = sorted({path for paths in found.values() for path in paths if BY_NAME not in path})
     return found
 
 

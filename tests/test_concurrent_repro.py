@@ -32,6 +32,15 @@ def test_plan_runs_the_stale_stages_and_everything_downstream_of_them():
     assert plan.upstream["d"] == {"b"} and plan.upstream["b"] == set()
 
 
+def test_below_check_params_only_what_dvc_reports_changed_runs():
+    """check_params reruns on every edit of params.yaml or the code and writes the same output: a comment added to
+    params.yaml once handed all 37 stages to DVC, which then skipped 36."""
+    graph = {"check_params": set(), **{stage: {"check_params", *upstream} for stage, upstream in GRAPH.items()}}
+    plan = plan_from_graph(graph, stale={"check_params", "c"})
+    assert set(plan.upstream) == {"check_params", "c", "d"} and plan.upstream["d"] == {"check_params", "c"}
+    assert set(plan_from_graph(graph, stale={"check_params"}).upstream) == {"check_params"}
+
+
 def test_nothing_stale_means_nothing_to_run():
     assert plan_from_graph(GRAPH, stale=set()).upstream == {}
 

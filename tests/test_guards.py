@@ -17,7 +17,7 @@ from robust_cifar.training.methods import FOLDER
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
-from robust_cifar.code_deps import BY_NAME, EVERY_STAGE, import_closure
+from robust_cifar.code_deps import BY_NAME, CHECK_STAGE, import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
 # A stage that reads the whole of params.yaml declares the file itself, not its keys.
@@ -41,7 +41,7 @@ def code_dep_problems(name: str, cmd: str, declared: set[str], root: Path = ROOT
     """What a stage's .py deps lack or hold beyond its command's import closure (check_params: beyond every
     stage's, so that any code edit reruns its check of dvc.yaml's code deps)."""
     closure = (set().union(*(command_closure(stage.cmd, root) for stage in stages_of(root).values()))
-               if name == EVERY_STAGE else command_closure(cmd, root))
+               if name == CHECK_STAGE else command_closure(cmd, root))
     code = {dep for dep in declared if dep.endswith(".py")}
     problems = [f"{name}: imports {path} but does not list it in deps" for path in sorted(closure - code)]
     problems += [f"{name}: lists {path} in deps but does not import it" for path in sorted(code - closure)]

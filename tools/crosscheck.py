@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
+from robust_cifar.code_deps import CHECK_STAGE
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.model import load_model
@@ -48,7 +49,6 @@ TEMPERATURES = (0.01, 0.03, 0.1)
 TOLERANCE = 0.02
 TITLE = "# Robust accuracy, checked by an independent attack library"   # the report's first line
 RUN_STAGES = ("train", "robustness")   # what made the files the check reads of a run
-CHECK_PARAMS = "check_params"   # the stage (dvc.yaml) every other depends on
 ITERATIONS = 100
 HEAD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")   # AutoAttack's standard version
 
@@ -238,7 +238,7 @@ def stale_stages(runs: list[tuple[str, int]]) -> list[str]:
     targets = [f"{stage}@{paths.run_name(method, seed)}" for method, seed in runs for stage in RUN_STAGES]
     try:
         with Repo(".") as repo:
-            return sorted(set(repo.status(targets=targets, with_deps=True)) - {CHECK_PARAMS})
+            return sorted(set(repo.status(targets=targets, with_deps=True)) - {CHECK_STAGE})
     except DvcException:
         return []
 
