@@ -229,8 +229,9 @@ def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml"), lock
             folder.rmdir()
     if removed:
         print(f"removed {_counted(removed)} of methods or seeds params.yaml no longer lists ({_shown(removed)}): "
-              "DVC's cache keeps them (`dvc gc -w` would not: it keeps what the workspace uses; `dvc gc -a` what any "
-              "commit does), and listing them again restores them without rerunning")
+              "DVC's cache keeps them (`dvc gc -w` would not: it keeps what the workspace uses; `dvc gc -a "
+              "--all-experiments` what any commit or experiment does), and listing them again restores them without "
+              "rerunning")
     kept = [path for path in stale if not cached[path]]
     if kept:
         print(f"warning: kept {_counted(kept)} of methods or seeds params.yaml no longer lists that DVC's cache "

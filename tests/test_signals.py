@@ -115,7 +115,7 @@ def job(experiment, index, log):   # an experiment that takes a minute, run as t
                      folder, log, dict(os.environ))
 
 try:
-    run_pool(grid.experiments(["knn.k=1,2,3,4"]), plan_slots([], 2, cpu_count=2, environ={}), job, folder,
+    run_pool(grid.experiments(["knn.k=1,2,3,4"]), plan_slots([], 2, threads=1), job, folder,
              Progress(4, sys.stdout))
 except KeyboardInterrupt as stopped:
     sys.exit(Stopped(signal_of(stopped)).exit_code)

@@ -25,12 +25,13 @@ import pytest
 import yaml
 from dulwich.refs import check_ref_format
 
+from robust_cifar.params import load_params
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.pipeline_project import ROOT, dvc, dvc_env, run
 from tools.sweep import cli, grid, steps
 from tools.sweep.cli import main
 from tools.sweep.grid import Experiment, SweepError
-from tools.sweep.local import Progress, clone_job, plan_slots, run_pool, visible_gpus
+from tools.sweep.local import Progress, clone_job, oversubscription, plan_slots, run_pool, visible_gpus
 
 # independent experiments (evaluate and summarize): none reuses another's stages, run serially or not
 GRID = ["-S", "knn.k=1,5,7,9"]
@@ -149,10 +150,13 @@ def test_options_that_cannot_apply_are_refused_at_once(capsys, arguments, words)
     assert exit_info.value.code == 2 and words in capsys.readouterr().err
 
 
-def test_dry_run_lists_the_experiments(capsys, bf16_units):
+def test_dry_run_lists_the_experiments_with_what_a_worker_adds(capsys, bf16_units):
+    """The device and params.yaml's thread count: every `-S` the experiment will run with."""
     assert main(["-S", "knn.k=1,3", "-S", "seeds.umap=0", "--dry-run"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["k=1,umap=0\t-S knn.k=1 -S seeds.umap=0",
-                                                    "k=3,umap=0\t-S knn.k=3 -S seeds.umap=0"]
+    threads = yaml.safe_load((ROOT / "params.yaml").read_text())["compute"]["threads"]
+    worker = f"-S compute.device={'cuda' if visible_gpus() else 'cpu'} -S compute.threads={threads}"
+    assert capsys.readouterr().out.splitlines() == [f"k=1,umap=0\t{worker} -S knn.k=1 -S seeds.umap=0",
+                                                    f"k=3,umap=0\t{worker} -S knn.k=3 -S seeds.umap=0"]
 
 
 def test_a_dry_run_checks_every_experiment_as_the_sweep_does(capsys, bf16_units):
@@ -202,20 +206,26 @@ def test_gpus_are_chosen_among_those_this_machine_sees():
 
 
 def test_one_worker_per_gpu_pinned_more_workers_share_them_and_cpu_workers_see_no_gpu():
-    slots = plan_slots(["0", "1"], None, cpu_count=16, environ={})
+    slots = plan_slots(["0", "1"], None, threads=8)
     assert [(s.label, s.env["CUDA_VISIBLE_DEVICES"], s.env["OMP_NUM_THREADS"]) for s in slots] == [
         ("gpu 0", "0", "8"), ("gpu 1", "1", "8")]
-    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in plan_slots(["4", "7"], 4, cpu_count=16, environ={})] == [
-        "4", "7", "4", "7"]
-    cpu = plan_slots([], 2, cpu_count=2, environ={})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in plan_slots(["4", "7"], 4, threads=2)] == ["4", "7", "4", "7"]
+    cpu = plan_slots([], 2, threads=1)
     assert [(s.label, s.env["CUDA_VISIBLE_DEVICES"], s.env["OMP_NUM_THREADS"]) for s in cpu] == [
         ("cpu 0", "", "1"), ("cpu 1", "", "1")]
-    assert "OMP_NUM_THREADS" not in plan_slots([], 2, cpu_count=2, environ={"OMP_NUM_THREADS": "3"})[0].env
-    assert len(plan_slots([], None, cpu_count=2, environ={})) == 1
+    assert len(plan_slots([], None, threads=2)) == 1
     # the device and the thread count are params of every experiment the slot runs (DVC records them)
     assert slots[0].set_params() == ["-S", "compute.device=cuda", "-S", "compute.threads=8"]
     assert cpu[1].set_params() == ["-S", "compute.device=cpu", "-S", "compute.threads=1"]
-    assert plan_slots([], 2, cpu_count=2, environ={"OMP_NUM_THREADS": "3"})[0].numerics[1] == "compute.threads=3"
+
+
+def test_workers_keep_params_threads_and_say_when_they_oversubscribe_the_cores():
+    """Workers once ran at cores / workers threads: a sweep of umap.min_dist on 2 cores retrained every model
+    (another thread count, other bits) and its experiments differed from `dvc repro`'s for a reason not named."""
+    assert oversubscription(plan_slots([], 1, threads=2), 2, cores=2) is None
+    warning = oversubscription(plan_slots([], 2, threads=2), 2, cores=2)
+    assert warning.startswith("sweep: warning: 2 workers x compute.threads 2 = 4 threads on 2 CPU cores") and \
+        "the same" in warning and "\n" not in warning
 
 
 def test_pool_reports_a_failure_with_its_log_and_finishes_the_others(tmp_path):
@@ -235,7 +245,7 @@ def test_pool_reports_a_failure_with_its_log_and_finishes_the_others(tmp_path):
                              tmp_path, log, os.environ.copy())
 
     out = io.StringIO()
-    outcomes = run_pool(experiments, plan_slots([], 2, cpu_count=2, environ={}), job, tmp_path, Progress(4, out))
+    outcomes = run_pool(experiments, plan_slots([], 2, threads=1), job, tmp_path, Progress(4, out))
     assert [(o.name, o.ok) for o in outcomes] == [("k=1", True), ("k=0", False), ("k=5", True), ("k=7", True)]
     assert most[0] == 2
     text = out.getvalue()
@@ -250,7 +260,7 @@ def test_a_crashing_job_fails_only_its_experiment(tmp_path):
             raise OSError("disk full")
 
     out = io.StringIO()
-    outcomes = run_pool(grid.experiments(["knn.k=1,2,3"]), plan_slots([], 1, environ={}), job, tmp_path,
+    outcomes = run_pool(grid.experiments(["knn.k=1,2,3"]), plan_slots([], 1, threads=1), job, tmp_path,
                         Progress(3, out))
     assert [o.ok for o in outcomes] == [True, False, True]
     assert "OSError: disk full" in out.getvalue() and "OSError: disk full" in (tmp_path / "k=2.log").read_text()
@@ -265,7 +275,7 @@ def test_each_worker_clones_once_and_runs_its_experiments_pinned_to_its_gpu(tmp_
             Path(command[-1]).mkdir()
 
     monkeypatch.setattr(steps, "run_logged", record)
-    slots = plan_slots(["3", "5"], None, cpu_count=4, environ={})
+    slots = plan_slots(["3", "5"], None, threads=2)
     (tmp_path / "workers").mkdir()
     job = clone_job(Path("/main/repo"), "c0ffee", "/main/repo/.dvc/cache", tmp_path / "workers", slots, force=False)
     outcomes = run_pool(grid.experiments(["knn.k=1,2,3,4"]), slots, job, tmp_path, Progress(4, io.StringIO()))
@@ -279,6 +289,19 @@ def test_each_worker_clones_once_and_runs_its_experiments_pinned_to_its_gpu(tmp_
     assert sum(command[:2] == ["git", "clone"] for _, _, command in calls) == len(set(runs.values()))
     pushes = [command[3:] for _, _, command in calls if command[3:5] == ["exp", "push"]]
     assert sorted(pushes) == [["exp", "push", "--no-cache", "/main/repo", f"k={k}"] for k in (1, 2, 3, 4)]
+
+
+def test_a_worker_finds_the_shared_cache_of_a_project_whose_path_is_not_ascii(tmp_path):
+    """DVC writes its config in ASCII: the worker's `dvc cache dir` of the absolute path failed in `proj ü`."""
+    project = tmp_path / "proj ü"
+    workspace = project / ".dvc" / "tmp" / "worker-0"
+    for folder in (project, workspace):
+        folder.mkdir(parents=True, exist_ok=True)
+        run(folder, "git", "init", "-q")
+        dvc(folder, "init", "-q")
+    log = tmp_path / "worker.log"
+    steps.use_cache(workspace, str(project / ".dvc" / "cache"), log, steps.command_env())
+    assert dvc(workspace, "cache", "dir").stdout.strip() == str(project / ".dvc" / "cache")
 
 
 @pytest.mark.parametrize("stopped_at", ["cache dir", "pool"])
@@ -295,6 +318,7 @@ def test_a_sweep_stopped_early_leaves_no_folder_behind(tmp_path, monkeypatch, st
     monkeypatch.setattr(cli, "repo_root", lambda path: tmp_path)
     monkeypatch.setattr(cli, "git", lambda root, *args, check=True: subprocess.CompletedProcess(args, 0, stdout="c0ffee\n"))
     monkeypatch.setattr(cli, "check_overrides", lambda *args: None)
+    monkeypatch.setattr(cli, "committed_params", lambda root, commit: load_params(ROOT / "params.yaml"))
     monkeypatch.setattr(cli, "existing_names", lambda root: set())
     monkeypatch.setattr(cli, "run_dvc", cache_dir)
     monkeypatch.setattr(cli, "run_pool", stop)
@@ -479,7 +503,7 @@ def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
     monkeypatch.setattr(on_ray, "import_ray", lambda: fake)
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(KeyboardInterrupt):
-        on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, 1.0, None,
+        on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, 2, 1.0, None,
                           str(tmp_path), tmp_path, Progress(2, io.StringIO()))
     assert sorted(cancelled) == ["ref-k=1", "ref-k=5"]
     assert [module.__name__ for module in registered] == ["tools.sweep.steps"]   # all a node needs

@@ -31,7 +31,7 @@ from ruamel.yaml import YAMLError
 from robust_cifar.signals import Stopped, signal_of, stop_on_signals
 from tools.sweep import grid, steps
 from tools.sweep.grid import SweepError
-from tools.sweep.local import Progress, Slot, clone_job, plan_slots, run_pool, shown, visible_gpus
+from tools.sweep.local import Progress, Slot, clone_job, oversubscription, plan_slots, run_pool, shown, visible_gpus
 
 WORKERS = "workers"   # the folder of a sweep's folder that holds its worker clones
 MAX_WORKERS = 64   # experiments side by side on one machine (each a clone of the repository and a process)
@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "push to (default: origin); HEAD must be on it")
     ray.add_argument("--dvc-remote", default="", help="DVC remote the workers pull from and push to "
                       "(default: the repository's default remote)")
-    ray.add_argument("--cpus-per-exp", type=float, default=1.0, help="CPUs each experiment reserves (default: 1)")
+    ray.add_argument("--cpus-per-exp", type=float, default=None,
+                     help="CPUs each experiment reserves (default: params.yaml's compute.threads, the threads it runs)")
     ray.add_argument("--gpus-per-exp", type=float, help="GPUs each experiment reserves "
                      "(default: 1 when the cluster has GPUs, else 0)")
     ray.add_argument("--ray-workdir", default="~/.cache/robust-cifar-sweep", help="scratch directory on each node "
@@ -212,6 +213,46 @@ def main(argv: list[str] | None = None) -> int:
         return stopped.exit_code
 
 
+def warn_uncommitted(root: Path, commit: str) -> None:
+    if git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip():
+        print(f"sweep: warning: uncommitted changes are not part of the sweep, which runs commit {commit[:7]}",
+              file=sys.stderr)
+
+
+def committed_params(root: Path, commit: str):
+    """params.yaml of the commit the workers run."""
+    from robust_cifar.params import Params, parse_yaml
+    try:
+        return Params(parse_yaml(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
+    except (SweepError, YAMLError) as error:
+        raise SweepError(f"params.yaml of {commit[:7]} cannot be read ({error})") from None
+
+
+def committed_threads(root: Path, commit: str) -> int:
+    """The commit's `compute.threads`: what every experiment runs with, on any worker (another count would change
+    every model's bits)."""
+    from robust_cifar.compute import ComputeConfig
+    from robust_cifar.errors import UserError
+    try:
+        return ComputeConfig.threads_from_params(committed_params(root, commit))
+    except UserError as error:
+        raise SweepError(f"params.yaml of {commit[:7]}: {error}") from None
+
+
+def local_slots(args: argparse.Namespace, root: Path, commit: str) -> list[Slot] | None:
+    """This machine's workers (None on a Ray cluster), each at the commit's `compute.threads`, and a warning line
+    when they oversubscribe the cores."""
+    if args.ray:
+        return None
+    from robust_cifar.machine import usable_cores
+    threads = committed_threads(root, commit)
+    slots = plan_slots(parse_gpus(args.gpus), args.workers, threads)
+    warning = oversubscription(slots, threads, usable_cores())
+    if warning:
+        print(warning, file=sys.stderr)
+    return slots
+
+
 def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment], slot: Slot | None = None) -> None:
     """Every experiment's params as check_params will read them, refused here before any worker starts
     (a refusal inside `dvc exp run` comes after DVC edited params.yaml and deleted outputs). On this
@@ -219,11 +260,8 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
     checks it there; a Ray cluster's machines check that themselves."""
     from robust_cifar.check_params import check_on_this_machine, validate_params
     from robust_cifar.errors import UserError
-    from robust_cifar.params import Params, parse_yaml, with_overrides
-    try:
-        committed = Params(parse_yaml(git(root, "show", f"{commit}:params.yaml").stdout), source="params.yaml")
-    except (SweepError, YAMLError) as error:
-        raise SweepError(f"params.yaml of {commit[:7]} cannot be read ({error})") from None
+    from robust_cifar.params import with_overrides
+    committed = committed_params(root, commit)
     numerics = [] if slot is None else slot.set_params()[1::2]
     machine_checked = set()   # what the machine check reads (the compute and data sections): an archive's md5 once
     for experiment in experiments:
@@ -243,20 +281,21 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
 def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     """The experiments, checked as the sweep checks them (check_overrides), listed and not run."""
     root = repo_root(args.repo)
-    slots = None if args.ray else plan_slots(parse_gpus(args.gpus), args.workers)   # as the sweep refuses them
-    check_overrides(root, git(root, "rev-parse", "HEAD").stdout.strip(), experiments, slots and slots[0])
+    commit = git(root, "rev-parse", "HEAD").stdout.strip()
+    warn_uncommitted(root, commit)
+    slots = local_slots(args, root, commit)   # as the sweep refuses them
+    check_overrides(root, commit, experiments, slots and slots[0])
+    numerics = slots[0].set_params() if slots else []   # what a worker adds: the device and params.yaml's threads
     for experiment in experiments:
-        print(f"{experiment.name}\t{' '.join(experiment.set_params())}")
+        print(f"{experiment.name}\t{' '.join(numerics + experiment.set_params())}")
     return 0
 
 
 def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     root = repo_root(args.repo)
     commit = git(root, "rev-parse", "HEAD").stdout.strip()
-    if git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip():
-        print(f"sweep: warning: uncommitted changes are not part of the sweep, which runs commit {commit[:7]}",
-              file=sys.stderr)
-    slots = None if args.ray else plan_slots(parse_gpus(args.gpus), args.workers)   # refused before any folder is made
+    warn_uncommitted(root, commit)
+    slots = local_slots(args, root, commit)   # refused before any folder is made
     check_overrides(root, commit, experiments, slots and slots[0])
     clashes = sorted(existing_names(root) & {experiment.name for experiment in experiments})
     if clashes and not args.force:
@@ -287,8 +326,9 @@ def run_sweep(args: argparse.Namespace, experiments: list[grid.Experiment], root
         warn_unpushed(root, args.dvc_remote)
         progress.say(f"sweep: {len(experiments)} experiments of {commit[:7]} on the Ray cluster at {args.ray}; "
                      f"Git remote {url}; logs in {shown(sweep_dir)}")
-        outcomes = run_on_ray(args.ray, experiments, url, commit, args.dvc_remote, args.force, args.cpus_per_exp,
-                              args.gpus_per_exp, args.ray_workdir, sweep_dir, progress)
+        threads = committed_threads(root, commit)
+        outcomes = run_on_ray(args.ray, experiments, url, commit, args.dvc_remote, args.force, threads,
+                              args.cpus_per_exp or threads, args.gpus_per_exp, args.ray_workdir, sweep_dir, progress)
         pulled = pull(root, url, [outcome.name for outcome in outcomes if outcome.ok], args, sweep_dir, progress)
     else:
         workdir = sweep_dir / WORKERS

@@ -62,29 +62,32 @@ def visible_gpus(environ: dict[str, str] | None = None, device_count: Callable[[
     return [str(index) for index in range(device_count())]
 
 
-def plan_slots(gpus: list[str], workers: int | None, cpu_count: int | None = None,
-               environ: dict[str, str] | None = None) -> list[Slot]:
+def plan_slots(gpus: list[str], workers: int | None, threads: int) -> list[Slot]:
     """Workers pinned round-robin to `gpus` (default: one per GPU); CPU workers when `gpus` is empty.
 
-    Each worker's CPU threads are capped at cpu_count / workers (OMP_NUM_THREADS when it is set),
-    so N processes do not each start one thread per core. The count is also `compute.threads` of
-    every experiment it runs, and the device `compute.device`: both change a result's bits, so DVC
-    records them and never mixes these results with a run at other settings.
+    Each worker runs `threads` CPU threads, params.yaml's `compute.threads` (OMP_NUM_THREADS too, so no
+    library starts one per core): another count would change every model's bits, so each experiment
+    would retrain what it does not change and differ from `dvc repro`'s run for a reason the sweep does
+    not name. The count and the device are `-S` of every experiment it runs, where DVC records them.
     """
-    environ = os.environ if environ is None else environ
     count = workers or max(1, len(gpus))
     if count < 1:
         raise ValueError("--workers must be at least 1")
-    threads = {}
-    per_worker = environ.get("OMP_NUM_THREADS", "")
-    if not per_worker.isdigit() or int(per_worker) < 1:
-        per_worker = str(max(1, (cpu_count or os.cpu_count() or 1) // count))
-        threads = {"OMP_NUM_THREADS": per_worker, "MKL_NUM_THREADS": per_worker}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if gpus:
-        return [Slot(f"gpu {gpus[k % len(gpus)]}", {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)], **threads},
-                     ("compute.device=cuda", f"compute.threads={per_worker}")) for k in range(count)]
-    return [Slot(f"cpu {k}", {"CUDA_VISIBLE_DEVICES": "", **threads},
-                 ("compute.device=cpu", f"compute.threads={per_worker}")) for k in range(count)]
+        return [Slot(f"gpu {gpus[k % len(gpus)]}", {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)], **env},
+                     ("compute.device=cuda", f"compute.threads={threads}")) for k in range(count)]
+    return [Slot(f"cpu {k}", {"CUDA_VISIBLE_DEVICES": "", **env},
+                 ("compute.device=cpu", f"compute.threads={threads}")) for k in range(count)]
+
+
+def oversubscription(slots: list[Slot], threads: int, cores: int) -> str | None:
+    """A warning when the workers' threads together exceed the cores: slower, the same results."""
+    if len(slots) * threads <= cores:
+        return None
+    return (f"sweep: warning: {len(slots)} workers x compute.threads {threads} = {len(slots) * threads} threads on "
+            f"{cores} CPU cores: each experiment runs slower than alone (its results are the same); use fewer "
+            "--workers (a `-S compute.threads=...` changes every model's bits, so it retrains them all)")
 
 
 def shown(path: Path | str) -> str:

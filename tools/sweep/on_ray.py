@@ -28,8 +28,9 @@ def import_ray():
 
 
 def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit: str, dvc_remote: str,
-               force: bool, cpus: float, gpus: float | None, workdir: str, logs: Path,
+               force: bool, threads: int, cpus: float, gpus: float | None, workdir: str, logs: Path,
                progress: Progress) -> list[steps.Outcome]:
+    """Each experiment a Ray task reserving `cpus` CPUs and `gpus` GPUs, run at params.yaml's `threads`."""
     ray = import_ray()
     from ray import cloudpickle
     # the task travels by value: a node needs Ray, dvc and git, not this checkout on its sys.path
@@ -45,7 +46,7 @@ def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit
         for experiment in experiments:
             spec = {"name": experiment.name, "set_params": experiment.set_params(), "git_url": git_url,
                     "commit": commit, "workdir": workdir, "dvc_remote": dvc_remote, "force": force,
-                    "cpus": max(1, int(cpus)), "gpus": gpus}
+                    "threads": threads, "gpus": gpus}
             pending[task.remote(spec)] = experiment
         outcomes: dict[str, steps.Outcome] = {}
         while pending:

@@ -118,8 +118,9 @@ def clone(source: str, commit: str, destination: Path, log: Path, env: dict[str,
 
 
 def use_cache(workspace: Path, cache_dir: str, log: Path, env: dict[str, str]) -> None:
-    """Point the clone at a shared DVC cache (its git-ignored .dvc/config.local)."""
-    run_logged(dvc("cache", "dir", "--local", cache_dir), workspace, log, env)
+    """Point the clone at a shared DVC cache (its git-ignored .dvc/config.local), by a path relative to the clone:
+    DVC writes its config in ASCII, and refused the absolute path of a project in a folder named `proj ü`."""
+    run_logged(dvc("cache", "dir", "--local", os.path.relpath(cache_dir, workspace)), workspace, log, env)
 
 
 def reset(workspace: Path, log: Path, env: dict[str, str]) -> None:
@@ -155,7 +156,8 @@ def run_remote(spec: dict) -> dict:
     """One experiment on a Ray node: clone from the Git remote, run, `dvc exp push` to the shared remotes.
 
     `spec`: name, set_params, git_url, commit, workdir (node-local scratch; `<workdir>/cache` is the
-    node's DVC cache, shared by its tasks), dvc_remote ("" = the repo's default), force, cpus, gpus.
+    node's DVC cache, shared by its tasks), dvc_remote ("" = the repo's default), force, threads (params.yaml's
+    compute.threads), gpus.
     Returns an Outcome as a dict, with the whole log in log_text.
     """
     start = time.monotonic()
@@ -164,7 +166,7 @@ def run_remote(spec: dict) -> dict:
     (workdir / "cache").mkdir(parents=True, exist_ok=True)
     workspace = workdir / "runs" / f"{spec['name']}-{uuid.uuid4().hex[:8]}"
     log = workspace.with_name(workspace.name + ".log")
-    extra = {"OMP_NUM_THREADS": str(spec["cpus"]), "MKL_NUM_THREADS": str(spec["cpus"])}
+    extra = {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
     if not spec["gpus"]:
         extra["CUDA_VISIBLE_DEVICES"] = ""     # a CPU task must not use a GPU Ray did not give it
     env = command_env(extra)
@@ -179,8 +181,8 @@ def run_remote(spec: dict) -> dict:
         if spec["dvc_remote"]:
             run_logged(dvc("remote", "default", "--local", spec["dvc_remote"]), workspace, log, env)
         # --pull: the outputs of stages this experiment does not change come from the DVC remote
-        # the device and thread count Ray gave the task are params (they change a result's bits)
-        numerics = ["-S", f"compute.device={'cuda' if spec['gpus'] else 'cpu'}", "-S", f"compute.threads={spec['cpus']}"]
+        # the device and the thread count are params (they change a result's bits)
+        numerics = ["-S", f"compute.device={'cuda' if spec['gpus'] else 'cpu'}", "-S", f"compute.threads={spec['threads']}"]
         run_experiment(workspace, spec["name"], numerics + spec["set_params"], log, env, pull=True)
         push_experiment(workspace, spec["git_url"], spec["name"], log, env, force=spec["force"],
                         dvc_remote=spec["dvc_remote"])
