@@ -24,7 +24,7 @@ from robust_cifar.training.methods.method import Method
 
 
 def _discover() -> dict[str, ModuleType]:
-    # robust_cifar/code_deps.py sees this loop and makes every module here a code dep of a stage that imports the registry
+    # robust_cifar/code_deps.py sees this loop: every module here is a code dep of a stage that imports the registry
     modules = [importlib.import_module(f"{__package__}.{info.name}")
                for info in pkgutil.iter_modules([str(Path(__file__).parent)])]
     return {module.NAME: module for module in modules if hasattr(module, "NAME")}
