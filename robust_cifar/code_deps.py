@@ -143,11 +143,22 @@ def stage_body(stage: dict) -> dict:
     return stage["do"] if "foreach" in stage else stage
 
 
+def command_module(stage: dict, root: Path) -> str | None:
+    """The project module a stage's command runs (`python -m stages.train ...`), or None for a command of the
+    user's own (a shell line, a module outside the project), whose deps are the user's to declare."""
+    command = stage_body(stage).get("cmd")
+    match = COMMAND.match(command) if isinstance(command, str) else None
+    if match is None or match.group(1).split(".")[0] not in PACKAGES or module_file(root, match.group(1)) is None:
+        return None
+    return match.group(1)
+
+
 def closures(stages: dict, root: Path) -> dict[str, list[str]]:
-    """What each of dvc.yaml's `stages` should list as its code deps: the sorted import closure of its command's
-    module (CHECK_STAGE: of every stage's, a looped stage's by-name module aside)."""
-    found = {name: sorted(str(path) for path in import_closure(root, COMMAND.match(stage_body(stage)["cmd"]).group(1)))
-             for name, stage in stages.items()}
+    """What each of dvc.yaml's `stages` that runs a project module should list as its code deps: the sorted import
+    closure of that module (CHECK_STAGE: of every such stage's, a looped stage's by-name module aside)."""
+    modules = {name: command_module(stage, root) for name, stage in stages.items()}
+    found = {name: sorted(str(path) for path in import_closure(root, module))
+             for name, module in modules.items() if module is not None}
     if CHECK_STAGE in found:
         found[CHECK_STAGE] = sorted({path for paths in found.values() for path in paths if BY_NAME not in path})
     return found
@@ -161,4 +172,4 @@ def declared_code(stage: dict) -> list[str]:
 def stale_code_deps(stages: dict, root: Path) -> list[str]:
     """The stages whose code deps are not their closures."""
     wanted = closures(stages, root)
-    return [name for name, stage in stages.items() if declared_code(stage) != wanted[name]]
+    return [name for name, stage in stages.items() if name in wanted and declared_code(stage) != wanted[name]]
