@@ -131,11 +131,14 @@ def check_code_deps(dvc_yaml: Path = Path("dvc.yaml")) -> None:
     but does not list changes. This stage depends on every stage's code, so any code edit brings it here first."""
     if not dvc_yaml.is_file():   # the stage run by hand outside a project
         return
-    stale = stale_code_deps(parse_yaml(dvc_yaml.read_text())["stages"], dvc_yaml.parent)
+    try:
+        stale = stale_code_deps(parse_yaml(dvc_yaml.read_text())["stages"], dvc_yaml.parent)
+    except SyntaxError as error:   # the closure parses every module a stage runs
+        raise UserError(f"{error.filename}:{error.lineno}: {error.msg}: fix the code, then rerun") from None
     if stale:
         raise UserError(f"{dvc_yaml}: the code deps of {', '.join(stale)} are not the modules their commands import "
-                        "(an import was added or removed), so DVC would miss edits of the code they run: "
-                        "`python -m tools.sync_dvc_yaml`, then rerun")
+                        "(an import was added or removed, or a .py dep listed by hand), so DVC would miss edits of "
+                        "the code they run: `python -m tools.sync_dvc_yaml` writes them, then rerun")
 
 
 # --- outputs of runs the params no longer list ------------------------------------------------------
@@ -229,7 +232,7 @@ def remove_stale_outputs(params: Params, dvc_yaml: Path = Path("dvc.yaml"), lock
             folder.rmdir()
     if removed:
         print(f"removed {_counted(removed)} of methods or seeds params.yaml no longer lists ({_shown(removed)}): "
-              "DVC's cache keeps them (`dvc gc -w` would not: it keeps what the workspace uses; `dvc gc -a "
+              "DVC's cache keeps them (`dvc gc -w` would not: it keeps what the workspace uses; `dvc gc --all-commits "
               "--all-experiments` what any commit or experiment does), and listing them again restores them without "
               "rerunning")
     kept = [path for path in stale if not cached[path]]

@@ -47,6 +47,18 @@ def check_params_unchanged(loaded: list[tuple[Path, Params]]) -> None:
                           "params.yaml between runs, or use `dvc exp run -S`)")
 
 
+def after_a_workspace_experiment() -> str:
+    """What a refusal adds under a `dvc exp run` in the workspace (DVC names the experiment in DVC_EXP_NAME and the
+    project in DVC_ROOT, the stage's folder there; a queued or --temp run works in a copy): DVC wrote its -S values
+    into params.yaml, often with the committed file's size and second, where `git status` does not show them."""
+    root = os.environ.get("DVC_ROOT")
+    if "DVC_EXP_NAME" not in os.environ or not root or Path(root).resolve() != Path.cwd().resolve():
+        return ""
+    return (" (`dvc exp run` left its -S values in params.yaml, where `git status` may not show them: "
+            "`git show HEAD:params.yaml > params.yaml && git show HEAD:dvc.lock > dvc.lock && dvc checkout` puts the "
+            "workspace back)")
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
     started = time.perf_counter()
     try:
@@ -59,7 +71,7 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         ignore_stop_signals()   # its outputs are written: a signal now would only make DVC discard a finished stage
         record_time(stage_name(sys.argv), time.perf_counter() - started)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}{after_a_workspace_experiment()}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
     except KeyboardInterrupt as interrupt:
         ignore_stop_signals()   # a second signal (a terminal's Ctrl-C and a tool passing it on) changes nothing

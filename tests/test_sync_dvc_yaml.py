@@ -1,5 +1,6 @@
 """The dvc.yaml syncer: exactly the .py entries of the stages whose imports moved, and the method lists
 DVC cannot loop over, generated from params.yaml's `methods`."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,17 @@ def test_a_stage_of_the_users_own_is_left_to_declare_its_own_deps(tmp_path):
     stages["mine"] = {"cmd": "python -m my_analysis.plot reports/summary.json", "deps": ["my_analysis/plot.py"]}
     stages["listed"] = {"cmd": ["python -m stages.summarize", "echo ok"]}
     check_code_deps(project_with(tmp_path / "project", stages))
+
+
+def test_a_syntax_error_in_a_stages_code_is_one_line_naming_the_file(tmp_path):
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    dvc_yaml = project_with(tmp_path / "project", stages)
+    (tmp_path / "project" / "stages").unlink()
+    shutil.copytree(ROOT / "stages", tmp_path / "project" / "stages")
+    with open(tmp_path / "project" / "stages" / "umap_plot.py", "a") as module:
+        module.write("def broken(:\n")
+    with pytest.raises(UserError, match=r"stages/umap_plot.py:\d+: .*: fix the code, then rerun$"):
+        check_code_deps(dvc_yaml)
 
 
 def test_dvc_yamls_method_lists_are_generated_from_params_methods():
