@@ -50,16 +50,11 @@ def _calls_by_name(path: Path, mtime_ns: int, size: int) -> dict[str, list[ast.C
     return found
 
 
-def imported_modules(root: Path, path: Path) -> frozenset[str]:
-    """Project modules that `path` imports, at any depth of its code (function-level imports too)."""
-    return _imported_modules(root, path, *version(path)[1:])
-
-
 @functools.lru_cache(maxsize=None)
-def _imported_modules(root: Path, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
-    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+def _own_imports(path: Path, mtime_ns: int, size: int, package: str) -> frozenset[str]:
+    """The modules a file's import statements name (a pure function of the file's version: cached)."""
     found = set()
-    for node in ast.walk(parsed(path)):
+    for node in ast.walk(_parsed(path, mtime_ns, size)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -72,6 +67,13 @@ def _imported_modules(root: Path, path: Path, mtime_ns: int, size: int) -> froze
             found.add(module)
             # `from package import module` imports a submodule
             found.update(f"{module}.{alias.name}" for alias in node.names)
+    return frozenset(found)
+
+
+def imported_modules(root: Path, path: Path) -> set[str]:
+    """Project modules that `path` imports, at any depth of its code (function-level imports too)."""
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    found = set(_own_imports(*version(path), package))
     if discovers_its_modules(path):
         found.update(f"{package}.{module.stem}" for module in path.parent.glob("*.py")
                      if module.name != "__init__.py" and module != path)
@@ -79,7 +81,7 @@ def _imported_modules(root: Path, path: Path, mtime_ns: int, size: int) -> froze
         for module in path.parent.glob("*.py"):
             if defines_name(module):
                 found.update(imported_modules(root, module))
-    return frozenset(name for name in found if name.split(".")[0] in PACKAGES and module_file(root, name))
+    return {name for name in found if name.split(".")[0] in PACKAGES and module_file(root, name)}
 
 
 def _calls(path: Path, function: str) -> list[ast.Call]:
