@@ -58,27 +58,27 @@ class Plan:
         return sorted(waiting, key=lambda stage: (-self.priority[stage], stage))
 
 
-def plan_from_graph(upstream_of: dict[str, set[str]], stale: set[str], constant: frozenset[str] = frozenset({CHECK_STAGE}),
-                    ) -> Plan:
+def plan_from_graph(upstream_of: dict[str, set[str]], stale: set[str],
+                    constant: frozenset[str] = frozenset({CHECK_STAGE})) -> Plan:
     """`upstream_of`: every stage's direct dependencies; `stale`: the stages DVC reports changed.
     Runs the stale ones and everything downstream of them (DVC itself skips those whose inputs
-    come out unchanged), but not what lies below a stage whose output never changes (`constant`:
-    check_params, which every edit of params.yaml or the code reruns, had every stage handed to DVC)."""
+    come out unchanged), but what lies below a stale stage whose output never changes (`constant`:
+    check_params, which every edit of params.yaml or the code reruns, had every stage handed to DVC)
+    only where DVC reports it changed itself."""
     downstream_of: dict[str, set[str]] = {stage: set() for stage in upstream_of}
     for stage, upstream in upstream_of.items():
         for dependency in upstream:
             downstream_of[dependency].add(stage)
 
-    def below(stage: str, through_constant: bool = True) -> set[str]:
+    def below(stage: str) -> set[str]:
         found, frontier = set(), [stage]
         while frontier:
-            parent = frontier.pop()
-            for child in (downstream_of[parent] - found) if through_constant or parent not in constant else ():
+            for child in downstream_of[frontier.pop()] - found:
                 found.add(child)
                 frontier.append(child)
         return found
 
-    to_run = set(stale).union(*(below(stage, through_constant=False) for stage in stale)) if stale else set()
+    to_run = set(stale).union(*(below(stage) for stage in stale - constant))
     return Plan(upstream={stage: frozenset(upstream_of[stage] & to_run) for stage in to_run},
                 priority={stage: len(below(stage)) for stage in to_run})
 

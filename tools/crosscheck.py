@@ -92,8 +92,9 @@ def narrow(robust: torch.Tensor, attack, still_correct) -> None:
         robust[rows[~still_correct(images, rows)]] = False
 
 
-def fp32_embeddings(model, images: np.ndarray, device: torch.device, batch_size: int = 500) -> torch.Tensor:
-    """The model's embeddings of uint8 NCHW images, in float32, batch by batch."""
+def fp32_embeddings(model, images: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
+    """The model's embeddings of uint8 NCHW images, in float32, batch by batch (the robustness stage's batches, so
+    that both score the same neighbours)."""
     with torch.no_grad():
         return torch.cat([model.embed(torch.from_numpy(images[start:start + batch_size]).float().div(255).to(device))
                           for start in range(0, len(images), batch_size)])
@@ -112,10 +113,13 @@ def check_run(method: str, seed: int, device: torch.device, iterations: int = IT
     model = load_model(paths.model(method, seed), device, run=(method, seed))[0].float().eval()
     baseline = (None if method == REFERENCE_METHOD else
                 load_model(paths.model(REFERENCE_METHOD, seed), device, run=(REFERENCE_METHOD, seed))[0].float().eval())
-    fit = fp32_embeddings(model, splits["train"].images, device)   # as the robustness stage: not embed's bf16 ones
+    params = load_params()
+    # as the robustness stage: not embed's bf16 ones
+    fit = fp32_embeddings(model, splits["train"].images, device,
+                          params.value("compute.eval_batch_size", VALIDATED_ELSEWHERE))
     fit_labels = torch.from_numpy(splits["train"].labels).long().to(device)
-    knn = KNeighborsClassifier(n_neighbors=load_params().value("knn.k", VALIDATED_ELSEWHERE)).fit(fit.cpu().numpy(),
-                                                                                   fit_labels.cpu().numpy())
+    knn = KNeighborsClassifier(n_neighbors=params.value("knn.k", VALIDATED_ELSEWHERE)).fit(fit.cpu().numpy(),
+                                                                                        fit_labels.cpu().numpy())
 
     def knn_right(images, rows):
         with torch.no_grad():

@@ -7,7 +7,8 @@
 Every combination of the -S values is one experiment, named after its overrides
 (`alpha=30,train=0`), run with `dvc exp run` in a clone of the committed HEAD (uncommitted changes
 are not seen, unlike `dvc exp run --queue`, which takes tracked files as they are: commit first). The
-results are ordinary DVC experiments of this repository: `dvc exp show`, `dvc exp apply <name>`, `dvc exp branch <name> <branch>`.
+results are ordinary DVC experiments of this repository: `dvc exp show`, `dvc exp apply <name>`,
+`dvc exp branch <name> <branch>`.
 A failed experiment is reported with the end of its log and does not stop the others; the exit
 status is 1 when any failed. Values are split at commas outside brackets and quotes; repeating a
 key adds values (`-S seeds.plan=0 -S seeds.plan=1`); a value containing a comma is quoted:
