@@ -82,6 +82,28 @@ def test_a_bad_value_is_refused_before_any_worker_starts(tmp_path):
     cli.check_overrides(tmp_path, commit, grid.experiments(["knn.k=1,5"]))
     with pytest.raises(SweepError, match=r"experiment k=0: .*`knn.k` = 0 is invalid"):
         cli.check_overrides(tmp_path, commit, grid.experiments(["knn.k=3,0"]))
+    with pytest.raises(SweepError, match=r"experiment threads=0: .*compute.threads"):
+        cli.check_overrides(tmp_path, commit, grid.experiments(["compute.threads=1,0"]))
+
+
+def test_the_oversubscription_warning_counts_an_experiments_own_threads(tmp_path, monkeypatch, capsys):
+    """The warning once counted params.yaml's threads only: 1 worker of an experiment at -S compute.threads=8 on
+    2 cores said nothing (and a Ray task reserved params.yaml's count, not the 8 it ran)."""
+    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
+        run(tmp_path, "git", *command, env=dvc_env())
+    commit = cli.git(tmp_path, "rev-parse", "HEAD").stdout.strip()
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())["compute"]["threads"]
+    monkeypatch.setattr("robust_cifar.machine.usable_cores", lambda: committed)
+    slots = plan_slots([], 1, threads=committed)
+    threads = cli.check_overrides(tmp_path, commit, grid.experiments(["knn.k=1,5"]))
+    assert threads == {"k=1": committed, "k=5": committed}
+    cli.warn_oversubscribed(slots, threads)
+    assert capsys.readouterr().err == ""
+    threads = cli.check_overrides(tmp_path, commit, grid.experiments([f"compute.threads={committed},{8 * committed}"]))
+    assert threads == {f"threads={committed}": committed, f"threads={8 * committed}": 8 * committed}
+    cli.warn_oversubscribed(slots, threads)
+    assert f"1 workers x compute.threads {8 * committed} = {8 * committed} threads" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["knn.k", "=3", "knn.k=", "knn.k=1,,2", "knn.k=[1,2", "data.archive='a,b"])
@@ -317,7 +339,7 @@ def test_a_sweep_stopped_early_leaves_no_folder_behind(tmp_path, monkeypatch, st
 
     monkeypatch.setattr(cli, "repo_root", lambda path: tmp_path)
     monkeypatch.setattr(cli, "git", lambda root, *args, check=True: subprocess.CompletedProcess(args, 0, stdout="c0ffee\n"))
-    monkeypatch.setattr(cli, "check_overrides", lambda *args: None)
+    monkeypatch.setattr(cli, "check_overrides", lambda root, commit, experiments, slot: {"k=1": 1, "k=5": 1})
     monkeypatch.setattr(cli, "committed_params", lambda root, commit: load_params(ROOT / "params.yaml"))
     monkeypatch.setattr(cli, "existing_names", lambda root: set())
     monkeypatch.setattr(cli, "run_dvc", cache_dir)
@@ -485,7 +507,7 @@ def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
     """Ray's cancel interrupts a task's main thread, where run_in_group stops its `dvc exp run`."""
     from tools.sweep import on_ray
 
-    cancelled, registered = [], []
+    cancelled, registered, reserved, specs = [], [], [], []
 
     class FakeRay:
         cloudpickle = type("cp", (), {"register_pickle_by_value": staticmethod(registered.append)})
@@ -496,14 +518,16 @@ def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
         def cancel(self, reference): cancelled.append(reference)
         def wait(self, references, num_returns): raise KeyboardInterrupt   # Ctrl-C while waiting
         def remote(self, function):
-            return type("task", (), {"options": lambda self, **kw: self,
-                                     "remote": lambda self, spec: f"ref-{spec['name']}"})()
+            return type("task", (), {"options": lambda self, **kw: reserved.append(kw["num_cpus"]) or self,
+                                     "remote": lambda self, spec: specs.append(spec) or f"ref-{spec['name']}"})()
 
     fake = FakeRay()
     monkeypatch.setattr(on_ray, "import_ray", lambda: fake)
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(KeyboardInterrupt):
-        on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, 2, 1.0, None,
-                          str(tmp_path), tmp_path, Progress(2, io.StringIO()))
+        on_ray.run_on_ray("auto", grid.experiments(["knn.k=1,5"]), "url", "c0ffee", "", False, {"k=1": 2, "k=5": 4},
+                          None, None, str(tmp_path), tmp_path, Progress(2, io.StringIO()))
     assert sorted(cancelled) == ["ref-k=1", "ref-k=5"]
+    # each task reserves, and runs, its own experiment's threads
+    assert reserved == [2, 4] and [spec["threads"] for spec in specs] == [2, 4]
     assert [module.__name__ for module in registered] == ["tools.sweep.steps"]   # all a node needs

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--dvc-remote", default="", help="DVC remote the workers pull from and push to "
                       "(default: the repository's default remote)")
     ray.add_argument("--cpus-per-exp", type=float, default=None,
-                     help="CPUs each experiment reserves (default: params.yaml's compute.threads, the threads it runs)")
+                     help="CPUs each experiment reserves (default: the threads it runs, its compute.threads)")
     ray.add_argument("--gpus-per-exp", type=float, help="GPUs each experiment reserves "
                      "(default: 1 when the cluster has GPUs, else 0)")
     ray.add_argument("--ray-workdir", default="~/.cache/robust-cifar-sweep", help="scratch directory on each node "
@@ -241,30 +241,37 @@ def committed_threads(root: Path, commit: str) -> int:
 
 
 def local_slots(args: argparse.Namespace, root: Path, commit: str) -> list[Slot] | None:
-    """This machine's workers (None on a Ray cluster), each at the commit's `compute.threads`, and a warning line
-    when they oversubscribe the cores."""
+    """This machine's workers (None on a Ray cluster), each at the commit's `compute.threads`."""
     if args.ray:
         return None
+    return plan_slots(parse_gpus(args.gpus), args.workers, committed_threads(root, commit))
+
+
+def warn_oversubscribed(slots: list[Slot] | None, threads: dict[str, int]) -> None:
+    """A line when this machine's workers, at the most threads any experiment runs, exceed its cores."""
+    if not slots:
+        return
     from robust_cifar.machine import usable_cores
-    threads = committed_threads(root, commit)
-    slots = plan_slots(parse_gpus(args.gpus), args.workers, threads)
-    warning = oversubscription(slots, threads, usable_cores())
+    warning = oversubscription(slots, max(threads.values()), usable_cores())
     if warning:
         print(warning, file=sys.stderr)
-    return slots
 
 
-def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment], slot: Slot | None = None) -> None:
+def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
+                    slot: Slot | None = None) -> dict[str, int]:
     """Every experiment's params as check_params will read them, refused here before any worker starts
     (a refusal inside `dvc exp run` comes after DVC edited params.yaml and deleted outputs). On this
     machine's workers (`slot`: their device and threads) also what the machine cannot run, as check_params
-    checks it there; a Ray cluster's machines check that themselves."""
+    checks it there; a Ray cluster's machines check that themselves. Returns the CPU threads each
+    experiment runs (its own `-S compute.threads`, else the commit's)."""
     from robust_cifar.check_params import check_on_this_machine, validate_params
+    from robust_cifar.compute import ComputeConfig
     from robust_cifar.errors import UserError
     from robust_cifar.params import with_overrides
     committed = committed_params(root, commit)
     numerics = [] if slot is None else slot.set_params()[1::2]
     machine_checked = set()   # what the machine check reads (the compute and data sections): an archive's md5 once
+    threads = {}
     for experiment in experiments:
         try:
             edited = with_overrides(committed, numerics + experiment.set_params()[1::2])
@@ -272,11 +279,13 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
             with contextlib.chdir(root):   # a local archive's path is relative to the project, as DVC runs stages
                 (validate_params if slot is None or reads in machine_checked else check_on_this_machine)(edited)
             machine_checked.add(reads)
+            threads[experiment.name] = ComputeConfig.threads_from_params(edited)
         except UserError as error:
             edited = git(root, "diff", "--quiet", commit, "--", "params.yaml", check=False).returncode != 0
             raise SweepError(f"experiment {experiment.name}: {error}"
                              + (f" (the workers run commit {commit[:7]}, whose params.yaml is not the one in your "
                                 "workspace: commit yours first)" if edited else "")) from None
+    return threads
 
 
 def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
@@ -285,7 +294,7 @@ def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int
     commit = git(root, "rev-parse", "HEAD").stdout.strip()
     warn_uncommitted(root, commit)
     slots = local_slots(args, root, commit)   # as the sweep refuses them
-    check_overrides(root, commit, experiments, slots and slots[0])
+    warn_oversubscribed(slots, check_overrides(root, commit, experiments, slots and slots[0]))
     numerics = slots[0].set_params() if slots else []   # what a worker adds: the device and params.yaml's threads
     for experiment in experiments:
         print(f"{experiment.name}\t{' '.join(numerics + experiment.set_params())}")
@@ -297,7 +306,8 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     commit = git(root, "rev-parse", "HEAD").stdout.strip()
     warn_uncommitted(root, commit)
     slots = local_slots(args, root, commit)   # refused before any folder is made
-    check_overrides(root, commit, experiments, slots and slots[0])
+    threads = check_overrides(root, commit, experiments, slots and slots[0])
+    warn_oversubscribed(slots, threads)
     clashes = sorted(existing_names(root) & {experiment.name for experiment in experiments})
     if clashes and not args.force:
         raise SweepError(f"experiments of HEAD already named {', '.join(clashes)}: pass --force to replace them, "
@@ -305,7 +315,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
     sweep_dir = root / ".dvc" / "tmp" / "sweep" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     sweep_dir.mkdir(parents=True)
     try:
-        return run_sweep(args, experiments, root, commit, slots, sweep_dir)
+        return run_sweep(args, experiments, root, commit, slots, threads, sweep_dir)
     except (KeyboardInterrupt, SweepError):
         # the experiments are stopped (run_pool, run_on_ray); the clones go, and the folder if nothing was logged
         shutil.rmtree(sweep_dir / WORKERS, ignore_errors=True)
@@ -315,7 +325,7 @@ def sweep(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int:
 
 
 def run_sweep(args: argparse.Namespace, experiments: list[grid.Experiment], root: Path, commit: str,
-              slots: list[Slot] | None, sweep_dir: Path) -> int:
+              slots: list[Slot] | None, threads: dict[str, int], sweep_dir: Path) -> int:
     progress = Progress(len(experiments), tail=args.tail)
     start = time.monotonic()
     if args.ray:
@@ -327,9 +337,8 @@ def run_sweep(args: argparse.Namespace, experiments: list[grid.Experiment], root
         warn_unpushed(root, args.dvc_remote)
         progress.say(f"sweep: {len(experiments)} experiments of {commit[:7]} on the Ray cluster at {args.ray}; "
                      f"Git remote {url}; logs in {shown(sweep_dir)}")
-        threads = committed_threads(root, commit)
         outcomes = run_on_ray(args.ray, experiments, url, commit, args.dvc_remote, args.force, threads,
-                              args.cpus_per_exp or threads, args.gpus_per_exp, args.ray_workdir, sweep_dir, progress)
+                              args.cpus_per_exp, args.gpus_per_exp, args.ray_workdir, sweep_dir, progress)
         pulled = pull(root, url, [outcome.name for outcome in outcomes if outcome.ok], args, sweep_dir, progress)
     else:
         workdir = sweep_dir / WORKERS

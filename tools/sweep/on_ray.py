@@ -28,9 +28,9 @@ def import_ray():
 
 
 def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit: str, dvc_remote: str,
-               force: bool, threads: int, cpus: float, gpus: float | None, workdir: str, logs: Path,
-               progress: Progress) -> list[steps.Outcome]:
-    """Each experiment a Ray task reserving `cpus` CPUs and `gpus` GPUs, run at params.yaml's `threads`."""
+               force: bool, threads: dict[str, int], cpus: float | None, gpus: float | None, workdir: str,
+               logs: Path, progress: Progress) -> list[steps.Outcome]:
+    """Each experiment a Ray task reserving `cpus` CPUs (default: the `threads` it runs, by name) and `gpus` GPUs."""
     ray = import_ray()
     from ray import cloudpickle
     # the task travels by value: a node needs Ray, dvc and git, not this checkout on its sys.path
@@ -39,15 +39,18 @@ def run_on_ray(address: str, experiments: list[Experiment], git_url: str, commit
     try:
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        counts = sorted({cpus} if cpus else set(threads.values()))
         progress.say(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g}"
-                     f" GPUs in the cluster; each experiment takes {cpus:g} CPU(s) and {gpus:g} GPU(s)")
-        task = ray.remote(steps.run_remote).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+                     f" GPUs in the cluster; each experiment takes {' or '.join(f'{n:g}' for n in counts)} CPU(s)"
+                     f"{'' if cpus else ' (its compute.threads)'} and {gpus:g} GPU(s)")
+        task = ray.remote(steps.run_remote)
         pending = {}
         for experiment in experiments:
             spec = {"name": experiment.name, "set_params": experiment.set_params(), "git_url": git_url,
                     "commit": commit, "workdir": workdir, "dvc_remote": dvc_remote, "force": force,
-                    "threads": threads, "gpus": gpus}
-            pending[task.remote(spec)] = experiment
+                    "threads": threads[experiment.name], "gpus": gpus}
+            reserved = cpus or threads[experiment.name]
+            pending[task.options(num_cpus=reserved, num_gpus=gpus, max_retries=0).remote(spec)] = experiment
         outcomes: dict[str, steps.Outcome] = {}
         while pending:
             try:

@@ -156,8 +156,8 @@ def run_remote(spec: dict) -> dict:
     """One experiment on a Ray node: clone from the Git remote, run, `dvc exp push` to the shared remotes.
 
     `spec`: name, set_params, git_url, commit, workdir (node-local scratch; `<workdir>/cache` is the
-    node's DVC cache, shared by its tasks), dvc_remote ("" = the repo's default), force, threads (params.yaml's
-    compute.threads), gpus.
+    node's DVC cache, shared by its tasks), dvc_remote ("" = the repo's default), force, threads (the
+    experiment's compute.threads: its own -S, else params.yaml's), gpus.
     Returns an Outcome as a dict, with the whole log in log_text.
     """
     start = time.monotonic()
