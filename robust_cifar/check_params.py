@@ -16,7 +16,8 @@ from pathlib import Path
 from robust_cifar.cache import ensure_cache
 from robust_cifar.code_deps import stale_code_deps
 from robust_cifar.compute import ComputeConfig
-from robust_cifar.data.download import DataConfig, check_local_archive
+from robust_cifar.data.archive import check_local_archive
+from robust_cifar.data.download import DataConfig
 from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.evaluation.evaluate import knn_k

@@ -3,7 +3,9 @@ and where the images came from -> data/raw/source.json"""
 from pathlib import Path
 
 from robust_cifar.cache import cache_dir
-from robust_cifar.data.download import OFFICIAL_MD5, DataConfig, download, md5_of, read_archive, require_md5, save_arrays
+from robust_cifar.data.archive import read_archive
+from robust_cifar.data.arrays import save_arrays
+from robust_cifar.data.download import OFFICIAL_MD5, DataConfig, download, md5_of, require_md5
 from robust_cifar.outputs import write_json
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage

@@ -2,7 +2,7 @@
 used (all, or a stratified subset) -> data/split/indices.npz"""
 import numpy as np
 
-from robust_cifar.data.download import load_arrays
+from robust_cifar.data.arrays import load_arrays
 from robust_cifar.data.split import SplitConfig, fingerprint, save_split, stratified_split, stratified_subset
 from robust_cifar.params import load_params
 from robust_cifar.stage import run_stage

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robust_cifar.data.download import CifarArrays
+from robust_cifar.data.arrays import CifarArrays
 from robust_cifar.errors import DiskFullError, UserError
 from robust_cifar.params import set_dotted
 from tests.pipeline_project import PARAMS, TINY_PARAMS

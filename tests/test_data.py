@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robust_cifar.data import download as data
-from robust_cifar.data.download import ArchiveError, CifarArrays
+from robust_cifar.data import archive, arrays as cifar_arrays, download
+from robust_cifar.data.arrays import CifarArrays
+from robust_cifar.errors import ArchiveError
 from robust_cifar.errors import InputError
 from tests import archives
 
@@ -22,7 +23,7 @@ def tree_listing(root: Path) -> set[str]:
 def refusal(path, **kwargs) -> str:
     """The message read_archive refuses ``path`` with: one line (no traceback) naming the archive."""
     with pytest.raises(ArchiveError) as refused:
-        data.read_archive(path, **kwargs)
+        archive.read_archive(path, **kwargs)
     message = str(refused.value)
     assert "\n" not in message and str(path) in message
     return message
@@ -78,7 +79,7 @@ def test_official_archive_round_trips_exactly(tmp_path, python2_pickles):
     )
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
 
-    arrays = data.read_archive(path, expected_md5=md5.upper())  # md5 case should not matter
+    arrays = archive.read_archive(path, expected_md5=md5.upper())  # md5 case should not matter
 
     assert arrays.train_images.shape == (40, 3, 32, 32)
     assert arrays.test_images.shape == (20, 3, 32, 32)
@@ -89,7 +90,7 @@ def test_official_archive_round_trips_exactly(tmp_path, python2_pickles):
 
 
 def test_plain_uncompressed_tar_is_read_too(tmp_path):
-    arrays = data.read_archive(archives.write_official_archive(tmp_path / "cifar.tar"))
+    arrays = archive.read_archive(archives.write_official_archive(tmp_path / "cifar.tar"))
     assert_same_arrays(arrays, *archives.official_images())
 
 
@@ -97,7 +98,7 @@ def test_incomplete_official_archive_names_the_missing_batches(tmp_path):
     only_one_batch = archives.file_member("cifar-10-batches-py/data_batch_1", b"not read")
     path = archives._write_tar(tmp_path / "partial.tar.gz", [only_one_batch])
     with pytest.raises(ArchiveError, match="lacks data_batch_2, data_batch_3.*test_batch, batches.meta"):
-        data.read_archive(path)
+        archive.read_archive(path)
 
 
 def test_an_archive_holding_both_layouts_is_refused_as_ambiguous(tmp_path):
@@ -106,14 +107,14 @@ def test_an_archive_holding_both_layouts_is_refused_as_ambiguous(tmp_path):
     path = archives.write_official_archive(tmp_path / "mixed.tar.gz", extra_members=[picture])
     with pytest.raises(ArchiveError, match=r"holds both layouts, the official python batches and 1 image files "
                                            r"\(such as 'train/airplane/0.png'\)"):
-        data.read_archive(path)
+        archive.read_archive(path)
 
 
 def test_truncated_archive_is_refused_as_unreadable(tmp_path):
     path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ArchiveError, match="truncated"):
-        data.read_archive(path)  # no md5 given, so only the reader itself can notice
+        archive.read_archive(path)  # no md5 given, so only the reader itself can notice
 
 
 @pytest.mark.parametrize("content", [b"not an archive\n", b"", b"\x1f\x8b" + bytes(100)], ids=["text", "empty", "bad gzip"])
@@ -123,17 +124,17 @@ def test_a_file_that_is_no_tar_archive_is_refused_by_the_early_check_even_with_i
     path = tmp_path / "fake.tar.gz"
     path.write_bytes(content)
     with pytest.raises(ArchiveError, match="fake.tar.gz is not a readable tar archive"):
-        data.check_archive_file(path, hashlib.md5(content).hexdigest())
+        archive.check_archive_file(path, hashlib.md5(content).hexdigest())
 
 
 def test_a_folder_named_as_the_archive_is_refused_as_a_folder(tmp_path):
     with pytest.raises(ArchiveError, match=f"archive {tmp_path} is a folder: set `data.archive` to the archive file"):
-        data.check_archive_file(tmp_path, None)
+        archive.check_archive_file(tmp_path, None)
 
 
 def test_the_early_check_passes_a_real_archive(tmp_path):
     path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
-    data.check_archive_file(path, hashlib.md5(path.read_bytes()).hexdigest())
+    archive.check_archive_file(path, hashlib.md5(path.read_bytes()).hexdigest())
 
 
 PICKLE_STYLES = [
@@ -166,7 +167,7 @@ def test_official_archive_round_trips_at_every_pickle_protocol(tmp_path, style):
     assert archives.globals_named(batch) == globals_each_writer_names(style)
     assert batch.startswith(pickle.PROTO + bytes([style.protocol])) == (style.protocol >= 2)
 
-    arrays = data.read_archive(path)
+    arrays = archive.read_archive(path)
 
     assert arrays.class_names == archives.CLASS_NAMES
     assert_same_arrays(arrays, *archives.official_images())
@@ -214,7 +215,7 @@ def test_png_image_folder_round_trips_exactly(tmp_path, top_folder):
         tmp_path / "folders.tar.gz", fmt="png", top_folder=top_folder, extra_members=not_data
     )
 
-    arrays = data.read_archive(path)
+    arrays = archive.read_archive(path)
 
     assert arrays.class_names == archives.CLASS_NAMES
     assert_same_arrays(arrays, *archives.image_folder_images())
@@ -223,7 +224,7 @@ def test_png_image_folder_round_trips_exactly(tmp_path, top_folder):
 def test_jpeg_image_folder_decodes_with_right_shapes_and_labels(tmp_path):
     path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", fmt="jpg")
 
-    arrays = data.read_archive(path)
+    arrays = archive.read_archive(path)
 
     train_images, train_labels, test_images, test_labels = archives.image_folder_images()
     assert arrays.train_images.shape == train_images.shape and arrays.train_images.dtype == np.uint8
@@ -239,14 +240,14 @@ def test_image_folder_with_different_train_and_test_classes_is_refused(tmp_path)
     stray = archives.file_member("train/zebra/0000.png", archives.encode_image(np.zeros((3, 32, 32), np.uint8)))
     path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", extra_members=[stray])
     with pytest.raises(ArchiveError, match="only in train: zebra"):
-        data.read_archive(path)
+        archive.read_archive(path)
 
 
 def test_image_of_wrong_size_is_refused_naming_member_and_size(tmp_path):
     too_big = archives.file_member("test/cat/9999.png", archives.encode_image(np.zeros((3, 40, 36), np.uint8)))
     path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", extra_members=[too_big])
     with pytest.raises(ArchiveError, match=r"'test/cat/9999.png' is 36x40 pixels"):
-        data.read_archive(path)
+        archive.read_archive(path)
 
 
 def test_unreadable_image_is_refused_naming_it(tmp_path):
@@ -279,7 +280,7 @@ def test_numbered_class_folders_0_to_9_are_read_as_labels(tmp_path):
     numbers = tuple(str(label) for label in range(10))
     path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", class_names=numbers)
 
-    arrays = data.read_archive(path)
+    arrays = archive.read_archive(path)
 
     assert arrays.class_names == numbers
     assert_same_arrays(arrays, *archives.image_folder_images())
@@ -294,7 +295,7 @@ def test_message_naming_a_member_with_a_newline_stays_one_line(tmp_path):
 def test_archive_of_neither_layout_says_what_was_expected(tmp_path):
     path = archives._write_tar(tmp_path / "other.tar.gz", [archives.file_member("notes/readme.txt", b"hi")])
     with pytest.raises(ArchiveError) as refused:
-        data.read_archive(path)
+        archive.read_archive(path)
     message = str(refused.value)
     assert "cifar-10-batches-py/data_batch_1" in message
     assert "train/<class>/<image>" in message
@@ -332,16 +333,16 @@ def test_oversized_header_extension_is_refused_before_tarfile_reads_it(tmp_path,
 
 
 def test_oversized_image_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
-    padded = archives.file_member("train/cat/9999.png", bytes(data.MAX_IMAGE_BYTES + 1))
+    padded = archives.file_member("train/cat/9999.png", bytes(archive.MAX_IMAGE_BYTES + 1))
     path = archives.write_image_folder_archive(tmp_path / "folders.tar.gz", extra_members=[padded])
     forbid_reading_members(monkeypatch)
     message = refusal(path)
-    assert f"'train/cat/9999.png' claims {data.MAX_IMAGE_BYTES + 1:,} bytes" in message
+    assert f"'train/cat/9999.png' claims {archive.MAX_IMAGE_BYTES + 1:,} bytes" in message
     assert "32x32" in message
 
 
 def test_archive_with_too_many_members_is_refused_as_soon_as_it_has_one_more(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_MEMBERS", 12)  # 60,000 would take a minute to write
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 12)  # 60,000 would take a minute to write
     padding = [archives.file_member(f"cifar-10-batches-py/extra_{number}", b"") for number in range(10)]
     path = archives.write_official_archive(tmp_path / "cifar.tar.gz", extra_members=padding)
     with tarfile.open(path) as tar:
@@ -356,7 +357,7 @@ def test_archive_whose_members_add_up_past_the_cap_is_refused(tmp_path, monkeypa
     path = archives.write_official_archive(tmp_path / "cifar.tar.gz")
     with tarfile.open(path) as tar:
         unpacked = sum(member.size for member in tar)
-    monkeypatch.setattr(data, "MAX_UNPACKED_BYTES", unpacked - 1)
+    monkeypatch.setattr(archive, "MAX_UNPACKED_BYTES", unpacked - 1)
     forbid_reading_members(monkeypatch)
     assert "add up to more than" in refusal(path)
 
@@ -370,17 +371,17 @@ def test_caps_admit_a_full_size_official_archive_in_any_pickle_style(style, pixe
     tenth = 1_000
     pickled = archives.batch_pickle(np.full((tenth, 3, 32, 32), pixel, np.uint8), np.full(tenth, 9), style)
     full_batch_bytes = 10 * len(pickled)
-    assert full_batch_bytes <= data.MAX_MEMBER_BYTES
-    assert len(data.OFFICIAL_MEMBERS) * full_batch_bytes <= data.MAX_UNPACKED_BYTES
+    assert full_batch_bytes <= archive.MAX_MEMBER_BYTES
+    assert len(archive.OFFICIAL_MEMBERS) * full_batch_bytes <= archive.MAX_UNPACKED_BYTES
 
 
 def test_caps_admit_a_full_image_folder_archive_packed_on_macos():
     noise = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32), dtype=np.uint8)  # incompressible
     largest_image = max(len(archives.encode_image(noise, fmt)) for fmt in ("png", "jpg"))
-    assert largest_image <= data.MAX_IMAGE_BYTES
-    folders = 1 + len(data.SPLITS) * (1 + len(data.CIFAR10_CLASSES))  # top, splits, class folders
+    assert largest_image <= archive.MAX_IMAGE_BYTES
+    folders = 1 + len(cifar_arrays.SPLITS) * (1 + len(archive.CIFAR10_CLASSES))  # top, splits, class folders
     # macOS tar adds a ._ resource-fork file next to every file and folder.
-    assert 2 * (60_000 + folders) <= data.MAX_MEMBERS
+    assert 2 * (60_000 + folders) <= archive.MAX_MEMBERS
 
 
 # --- checksums and missing files -------------------------------------------------
@@ -395,7 +396,7 @@ def test_md5_mismatch_is_refused_before_the_archive_is_opened(tmp_path, monkeypa
 
     monkeypatch.setattr(tarfile, "open", open_must_not_be_called)
     with pytest.raises(ArchiveError) as refused:
-        data.read_archive(path, expected_md5="0" * 32)
+        archive.read_archive(path, expected_md5="0" * 32)
     message = str(refused.value)
     assert actual in message and "0" * 32 in message and "data.archive_md5" in message
 
@@ -404,14 +405,14 @@ def test_md5_mismatch_is_refused_before_the_archive_is_opened(tmp_path, monkeypa
 def test_empty_md5_skips_the_check(tmp_path, skip):
     path = tmp_path / "anything.bin"
     path.write_bytes(b"payload")
-    data.verify_md5(path, skip)  # must not raise
-    assert data.md5_of(path) == hashlib.md5(b"payload").hexdigest()
+    download.verify_md5(path, skip)  # must not raise
+    assert download.md5_of(path) == hashlib.md5(b"payload").hexdigest()
 
 
 def test_missing_archive_error_names_the_path_and_data_archive(tmp_path):
     missing = tmp_path / "nowhere" / "cifar.tar.gz"
     with pytest.raises(ArchiveError) as refused:
-        data.read_archive(missing)
+        archive.read_archive(missing)
     assert str(missing) in str(refused.value) and "data.archive" in str(refused.value)
 
 
@@ -451,7 +452,7 @@ def test_unsafe_member_is_refused_before_any_member_is_read(tmp_path, monkeypatc
 
     monkeypatch.setattr(tarfile.TarFile, "extractfile", extractfile_must_not_be_called)
     with pytest.raises(ArchiveError, match="corrupt or malicious") as refused:
-        data.read_archive(path)
+        archive.read_archive(path)
     assert member_fragment in str(refused.value)
     assert tree_listing(tmp_path) == before
 
@@ -461,7 +462,7 @@ def test_malicious_pickle_is_refused_without_running_its_payload(tmp_path):
     before = tree_listing(tmp_path)
 
     with pytest.raises(ArchiveError) as refused:
-        data.read_archive(path)
+        archive.read_archive(path)
 
     message = str(refused.value)
     assert "data_batch_1" in message
@@ -525,7 +526,7 @@ def test_download_from_file_url_writes_verified_copy(tmp_path, capsys):
     source = archives.write_official_archive(tmp_path / "source" / "cifar.tar.gz")
     destination = tmp_path / "cache" / "cifar.tar.gz"
 
-    result = data.download(source.as_uri(), destination, data.md5_of(source))
+    result = download.download(source.as_uri(), destination, download.md5_of(source))
 
     assert result == destination
     assert destination.read_bytes() == source.read_bytes()
@@ -537,7 +538,7 @@ def test_download_with_wrong_md5_is_refused_and_leaves_nothing(tmp_path):
     source = archives.write_official_archive(tmp_path / "source" / "cifar.tar.gz")
     destination = tmp_path / "cache" / "cifar.tar.gz"
     with pytest.raises(ArchiveError, match="0{32} was expected"):
-        data.download(source.as_uri(), destination, "0" * 32)
+        download.download(source.as_uri(), destination, "0" * 32)
     assert tree_listing(destination.parent) == set()
 
 
@@ -546,7 +547,7 @@ def test_download_failure_tells_the_user_to_set_data_archive(tmp_path, monkeypat
         monkeypatch.delenv(variable, raising=False)  # a proxy would answer for 127.0.0.1
     destination = tmp_path / "cifar.tar.gz"
     with pytest.raises(ArchiveError) as refused:
-        data.download("http://127.0.0.1:9/x", destination, data.OFFICIAL_MD5)
+        download.download("http://127.0.0.1:9/x", destination, download.OFFICIAL_MD5)
     message = str(refused.value)
     assert "http://127.0.0.1:9/x" in message
     assert "dvc exp run -S data.archive=" in message and "data.archive_md5" in message
@@ -557,11 +558,11 @@ def test_download_failure_tells_the_user_to_set_data_archive(tmp_path, monkeypat
 
 
 def test_saved_arrays_load_back_identically(tmp_path):
-    original = data.read_archive(archives.write_official_archive(tmp_path / "cifar.tar.gz"))
+    original = archive.read_archive(archives.write_official_archive(tmp_path / "cifar.tar.gz"))
     path = tmp_path / "prepared" / "cifar10"  # no .npz suffix: must still be written exactly here
 
-    data.save_arrays(original, path)
-    loaded = data.load_arrays(path)
+    cifar_arrays.save_arrays(original, path)
+    loaded = cifar_arrays.load_arrays(path)
 
     assert tree_listing(path.parent) == {"cifar10"}
     assert loaded.class_names == original.class_names
@@ -572,7 +573,7 @@ def test_saved_arrays_load_back_identically(tmp_path):
 
 def test_loading_missing_arrays_says_to_run_the_download_stage(tmp_path):
     with pytest.raises(InputError, match="dvc repro -f -s download"):
-        data.load_arrays(tmp_path / "cifar10.npz")
+        cifar_arrays.load_arrays(tmp_path / "cifar10.npz")
 
 
 @pytest.mark.parametrize("field, damage, words", [
@@ -581,14 +582,14 @@ def test_loading_missing_arrays_says_to_run_the_download_stage(tmp_path):
     ("train_images", lambda images: images.astype(np.float32), "train images are float32"),
 ])
 def test_a_damaged_npz_cache_names_how_to_get_it_back(tmp_path, field, damage, words):
-    arrays = data.read_archive(archives.write_official_archive(tmp_path / "cifar.tar.gz"))
+    arrays = archive.read_archive(archives.write_official_archive(tmp_path / "cifar.tar.gz"))
     path = tmp_path / "cifar10.npz"
-    data.save_arrays(arrays, path)
+    cifar_arrays.save_arrays(arrays, path)
     saved = dict(np.load(path))
     saved[field] = damage(saved[field])
     np.savez(path.with_suffix(""), **saved)   # numpy appends .npz
     with pytest.raises(ArchiveError) as error:
-        data.load_arrays(path)
+        cifar_arrays.load_arrays(path)
     message = str(error.value)
     assert words in message and f"dvc checkout --force {path}" in message and "dvc repro -f -s download" in message, message
     assert "official archive" not in message   # the cache comes back from DVC, not from a rebuilt archive

@@ -14,7 +14,7 @@ import yaml
 
 from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.training.methods import FOLDER
-from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY
+from robust_cifar.training.methods.registry import REGISTRY
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 from robust_cifar.code_deps import BY_NAME, CHECK_STAGE, import_closure
@@ -171,6 +171,9 @@ def test_the_params_guard_names_a_deleted_and_an_unread_declaration(reproduced_p
     ("robust_cifar/reporting/aggregate.py", {f"aggregate@{method}" for method in METHODS} | {"summarize"}),
     ("robust_cifar/data/split.py", {"split", "perturb", "examples", *(f"{stage}@{method}-0" for stage in ("train", "embed", "robustness")
                                                        for method in METHODS)}),
+    # how an archive is read: the download alone (its .npz, if unchanged, stops there); the readers of
+    # that .npz import robust_cifar/data/arrays.py only
+    ("robust_cifar/data/archive.py", {"download"}),
     ("tools/bench.py", set()),
     # one method's file: its own runs, and what reads every method (the summary, the curves' losses)
     (f"{REGISTRY_FOLDER}{ANGULAR}.py", {f"{stage}@{ANGULAR}-0" for stage in ("train", "embed", "robustness")}

@@ -24,7 +24,8 @@ from PIL import Image
 
 from robust_cifar.check_params import validate_params
 from robust_cifar.compute import Compute, ComputeConfig
-from robust_cifar.data.download import CifarArrays, read_archive
+from robust_cifar.data.archive import read_archive
+from robust_cifar.data.arrays import CifarArrays
 from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig

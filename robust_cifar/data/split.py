@@ -8,7 +8,7 @@ from typing import Mapping
 
 import numpy as np
 
-from robust_cifar.data.download import CifarArrays, load_arrays
+from robust_cifar.data.arrays import CifarArrays, load_arrays
 from robust_cifar.conditions import SPLITS
 from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.npz import load_npz, save_npz
