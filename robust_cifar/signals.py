@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -82,14 +83,53 @@ def signals_held():
 
 
 def die_with_parent() -> None:
-    """SIGTERM when the parent process dies (Linux; elsewhere nothing changes)."""
+    """SIGTERM when the parent process dies (Linux; elsewhere nothing changes), or, where the parent is a shell,
+    when the process that started the shell does.
+
+    DVC runs a stage as `$SHELL -c "<command>"` (/bin/sh where SHELL is unset: a container, cron, many CI
+    runners). bash runs a lone command in its own process, so the stage is DVC's child; dash (Debian's and
+    Ubuntu's /bin/sh) forks, and a killed DVC leaves that shell waiting on the stage, which then trained on and
+    wrote a model no dvc.lock records. So past a shell, a thread watches the shell's parent."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    starter = parent_of(parent) if process_name(parent) in SHELLS else None
     if os.getppid() != parent:   # it died before the request was in place
         raise Stopped(signal.SIGTERM)
+    if starter and starter > 1 and not _watching:
+        _watching.append(parent)
+        threading.Thread(target=_watch, args=(parent, starter), name="die-with-starter", daemon=True).start()
+
+
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"})
+WATCH_SECONDS = 0.5
+_watching: list[int] = []   # the shell watched, once a thread watches it
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent of process `pid`, or None where it is gone (or there is no /proc)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _watch(shell: int, starter: int) -> None:
+    """SIGTERM to this process once `shell` no longer has `starter` as its parent (the kernel hands an orphan to
+    init or a subreaper); a shell that is gone is the parent-death signal's to report."""
+    while (now := parent_of(shell)) == starter:
+        time.sleep(WATCH_SECONDS)
+    if now is not None:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def leave_at_once(signum: int, while_doing: str) -> NoReturn:

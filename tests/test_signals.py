@@ -1,5 +1,6 @@
 """A stage never outlives the process that started it, and stops on INT, TERM and HUP alike."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robust_cifar.signals import Stopped, stop_group
+from robust_cifar.signals import SHELLS, Stopped, parent_of, process_name, stop_group
 from tests.methods import ANGULAR
 from tests.pipeline_project import ROOT, dvc_env
 
@@ -43,6 +44,23 @@ def poll(condition, seconds: float, interval: float = 0.005):
 
 def wait_until_gone(pid: int, seconds: float = 15.0) -> bool:
     return poll(lambda: not alive(pid), seconds, interval=0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stage_under_a_shell_that_forks_exits_when_the_process_that_started_the_shell_is_killed():
+    """DVC runs `$SHELL -c "<command>"`, /bin/sh without SHELL; dash forks there (here the `; exit` makes any shell
+    fork), and the stage's parent-death signal waited on the shell, which outlived a killed DVC: the stage trained
+    on and wrote a model no dvc.lock records."""
+    command = f"{sys.executable} -c {shlex.quote(STAGE)}; exit $?"
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.Popen(['/bin/sh', '-c', "
+                               "sys.argv[1]]).wait()", command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    stage_pid = int(parent.stdout.readline())
+    shell_pid = parent_of(stage_pid)
+    assert alive(stage_pid) and process_name(shell_pid) in SHELLS and parent_of(shell_pid) == parent.pid
+    parent.kill()   # SIGKILL: DVC passes nothing on, and the shell lives on
+    parent.wait()
+    assert wait_until_gone(stage_pid, seconds=10), "the stage outlived the process that started its shell"
+    assert wait_until_gone(shell_pid), "the shell outlived its stage"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
