@@ -113,7 +113,10 @@ BAD_VALUES = [
     (f"{PERTURBED_ANGULAR}.perturb.p", 2, lambda p: build_method(PERTURBED_ANGULAR, p), "[0, 1]"),
     ("knn.k", 0, knn_k, "whole number"),
     ("perturb.p", 1.5, PerturbSettings.from_params, "[0, 1]"),
-    ("seeds.split", -3, lambda p: p.seed("split"), "whole number >= 0"),
+    ("seeds.split", -3, lambda p: p.seed("split"), "whole number from 0 to 4,294,967,295"),
+    # UMAP seeds numpy's RandomState (32 bits): 2**32 passed check_params and failed in umap_plot
+    ("seeds.umap", 2**32, lambda p: p.seed("umap"), "from 0 to 4,294,967,295 (numpy's RandomState takes 32 bits)"),
+    ("seeds.train", [0, 2**63], lambda p: p.train_seeds(), "distinct whole numbers from 0 to 2**32 - 1"),
     ("seeds.train", [0, 0], lambda p: p.train_seeds(), "list of 1 to 100 distinct whole numbers"),
     ("seeds.train", 0, lambda p: p.train_seeds(), "list of 1 to 100 distinct whole numbers"),
     ("model.dropout", 1.0, ModelConfig.from_params, "[0, 1)"),
