@@ -223,6 +223,23 @@ def _applied(params: Params, settings: list[str]) -> str:
         return path.read_text()
 
 
+def refuse_a_sweep(setting: str) -> None:
+    """One value per key: Hydra's sweeps (`a,b`, choice, range, interval, glob), which `dvc exp run --queue` expands
+    into several experiments, are refused in one line (range, interval and glob reached DVC's writer as objects it
+    cannot write: a traceback)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        sweep = OverridesParser.create().parse_overrides([setting])[0].is_sweep_override()
+    except HydraException:   # not Hydra's grammar: DVC's own refusal names it
+        return
+    if sweep:
+        key = setting.partition("=")[0]
+        raise ParamsError(f"override {setting} is a sweep of several values, where a run takes one value per key: "
+                          f"`python -m tools.sweep -S {key}=a,b,c` runs one experiment per value")
+
+
 def with_overrides(params: Params, settings: list[str]) -> Params:
     """A copy of `params` with `key=value` settings applied by `dvc exp run -S`'s own code (Hydra's
     override grammar: `key=` is an empty string, a key params.yaml lacks is refused), so a tool can
@@ -240,6 +257,7 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
         key, equals, _ = setting.partition("=")
         if not equals or not key:
             raise ParamsError(f"override {setting!r} is not key=value: write it as, for example, knn.k=5")
+        refuse_a_sweep(setting)
     try:
         text = _applied(params, settings)
     except DvcException as error:

@@ -99,6 +99,19 @@ def test_overrides_are_applied_by_dvc_exp_runs_own_code():
             with_overrides(params, [bad])
 
 
+@pytest.mark.parametrize("sweep", ["knn.k=1,2", "knn.k=choice(1,2)", "knn.k=range(1,4)", "umap.min_dist=interval(0,1)",
+                                   "knn.k=glob(*)"])
+def test_a_sweep_of_hydras_grammar_is_one_line_that_names_the_sweep_tool(sweep):
+    """range, interval and glob reached DVC's params writer as objects it cannot write: a traceback from every tool
+    that checks overrides (sweep --dry-run, concurrent_repro -S, the determinism check)."""
+    params = Params(yaml.safe_load(PARAMS.read_text()))
+    with pytest.raises(ParamsError) as refused:
+        with_overrides(params, ["seeds.plan=1", sweep])
+    key = sweep.partition("=")[0]
+    assert str(refused.value) == (f"override {sweep} is a sweep of several values, where a run takes one value per "
+                                  f"key: `python -m tools.sweep -S {key}=a,b,c` runs one experiment per value")
+
+
 def test_a_refused_override_among_many_is_named_alone_with_how_to_quote_it():
     """The preset's 30 overrides were all printed, and the advice did not say what DVC's grammar wanted."""
     params = Params(yaml.safe_load(PARAMS.read_text()))
