@@ -286,6 +286,20 @@ def test_a_bad_override_is_one_line_and_leaves_params_yaml_alone(tmp_path, overr
     assert params.read_text() == before
 
 
+def test_a_params_yaml_that_cannot_be_written_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """DVC's writer met the read-only file system inside set_params: a 25-line traceback."""
+    from tests.test_preset import simulate_read_only
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
+    simulate_read_only(monkeypatch)
+    monkeypatch.setattr(concurrent_repro, "run", lambda plan, jobs, echo: pytest.fail("a stage ran"))
+    assert concurrent_repro.main(["-S", "knn.k=7"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: cannot write params.yaml (Read-only file system): the run sets "
+                                               "its -S values there; make it writable (for example `chmod u+w "
+                                               "params.yaml`) and rerun")
+
+
 @pytest.mark.parametrize("returncode, kept", [(255, False), (0, True)])
 def test_a_failed_run_puts_back_the_params_yaml_its_overrides_edited(tmp_path, monkeypatch, capsys, returncode, kept):
     """A value only a stage refuses (knn.k above the training images) stayed in params.yaml, unsaid."""

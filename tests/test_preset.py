@@ -21,7 +21,7 @@ from robust_cifar.training.methods.registry import REGISTRY
 from tests.archives import write_official_archive
 from tests.methods import ANGULAR, HEAD
 from tests.test_params import PARAMS
-from tools import preset
+from tools import preset, restored
 from tools.preset import PRESETS, command, main, overrides, publish
 
 
@@ -172,6 +172,25 @@ def test_what_would_fail_later_is_refused_before_dvc_runs(workspace, capsys, arg
     errors = output.err.strip().splitlines()
     assert len(errors) == 1 and words in errors[0]
     assert output.out == ""   # no command that will not run, no note on its numerics
+
+
+def test_a_params_yaml_that_cannot_be_written_is_refused_before_dvc_runs(workspace, monkeypatch, capsys):
+    """DVC said `ERROR: unexpected error - [Errno 30] Read-only file system: 'params.yaml'` after every check."""
+    simulate_read_only(monkeypatch)
+    assert main(["quick", "--name", "x"]) == 2
+    assert workspace == []   # dvc never ran
+    assert capsys.readouterr().err.strip() == ("error: cannot write params.yaml (Read-only file system): the run sets "
+                                               "its -S values there; make it writable (for example `chmod u+w "
+                                               "params.yaml`) and rerun")
+
+
+def simulate_read_only(monkeypatch) -> None:
+    """params.yaml on a read-only file system, as tools.restored's check opens it (root writes any mode bits)."""
+    def read_only(path, mode="r", *args, **kwargs):
+        if "+" in mode or "w" in mode or "a" in mode:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(restored, "open", read_only, raising=False)
 
 
 def test_a_place_no_folder_can_be_made_is_refused_before_the_run_and_nothing_is_left(tmp_path, monkeypatch):

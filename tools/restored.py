@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from robust_cifar.errors import UserError
+
 
 @dataclass
 class Outcome:
@@ -34,6 +36,17 @@ def put_back_entry(path: Path, entry: str | None) -> None:
                [*git, "--cacheinfo", ",".join([*entry.split()[:2], path.name])])
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         subprocess.run(command, cwd=path.parent, capture_output=True, timeout=60)
+
+
+def check_writable(path: Path) -> None:
+    """The run sets its -S values in `path`: refused in one line where it cannot be written, before anything runs
+    (DVC said 'unexpected error' after the preset's checks; concurrent_repro's -S was a traceback)."""
+    try:
+        with open(path, "r+b"):   # opened for writing, nothing written: its bytes and times stay
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}): the run sets its -S values there; make it "
+                        f"writable (for example `chmod u+w {path}`) and rerun") from None
 
 
 @contextlib.contextmanager
