@@ -6,7 +6,7 @@ from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import has_head, knn_k, score_embeddings
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
-from robust_cifar.reporting.results import RUN, stamped
+from robust_cifar.reporting.results import PREDICTIONS, RUN, stamped, table_digest
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -18,7 +18,6 @@ def main(argv: list[str]) -> None:
     k, device = knn_k(params), Compute.fp32_from_params(params).device
     arrays = load_embeddings(paths.embeddings(method, seed), run)
     metrics, predictions = score_embeddings(arrays, k, device)
-    write_json(paths.seed_metrics(method, seed), stamped(metrics, RUN, run))
 
     # The confusion matrices show the method's own decision: its head, or the 3-NN when it has none.
     decision = "head" if has_head(arrays) else "knn"
@@ -27,6 +26,8 @@ def main(argv: list[str]) -> None:
             for actual, clean, perturbed in zip(arrays["test.labels"], predictions[f"test.clean.{decision}"],
                                                 predictions[f"test.perturbed.{decision}"])]
     write_csv(paths.seed_predictions(method, seed), rows)
+    digest = table_digest(paths.seed_predictions(method, seed).read_bytes())   # ties the table to this run's file
+    write_json(paths.seed_metrics(method, seed), stamped({PREDICTIONS: digest, **metrics}, RUN, run))
     test = metrics["test"]
     print(f"evaluate@{run}: test clean / perturbed / transfer "
           + " | ".join(f"{kind} {test['clean'][kind]:.4f} / {test['perturbed'][kind]:.4f} / {test['transfer'][kind]:.4f}"

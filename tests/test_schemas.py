@@ -25,8 +25,8 @@ from robust_cifar.perturbations.perturb import PerturbSettings, load_plans, make
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.curves import read_training_curves
 from robust_cifar.reporting.provenance import SOURCE
-from robust_cifar.reporting.results import (METHOD, RUN as RESULTS_RUN, read_correct, read_json, read_metrics,
-                                           read_runs, stamped)
+from robust_cifar.reporting.results import (METHOD, PREDICTIONS, RUN as RESULTS_RUN, read_correct, read_json,
+                                           read_metrics, read_runs, stamped, table_digest)
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
 from tests.methods import ANGULAR, HEAD
 
@@ -290,10 +290,19 @@ def test_optional_and_free_keys():
 GOOD_PREDICTIONS = "actual,clean,perturbed\ncat,cat,dog\ndog,cat,dog\n"   # as stages/evaluate.py writes them
 
 
+def predictions_of_a_run(folder: Path, content: str | bytes, recorded: str | bytes | None = None) -> Path:
+    """`content` as a run's predictions table, beside the per-seed file that records the table `recorded` (default:
+    this one), as stages/evaluate.py writes them."""
+    path = folder / "0.csv"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    recorded = content if recorded is None else recorded
+    digest = table_digest(recorded if isinstance(recorded, bytes) else recorded.encode())
+    path.with_suffix(".json").write_text(json.dumps({RESULTS_RUN: RUN, PREDICTIONS: digest}))
+    return path
+
+
 def test_the_predictions_evaluate_writes_pass(tmp_path):
-    path = tmp_path / "0.csv"
-    path.write_text(GOOD_PREDICTIONS)
-    correct = read_correct(path, f"evaluate@{RUN}")
+    correct = read_correct(predictions_of_a_run(tmp_path, GOOD_PREDICTIONS), f"evaluate@{RUN}")
     assert correct["clean"].tolist() == [True, False] and correct["perturbed"].tolist() == [False, True]
 
 
@@ -306,12 +315,32 @@ def test_the_predictions_evaluate_writes_pass(tmp_path):
     (None, "not found"),
 ], ids=["random bytes", "empty", "other columns", "a header only", "a short row", "missing"])
 def test_predictions_of_the_wrong_shape_are_one_line(tmp_path, content, words):
-    path = tmp_path / "0.csv"
-    if content is not None:
-        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    path = tmp_path / "0.csv" if content is None else predictions_of_a_run(tmp_path, content)
     with pytest.raises(InputError) as error:
         read_correct(path, f"evaluate@{RUN}")
     one_line(error, path, f"evaluate@{RUN}", words, "dvc checkout --force")
+
+
+@pytest.mark.parametrize("content, recorded", [
+    (GOOD_PREDICTIONS[:GOOD_PREDICTIONS.rindex("dog,cat")], GOOD_PREDICTIONS),   # cut at a line's end
+    ("actual,clean,perturbed\ncat,dog,dog\ndog,dog,dog\n", GOOD_PREDICTIONS),     # another run's, or edited
+    (GOOD_PREDICTIONS, b"no table recorded"),
+], ids=["cut short", "another run's", "not the recorded one"])
+def test_a_predictions_table_its_run_does_not_record_is_one_line(tmp_path, content, recorded):
+    """A table cut at a line's end, or another run's, was well-formed: summarize's bootstrap failed on 30 of 60
+    images (a traceback), or paired another method's decisions with this method's mean, without a word."""
+    path = predictions_of_a_run(tmp_path, content, recorded)
+    with pytest.raises(InputError) as error:
+        read_correct(path, f"evaluate@{RUN}")
+    one_line(error, path, f"evaluate@{RUN}", "is not the predictions table that 0.json beside it records")
+
+
+def test_predictions_beside_no_per_seed_file_are_one_line(tmp_path):
+    path = predictions_of_a_run(tmp_path, GOOD_PREDICTIONS)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(InputError) as error:
+        read_correct(path, f"evaluate@{RUN}")
+    one_line(error, path.with_suffix(".json"), f"evaluate@{RUN}", "not found")
 
 
 @pytest.mark.parametrize("text, words", [

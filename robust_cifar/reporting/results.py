@@ -5,6 +5,7 @@ whose it is (RUN, METHOD): another run's file copied over this one's is well-for
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
 
 RUN = "run"         # in a per-seed file: its `<method>-<seed>`
 METHOD = "method"   # in an aggregate: its method
+PREDICTIONS = "predictions_md5"   # in evaluate's per-seed file: the md5 of the predictions table beside it
+
+
+def table_digest(table: bytes) -> str:
+    """What evaluate's per-seed file records of its predictions table (PREDICTIONS)."""
+    return hashlib.md5(table, usedforsecurity=False).hexdigest()
 
 
 def stamped(tree: dict, key: str, owner: str) -> dict:
@@ -66,7 +73,8 @@ def read_seed_metrics(folder: Path, seeds: list[int], method: str, stage: str, s
     runs = {}
     for seed in sorted(seeds):
         path, produced_by = folder / f"{seed}.json", f"{stage}@{method}-{seed}"
-        runs[seed] = check_owner(read_json(path, produced_by, schema), RUN, f"{method}-{seed}", path, produced_by)
+        owned = check_owner(read_json(path, produced_by, schema), RUN, f"{method}-{seed}", path, produced_by)
+        runs[seed] = {key: value for key, value in owned.items() if key != PREDICTIONS}
     return runs
 
 
@@ -85,12 +93,18 @@ def read_metrics(path: Path, produced_by: str, method: str | None = None) -> dic
 
 
 def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
-    """Per test image, whether the method's own decision was right: {"clean": bool (N,), "perturbed": ...}."""
+    """Per test image, whether the method's own decision was right: {"clean": bool (N,), "perturbed": ...}; refused
+    unless the table is the one its run's per-seed file (the .json beside it) records: a table cut short, edited or
+    of another run was read as well-formed, and the bootstrap paired it with the wrong images."""
     if not path.is_file():
         raise InputError(f"{path} not found: {get_back(path, produced_by)}")
+    table = path.read_bytes()
+    recorded = read_json(path.with_suffix(".json"), produced_by)
+    if not isinstance(recorded, dict) or recorded.get(PREDICTIONS) != table_digest(table):
+        raise InputError(f"{path} is not the predictions table that {path.with_suffix('.json').name} beside it records "
+                         f"(cut short, edited, or of another run): {get_back(path, produced_by)}")
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(table.decode().splitlines()))
     except (csv.Error, UnicodeDecodeError):
         rows = []
     columns = ("actual", "clean", "perturbed")
