@@ -14,9 +14,6 @@ from robust_cifar.params import LOADED, Params, changed_while_read
 from robust_cifar.signals import Stopped, die_with_parent, ignore_stop_signals, signal_of, stop_on_signals
 
 
-
-
-
 def timings() -> Path:
     """Each stage's last wall time on this machine, for the summary's provenance (not a DVC output: a
     timing is a fact about a run, not a result the pipeline reproduces)."""
@@ -76,7 +73,9 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
     except KeyboardInterrupt as interrupt:
         ignore_stop_signals()   # a second signal (a terminal's Ctrl-C and a tool passing it on) changes nothing
         signum = signal_of(interrupt)
-        print(f"interrupted ({Stopped(signum).name}): no output of this stage was written; rerun it with `dvc repro`",
+        experiment = after_a_workspace_experiment()   # `dvc repro` would run the experiment's values as the workspace's
+        print(f"interrupted ({Stopped(signum).name}): no output of this stage was written; rerun "
+              + ("the same `dvc exp run` to go on" if experiment else "it with `dvc repro`") + experiment,
               file=sys.stderr, flush=True)
         sys.stdout.flush()
         # Not SystemExit: after this handler had run, about 1 interrupted training in 5 still ended by

@@ -46,6 +46,25 @@ def wait_until_gone(pid: int, seconds: float = 15.0) -> bool:
     return poll(lambda: not alive(pid), seconds, interval=0.1)
 
 
+@pytest.mark.parametrize("experiment", [True, False])
+def test_a_stage_interrupted_under_a_workspace_experiment_says_how_to_go_on_or_put_params_yaml_back(tmp_path, experiment):
+    """Ctrl-C of a workspace `dvc exp run -S` left its values in params.yaml, and the stage's advice, `dvc repro`,
+    would have run them as the workspace's own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DVC_EXP_NAME", None)
+    if experiment:
+        env.update(DVC_EXP_NAME="exp-1", DVC_ROOT=str(tmp_path))
+    stage = subprocess.Popen([sys.executable, "-c", STAGE], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    os.kill(int(stage.stdout.readline()), signal.SIGINT)
+    (line,) = stage.communicate(timeout=30)[1].strip().splitlines()
+    assert stage.returncode == 130
+    assert line.startswith("interrupted (SIGINT): no output of this stage was written; rerun ")
+    assert ("rerun the same `dvc exp run` to go on" in line and "git show HEAD:params.yaml > params.yaml" in line) \
+        == experiment
+    assert ("rerun it with `dvc repro`" in line) != experiment
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_stage_under_a_shell_that_forks_exits_when_the_process_that_started_the_shell_is_killed():
     """DVC runs `$SHELL -c "<command>"`, /bin/sh without SHELL; dash forks there (here the `; exit` makes any shell
