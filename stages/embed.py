@@ -13,7 +13,7 @@ from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.npz import save_npz
 from robust_cifar.outputs import check_free_space, check_writable
 from robust_cifar.params import load_params
-from robust_cifar.perturbations.perturb import fgm_eps_from_params, load_plans
+from robust_cifar.perturbations.perturb import PerturbSettings, load_plans
 from robust_cifar.stage import run_stage
 from robust_cifar.training.methods import REFERENCE_METHOD
 from robust_cifar.training.methods.build import build_method
@@ -24,14 +24,15 @@ def main(argv: list[str]) -> None:
     params = load_params()
     name, seed = paths.run_arguments(argv)
     method = build_method(name, params)
-    fgm_eps, compute_config = fgm_eps_from_params(params), ComputeConfig.from_params(params)
+    perturb, compute_config = PerturbSettings.from_params(params), ComputeConfig.from_params(params)
     model_config = ModelConfig.from_params(params)
     check_writable(paths.embeddings(name, seed))
     compute = Compute.from_config(compute_config)
     batch_size = compute_config.eval_batch_size
 
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
-    plans = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()})
+    plans = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()},
+                       drawn_with=(params.seed("plan"), perturb))   # not a plan of other params
     expected = dict(expect=model_config, num_classes=len(class_names))   # not a checkpoint of other params or data
     model = compute.prepare(load_model(paths.model(name, seed), compute.device, run=(name, seed), **expected)[0])
     # the transfer source (of the same seed) has no transfer condition of its own: it is its white-box one
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
     score = method.objective.score_fn(model, reference)
     arrays = {"run": np.array(paths.run_name(name, seed)), "class_names": np.array(class_names)}
     for split in SPLITS:
-        results = evaluate_conditions(model, images[split], plans[split], fgm_eps, score, transfer_source, compute,
+        results = evaluate_conditions(model, images[split], plans[split], perturb.fgm_eps, score, transfer_source, compute,
                                       batch_size, conditions_for(split), clean=clean_train if split == "train" else None,
                                       progress=True)
         arrays.update(flatten(split, results, with_logits=method.has_head))

@@ -8,7 +8,7 @@ from robust_cifar.data.split import load_splits
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import save_figure
 from robust_cifar.params import load_params
-from robust_cifar.perturbations.perturb import PerturbDraw, apply_perturbations, fgm_eps_from_params, load_plans, plan_draw
+from robust_cifar.perturbations.perturb import PerturbDraw, PerturbSettings, apply_perturbations, load_plans, plan_draw
 from robust_cifar.reporting.examples import perturbation_examples
 from robust_cifar.stage import run_stage
 from robust_cifar.training.methods import REFERENCE_METHOD
@@ -65,11 +65,12 @@ def pick_examples(gates: np.ndarray, labels: np.ndarray, count: int) -> np.ndarr
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    fgm_eps = fgm_eps_from_params(params)
+    perturb = PerturbSettings.from_params(params)
     compute = Compute.fp32_from_params(params)
     model_config = ModelConfig.from_params(params)
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
-    plan = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()})["test"]
+    plan = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()},
+                      drawn_with=(params.seed("plan"), perturb))["test"]
     model, _ = load_model(paths.model(REFERENCE_METHOD, params.seed("figures")), compute.device,
                           expect=model_config, num_classes=len(class_names))
     shown = pick_examples(plan.gates, splits["test"].labels, SHOWN)
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> None:
     clean = compute.images(torch.from_numpy(splits["test"].images[shown]))
     draw = PerturbDraw.concat([plan_draw(plan, index, index + 1, tuple(clean.shape[1:]), compute.device)
                                for index in shown])
-    perturbed = apply_perturbations(clean, draw, plan.with_fgm(fgm_eps), score_fn=model)
+    perturbed = apply_perturbations(clean, draw, plan.with_fgm(perturb.fgm_eps), score_fn=model)
     figure = perturbation_examples(clean.cpu().numpy(), perturbed.cpu().numpy(), plan.gates[shown],
                                    splits["test"].labels[shown], class_names)
     save_figure(figure, paths.EXAMPLES, dpi=120)

@@ -18,7 +18,7 @@ def main(argv: list[str]) -> None:
     # one seed per split, derived from the plan seed, so a split's plan does not depend on the others' sizes
     plans = {name: make_plan(size, settings, int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
              for index, (name, size) in enumerate(sizes.items())}
-    save_plans(plans, paths.PLAN)
+    save_plans(plans, paths.PLAN, seed)
     for name, plan in plans.items():
         shares = ", ".join(f"{kind} {share:.1%}" for kind, share in zip(KINDS, plan.gates.mean(0)))
         print(f"{name}: {len(plan.gates)} images; {shares}")

@@ -24,7 +24,7 @@ from torch import Tensor
 from robust_cifar.conditions import KINDS, SPLITS  # KINDS: also the column order of PerturbDraw.gates / SplitPlan.gates
 from robust_cifar.npz import load_npz, save_npz
 from robust_cifar.params import BELOW_ONE, PROBABILITY, Params, bounded_real
-from robust_cifar.schema import Array, check_arrays
+from robust_cifar.schema import Array, check_arrays, refuse
 
 ScoreFn = Callable[[Tensor], Tensor]
 
@@ -321,12 +321,17 @@ def plan_draw(plan: SplitPlan, start: int, stop: int, image_shape, device) -> Pe
     return PerturbDraw(gates=gates, jitter_factors=factors, noise=noise)
 
 
-_PLAN_SETTINGS = ("p", "brightness", "contrast", "saturation", "noise_std", "noise_fraction")
+# what a plan records of its settings: each field, and its key under `perturb` in params.yaml
+_PLAN_SETTINGS = {"p": "p", "brightness": "jitter.brightness", "contrast": "jitter.contrast",
+                  "saturation": "jitter.saturation", "noise_std": "noise.std", "noise_fraction": "noise.fraction"}
 
 
-def save_plans(plans: dict[str, SplitPlan], path: str | PathLike) -> None:
-    """One reproducible .npz (same plans, same bytes), readable with allow_pickle=False."""
-    arrays = {}
+PLAN_SEED = "seed"   # in the plan's file: the `seeds.plan` it was drawn with
+
+
+def save_plans(plans: dict[str, SplitPlan], path: str | PathLike, seed: int) -> None:
+    """One reproducible .npz (same plans, same bytes), readable with allow_pickle=False; `seed`: the plans' `seeds.plan`."""
+    arrays = {PLAN_SEED: np.asarray(seed, dtype=np.int64)}
     for name, plan in plans.items():
         arrays[f"{name}.gates"] = np.asarray(plan.gates, dtype=bool)
         arrays[f"{name}.jitter_factors"] = np.asarray(plan.jitter_factors, dtype=np.float32)
@@ -338,8 +343,8 @@ def save_plans(plans: dict[str, SplitPlan], path: str | PathLike) -> None:
 
 def plan_schema() -> dict[str, Array]:
     """Every array save_plans writes, per split: gates (an image's kinds), jitter factors (brightness,
-    contrast, saturation), the noise seed and the settings the plan was drawn with."""
-    schema = {}
+    contrast, saturation), the noise seed and the settings the plan was drawn with; and `seeds.plan`."""
+    schema = {PLAN_SEED: Array("iu", ())}
     for split in SPLITS:
         images = f"{split} images"
         schema.update({f"{split}.gates": Array("b", (images, "kinds")),
@@ -349,17 +354,28 @@ def plan_schema() -> dict[str, Array]:
     return schema
 
 
-def load_plans(path: str | PathLike, images: dict[str, int] | None = None) -> dict[str, SplitPlan]:
-    """The plan of every split, checked against plan_schema (and each split's image count in `images`, where
-    given): a one-line InputError naming the stage that remakes it otherwise."""
+def load_plans(path: str | PathLike, images: dict[str, int] | None = None,
+               drawn_with: tuple[int, PerturbSettings] | None = None) -> dict[str, SplitPlan]:
+    """The plan of every split, checked against plan_schema (and each split's image count in `images`, and the
+    `seeds.plan` and settings in `drawn_with`, where given: a plan of other params is well-formed, and was applied
+    without a word): a one-line InputError naming the stage that remakes it otherwise."""
     arrays = load_npz(path, produced_by="perturb")
     known = {"kinds": (len(KINDS), "the perturbation kinds"), "jitter factors": (3, "the colour jitter")}
     known.update({f"{split} images": (count, "the split") for split, count in (images or {}).items()})
     check_arrays(arrays, plan_schema(), path, "perturb", known)
-    return {
+    plans = {
         split: SplitPlan(gates=arrays[f"{split}.gates"], jitter_factors=arrays[f"{split}.jitter_factors"],
                          noise_seed=int(arrays[f"{split}.noise_seed"]),
                          settings=PerturbSettings(**{field: float(arrays[f"{split}.{field}"]) for field in _PLAN_SETTINGS},
                                                   fgm_eps=0.0))
         for split in SPLITS
     }
+    if drawn_with is not None:
+        seed, settings = drawn_with
+        drawn = {"seeds.plan": (int(arrays[PLAN_SEED]), seed)}
+        drawn.update({f"perturb.{key}": (getattr(plan.settings, field), getattr(settings, field))
+                      for plan in plans.values() for field, key in _PLAN_SETTINGS.items()})
+        other = [f"{key} {held:g}, not {wanted:g}" for key, (held, wanted) in drawn.items() if held != wanted]
+        if other:
+            raise refuse(path, "perturb", f"drawn with other params than params.yaml's: {'; '.join(other)}")
+    return plans
