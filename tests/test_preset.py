@@ -14,7 +14,7 @@ from robust_cifar.check_params import validate_params
 from robust_cifar.errors import PublishError
 from robust_cifar.machine import cpu_description
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
-from robust_cifar.reporting.provenance import time_lines
+from robust_cifar.reporting.provenance import stage_times, time_lines
 from robust_cifar.reporting.summarize import BREAK_EPS
 from robust_cifar.signals import STOP_SIGNALS, Stopped, stop_on_signals
 from robust_cifar.training.methods.registry import REGISTRY
@@ -273,6 +273,18 @@ def test_publish_copies_the_small_results_with_the_command_that_made_them(tmp_pa
     # a rerun that reused most stages says whose times the table holds
     assert "reused stages of an earlier run, whose times these are" in "\n".join(time_lines(
         {f"train-{HEAD}-0": 30.0, "summarize-": 1.0}, wall_seconds=5.0))
+
+
+def test_a_damaged_timing_file_is_passed_over_not_a_traceback_after_the_run(tmp_path):
+    """The publication's time budget read `[]` as a record (TypeError) and other bytes as text (UnicodeDecodeError),
+    after the whole run."""
+    good = {"stage": f"train-{HEAD}-0", "seconds": 30.0}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    for name, content in {"list": b"[]", "bytes": bytes(range(128, 256)), "text": b"x", "null": b"null",
+                          "no seconds": b'{"stage": "a"}', "text seconds": b'{"stage": "b", "seconds": "3"}',
+                          "seconds true": b'{"stage": "c", "seconds": true}', "stage 3": b'{"stage": 3, "seconds": 1}'}.items():
+        (tmp_path / f"{name}.json").write_bytes(content)
+    assert stage_times(tmp_path) == {good["stage"]: good["seconds"]}
 
 
 def test_a_symbolic_link_is_refused_before_the_run(tmp_path, monkeypatch):

@@ -61,13 +61,17 @@ def devices(training: Path, runs: list[str]) -> list[str]:
 
 
 def stage_times(timings: Path) -> dict[str, float]:
+    """Each stage's last wall time (stage.record_time's files); a file that holds none is passed over: a timing is
+    a fact about a run, and a damaged one must not fail a publication after the whole run."""
     times = {}
     for path in sorted(timings.glob("*.json")):
         try:
             record = json.loads(path.read_text())
-            times[record["stage"]] = record["seconds"]
-        except (json.JSONDecodeError, KeyError):
+            stage, seconds = record["stage"], record["seconds"]
+        except (OSError, ValueError, KeyError, TypeError):   # ValueError: not JSON, or not UTF-8
             continue
+        if isinstance(stage, str) and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            times[stage] = seconds
     return times
 
 
