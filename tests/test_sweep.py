@@ -239,6 +239,9 @@ def test_one_worker_per_gpu_pinned_more_workers_share_them_and_cpu_workers_see_n
     # the device and the thread count are params of every experiment the slot runs (DVC records them)
     assert slots[0].set_params() == ["-S", "compute.device=cuda", "-S", "compute.threads=8"]
     assert cpu[1].set_params() == ["-S", "compute.device=cpu", "-S", "compute.threads=1"]
+    # an experiment's own value of one of them is its only one (the dry run listed `compute.threads` twice)
+    (own,) = grid.experiments(["compute.threads=4"])
+    assert cpu[1].set_params(own) == ["-S", "compute.device=cpu", "-S", "compute.threads=4"]
 
 
 def test_workers_keep_params_threads_and_say_when_they_oversubscribe_the_cores():

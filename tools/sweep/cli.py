@@ -269,12 +269,11 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
     from robust_cifar.errors import UserError
     from robust_cifar.params import with_overrides
     committed = committed_params(root, commit)
-    numerics = [] if slot is None else slot.set_params()[1::2]
     machine_checked = set()   # what the machine check reads (the compute and data sections): an archive's md5 once
     threads = {}
     for experiment in experiments:
         try:
-            edited = with_overrides(committed, numerics + experiment.set_params()[1::2])
+            edited = with_overrides(committed, (slot.set_params(experiment) if slot else experiment.set_params())[1::2])
             reads = json.dumps([edited.raw.get("compute"), edited.raw.get("data")], sort_keys=True, default=str)
             with contextlib.chdir(root):   # a local archive's path is relative to the project, as DVC runs stages
                 (validate_params if slot is None or reads in machine_checked else check_on_this_machine)(edited)
@@ -295,9 +294,8 @@ def dry_run(args: argparse.Namespace, experiments: list[grid.Experiment]) -> int
     warn_uncommitted(root, commit)
     slots = local_slots(args, root, commit)   # as the sweep refuses them
     warn_oversubscribed(slots, check_overrides(root, commit, experiments, slots and slots[0]))
-    numerics = slots[0].set_params() if slots else []   # what a worker adds: the device and params.yaml's threads
-    for experiment in experiments:
-        print(f"{experiment.name}\t{' '.join(numerics + experiment.set_params())}")
+    for experiment in experiments:   # with what a worker adds: the device and params.yaml's threads
+        print(f"{experiment.name}\t{' '.join(slots[0].set_params(experiment) if slots else experiment.set_params())}")
     return 0
 
 

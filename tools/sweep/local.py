@@ -34,10 +34,12 @@ class Slot:
     env: dict[str, str]            # CUDA_VISIBLE_DEVICES and thread counts for its commands
     numerics: tuple[str, ...] = ()  # the device and CPU threads its experiments run with, as `key=value`
 
-    def set_params(self) -> list[str]:
-        """`-S` arguments that put the slot's device and thread count into each experiment's params,
-        where DVC records them (they change a result's bits); the experiment's own `-S` come after."""
-        return [arg for setting in self.numerics for arg in ("-S", setting)]
+    def set_params(self, experiment: Experiment | None = None) -> list[str]:
+        """`-S` arguments that put the slot's device and thread count into `experiment`'s params, where DVC
+        records them (they change a result's bits), but for a key the experiment sets itself; then its own."""
+        own = {key for key, _ in experiment.overrides} if experiment else set()
+        return ([arg for setting in self.numerics if setting.partition("=")[0] not in own for arg in ("-S", setting)]
+                + (experiment.set_params() if experiment else []))
 
 
 def visible_gpus(environ: dict[str, str] | None = None, device_count: Callable[[], int] | None = None) -> list[str]:
@@ -206,7 +208,7 @@ def clone_job(root: Path, commit: str, cache_dir: str, workdir: Path, slots: lis
             steps.clone(str(root), commit, workspace, log, env)
             steps.use_cache(workspace, cache_dir, log, env)   # `dvc exp run` checks the outputs out of it
             ready.add(index)
-        steps.run_experiment(workspace, experiment.name, slots[index].set_params() + experiment.set_params(), log, env)
+        steps.run_experiment(workspace, experiment.name, slots[index].set_params(experiment), log, env)
         with pushing:
             steps.push_experiment(workspace, str(root), experiment.name, log, env, force=force, cache=False)
 

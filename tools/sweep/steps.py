@@ -182,8 +182,11 @@ def run_remote(spec: dict) -> dict:
             run_logged(dvc("remote", "default", "--local", spec["dvc_remote"]), workspace, log, env)
         # --pull: the outputs of stages this experiment does not change come from the DVC remote
         # the device and the thread count are params (they change a result's bits)
-        numerics = ["-S", f"compute.device={'cuda' if spec['gpus'] else 'cpu'}", "-S", f"compute.threads={spec['threads']}"]
-        run_experiment(workspace, spec["name"], numerics + spec["set_params"], log, env, pull=True)
+        numerics = {"compute.device": "cuda" if spec["gpus"] else "cpu", "compute.threads": spec["threads"]}
+        own = {setting.partition("=")[0] for setting in spec["set_params"][1::2]}   # the experiment's keys win
+        run_experiment(workspace, spec["name"], [arg for key, value in numerics.items() if key not in own
+                                                 for arg in ("-S", f"{key}={value}")] + spec["set_params"],
+                       log, env, pull=True)
         push_experiment(workspace, spec["git_url"], spec["name"], log, env, force=spec["force"],
                         dvc_remote=spec["dvc_remote"])
     except StepFailed as error:
