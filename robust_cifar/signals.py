@@ -93,14 +93,21 @@ def die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    term_when_parent_dies()
     starter = parent_of(parent) if process_name(parent) in SHELLS else None
     if os.getppid() != parent:   # it died before the request was in place
         raise Stopped(signal.SIGTERM)
     if starter and starter > 1 and not _watching:
         _watching.append(parent)
         threading.Thread(target=_watch, args=(parent, starter), name="die-with-starter", daemon=True).start()
+
+
+def term_when_parent_dies() -> None:
+    """Ask the kernel for SIGTERM when this process's parent dies (Linux; elsewhere nothing). Also what a tool
+    gives its DVC as `preexec_fn`: a tool killed with SIGKILL, which it cannot pass on, leaves no DVC running
+    (and the DVC's stage then stops with it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"})
@@ -232,7 +239,7 @@ def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20
 def run_in_group(command: list[str], **popen) -> int:
     """Run `command` in a process group of its own and return its exit code; Stopped while waiting
     stops that group (stop_group) and waits for it (the preset's `dvc exp run`)."""
-    process = subprocess.Popen(command, process_group=0, **popen)
+    process = subprocess.Popen(command, process_group=0, preexec_fn=term_when_parent_dies, **popen)
     try:
         return process.wait()
     except KeyboardInterrupt as stopped:

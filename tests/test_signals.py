@@ -46,6 +46,38 @@ def wait_until_gone(pid: int, seconds: float = 15.0) -> bool:
     return poll(lambda: not alive(pid), seconds, interval=0.1)
 
 
+# A stand-in for DVC, which asks for no signal when its parent dies: its pid on stdout, then a long sleep.
+SLEEPER = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"]
+# A tool's way to start its DVC: the preset's (run_in_group), and concurrent_repro's (run, one stage)
+TOOLS = {
+    "preset": f"from robust_cifar.signals import run_in_group; run_in_group({SLEEPER!r})",
+    "concurrent_repro": "from tools.concurrent_repro import Plan, run; "
+                        f"run(Plan({{'s': frozenset()}}, {{'s': 0}}), 1, command=lambda stage: {SLEEPER!r})",
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_a_tool_killed_with_sigkill_leaves_no_dvc_running(tmp_path, tool):
+    """SIGKILL cannot be passed on: concurrent_repro's `dvc repro --single-item` ran on, and its stage recorded."""
+    started = subprocess.Popen([sys.executable, "-c", TOOLS[tool]], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    dvc_pid = None
+    try:
+        if tool == "concurrent_repro":   # the stage's output goes to its log; its pid is the tool's only child's
+            assert poll(lambda: children(started.pid), 10), "no stage started"
+            dvc_pid = children(started.pid)[0]
+        else:
+            dvc_pid = int(started.stdout.readline())
+        assert alive(dvc_pid)
+        started.kill()
+        started.wait()
+        assert wait_until_gone(dvc_pid, seconds=10), f"{tool}'s DVC outlived it"
+    finally:
+        if dvc_pid and alive(dvc_pid):
+            os.kill(dvc_pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("experiment", [True, False])
 def test_a_stage_interrupted_under_a_workspace_experiment_says_how_to_go_on_or_put_params_yaml_back(tmp_path, experiment):
     """Ctrl-C of a workspace `dvc exp run -S` left its values in params.yaml, and the stage's advice, `dvc repro`,
