@@ -102,12 +102,22 @@ def die_with_parent() -> None:
         threading.Thread(target=_watch, args=(parent, starter), name="die-with-starter", daemon=True).start()
 
 
+def _libc_prctl():
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).prctl
+    return None
+
+
+# found once, here: as a child's preexec_fn it runs between fork and exec, where loading a library could deadlock
+_PRCTL = _libc_prctl() if sys.platform.startswith("linux") else None
+
+
 def term_when_parent_dies() -> None:
     """Ask the kernel for SIGTERM when this process's parent dies (Linux; elsewhere nothing). Also what a tool
     gives its DVC as `preexec_fn`: a tool killed with SIGKILL, which it cannot pass on, leaves no DVC running
     (and the DVC's stage then stops with it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"})
