@@ -328,11 +328,11 @@ def check_project(settings: list[str], method: str, seed: int) -> dict:
         raise ParamsError(f"seed {seed} is not in `seeds.train` = {params.train_seeds()}: train@{method}-{seed} is no "
                           f"stage of this project; pick one of them, or add it with -S 'seeds.train=[...]'")
     compute = ComputeConfig.from_params(params)
+    compute.check_machine()   # first: on a machine without a GPU, that is the one thing to say
     if compute.cuda_graphs and compute.device.startswith("cuda"):
         # a graph's hooks run once, at capture, and a digest's copy to the host cannot be captured
         raise ParamsError("a training replayed as CUDA graphs cannot be traced: add `-S compute.cuda_graphs=false` "
                           "(the steps then run one kernel at a time, FGM on the gated rows only)")
-    compute.check_machine()
     load_splits(paths.RAW, paths.SPLIT)
     return params.raw
 
