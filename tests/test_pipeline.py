@@ -69,7 +69,9 @@ DIRECT = {
     # summarize reports the preset, the model, the epochs and the split in its provenance
     "preset": {"summarize"},
     **{f"split.{key}": {"split", "summarize"} for key in ("train_fraction", "val_per_class", "test_per_class")},
-    "seeds.split": {"split"}, "seeds.plan": {"perturb"}, "seeds.umap": set(methods("umap_plot")),
+    # the stages that apply the plan check it was drawn with these (a plan of other params was applied unsaid)
+    "seeds.split": {"split"}, "seeds.plan": {"perturb", "examples"} | set(methods("embed")),
+    "seeds.umap": set(methods("umap_plot")),
     "seeds.figures": set(methods("umap_plot")) | set(methods("aggregate")) | {"curves", "examples"},
     # the model stages also check each checkpoint they load against these
     **{f"model.{key}": set(methods("train")) | set(methods("embed")) | set(methods("robustness"))
@@ -85,7 +87,7 @@ DIRECT = {
        for key in ("fast", "eval_batch_size", "deterministic", "cuda_graphs")},
     # every attack setting (the registry's sections) is read by the robustness stages alone
     **{key: set(methods("robustness")) for key in ATTACK_KEYS},
-    **{f"perturb.{key}": {"perturb"} for key in PERTURBATION_KEYS},
+    **{f"perturb.{key}": {"perturb", "examples"} | set(methods("embed")) for key in PERTURBATION_KEYS},
     "perturb.fgm.eps_255": {"examples"} | set(methods("embed")) | set(methods("robustness")),
     # a method's own section: the stages that build the method (train, and embed and robustness for its scores)
     **{f"{method}.{key}": own_section(method) for method in METHODS for key in leaf_keys(PARAMS[method])},
