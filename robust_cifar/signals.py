@@ -113,11 +113,22 @@ _PRCTL = _libc_prctl() if sys.platform.startswith("linux") else None
 
 
 def term_when_parent_dies() -> None:
-    """Ask the kernel for SIGTERM when this process's parent dies (Linux; elsewhere nothing). Also what a tool
-    gives its DVC as `preexec_fn`: a tool killed with SIGKILL, which it cannot pass on, leaves no DVC running
-    (and the DVC's stage then stops with it)."""
+    """Ask the kernel for SIGTERM when this process's parent dies (Linux; elsewhere nothing)."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def dies_with_this_process() -> Callable[[], None]:
+    """What a tool gives its DVC as `preexec_fn`: a tool killed with SIGKILL, which it cannot pass on, leaves no DVC
+    running (and the DVC's stage then stops with it). A tool that died between the fork and the request: the child
+    ends there."""
+    parent = os.getpid()
+
+    def request() -> None:
+        term_when_parent_dies()
+        if _PRCTL is not None and os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+    return request
 
 
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox"})
@@ -249,7 +260,7 @@ def stop_group(process: subprocess.Popen, signum: int, grace_seconds: float = 20
 def run_in_group(command: list[str], **popen) -> int:
     """Run `command` in a process group of its own and return its exit code; Stopped while waiting
     stops that group (stop_group) and waits for it (the preset's `dvc exp run`)."""
-    process = subprocess.Popen(command, process_group=0, preexec_fn=term_when_parent_dies, **popen)
+    process = subprocess.Popen(command, process_group=0, preexec_fn=dies_with_this_process(), **popen)
     try:
         return process.wait()
     except KeyboardInterrupt as stopped:

@@ -34,6 +34,13 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def poll(condition, seconds: float, interval: float = 0.005):
     """`condition()` once it is true, or its last (false) value after `seconds`."""
     deadline = time.monotonic() + seconds
@@ -64,8 +71,9 @@ def test_a_tool_killed_with_sigkill_leaves_no_dvc_running(tmp_path, tool):
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
     dvc_pid = None
     try:
-        if tool == "concurrent_repro":   # the stage's output goes to its log; its pid is the tool's only child's
-            assert poll(lambda: children(started.pid), 10), "no stage started"
+        if tool == "concurrent_repro":   # the stage's output goes to its log; its pid is the tool's only child's,
+            # once it runs the stand-in (a tool killed between the fork and the request: the next test)
+            assert poll(lambda: children(started.pid) and "time.sleep" in cmdline(children(started.pid)[0]), 10)
             dvc_pid = children(started.pid)[0]
         else:
             dvc_pid = int(started.stdout.readline())
@@ -76,6 +84,25 @@ def test_a_tool_killed_with_sigkill_leaves_no_dvc_running(tmp_path, tool):
     finally:
         if dvc_pid and alive(dvc_pid):
             os.kill(dvc_pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_whose_tool_died_before_its_request_ends_there(tmp_path):
+    """Between the fork and the parent-death request the tool may already be gone: the request comes too late."""
+    marker = tmp_path / "ran-on"
+    script = ("import os, time\n"
+              "from robust_cifar.signals import dies_with_this_process\n"
+              "request = dies_with_this_process()\n"
+              "if os.fork() == 0:\n"
+              "    time.sleep(0.5)\n"   # the tool leaves at once, before its child's request
+              "    request()\n"
+              f"    open({str(marker)!r}, 'w').close()\n"
+              "    os._exit(0)\n"
+              "os._exit(0)\n")
+    result = subprocess.run([sys.executable, "-c", script], timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0
+    time.sleep(2)   # the orphan's half second, and its request
+    assert not marker.exists(), "the child ran on after its tool had died"
 
 
 @pytest.mark.parametrize("experiment", [True, False])

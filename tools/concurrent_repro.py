@@ -35,8 +35,8 @@ from robust_cifar.cache import hold, project_cache_dir
 from robust_cifar.code_deps import CHECK_STAGE
 from robust_cifar.errors import UserError
 from robust_cifar.outputs import NEARLY_FULL, free_bytes
-from robust_cifar.signals import (FORWARDED, Stopped, run_tool, signal_of, signals_held, stop_group, stop_on_signals,
-                                  term_when_parent_dies)
+from robust_cifar.signals import (FORWARDED, Stopped, dies_with_this_process, run_tool, signal_of, signals_held,
+                                  stop_group, stop_on_signals)
 from tools.restored import Outcome, check_writable, restored_on_failure
 
 POLL_SECONDS = 0.2
@@ -177,7 +177,7 @@ def run(plan: Plan, jobs: int, echo=print, command=stage_command) -> int:
                         # its own process group: Ctrl-C here reaches each stage exactly once, from `interrupt`
                         process = subprocess.Popen(command(stage), stdout=log, stderr=subprocess.STDOUT,
                                                    env=environment, process_group=0,
-                                                   preexec_fn=term_when_parent_dies)   # a SIGKILL here too
+                                                   preexec_fn=dies_with_this_process())   # a SIGKILL here too
                     running[stage] = (process, time.perf_counter())
                     started.add(stage)
             time.sleep(POLL_SECONDS)
