@@ -131,6 +131,8 @@ BAD_VALUES = [
     ("model.width", 4096, ModelConfig.from_params, "from 1 to 512"),
     (f"{HEAD}.batch_size", 10**6, lambda p: build_method(HEAD, p), "from 1 to 65,536"),
     ("methods", HEAD, lambda p: p.method_names(), "list of distinct method names"),
+    # a temperature twice ran its attack twice
+    ("attack.soft_knn_pgd.temperatures", [0.05, 0.05], validate_params, "1 to 10 distinct numbers in (0, 100]"),
     ("methods", [HEAD, HEAD], lambda p: p.method_names(), "list of distinct method names"),
 ]
 

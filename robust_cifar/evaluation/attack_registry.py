@@ -31,9 +31,10 @@ AT = one_of("sweep", "study", "never")
 ITERATIONS = bounded_int(1, 10_000, "APGD's paper uses 100")
 STEPS = bounded_int(1, 10_000, "gradient steps")
 STEP_SCALE = bounded_real(0, 10, "each step moves step_scale * eps / steps; Madry et al. use 2.5", open_low=True)
-TEMPERATURES = Rule(lambda v: isinstance(v, list) and 0 < len(v) <= 10 and all(
+TEMPERATURES = Rule(lambda v: isinstance(v, list) and 0 < len(v) <= 10 and len(set(v)) == len(v) and all(
     isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 100 for t in v),
-    "a list of 1 to 10 numbers in (0, 100] (cosine similarities lie in [-1, 1])")
+    "a list of 1 to 10 distinct numbers in (0, 100] (cosine similarities lie in [-1, 1]; a temperature twice "
+    "would run its attack twice)")
 
 
 @dataclass(frozen=True)
