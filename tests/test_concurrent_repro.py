@@ -295,9 +295,8 @@ def test_a_params_yaml_that_cannot_be_written_is_one_line_before_anything_runs(t
     simulate_read_only(monkeypatch)
     monkeypatch.setattr(concurrent_repro, "run", lambda plan, jobs, echo: pytest.fail("a stage ran"))
     assert concurrent_repro.main(["-S", "knn.k=7"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: cannot write params.yaml (Read-only file system): the run sets "
-                                               "its -S values there; make it writable (for example `chmod u+w "
-                                               "params.yaml`) and rerun")
+    assert capsys.readouterr().err.strip() == ("error: cannot write params.yaml (Read-only file system): the run writes "
+                                               "its overrides there; run from a writable copy of the project")
 
 
 @pytest.mark.parametrize("returncode, kept", [(255, False), (0, True)])

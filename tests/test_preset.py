@@ -3,6 +3,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from robust_cifar.check_params import validate_params
-from robust_cifar.errors import PublishError
+from robust_cifar.errors import PublishError, UserError
 from robust_cifar.machine import cpu_description
 from robust_cifar.params import Params, load_params, set_dotted, with_overrides
 from robust_cifar.reporting.provenance import stage_times, time_lines
@@ -179,9 +180,20 @@ def test_a_params_yaml_that_cannot_be_written_is_refused_before_dvc_runs(workspa
     simulate_read_only(monkeypatch)
     assert main(["quick", "--name", "x"]) == 2
     assert workspace == []   # dvc never ran
-    assert capsys.readouterr().err.strip() == ("error: cannot write params.yaml (Read-only file system): the run sets "
-                                               "its -S values there; make it writable (for example `chmod u+w "
-                                               "params.yaml`) and rerun")
+    assert capsys.readouterr().err.strip() == ("error: cannot write params.yaml (Read-only file system): the run writes "
+                                               "its overrides there; run from a writable copy of the project")
+
+
+@pytest.mark.parametrize("cause, fix", [(errno.EROFS, "run from a writable copy of the project"),
+                                        (errno.EACCES, "make it writable (for example `chmod u+w params.yaml`)")])
+def test_a_params_yaml_that_cannot_be_written_gets_the_fix_for_its_cause(tmp_path, monkeypatch, cause, fix):
+    """chmod cannot help a read-only file system."""
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("knn:\n  k: 3\n")
+    monkeypatch.setattr(restored, "open", lambda *args, **kwargs: (_ for _ in ()).throw(
+        OSError(cause, os.strerror(cause), "params.yaml")), raising=False)
+    with pytest.raises(UserError, match=re.escape(fix)):
+        restored.check_writable(Path("params.yaml"))
 
 
 def simulate_read_only(monkeypatch) -> None:

@@ -333,7 +333,8 @@ def test_a_predictions_table_its_run_does_not_record_is_one_line(tmp_path, conte
     path = predictions_of_a_run(tmp_path, content, recorded)
     with pytest.raises(InputError) as error:
         read_correct(path, f"evaluate@{RUN}")
-    one_line(error, path, f"evaluate@{RUN}", "is not the predictions table that 0.json beside it records")
+    one_line(error, path, f"evaluate@{RUN}", "is not the predictions table that 0.json beside it records",
+             f"`dvc checkout --force {path} {path.with_suffix('.json')}`")   # either may be the damaged one
 
 
 def test_predictions_beside_no_per_seed_file_are_one_line(tmp_path):

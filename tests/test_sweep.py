@@ -87,8 +87,8 @@ def test_a_bad_value_is_refused_before_any_worker_starts(tmp_path):
 
 
 def test_the_oversubscription_warning_counts_an_experiments_own_threads(tmp_path, monkeypatch, capsys):
-    """The warning once counted params.yaml's threads only: 1 worker of an experiment at -S compute.threads=8 on
-    2 cores said nothing (and a Ray task reserved params.yaml's count, not the 8 it ran)."""
+    """The warning once counted params.yaml's threads only: 2 workers of experiments at -S compute.threads=2 on
+    2 cores said nothing (and a Ray task reserved params.yaml's count, not the threads it ran)."""
     (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
         run(tmp_path, "git", *command, env=dvc_env())
@@ -100,10 +100,14 @@ def test_the_oversubscription_warning_counts_an_experiments_own_threads(tmp_path
     assert threads == {"k=1": committed, "k=5": committed}
     cli.warn_oversubscribed(slots, threads)
     assert capsys.readouterr().err == ""
-    threads = cli.check_overrides(tmp_path, commit, grid.experiments([f"compute.threads={committed},{8 * committed}"]))
-    assert threads == {f"threads={committed}": committed, f"threads={8 * committed}": 8 * committed}
-    cli.warn_oversubscribed(slots, threads)
-    assert f"1 workers x compute.threads {8 * committed} = {8 * committed} threads" in capsys.readouterr().err
+    threads = cli.check_overrides(tmp_path, commit, grid.experiments([f"compute.threads={committed},{2 * committed}"]))
+    assert threads == {f"threads={committed}": committed, f"threads={2 * committed}": 2 * committed}
+    monkeypatch.setattr("robust_cifar.machine.usable_cores", lambda: 2 * committed)
+    cli.warn_oversubscribed(two := plan_slots([], 2, threads=committed), threads)
+    assert f"2 workers x compute.threads {2 * committed} = {4 * committed} threads" in capsys.readouterr().err
+    # one experiment's threads alone above the cores: check_params' warning says so; fewer workers would not help
+    cli.warn_oversubscribed(two, {"threads=big": 4 * committed})
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("flag", ["knn.k", "=3", "knn.k=", "knn.k=1,,2", "knn.k=[1,2", "data.archive='a,b"])

@@ -4,6 +4,7 @@ project's core.autostage has DVC stage it in Git's index, where `git checkout pa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -45,8 +46,9 @@ def check_writable(path: Path) -> None:
         with open(path, "r+b"):   # opened for writing, nothing written: its bytes and times stay
             pass
     except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror}): the run sets its -S values there; make it "
-                        f"writable (for example `chmod u+w {path}`) and rerun") from None
+        fix = ("run from a writable copy of the project" if error.errno == errno.EROFS else
+               f"make it writable (for example `chmod u+w {path}`) and rerun")
+        raise UserError(f"cannot write {path} ({error.strerror}): the run writes its overrides there; {fix}") from None
 
 
 @contextlib.contextmanager

@@ -98,11 +98,12 @@ def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
     of another run was read as well-formed, and the bootstrap paired it with the wrong images."""
     if not path.is_file():
         raise InputError(f"{path} not found: {get_back(path, produced_by)}")
-    table = path.read_bytes()
-    recorded = read_json(path.with_suffix(".json"), produced_by)
+    table, record = path.read_bytes(), path.with_suffix(".json")
+    recorded = read_json(record, produced_by)
+    # which of the two is off, no file can tell: both are restored
     if not isinstance(recorded, dict) or recorded.get(PREDICTIONS) != table_digest(table):
-        raise InputError(f"{path} is not the predictions table that {path.with_suffix('.json').name} beside it records "
-                         f"(cut short, edited, or of another run): {get_back(path, produced_by)}")
+        raise InputError(f"{path} is not the predictions table that {record.name} beside it records (cut short, "
+                         f"edited, or of another run; or {record.name} is): {get_back(f'{path} {record}', produced_by)}")
     try:
         rows = list(csv.DictReader(table.decode().splitlines()))
     except (csv.Error, UnicodeDecodeError):

@@ -84,8 +84,9 @@ def plan_slots(gpus: list[str], workers: int | None, threads: int) -> list[Slot]
 
 
 def oversubscription(slots: list[Slot], threads: int, cores: int) -> str | None:
-    """A warning when the workers' threads together exceed the cores: slower, the same results."""
-    if len(slots) * threads <= cores:
+    """A warning when the workers' threads together exceed the cores: slower, the same results. Where one
+    experiment's threads alone exceed them, check_params' own warning says so, and fewer workers would not help."""
+    if len(slots) * threads <= cores or threads > cores:
         return None
     return (f"sweep: warning: {len(slots)} workers x compute.threads {threads} = {len(slots) * threads} threads on "
             f"{cores} CPU cores: each experiment runs slower than alone (its results are the same); use fewer "
