@@ -106,7 +106,10 @@ def test_the_oversubscription_warning_counts_an_experiments_own_threads(tmp_path
     cli.warn_oversubscribed(two := plan_slots([], 2, threads=committed), threads)
     assert f"2 workers x compute.threads {2 * committed} = {4 * committed} threads" in capsys.readouterr().err
     # one experiment's threads alone above the cores: check_params' warning says so; fewer workers would not help
-    cli.warn_oversubscribed(two, {"threads=big": 4 * committed})
+    cli.warn_oversubscribed(two, {"threads=big": 4 * committed, "k=1": committed})
+    assert capsys.readouterr().err == ""
+    # one experiment keeps one worker busy, however many there are
+    cli.warn_oversubscribed(plan_slots([], 3, threads=committed), {"k=1": 2 * committed})
     assert capsys.readouterr().err == ""
 
 

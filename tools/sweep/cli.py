@@ -248,11 +248,12 @@ def local_slots(args: argparse.Namespace, root: Path, commit: str) -> list[Slot]
 
 
 def warn_oversubscribed(slots: list[Slot] | None, threads: dict[str, int]) -> None:
-    """A line when this machine's workers, at the most threads any experiment runs, exceed its cores."""
+    """A line when this machine's busy workers (no more than the experiments), at the most threads any experiment
+    runs, exceed its cores."""
     if not slots:
         return
     from robust_cifar.machine import usable_cores
-    warning = oversubscription(slots, max(threads.values()), usable_cores())
+    warning = oversubscription(slots[:len(threads)], max(threads.values()), usable_cores())
     if warning:
         print(warning, file=sys.stderr)
 
