@@ -136,10 +136,16 @@ WATCH_SECONDS = 0.5
 _watching: list[int] = []   # the shell watched, once a thread watches it
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """A /proc/<pid>/stat's fields after the command's name (which may hold spaces and parentheses): state, parent,
+    process group, ..."""
+    return stat.read_text().rpartition(")")[2].split()
+
+
 def parent_of(pid: int) -> int | None:
     """The parent of process `pid`, or None where it is gone (or there is no /proc)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        return int(stat_fields(Path(f"/proc/{pid}/stat"))[1])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -223,7 +229,7 @@ def group_running(pgid: int) -> bool:
         return True
     for stat in proc.glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            state, _, group = stat.read_text().rpartition(")")[2].split()[:3]
+            state, _, group = stat_fields(stat)[:3]
             if int(group) == pgid and state not in "ZX":
                 return True
     return False

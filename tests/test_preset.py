@@ -193,7 +193,7 @@ def test_a_params_yaml_that_cannot_be_written_gets_the_fix_for_its_cause(tmp_pat
     monkeypatch.setattr(restored, "open", lambda *args, **kwargs: (_ for _ in ()).throw(
         OSError(cause, os.strerror(cause), "params.yaml")), raising=False)
     with pytest.raises(UserError, match=re.escape(fix)):
-        restored.check_writable(Path("params.yaml"))
+        restored.check_editable(Path("params.yaml"))
 
 
 def simulate_read_only(monkeypatch) -> None:

@@ -37,7 +37,7 @@ from robust_cifar.errors import UserError
 from robust_cifar.outputs import NEARLY_FULL, free_bytes
 from robust_cifar.signals import (FORWARDED, Stopped, dies_with_this_process, run_tool, signal_of, signals_held,
                                   stop_group, stop_on_signals)
-from tools.restored import Outcome, check_writable, restored_on_failure
+from tools.restored import Outcome, check_editable, restored_on_failure
 
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
@@ -254,7 +254,7 @@ def run_all(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         if args.set_param:
-            check_writable(Path("params.yaml"))
+            check_editable(Path("params.yaml"))
             set_params(args.set_param)
         upstream_of, stale = read_pipeline(Path("."))
     except UserError as error:

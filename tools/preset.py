@@ -35,7 +35,7 @@ from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
 from stages import paths
 from stages.curves import TRAINING_CURVES
-from tools.restored import check_writable, restored_on_failure
+from tools.restored import check_editable, restored_on_failure
 from tools.sweep.cli import existing_names
 from tools.sweep.grid import LONGEST_EXP_NAME, quoted, valid_exp_name
 
@@ -142,7 +142,7 @@ def check_before_running(cmd: list[str], destination: Path | None) -> None:
                           f"first (`dvc exp remove {name}`)")
     settings = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     check_on_this_machine(with_overrides(load_params(), settings))
-    check_writable(Path("params.yaml"))
+    check_editable(Path("params.yaml"))
     if destination is not None:
         check_destination(destination, preset=dict(setting.split("=", 1) for setting in settings)["preset"])
 

@@ -39,7 +39,7 @@ def put_back_entry(path: Path, entry: str | None) -> None:
         subprocess.run(command, cwd=path.parent, capture_output=True, timeout=60)
 
 
-def check_writable(path: Path) -> None:
+def check_editable(path: Path) -> None:
     """The run sets its -S values in `path`: refused in one line where it cannot be written, before anything runs
     (DVC said 'unexpected error' after the preset's checks; concurrent_repro's -S was a traceback)."""
     try:

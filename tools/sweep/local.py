@@ -35,11 +35,8 @@ class Slot:
     numerics: tuple[str, ...] = ()  # the device and CPU threads its experiments run with, as `key=value`
 
     def set_params(self, experiment: Experiment | None = None) -> list[str]:
-        """`-S` arguments that put the slot's device and thread count into `experiment`'s params, where DVC
-        records them (they change a result's bits), but for a key the experiment sets itself; then its own."""
-        own = {key for key, _ in experiment.overrides} if experiment else set()
-        return ([arg for setting in self.numerics if setting.partition("=")[0] not in own for arg in ("-S", setting)]
-                + (experiment.set_params() if experiment else []))
+        """`-S` arguments of the slot's device and thread count, and then `experiment`'s own (steps.with_numerics)."""
+        return steps.with_numerics(self.numerics, experiment.set_params() if experiment else [])
 
 
 def visible_gpus(environ: dict[str, str] | None = None, device_count: Callable[[], int] | None = None) -> list[str]:

@@ -152,6 +152,13 @@ def read_text(path: Path) -> str:
         return ""
 
 
+def with_numerics(numerics: tuple[str, ...], set_params: list[str]) -> list[str]:
+    """`-S` arguments that put a worker's device and CPU threads (`key=value`; they change a result's bits, so DVC
+    records them) into an experiment's params, but for a key its own `set_params` sets; then those."""
+    own = {setting.partition("=")[0] for setting in set_params[1::2]}
+    return [arg for setting in numerics if setting.partition("=")[0] not in own for arg in ("-S", setting)] + set_params
+
+
 def run_remote(spec: dict) -> dict:
     """One experiment on a Ray node: clone from the Git remote, run, `dvc exp push` to the shared remotes.
 
@@ -182,11 +189,8 @@ def run_remote(spec: dict) -> dict:
             run_logged(dvc("remote", "default", "--local", spec["dvc_remote"]), workspace, log, env)
         # --pull: the outputs of stages this experiment does not change come from the DVC remote
         # the device and the thread count are params (they change a result's bits)
-        numerics = {"compute.device": "cuda" if spec["gpus"] else "cpu", "compute.threads": spec["threads"]}
-        own = {setting.partition("=")[0] for setting in spec["set_params"][1::2]}   # the experiment's keys win
-        run_experiment(workspace, spec["name"], [arg for key, value in numerics.items() if key not in own
-                                                 for arg in ("-S", f"{key}={value}")] + spec["set_params"],
-                       log, env, pull=True)
+        numerics = (f"compute.device={'cuda' if spec['gpus'] else 'cpu'}", f"compute.threads={spec['threads']}")
+        run_experiment(workspace, spec["name"], with_numerics(numerics, spec["set_params"]), log, env, pull=True)
         push_experiment(workspace, spec["git_url"], spec["name"], log, env, force=spec["force"],
                         dvc_remote=spec["dvc_remote"])
     except StepFailed as error:
