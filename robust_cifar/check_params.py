@@ -20,7 +20,7 @@ from robust_cifar.data.archive import check_local_archive
 from robust_cifar.data.download import DataConfig
 from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError, UserError
-from robust_cifar.evaluation.evaluate import knn_k
+from robust_cifar.conditions import knn_k
 from robust_cifar.evaluation.robustness import RobustnessConfig
 from robust_cifar.machine import usable_cores
 from robust_cifar.model import ModelConfig

@@ -2,8 +2,9 @@
 -> reports/seeds/<method>/<seed>.json, and the test predictions of the method's own decision
 -> reports/seeds/<method>/<seed>.csv"""
 from robust_cifar.compute import Compute
+from robust_cifar.conditions import knn_k
 from robust_cifar.evaluation.embeddings import load_embeddings
-from robust_cifar.evaluation.evaluate import has_head, knn_k, score_embeddings
+from robust_cifar.evaluation.evaluate import has_head, score_embeddings
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.reporting.results import PREDICTIONS, RUN, stamped, table_digest

@@ -9,7 +9,7 @@ import torch
 
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.data.split import load_splits
-from robust_cifar.evaluation.evaluate import knn_k
+from robust_cifar.conditions import knn_k
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.evaluation.robustness import RobustnessConfig, Victim, percentages, robust_accuracy
 from robust_cifar.model import ModelConfig, load_model
@@ -63,8 +63,8 @@ def main(argv: list[str]) -> None:
     write_csv(paths.robustness_per_image(name, seed),
               [{"test_index": int(index), "label": int(label), **{key: int(values[row]) for key, values in columns.items()}}
                for row, (index, label) in enumerate(zip(chosen, labels.cpu().numpy()))])
-    print(f"robustness@{run}: robust test accuracy at {config.study_eps_255:g}/255 {percentages(report['robust'])} "
-          f"(clean {percentages(report['clean'])}) on {len(labels)} images")
+    print(f"robustness@{run}: robust test accuracy at {config.study_eps_255:g}/255 {percentages(report['robust'], k)} "
+          f"(clean {percentages(report['clean'], k)}) on {len(labels)} images")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
 -> reports/summary.md, reports/summary.json, the figures, and each method's headline numbers -> reports/metrics.json"""
+from robust_cifar.conditions import decision_labels, knn_k
 from robust_cifar.outputs import save_figure, write_json, write_text
 from robust_cifar.params import load_params
 from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
@@ -13,7 +14,7 @@ from stages import paths
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    methods, seeds = params.method_names(), params.train_seeds()
+    methods, seeds, labels = params.method_names(), params.train_seeds(), decision_labels(knn_k(params))
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download", SOURCE), run_settings)
     all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}", method) for method in methods}
@@ -21,21 +22,21 @@ def main(argv: list[str]) -> None:
                 for method in methods}
     correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"evaluate@{method}-{seed}")
                         for seed in seeds} for method in methods}
-    comparisons = compare_with_baseline(per_seed, correct)
-    gates = {method: gate_failures(metrics) for method, metrics in all_metrics.items()}
-    report = markdown_report(all_metrics, comparisons, gates, [*provenance, RUN_FACTS_ELSEWHERE],
+    comparisons = compare_with_baseline(per_seed, correct, labels)
+    gates = {method: gate_failures(metrics, labels) for method, metrics in all_metrics.items()}
+    report = markdown_report(all_metrics, comparisons, labels, gates, [*provenance, RUN_FACTS_ELSEWHERE],
                              comparable_with_write_up=run_settings["preset"] == FULL)
     write_text(paths.SUMMARY_MD, report)
     write_json(paths.HEADLINE, headline_metrics(all_metrics))
     write_json(paths.SUMMARY_JSON, {"provenance": provenance, "settings": run_settings, "verdict": [comparison.sentence for comparison in comparisons],
                                     "comparisons": [comparison.row for comparison in comparisons],
                                     "sanity_gates": {method: failures for method, failures in gates.items()},
-                                    "test": headline_rows(all_metrics),
-                                    "robust": robust_rows(all_metrics),
-                                    "test_single_perturbation": single_perturbation_rows(all_metrics),
-                                    "all_splits": all_split_rows(all_metrics)})
-    save_figure(accuracy_bars(all_metrics), paths.ACCURACY_FIGURE)
-    save_figure(robustness_curves(all_metrics), paths.ROBUSTNESS_FIGURE)
+                                    "test": headline_rows(all_metrics, labels),
+                                    "robust": robust_rows(all_metrics, labels),
+                                    "test_single_perturbation": single_perturbation_rows(all_metrics, labels),
+                                    "all_splits": all_split_rows(all_metrics, labels)})
+    save_figure(accuracy_bars(all_metrics, labels), paths.ACCURACY_FIGURE)
+    save_figure(robustness_curves(all_metrics, labels), paths.ROBUSTNESS_FIGURE)
     print(report)
 
 

@@ -13,7 +13,7 @@ from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.download import DataConfig
 from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError
-from robust_cifar.evaluation.evaluate import knn_k
+from robust_cifar.conditions import knn_k
 from robust_cifar.model import ModelConfig
 from robust_cifar.params import BOOLEAN, Params, Rule, changed_while_read, get_dotted, leaf_keys, load_params, set_dotted
 from robust_cifar.perturbations.perturb import PerturbSettings, fgm_eps_from_params

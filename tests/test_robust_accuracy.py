@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from robust_cifar.compute import Compute
+from robust_cifar.conditions import decision_labels
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.attack_registry import ATTACKS, PlannedAttack, eps_key
 from robust_cifar.evaluation.robustness import RUNS, RobustnessConfig, Victim, robust_accuracy
@@ -20,6 +21,8 @@ from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.archives import make_images
 from tests.methods import ANGULAR
 from tests.test_attacks import SETTINGS
+
+STUDY = decision_labels(3)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = Compute.create("cpu", fast=False)
@@ -214,7 +217,7 @@ SOUND = {"fgm": [0.6, 0.3, 0.05], "pgd": [0.5, 0.2, 0.0], "apgd_ce": [0.45, 0.1,
 
 
 def test_sound_robustness_numbers_pass_every_gate():
-    assert gate_failures(metrics_with(SOUND)) == []
+    assert gate_failures(metrics_with(SOUND), STUDY) == []
 
 
 @pytest.mark.parametrize("change, words", [
@@ -228,7 +231,7 @@ def test_sound_robustness_numbers_pass_every_gate():
      "head: 5.0% survive the strongest attack (pgd) at eps 32/255 (expected at most 2%)"),
 ])
 def test_each_gate_names_what_failed(change, words):
-    failures = gate_failures(metrics_with({**SOUND, **change}))
+    failures = gate_failures(metrics_with({**SOUND, **change}), STUDY)
     assert any(words in failure for failure in failures), failures
 
 
@@ -243,10 +246,10 @@ def cascade_metrics(robust_at_32: float) -> dict:
 
 
 def test_a_cascade_is_gated_on_robust_accuracy_at_the_break_eps_and_shows_what_each_attack_broke():
-    assert gate_failures(cascade_metrics(0.01)) == []
-    assert gate_failures(cascade_metrics(0.05)) == ["head: 5.0% survive every attack at eps 32/255 (expected at most 2%)",
+    assert gate_failures(cascade_metrics(0.01), STUDY) == []
+    assert gate_failures(cascade_metrics(0.05), STUDY) == ["head: 5.0% survive every attack at eps 32/255 (expected at most 2%)",
                                                     "3-NN: 5.0% survive every attack at eps 32/255 (expected at most 2%)"]
-    row = robust_rows({REFERENCE_METHOD: cascade_metrics(0.0)})[0]
+    row = robust_rows({REFERENCE_METHOD: cascade_metrics(0.0)}, STUDY)[0]
     assert row["fgm broke"] == "60.00 +- 1.00" and row["apgd_ce broke"] == "30.00 +- 1.00" and "pgd" not in row
 
 
@@ -256,24 +259,25 @@ def test_a_cascade_is_drawn_as_what_was_left_after_each_attack_in_turn():
     lines = left_after_each_attack(metrics, "head")
     assert list(lines) == ["fgm", "apgd_ce"]   # registry order
     assert np.allclose(lines["fgm"][1], [90, 70, 30, 30]) and np.allclose(lines["apgd_ce"][1], [90, 70, 0, 0])
-    panel = robustness_curves({REFERENCE_METHOD: {"robustness": metrics}}).axes[1]
+    panel = robustness_curves({REFERENCE_METHOD: {"robustness": metrics}}, STUDY).axes[1]
     assert len(panel.get_lines()) == 3 and np.allclose(panel.get_lines()[1].get_ydata(), [90, 70, 0, 0])
 
 
 def test_one_step_of_fgm_may_lose_ground_at_a_large_eps():
     """A single step overshoots where eps is large: FGM is gated against PGD, not against itself."""
-    assert gate_failures(metrics_with({**SOUND, "fgm": [0.6, 0.3, 0.4]})) == []
+    assert gate_failures(metrics_with({**SOUND, "fgm": [0.6, 0.3, 0.4]}), STUDY) == []
 
 
 def test_gates_apply_to_the_decisions_an_attack_aims_at():
     """On a head-less model, attacks on its soft class-mean score aim at no decision: the 3-NN is only
     scored on their images, so a weak FGM there is no failed gate."""
-    assert gate_failures(metrics_with({**SOUND, "pgd": [0.7, 0.2, 0.0]}, knn_only=True)) == []
+    assert gate_failures(metrics_with({**SOUND, "pgd": [0.7, 0.2, 0.0]}, knn_only=True), STUDY) == []
 
 
 def test_the_robust_table_shows_clean_robust_and_each_attack_at_the_study_eps():
-    rows = robust_rows({REFERENCE_METHOD: metrics_with(SOUND)})
+    rows = robust_rows({REFERENCE_METHOD: metrics_with(SOUND)}, STUDY)
     assert [row["decision"] for row in rows] == ["head", "3-NN"]
+    assert [row["decision"] for row in robust_rows({REFERENCE_METHOD: metrics_with(SOUND)}, decision_labels(5))] == ["head", "5-NN"]
     assert rows[0]["clean"] == "90.00 +- 1.00" and rows[0]["robust"] == "0.00 +- 1.00"
     assert rows[0]["pgd"] == "20.00 +- 1.00" and rows[0]["apgd_ce"] == "10.00 +- 1.00"
 
@@ -284,7 +288,8 @@ def test_the_robust_table_shows_clean_robust_and_each_attack_at_the_study_eps():
 
 
 def test_robustness_curves_show_every_method_then_each_attack_per_method():
-    figure = robustness_curves({REFERENCE_METHOD: metrics_with(SOUND), ANGULAR: metrics_with(SOUND, knn_only=True)})
+    figure = robustness_curves({REFERENCE_METHOD: metrics_with(SOUND), ANGULAR: metrics_with(SOUND, knn_only=True)},
+                               decision_labels(5))
     overview = figure.axes[0]
     assert [matplotlib.colors.to_hex(line.get_color()) for line in overview.get_lines()] == [method_colour(REFERENCE_METHOD, [REFERENCE_METHOD, ANGULAR])]
     assert overview.get_legend_handles_labels()[1] == [REFERENCE_METHOD]
@@ -297,3 +302,4 @@ def test_robustness_curves_show_every_method_then_each_attack_per_method():
     knn_overview = figure.axes[3]
     assert [tick.get_text() for tick in knn_overview.get_xticklabels()] == ["0", "2", "8", "32"]
     assert [line.get_label() for line in knn_overview.get_lines()] == [REFERENCE_METHOD, ANGULAR]
+    assert knn_overview.get_title() == "robust accuracy, 5-NN" and figure.axes[5].get_title() == f"{ANGULAR}: 5-NN"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for
+from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for, decision_labels
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import score_embeddings
 from robust_cifar.reporting.aggregate import aggregate
@@ -149,7 +149,7 @@ def aggregated(head: bool, clean: float, perturbed: float, spread: float = 0.0) 
 def test_markdown_report_has_a_row_per_method_and_na_for_the_angular_head():
     all_metrics = {REFERENCE_METHOD: aggregated(True, 0.7, 0.45), PERTURBED_HEAD: aggregated(True, 0.68, 0.52),
                    ANGULAR: aggregated(False, 0.8, 0.6, spread=0.01)}
-    report = markdown_report(all_metrics, comparisons=[])
+    report = markdown_report(all_metrics, comparisons=[], labels=decision_labels(3))
     headline = report.split("## Test set\n", 1)[1].split("\n## ", 1)[0]
     for method in all_metrics:
         rows = table_rows(headline, method)
@@ -165,6 +165,14 @@ def test_markdown_report_has_a_row_per_method_and_na_for_the_angular_head():
     assert NOT_APPLICABLE == "n/a"
 
 
+def test_the_report_names_the_knn_by_the_k_it_ran_with():
+    all_metrics = {REFERENCE_METHOD: aggregated(True, 0.7, 0.45), ANGULAR: aggregated(False, 0.8, 0.6)}
+    report = markdown_report(all_metrics, comparisons=[], labels=decision_labels(5), comparable_with_write_up=False)
+    assert "3-NN" not in report
+    assert [row[1] for row in table_rows(report, ANGULAR)[1:]] == ["5-NN", "5-NN"]   # one perturbation, every split
+    assert " 5-NN clean " in report and "Training accuracy of the 5-NN is leave-one-out" in report
+
+
 def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     rng = np.random.default_rng(0)
     def run(head: bool, clean: float, perturbed: float, robust: float) -> dict:
@@ -177,7 +185,7 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
                 ANGULAR: {seed: run(False, 0.80, 0.55 - 0.02 * seed, 0.05 + 0.01 * seed) for seed in range(3)}}
     correct = {method: {seed: {"clean": rng.random(500) < 0.7, "perturbed": rng.random(500) < 0.5}
                         for seed in range(3)} for method in per_seed}
-    comparisons = compare_with_baseline(per_seed, correct)
+    comparisons = compare_with_baseline(per_seed, correct, decision_labels(3))
     assert [c.method for c in comparisons] == [PERTURBED_HEAD, ANGULAR]
     adversarial, angular = comparisons
     # +7 points on every seed: no spread, so the interval has zero width and excludes 0
@@ -186,5 +194,5 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     assert angular.row[f"perturbed - {REFERENCE_METHOD} (seeds, 95%)"].startswith("-3.0 +-")
     assert adversarial.row[f"robust - {REFERENCE_METHOD} (seeds, 95%)"] == "+15.0 +- 0.0 points"
     assert "robust accuracy (worst case over attacks) +15.0 +- 0.0 points (distinguishable from zero)" in adversarial.sentence
-    report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons)
+    report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons, decision_labels(3))
     assert f"- {adversarial.sentence}" in report and f"- {angular.sentence}" in report

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from robust_cifar.conditions import decision_labels
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, cell, compare_with_baseline, headline_metrics, headline_rows
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label, write_up
 
 OTHER = next(name for name in REGISTRY if name != REFERENCE_METHOD)
+STUDY = decision_labels(3)
 IMAGES = 40
 
 
@@ -28,12 +30,12 @@ REFERENCE = {0: (0.50, 0.40, 0.00), 1: (0.55, 0.45, 0.00), 2: (0.60, 0.40, 0.05)
 METHOD = {0: (0.45, 0.50, 0.10), 1: (0.50, 0.50, 0.05), 2: (0.60, 0.45, 0.10)}
 
 
-def comparison(head: bool = True):
+def comparison(head: bool = True, k: int = 3):
     per_seed = {REFERENCE_METHOD: {s: seed_metrics(*v) for s, v in REFERENCE.items()},
                 OTHER: {s: seed_metrics(*v, head=head) for s, v in METHOD.items()}}
     correct = {REFERENCE_METHOD: {s: per_image(v[1], s) for s, v in REFERENCE.items()},
                OTHER: {s: per_image(v[1], 10 + s) for s, v in METHOD.items()}}
-    [only] = compare_with_baseline(per_seed, correct)
+    [only] = compare_with_baseline(per_seed, correct, decision_labels(k))
     return only
 
 
@@ -47,9 +49,10 @@ def test_each_method_is_compared_with_the_reference_seed_by_seed():
     assert only.sentence.startswith(f"{OTHER} (head) ")
 
 
-def test_a_headless_method_is_compared_by_its_3nn():
+def test_a_headless_method_is_compared_by_its_knn_named_by_its_k():
     only = comparison(head=False)
     assert only.decision == "knn" and only.row["method"] == f"{OTHER} (3-NN)"
+    assert comparison(head=False, k=5).row["method"] == f"{OTHER} (5-NN)"
 
 
 def test_the_headline_is_each_methods_own_decision_in_percent_under_its_label():
@@ -78,10 +81,10 @@ def test_a_cell_is_percent_mean_and_std(entry, text):
 def test_the_write_ups_column_only_where_it_reported_the_method():
     metrics = {name: {"seeds": 1, "test": {condition: {"head": {"mean": 0.5, "std": 0.0}}
                                            for condition in ("clean", "perturbed", "transfer")}} for name in REGISTRY}
-    rows = {row["method"]: row for row in headline_rows(metrics)}
+    rows = {row["method"]: row for row in headline_rows(metrics, decision_labels(5))}
     for name in REGISTRY:
         reported = write_up(name)
         assert rows[name]["write-up clean / perturbed"] == ("" if reported is None else
                                                            f"{reported[1]} / {reported[2]} ({'head' if reported[0] == 'head' else '3-NN'})")
-    assert all("write-up clean / perturbed" not in row for row in headline_rows(metrics, with_write_up=False))
-    assert rows[REFERENCE_METHOD]["3-NN clean"] == NOT_APPLICABLE
+    assert all("write-up clean / perturbed" not in row for row in headline_rows(metrics, STUDY, with_write_up=False))
+    assert rows[REFERENCE_METHOD]["5-NN clean"] == NOT_APPLICABLE   # this run's k; the write-up's column its 3-NN

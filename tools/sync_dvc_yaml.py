@@ -64,7 +64,7 @@ def generated_sections(methods: list[str]) -> str:
         lines += [f"        {training_log(method)}/plots/metrics/{metric}.tsv: {field}" for method in methods]
         lines += ["      x_label: epoch", f"      y_label: {y_label}"]
     for condition in CONFUSIONS:
-        lines += [f"  - Confusion on the {condition} test set (head; 3-NN without a head):", "      template: confusion",
+        lines += [f"  - Confusion on the {condition} test set (head; k-NN without a head):", "      template: confusion",
                   "      x: actual", "      y:"]
         lines += [f"        reports/predictions/{method}.csv: {condition}" for method in methods]
         lines += ["      x_label: actual class", "      y_label: predicted class"]

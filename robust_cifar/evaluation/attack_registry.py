@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from robust_cifar.conditions import DECISIONS
 from robust_cifar.params import Params, Rule, bounded_int, bounded_real, one_of
 
 # What an attack differentiates, and so which decisions its gates apply to.
@@ -108,5 +107,5 @@ def planned_attacks(params: Params) -> list[PlannedAttack]:
     return planned
 
 
-__all__ = ["ATTACKS", "AttackSpec", "DECISIONS", "KNN", "SCORE", "TRANSFER", "PlannedAttack", "eps_key", "eps_of",
+__all__ = ["ATTACKS", "AttackSpec", "KNN", "SCORE", "TRANSFER", "PlannedAttack", "eps_key", "eps_of",
            "planned_attacks"]

@@ -7,15 +7,11 @@ import torch
 from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.knn import knn_predict
-from robust_cifar.params import Params, bounded_int, fix_hint
+from robust_cifar.params import fix_hint
 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return round(float((predicted == labels).mean()), 6)
-
-
-def knn_k(params: Params) -> int:
-    return params.value("knn.k", bounded_int(1, 99, "a vote of more neighbours is another classifier than the study's 3-NN"))
 
 
 def has_head(arrays: dict[str, np.ndarray]) -> bool:

@@ -7,7 +7,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robust_cifar.conditions import DECISIONS  # noqa: E402
 from robust_cifar.evaluation.attack_registry import ATTACKS, eps_of  # noqa: E402
 from robust_cifar.reporting.colours import ATTACK_PALETTE, method_colour  # noqa: E402
 
@@ -15,10 +14,10 @@ from robust_cifar.reporting.colours import ATTACK_PALETTE, method_colour  # noqa
 CONDITION_COLOURS = {"clean": "#4c72b0", "perturbed": "#dd8452", "transfer": "#c44e52"}
 
 
-def accuracy_bars(all_metrics: dict[str, dict], split: str = "test"):
-    """Grouped bars: per method and decision rule, clean vs perturbed vs transfer accuracy
-    (mean over training seeds, with the std as an error bar)."""
-    groups = [(method, decision) for method, metrics in all_metrics.items() for decision in ("head", "knn")
+def accuracy_bars(all_metrics: dict[str, dict], labels: dict[str, str], split: str = "test"):
+    """Grouped bars: per method and decision rule (named by `labels`, conditions.decision_labels), clean vs
+    perturbed vs transfer accuracy (mean over training seeds, with the std as an error bar)."""
+    groups = [(method, decision) for method, metrics in all_metrics.items() for decision in labels
               if decision in metrics[split]["clean"]]
     figure, axis = plt.subplots(figsize=(1.6 * len(groups) + 2, 4.5))
     width = 0.8 / len(CONDITION_COLOURS)
@@ -29,7 +28,7 @@ def accuracy_bars(all_metrics: dict[str, dict], split: str = "test"):
                         yerr=[100 * entry["std"] for entry in entries], error_kw={"elinewidth": 0.8, "capsize": 2})
         axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     axis.set_xticks(np.arange(len(groups)),
-                    [f"{method}\n{'head' if decision == 'head' else '3-NN'}" for method, decision in groups])
+                    [f"{method}\n{labels[decision]}" for method, decision in groups])
     axis.set_ylabel(f"{split} accuracy (%)")
     axis.set_ylim(0, 105)
     axis.set_title(f"{split.capitalize()} accuracy: clean vs perturbed (white-box FGM) vs transfer (FGM from the baseline)")
@@ -79,8 +78,8 @@ def left_after_each_attack(robustness: dict, decision: str) -> dict[str, tuple[n
     return lines
 
 
-def robustness_curves(all_metrics: dict[str, dict]):
-    """Robust test accuracy against attack size, one row per decision (head, 3-NN).
+def robustness_curves(all_metrics: dict[str, dict], labels: dict[str, str]):
+    """Robust test accuracy against attack size, one row per decision (head, k-NN; named by `labels`).
 
     First column: every method's robust accuracy (right on the clean image and under every attack at
     every eps up to this one), mean over seeds with the std as a band. Then one column per method:
@@ -90,11 +89,11 @@ def robustness_curves(all_metrics: dict[str, dict]):
     are what was still right after each attack in turn (registry order), down to the black one.
     """
     methods = [method for method, metrics in all_metrics.items() if metrics.get("robustness")]
-    figure, axes = plt.subplots(len(DECISIONS), 1 + len(methods), figsize=(3.3 * (1 + len(methods)), 6.6),
+    figure, axes = plt.subplots(len(labels), 1 + len(methods), figsize=(3.3 * (1 + len(methods)), 6.6),
                                 sharex=True, sharey=True, squeeze=False)
     used_attacks: list[str] = []
     cascade = any("broken" in all_metrics[method]["robustness"] for method in methods)
-    for row, (decision, label) in enumerate(DECISIONS.items()):
+    for row, (decision, label) in enumerate(labels.items()):
         overview, eps_values = axes[row][0], set()
         for column, method in enumerate(methods, start=1):
             robustness, axis = all_metrics[method]["robustness"], axes[row][column]

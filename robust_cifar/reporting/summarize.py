@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from tabulate import tabulate
 
-from robust_cifar.conditions import CONDITIONS, DECISIONS, KINDS, SPLITS
+from robust_cifar.conditions import CONDITIONS, DECISIONS, KINDS, SPLITS, decision_labels
 from robust_cifar.evaluation.attack_registry import ATTACKS, eps_key, eps_of
 from robust_cifar.reporting.aggregate import bootstrap_difference, paired_difference, verdict
-from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label, write_up
+from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, WRITE_UP_K, label, write_up
 NOT_APPLICABLE = "n/a"
 
 
@@ -32,7 +32,7 @@ def lookup(metrics: dict, split: str, condition: str, decision: str) -> dict | N
 
 
 def own_decision(metrics: dict) -> str:
-    """How the method classifies: its head when it has one, else the 3-NN."""
+    """How the method classifies: its head when it has one, else the k-NN."""
     return "head" if "head" in metrics["test"]["clean"] else "knn"
 
 
@@ -55,38 +55,39 @@ def headline_metrics(all_metrics: dict[str, dict]) -> dict[str, dict[str, float]
     return headline
 
 
-def headline_rows(all_metrics: dict[str, dict], with_write_up: bool = True) -> list[dict]:
-    """Test accuracy (%) clean / perturbed / transfer and the clean->perturbed drop, per decision rule;
-    the write-up's numbers beside them only where the settings are comparable."""
+def headline_rows(all_metrics: dict[str, dict], labels: dict[str, str], with_write_up: bool = True) -> list[dict]:
+    """Test accuracy (%) clean / perturbed / transfer and the clean->perturbed drop, per decision rule
+    (named by `labels`, conditions.decision_labels); the write-up's numbers beside them only where the
+    settings are comparable."""
     rows = []
     for method, metrics in all_metrics.items():
         row = {"method": method, "seeds": metrics.get("seeds", 0)}
-        for decision, label in DECISIONS.items():
+        for decision, named in labels.items():
             values = {c: lookup(metrics, "test", c, decision) for c in CONDITIONS}
             for condition in CONDITIONS:
-                row[f"{label} {condition}"] = cell(values[condition])
-            row[f"{label} drop"] = (NOT_APPLICABLE if values["clean"] is None else
+                row[f"{named} {condition}"] = cell(values[condition])
+            row[f"{named} drop"] = (NOT_APPLICABLE if values["clean"] is None else
                                     f"{100 * (values['clean']['mean'] - values['perturbed']['mean']):.2f}")
         if with_write_up:
             decision, clean, perturbed = write_up(method) or (None, None, None)
-            row["write-up clean / perturbed"] = f"{clean} / {perturbed} ({DECISIONS[decision]})" if decision else ""
+            row["write-up clean / perturbed"] = f"{clean} / {perturbed} ({decision_labels(WRITE_UP_K)[decision]})" if decision else ""
         rows.append(row)
     return rows
 
 
-def single_perturbation_rows(all_metrics: dict[str, dict]) -> list[dict]:
+def single_perturbation_rows(all_metrics: dict[str, dict], labels: dict[str, str]) -> list[dict]:
     """Test accuracy (%) with each perturbation applied alone to every image."""
     return [{"method": method, "decision": label,
              **{f"{kind} only": cell(lookup(metrics, "test", kind, decision)) for kind in KINDS}}
-            for method, metrics in all_metrics.items() for decision, label in DECISIONS.items()
+            for method, metrics in all_metrics.items() for decision, label in labels.items()
             if lookup(metrics, "test", "clean", decision) is not None]
 
 
-def all_split_rows(all_metrics: dict[str, dict]) -> list[dict]:
+def all_split_rows(all_metrics: dict[str, dict], labels: dict[str, str]) -> list[dict]:
     return [{"method": method, "decision": label,
              **{f"{split} {condition}": cell(lookup(metrics, split, condition, decision))
                 for split in SPLITS for condition in CONDITIONS}}
-            for method, metrics in all_metrics.items() for decision, label in DECISIONS.items()
+            for method, metrics in all_metrics.items() for decision, label in labels.items()
             if lookup(metrics, "test", "clean", decision) is not None]
 
 
@@ -112,7 +113,7 @@ def decisions_of(robustness: dict) -> list[str]:
     return [decision for decision in DECISIONS if decision in robustness.get("clean", {})]
 
 
-def gate_failures(metrics: dict) -> list[str]:
+def gate_failures(metrics: dict, labels: dict[str, str]) -> list[str]:
     """The sanity checks of Carlini et al. 2019 ("On Evaluating Adversarial Robustness") that these
     robustness numbers fail, in words; an empty list when all pass.
 
@@ -131,7 +132,7 @@ def gate_failures(metrics: dict) -> list[str]:
             curve = attack_curve(robustness, name, decision)
             if not curve:
                 continue
-            label = DECISIONS[decision]
+            label = labels[decision]
             points = list(curve.items())
             rises = [eps for (_, a), (eps, b) in zip(points, points[1:]) if b > a + GATE_TOLERANCE]
             if rises and spec.iterative:
@@ -148,17 +149,17 @@ def gate_failures(metrics: dict) -> list[str]:
         at_break = {name: value for name, (eps, value) in largest.items() if eps >= BREAK_EPS}
         if at_break and min(at_break.values()) > BREAK_ACCURACY:
             best = min(at_break, key=at_break.get)
-            failures.append(f"{DECISIONS[decision]}: {100 * at_break[best]:.1f}% survive the strongest attack ({best}) "
+            failures.append(f"{labels[decision]}: {100 * at_break[best]:.1f}% survive the strongest attack ({best}) "
                             f"at eps {largest[best][0]:g}/255 (expected at most {100 * BREAK_ACCURACY:.0f}%)")
         robust = mean_curve(robustness.get("curve", {}), decision) if "broken" in robustness else {}
         eps, value = max(robust.items()) if robust else (0, 0)
         if eps >= BREAK_EPS and value > BREAK_ACCURACY:
-            failures.append(f"{DECISIONS[decision]}: {100 * value:.1f}% survive every attack at eps {eps:g}/255 "
+            failures.append(f"{labels[decision]}: {100 * value:.1f}% survive every attack at eps {eps:g}/255 "
                             f"(expected at most {100 * BREAK_ACCURACY:.0f}%)")
     return failures
 
 
-def robust_rows(all_metrics: dict[str, dict]) -> list[dict]:
+def robust_rows(all_metrics: dict[str, dict], labels: dict[str, str]) -> list[dict]:
     """Per method and decision, at the study's eps (%): clean accuracy on the attacked images, robust
     accuracy (right on the clean image and under every attack, cumulative over eps), and each
     attack's own accuracy (or, in a cascade, the share of the images it was the first to break, at this
@@ -170,7 +171,7 @@ def robust_rows(all_metrics: dict[str, dict]) -> list[dict]:
             continue
         study = eps_key(robustness["study_eps_255"]["mean"])
         for decision in decisions_of(robustness):
-            row = {"method": method, "decision": DECISIONS[decision],
+            row = {"method": method, "decision": labels[decision],
                    "clean": cell(robustness["clean"][decision]), "robust": cell(robustness["robust"][decision])}
             # registry order (the aggregate's keys are sorted); n/a where an attack did not run here
             for key, column in (("attacks", "{}"), ("broken", "{} broke")):
@@ -195,7 +196,8 @@ class Comparison:
     row: dict
 
 
-def compare_with_baseline(per_seed: dict[str, dict[int, dict]], correct: dict[str, dict[int, dict]]) -> list[Comparison]:
+def compare_with_baseline(per_seed: dict[str, dict[int, dict]], correct: dict[str, dict[int, dict]],
+                          labels: dict[str, str]) -> list[Comparison]:
     """Each method (its own decision) against the baseline's head, seed by seed, on the test set.
 
     per_seed[method][seed] is evaluate's metrics; correct[method][seed][condition] says per test image
@@ -218,7 +220,7 @@ def compare_with_baseline(per_seed: dict[str, dict[int, dict]], correct: dict[st
         clean = paired_difference(accuracies(method, decision, "clean"), accuracies(REFERENCE_METHOD, "head", "clean"))
         mean, low, high = bootstrap_difference(np.stack([correct[method][seed]["perturbed"] for seed in paired]),
                                                np.stack([correct[REFERENCE_METHOD][seed]["perturbed"] for seed in paired]))
-        label = f"{method} ({DECISIONS[decision]})"
+        label = f"{method} ({labels[decision]})"
         comparisons.append(Comparison(method, decision, verdict(label, perturbed, clean, robust), {
             "method": label, "seeds": len(paired),
             f"perturbed - {REFERENCE_METHOD} (seeds, 95%)": perturbed.text(),
@@ -248,7 +250,7 @@ def failed_gate_warning(gates: dict[str, list[str]]) -> list[str]:
             "(see [Sanity gates](#sanity-gates-carlini-et-al-2019)).", ""]
 
 
-def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
+def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison], labels: dict[str, str],
                     gates: dict[str, list[str]] | None = None, provenance: list[str] | None = None,
                     comparable_with_write_up: bool = True) -> str:
     def table(rows):
@@ -273,7 +275,7 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         "one (robust = clean minus every *broke*). Every attack's images are scored by both decisions, whichever it "
         "aimed at. "
         "`reports/robustness_curve.png` shows the curves over eps.", "",
-        table(robust_rows(all_metrics)), "",
+        table(robust_rows(all_metrics, labels)), "",
         *[f"- `{name}`: {spec.about}." for name, spec in ATTACKS.items()], "",
         "## Sanity gates (Carlini et al. 2019)", "",
         "On each attack's own accuracy, on the decisions it aims at: no iterative attack gains accuracy as eps grows "
@@ -290,14 +292,14 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         "against the evaluated model's own prediction (as cleverhans with y=None); *transfer*: the "
         "same images with FGM against the baseline of the same seed, identical for every model; *drop*: clean "
         f"minus perturbed. *head*: the model's 10-way head ({NOT_APPLICABLE} for the angular models, which have "
-        "none); *3-NN*: k-nearest neighbours on its normalized embeddings, fit on the clean training set.", "",
-        table(headline_rows(all_metrics, with_write_up=comparable_with_write_up)), "",
+        f"none); *{labels['knn']}*: k-nearest neighbours on its normalized embeddings, fit on the clean training set.", "",
+        table(headline_rows(all_metrics, labels, with_write_up=comparable_with_write_up)), "",
         ("The write-up's test accuracies (official archive, 100 epochs, one unseeded run) stand beside the "
          "full preset's." if comparable_with_write_up else
          f"The write-up's numbers ({write_up_numbers()}, clean / perturbed) are not shown beside these: this "
          "preset trains a smaller model for less time."), "",
-        "## Test set, one perturbation on every image", "", table(single_perturbation_rows(all_metrics)), "",
-        "## Every split", "", table(all_split_rows(all_metrics)), "",
-        "Training accuracy of the 3-NN is leave-one-out (a point is never its own neighbour; a perturbed "
+        "## Test set, one perturbation on every image", "", table(single_perturbation_rows(all_metrics, labels)), "",
+        "## Every split", "", table(all_split_rows(all_metrics, labels)), "",
+        f"Training accuracy of the {labels['knn']} is leave-one-out (a point is never its own neighbour; a perturbed "
         "training image never sees its clean twin).", "",
     ])

@@ -89,10 +89,13 @@ def shaped_like(objective: type, perturbation: Optional[type], params: Params) -
                       f"{'clean images' if perturbation is None else perturbation.__name__}")
 
 
+WRITE_UP_K = 3   # the write-up's "knn" decision: a vote of its 3 nearest neighbours
+
+
 def write_up(name: str) -> Optional[tuple[str, float, float]]:
     """The write-up's (decision, clean %, perturbed %) for the method, or None where it has none."""
     return getattr(REGISTRY[name], "WRITE_UP", None)
 
 
-__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "build_method", "known", "label", "loss_name", "on_a_cpu",
-           "shaped_like", "write_up"]
+__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "WRITE_UP_K", "build_method", "known", "label", "loss_name",
+           "on_a_cpu", "shaped_like", "write_up"]
