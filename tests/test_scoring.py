@@ -8,6 +8,7 @@ from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for, d
 from robust_cifar.errors import ParamsError
 from robust_cifar.evaluation.evaluate import score_embeddings
 from robust_cifar.reporting.aggregate import aggregate
+from robust_cifar.reporting.figures import accuracy_bars
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, compare_with_baseline, markdown_report
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.methods import ANGULAR, PERTURBED_HEAD
@@ -171,6 +172,8 @@ def test_the_report_names_the_knn_by_the_k_it_ran_with():
     assert "3-NN" not in report
     assert [row[1] for row in table_rows(report, ANGULAR)[1:]] == ["5-NN", "5-NN"]   # one perturbation, every split
     assert " 5-NN clean " in report and "Training accuracy of the 5-NN is leave-one-out" in report
+    ticks = [tick.get_text() for tick in accuracy_bars(all_metrics, decision_labels(5)).axes[0].get_xticklabels()]
+    assert ticks == [f"{REFERENCE_METHOD}\nhead", f"{REFERENCE_METHOD}\n5-NN", f"{ANGULAR}\n5-NN"]
 
 
 def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
