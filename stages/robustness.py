@@ -45,9 +45,9 @@ def main(argv: list[str]) -> None:
     transfer_source = (None if name == REFERENCE_METHOD else compute.prepare(
         load_model(paths.model(REFERENCE_METHOD, seed), compute.device, run=(REFERENCE_METHOD, seed),
                    **expected)[0]))
-    # the 3-NN's neighbours in float32 too, embedded here: the embed stage's are bf16 where compute.fast is on
+    # the k-NN's neighbours in float32 too, embedded here: the embed stage's are bf16 where compute.fast is on
     fit = embed_and_classify(model, torch.from_numpy(splits["train"].images).to(compute.device), compute,
-                             compute_config.eval_batch_size, progress="train clean (the 3-NN's neighbours)")[0]
+                             compute_config.eval_batch_size, progress=f"train clean (the {k}-NN's neighbours)")[0]
     fit_labels = torch.from_numpy(splits["train"].labels).to(compute.device)
     chosen = evenly_spaced(len(splits["test"]), config.test_images)
     images = torch.from_numpy(splits["test"].images[chosen]).to(compute.device)

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from robust_cifar.errors import DiskFullError, InputError
 from tests.methods import HEAD
@@ -21,8 +22,10 @@ def test_the_reference_library_confirms_the_tiny_projects_robust_accuracy(reprod
     assert crosscheck.main(["--out", str(out), "--iterations", "4", "--head-attacks", "apgd-ce", "apgd-dlr",
                             "--temperatures", "0.05"]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "-0 |" in line]
-    # a head and a 3-NN for the methods with a head, a 3-NN for the angular ones
+    # a head and a k-NN for the methods with a head, a k-NN for the angular ones, named by the project's knn.k
     assert len(rows) == 2 * len(METHODS) - 2
+    k = yaml.safe_load((reproduced_project / "params.yaml").read_text())["knn"]["k"]
+    assert sum(f"| {k}-NN |" in row for row in rows) == len(METHODS)
     assert all(row.endswith("| yes |") for row in rows), rows
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
 from robust_cifar.code_deps import CHECK_STAGE
+from robust_cifar.conditions import decision_labels, knn_k
 from robust_cifar.data.split import load_splits
 from robust_cifar.errors import InputError, ParamsError
 from robust_cifar.model import load_model
@@ -118,8 +119,8 @@ def check_run(method: str, seed: int, device: torch.device, iterations: int = IT
     fit = fp32_embeddings(model, splits["train"].images, device,
                           params.value("compute.eval_batch_size", VALIDATED_ELSEWHERE))
     fit_labels = torch.from_numpy(splits["train"].labels).long().to(device)
-    knn = KNeighborsClassifier(n_neighbors=params.value("knn.k", VALIDATED_ELSEWHERE)).fit(fit.cpu().numpy(),
-                                                                                        fit_labels.cpu().numpy())
+    k = knn_k(params)
+    knn = KNeighborsClassifier(n_neighbors=k).fit(fit.cpu().numpy(), fit_labels.cpu().numpy())
 
     def knn_right(images, rows):
         with torch.no_grad():
@@ -160,7 +161,7 @@ def check_run(method: str, seed: int, device: torch.device, iterations: int = IT
                                                             y[rows], eps, loss, iterations, device), right)
         narrow(robust, transfer, right)
         ours = torch.tensor([row[f"robust.{decision}"] == "1" for row in per_image], device=device)
-        results.append({"run": f"{method}-{seed}", "decision": "3-NN" if decision == "knn" else "head",
+        results.append({"run": f"{method}-{seed}", "decision": decision_labels(k)[decision],
                         "images": len(y), "project": ours.float().mean().item(),
                         "reference": robust.float().mean().item(),
                         "overcounted": int((ours & ~robust).sum())})
