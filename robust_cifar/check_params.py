@@ -29,7 +29,8 @@ from robust_cifar.params import Params, parse_yaml
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, build_method, registry_problem
+from robust_cifar.training.methods.registry import (REFERENCE_METHOD, REGISTRY, artifact_name, build_method,
+                                                     registry_problem)
 from robust_cifar.training.train import TrainConfig
 
 SEEDS = ("split", "plan", "umap")
@@ -140,6 +141,26 @@ def check_code_deps(dvc_yaml: Path = Path("dvc.yaml")) -> None:
         raise UserError(f"{dvc_yaml}: the code deps of {', '.join(stale)} are not the modules their commands import "
                         "(an import was added or removed, or a .py dep listed by hand), so DVC would miss edits of "
                         "the code they run: `python -m tools.sync_dvc_yaml` writes them, then rerun")
+
+
+def warn_plots_of_other_methods(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """Warn where dvc.yaml's plots and artifacts, which `python -m tools.sync_dvc_yaml` writes for `methods` (DVC
+    has no foreach there), were written for other methods than `methods` lists now: `dvc plots show` then fails to
+    load a dropped method's files and never draws an added one's. Not a refusal: an experiment of other methods
+    (`dvc exp run -S methods=[...]`, a sweep over `methods`) is sound, and cannot rewrite dvc.yaml."""
+    if not dvc_yaml.is_file():   # the stage run by hand outside a project
+        return
+    artifacts = parse_yaml(dvc_yaml.read_text()).get("artifacts") or {}
+    method_of = {artifact_name(name): name for name in REGISTRY}
+    written = [method_of.get(name, name) for name in artifacts]
+    listed = params.method_names()
+    dropped, added = [m for m in written if m not in listed], [m for m in listed if m not in written]
+    if dropped or added:
+        what = "; ".join(part for part in (dropped and f"name {', '.join(dropped)}, which `methods` no longer lists "
+                                                       "(`dvc plots show` will fail to load their files)",
+                                           added and f"lack {', '.join(added)} (`dvc plots show` will not draw their files)") if part)
+        print(f"warning: {dvc_yaml}'s plots and artifacts {what}: `python -m tools.sync_dvc_yaml` rewrites them for "
+              "`methods` (commit both); an experiment of other methods may ignore this", file=sys.stderr)
 
 
 # --- outputs of runs the params no longer list ------------------------------------------------------

@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_cifar.check_params import check_code_deps
+from robust_cifar.check_params import check_code_deps, warn_plots_of_other_methods
 from robust_cifar.errors import UserError
+from robust_cifar.params import Params
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
+from tests.methods import ANGULAR, PERTURBED_HEAD
 from tools.sync_dvc_yaml import generated_sections, synced, with_generated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +165,17 @@ def test_a_broken_params_or_dvc_yaml_is_one_line_and_nothing_is_written(tmp_path
     assert (tmp_path / "dvc.yaml").exists() == (dvc_yaml is not None)
     if dvc_yaml is not None:
         assert (tmp_path / "dvc.yaml").read_text() == dvc_yaml
+
+
+def test_plots_written_for_other_methods_are_named_with_the_sync_command(tmp_path, capsys):
+    """DVC has no foreach in `plots`: a method dropped from `methods` leaves plots `dvc plots show` cannot load, an
+    added one plots it never draws; check_params says so (a warning: an experiment of fewer methods is sound)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text(with_generated(DVC_YAML, [REFERENCE_METHOD, ANGULAR]))
+    warn_plots_of_other_methods(Params({**raw, "methods": [REFERENCE_METHOD, ANGULAR]}), dvc_yaml)
+    assert capsys.readouterr().err == ""
+    warn_plots_of_other_methods(Params({**raw, "methods": [REFERENCE_METHOD, PERTURBED_HEAD]}), dvc_yaml)
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"name {ANGULAR}, which `methods` no longer lists" in line and f"lack {PERTURBED_HEAD}" in line
+    assert "`python -m tools.sync_dvc_yaml` rewrites them" in line

@@ -26,6 +26,7 @@ from robust_cifar.errors import UserError
 from robust_cifar.params import load_params, parse_yaml
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods import FOLDER
+from robust_cifar.training.methods.registry import artifact_name
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = re.compile(r"^  (\w+):")                  # a stage's name, two spaces in under `stages:`
@@ -70,8 +71,8 @@ def generated_sections(methods: list[str]) -> str:
         lines += ["      x_label: actual class", "      y_label: predicted class"]
     lines += [f"  - {figure}" for figure in FIGURES] + [f"  - reports/umap/{method}.png" for method in methods]
     lines += ["", "# The trained models, for `dvc artifacts get` and DVC Studio's model registry.", "artifacts:"]
-    for method in methods:   # an artifact's name takes letters, digits and dashes
-        lines += [f"  {method.replace('_', '-')}:", f"    path: models/{method}-{RUN}.pt", "    type: model",
+    for method in methods:
+        lines += [f"  {artifact_name(method)}:", f"    path: models/{method}-{RUN}.pt", "    type: model",
                   f"    desc: CIFAR-10 ResNet18 trained by the {method} method (see README)"]
     return "\n".join(lines) + "\n"
 

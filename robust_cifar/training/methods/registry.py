@@ -68,6 +68,11 @@ def loss_name(name: str) -> str:
     return REGISTRY[name].OBJECTIVE.loss_name
 
 
+def artifact_name(name: str) -> str:
+    """The method's model as a DVC artifact (dvc.yaml's `artifacts`): DVC's names take letters, digits and dashes."""
+    return name.replace("_", "-")
+
+
 def on_a_cpu() -> dict[str, object]:
     """The params the CPU presets set for the methods' own sections ({"<method>.<key>": value}): what a
     method declares it trains with there (ON_A_CPU in its file)."""
@@ -97,5 +102,5 @@ def write_up(name: str) -> Optional[tuple[str, float, float]]:
     return getattr(REGISTRY[name], "WRITE_UP", None)
 
 
-__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "WRITE_UP_K", "build_method", "known", "label", "loss_name",
-           "on_a_cpu", "shaped_like", "write_up"]
+__all__ = ["Method", "REFERENCE_METHOD", "REGISTRY", "WRITE_UP_K", "artifact_name", "build_method", "known", "label",
+           "loss_name", "on_a_cpu", "shaped_like", "write_up"]
