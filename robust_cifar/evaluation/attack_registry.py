@@ -44,6 +44,8 @@ class AttackSpec:
     at_most: tuple[str, ...] = ()                # gates: never more accurate than these, on what it aims at
     iterative: bool = True                       # gate: accuracy never rises with eps (a single step may
                                                  # overshoot at a large eps, so it is exempt)
+    seeded: bool = True                          # draws from its seed (a random start): another seed, other
+                                                 # images (FGM, or PGD from the clean image, draws nothing)
 
     def aimed_decisions(self, decisions: list[str]) -> list[str]:
         """Of a model's decisions (``head`` if it has one, ``knn``), those this attack aims at directly.
@@ -54,7 +56,7 @@ class AttackSpec:
 
 
 ATTACKS: dict[str, AttackSpec] = {
-    "fgm": AttackSpec(SCORE, "one signed-gradient step of size eps (FGSM)", iterative=False),
+    "fgm": AttackSpec(SCORE, "one signed-gradient step of size eps (FGSM)", iterative=False, seeded=False),
     "pgd": AttackSpec(SCORE, "PGD from a random start (Madry et al. 2018), one candidate per restart",
                       {"steps": STEPS, "step_scale": STEP_SCALE, "restarts": bounded_int(1, 100, "random restarts")},
                       at_most=("fgm", "transfer")),
