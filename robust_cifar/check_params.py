@@ -156,9 +156,10 @@ def warn_plots_of_other_methods(params: Params, dvc_yaml: Path = Path("dvc.yaml"
     listed = params.method_names()
     dropped, added = [m for m in written if m not in listed], [m for m in listed if m not in written]
     if dropped or added:
-        what = "; ".join(part for part in (dropped and f"name {', '.join(dropped)}, which `methods` no longer lists "
-                                                       "(`dvc plots show` will fail to load their files)",
-                                           added and f"lack {', '.join(added)} (`dvc plots show` will not draw their files)") if part)
+        what = "; ".join(part for part in (
+            dropped and f"name {', '.join(dropped)}, which `methods` no longer lists (`dvc plots show` will fail to "
+                        "load their files)",
+            added and f"lack {', '.join(added)} (`dvc plots show` will not draw their files)") if part)
         print(f"warning: {dvc_yaml}'s plots and artifacts {what}: `python -m tools.sync_dvc_yaml` rewrites them for "
               "`methods` (commit both); an experiment of other methods may ignore this", file=sys.stderr)
 

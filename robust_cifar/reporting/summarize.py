@@ -70,7 +70,8 @@ def headline_rows(all_metrics: dict[str, dict], labels: dict[str, str], with_wri
                                     f"{100 * (values['clean']['mean'] - values['perturbed']['mean']):.2f}")
         if with_write_up:
             decision, clean, perturbed = write_up(method) or (None, None, None)
-            row["write-up clean / perturbed"] = f"{clean} / {perturbed} ({decision_labels(WRITE_UP_K)[decision]})" if decision else ""
+            written = decision_labels(WRITE_UP_K).get(decision)   # its decision as the write-up named it
+            row["write-up clean / perturbed"] = f"{clean} / {perturbed} ({written})" if decision else ""
         rows.append(row)
     return rows
 
