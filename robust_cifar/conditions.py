@@ -26,7 +26,7 @@ def knn_k(params: Params) -> int:
 
 def decision_labels(k: int) -> dict[str, str]:
     """{decision: its name in reports and figures}: "head", and "3-NN" for a vote of k = 3 neighbours."""
-    return {"head": "head", "knn": f"{k}-NN"}
+    return {decision: f"{k}-NN" if decision == "knn" else decision for decision in DECISIONS}
 
 
 def conditions_for(split: str) -> tuple[str, ...]:
