@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -94,6 +95,22 @@ def dvc_env() -> dict[str, str]:
     env.setdefault("GIT_COMMITTER_EMAIL", "tests@localhost")
     env["DVC_NO_ANALYTICS"] = "1"
     return env
+
+
+def communicate_or_show_where(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`process.communicate(timeout=timeout)`; where the process has not ended by then, a failure that shows where
+    each of its Python threads was (faulthandler's dump on SIGABRT, where it was started with
+    PYTHONFAULTHANDLER=1), not only that it hung."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return process.communicate(timeout=timeout)
+    process.send_signal(signal.SIGABRT)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+    pytest.fail(f"{' '.join(map(str, process.args))} had not ended after {timeout} s; where its threads were:\n"
+                f"{stderr[-6000:]}")
 
 
 def warm_umap_cache() -> subprocess.Popen | None:

@@ -22,7 +22,7 @@ from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.params import set_dotted
 
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
-from tests.pipeline_project import dvc, dvc_env
+from tests.pipeline_project import communicate_or_show_where, dvc, dvc_env
 
 
 @pytest.fixture
@@ -189,13 +189,13 @@ def test_a_stopped_stage_is_one_line_exit_128_plus_signal_and_writes_nothing(pro
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     model = project / f"models/{HEAD}-0.pt"
     before, log_before = model.read_bytes(), snapshot(project)
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", HEAD, "0"], cwd=project, env=dvc_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=ignore_sigint if inherited_ignore else None)
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", HEAD, "0"], cwd=project,
+                               env={**dvc_env(), "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint if inherited_ignore else None)
     assert process.stdout.readline().startswith(f"train@{HEAD}-0:")   # printed once training starts
     time.sleep(1.0)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = communicate_or_show_where(process, timeout=60)
     assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(signum).name}): ")
