@@ -5,6 +5,17 @@ import os
 from pathlib import Path
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # CPU flags of bf16 matrix units: bf16 autocast pays only with them
+# How torch's OpenMP threads wait for each other: asleep, not spinning (libgomp's default), so that processes side by
+# side (concurrent_repro's stages, sweep workers, a stage beside the test suite) do not take the cores from the
+# threads they wait for. Two 2-thread trainings on 2 cores ran at 20 img/s each, against 10 spinning; alone, or
+# with more threads than cores in one process, the speed is the same; the bits are the same (docs/speed.md).
+OMP_WAIT = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def threads_wait_asleep() -> None:
+    """OMP_WAIT_POLICY=PASSIVE for this process and those it starts, unless the environment says otherwise.
+    OpenMP reads it once, when torch loads it: call this before anything imports torch."""
+    os.environ.setdefault(*OMP_WAIT)
 
 
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

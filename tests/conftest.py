@@ -4,8 +4,15 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
+from robust_cifar.machine import threads_wait_asleep
+
+# The suite runs more threads than cores by design (the tiny pipeline's build beside the workers, each test's DVC
+# stages beside the other worker's): torch's OpenMP threads must wait asleep here too (a two-thread test took 53 s
+# beside the build where it takes 4 alone), set before torch loads.
+threads_wait_asleep()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from tests.pipeline_project import start_build, wait_for_build
 

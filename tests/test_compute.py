@@ -1,5 +1,11 @@
 """The numerics a result depends on are params, and a machine that cannot honour them refuses them."""
 
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -136,3 +142,26 @@ def test_a_bad_value_names_where_it_came_from_a_tools_flag_or_the_file(settings,
     with pytest.raises(ParamsError, match=f"`{key}` = 0 is invalid") as refused:
         check_params.validate_params(edited)
     assert str(refused.value).endswith(hint)
+
+
+
+@functools.cache
+def openmp_spin_count(code: str, wait_policy: str | None) -> str:
+    """How long libgomp's threads spin before they sleep, as it says when it loads, in a process running `code`."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env.update({"OMP_DISPLAY_ENV": "VERBOSE", **({"OMP_WAIT_POLICY": wait_policy} if wait_policy else {})})
+    shown = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env=env, capture_output=True,
+                           text=True, check=True).stderr
+    (line,) = [line for line in shown.splitlines() if "GOMP_SPINCOUNT" in line]
+    return line.split("=")[1].strip(" '")
+
+
+@pytest.mark.parametrize("package", ["stages", "tools"])
+@pytest.mark.parametrize("wait_policy", [None, "ACTIVE"], ids=["default", "the user's"])
+def test_a_stage_or_tools_openmp_threads_wait_asleep_unless_the_environment_says_otherwise(package, wait_policy):
+    """Spinning waits (libgomp's default) of processes side by side took the cores from the threads they waited for:
+    two 2-thread trainings on 2 cores ran at half the speed."""
+    started = openmp_spin_count(f"import sys; sys.argv = ['-m']; import {package}; import torch", wait_policy)
+    alone = openmp_spin_count("import torch", wait_policy)
+    assert started == ("0" if wait_policy is None else alone)
+    assert alone != "0"   # torch alone, by default, spins
