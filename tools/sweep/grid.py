@@ -85,23 +85,33 @@ def parse_axes(flags: list[str]) -> list[tuple[str, list[str]]]:
         if any(value == "" for value in parsed):
             raise SweepError(f"-S {flag!r}: empty value (quote a value that is an empty string: {key}='')")
         known = axes.setdefault(key, [])
-        for value in parsed:   # a value given twice (`knn.k=1,1`, `1,1.0`) is one experiment, not two alike
-            if not any(same_value(value, other) for other in known):
+        for value in map(as_read, parsed):   # a value given twice (`knn.k=1,1`, `1,1.0`) is one experiment, not two
+            if not any(alike(value, other) for other in known):
                 known.append(value)
     if not axes:
         raise SweepError("nothing to sweep: give at least one -S KEY=VALUE[,VALUE...]")
-    return list(axes.items())
+    return [(key, [written for written, _ in values]) for key, values in axes.items()]
 
 
-def same_value(first: str, second: str) -> bool:
-    """Whether two values as written are read alike as YAML, the way DVC reads `-S` values."""
-    if first == second:
-        return True
+NOT_YAML = object()
+
+
+def as_read(value: str) -> tuple[str, object]:
+    """A value as written and as YAML reads it, the way DVC reads `-S` values (NOT_YAML where it does not parse).
+    Each value is parsed once: a 100-value axis compared pairwise took seconds."""
     try:
-        a, b = parse_yaml(first), parse_yaml(second)
+        return value, parse_yaml(value)
     except YAMLError:
-        return False
-    return a == b and isinstance(a, bool) == isinstance(b, bool)   # 1 and 1.0 alike; true and 1 not
+        return value, NOT_YAML
+
+
+def alike(first: tuple[str, object], second: tuple[str, object]) -> bool:
+    """Whether two values (`as_read`) are the same text or read alike: 1 and 1.0 alike; true and 1 not."""
+    (text, read), (other_text, other_read) = first, second
+    if text == other_text:
+        return True
+    return (read is not NOT_YAML and other_read is not NOT_YAML and read == other_read
+            and isinstance(read, bool) == isinstance(other_read, bool))
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:
