@@ -41,7 +41,8 @@ from tools.restored import Outcome, check_editable, restored_on_failure
 
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
-# trainings side by side took 133 s each against 38 s alone (threads oversubscribed), hence 1 there.
+# trainings side by side took 133 s each against 38 s alone (threads oversubscribed, and spinning as they waited,
+# before the stages had them wait asleep: docs/speed.md), hence 1 there.
 GPU_JOBS = 4
 MAX_JOBS = 256   # more than the pipeline has stages, so never a limit that matters; a typo's 10**20 is refused
 # What DVC prints for a stage it did not run (dvc/stage/__init__.py, dvc/stage/cache.py): how the line names it.
