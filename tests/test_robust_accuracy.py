@@ -16,7 +16,7 @@ from robust_cifar.model import CifarResNet18
 from robust_cifar.params import Params
 from robust_cifar.reporting.colours import method_colour
 from robust_cifar.reporting.figures import left_after_each_attack, robustness_curves
-from robust_cifar.reporting.summarize import gate_failures, robust_rows
+from robust_cifar.reporting.summarize import gate_failures, gate_lines, robust_rows, unchecked_gates
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.archives import make_images
 from tests.methods import ANGULAR
@@ -233,6 +233,25 @@ def test_sound_robustness_numbers_pass_every_gate():
 def test_each_gate_names_what_failed(change, words):
     failures = gate_failures(metrics_with({**SOUND, **change}), STUDY)
     assert any(words in failure for failure in failures), failures
+
+
+def without_attacks(metrics: dict) -> dict:
+    metrics["robustness"]["attacks"] = {}
+    return metrics
+
+
+@pytest.mark.parametrize("metrics, words", [
+    (metrics_with(SOUND, eps=(2, 8)), "no attack reached 32/255, the largest eps being 8/255"),
+    (without_attacks(metrics_with(SOUND)), "no attack aimed at it ran, so its robust accuracy is its clean accuracy"),
+], ids=["eps below the break gate's", "no attack"])
+def test_a_break_gate_that_could_not_be_checked_is_said_not_passed(metrics, words):
+    """`-S 'attack.eps_255=[6.375]'`, or every attack `at: never`, read "all gates pass" over numbers no attack at
+    32/255 (or none at all) had tested."""
+    assert gate_failures(metrics, STUDY) == []
+    assert unchecked_gates(metrics, STUDY) == [f"head: {words}", f"3-NN: {words}"]
+    (line,) = gate_lines({REFERENCE_METHOD: []}, {REFERENCE_METHOD: unchecked_gates(metrics, STUDY)})
+    assert "could not be checked" in line and "pass" not in line
+    assert unchecked_gates(metrics_with(SOUND), STUDY) == []
 
 
 def cascade_metrics(robust_at_32: float) -> dict:

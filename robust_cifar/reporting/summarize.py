@@ -160,6 +160,26 @@ def gate_failures(metrics: dict, labels: dict[str, str]) -> list[str]:
     return failures
 
 
+def unchecked_gates(metrics: dict, labels: dict[str, str]) -> list[str]:
+    """Where `gate_failures`' break gate could not be made, in words (an empty list when it was made for every
+    decision): no attack aimed at a decision ran (its robust accuracy is then its clean accuracy), or none reached
+    BREAK_EPS (`attack.eps_255` ends below it). "All gates pass" would otherwise vouch for numbers no attack tested."""
+    robustness = metrics.get("robustness", {})
+    decisions = decisions_of(robustness)
+    ran = robustness.get("broken" if "broken" in robustness else "attacks", {})   # per attack, the eps it ran at
+    unchecked = []
+    for decision in decisions:
+        aimed = [name for name, spec in ATTACKS.items() if decision in spec.aimed_decisions(decisions)]
+        reached = [max(map(eps_of, ran[name])) for name in aimed if ran.get(name)]
+        if not reached:
+            unchecked.append(f"{labels[decision]}: no attack aimed at it ran, so its robust accuracy is its clean "
+                             "accuracy")
+        elif max(reached) < BREAK_EPS:
+            unchecked.append(f"{labels[decision]}: no attack reached {BREAK_EPS}/255, the largest eps being "
+                             f"{max(reached):g}/255")
+    return unchecked
+
+
 def robust_rows(all_metrics: dict[str, dict], labels: dict[str, str]) -> list[dict]:
     """Per method and decision, at the study's eps (%): clean accuracy on the attacked images, robust
     accuracy (right on the clean image and under every attack, cumulative over eps), and each
@@ -231,13 +251,16 @@ def compare_with_baseline(per_seed: dict[str, dict[int, dict]], correct: dict[st
     return comparisons
 
 
-def gate_lines(gates: dict[str, list[str]]) -> list[str]:
+def gate_lines(gates: dict[str, list[str]], unchecked: dict[str, list[str]] | None = None) -> list[str]:
     lines = []
     for method, failures in gates.items():
         if failures:
             lines.append(f"- **{method}: ROBUSTNESS NUMBERS UNRELIABLE** ({'; '.join(failures)}). An attack that "
                          "fails these checks is probably not finding the adversarial examples that exist, so the "
                          "robust accuracy above may overstate the model's robustness.")
+        elif (unchecked or {}).get(method):
+            lines.append(f"- {method}: no gate failed, but the break gate could not be checked "
+                         f"({'; '.join(unchecked[method])}).")
         else:
             lines.append(f"- {method}: all gates pass.")
     return lines
@@ -253,7 +276,7 @@ def failed_gate_warning(gates: dict[str, list[str]]) -> list[str]:
 
 def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison], labels: dict[str, str],
                     gates: dict[str, list[str]] | None = None, provenance: list[str] | None = None,
-                    comparable_with_write_up: bool = True) -> str:
+                    comparable_with_write_up: bool = True, unchecked: dict[str, list[str]] | None = None) -> str:
     def table(rows):
         return tabulate(rows, headers="keys", tablefmt="github")
     verdict_lines = [f"- {comparison.sentence}" for comparison in comparisons]
@@ -286,7 +309,7 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         f"); at {BREAK_EPS}/255 the strongest attack on each decision leaves at most {100 * BREAK_ACCURACY:.0f}% "
         f"(tolerance {100 * GATE_TOLERANCE:.1f} points, on the means over seeds). A cascade measures no attack's "
         "own accuracy: there only the last check applies, to the robust accuracy.", "",
-        *gate_lines(gates or {}), "",
+        *gate_lines(gates or {}, unchecked), "",
         "## Test set", "",
         "Accuracy in %, mean +- std over training seeds. *perturbed*: the write-up's condition, not robust "
         "accuracy: the seeded plan (each image jittered / noised / FGM-attacked with probability p), FGM "
