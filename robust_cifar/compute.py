@@ -74,11 +74,12 @@ class ComputeConfig:
 
     def oversubscription(self, cores: int) -> str | None:
         """A warning when a CPU run asks for more threads than `cores`: allowed (the count is a param, so a run
-        made with more threads is reproduced with as many), but each stage then runs many times slower."""
+        made with more threads is reproduced with as many), but no faster: on the 2-core EPYC a full-width step at 8
+        threads ran as fast as at 2 (their OpenMP shares the cores within one process; docs/speed.md)."""
         if self.device != "cpu" or self.threads <= cores:
             return None
         return (f"warning: compute.threads = {self.threads} is more than the {cores} CPU cores this machine gives the "
-                f"stages, so each runs many times slower; keep it only to reproduce a run made with {self.threads} "
+                f"stages, which makes them no faster; keep it only to reproduce a run made with {self.threads} "
                 f"threads (the count changes a result's bits), else set `-S compute.threads={cores}`")
 
 
