@@ -210,6 +210,14 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
                  if not (t > 0 and math.isfinite(t))]
     if problems:
         raise ParamsError(problems[0])
+    if args.out is not None:   # before the files and `dvc status` (seconds): a bad --out says so at once
+        check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md", earlier=is_report)
+        published = Path(args.out).parent / paths.SUMMARY_JSON.name   # a folder `preset --publish` wrote
+        if published.is_file() and (not paths.SUMMARY_JSON.is_file()
+                                    or published.read_bytes() != paths.SUMMARY_JSON.read_bytes()):
+            raise InputError(f"--out {args.out}: its folder publishes another run than this workspace's (its "
+                             f"{published.name} is not {paths.SUMMARY_JSON}'s): check that run in its own workspace, "
+                             "or name another file")
     runs = [(method, seed) for method in methods for seed in seeds]
     needed = [path for method, seed in runs for path in (paths.model(method, seed), paths.robustness(method, seed),
                                                          paths.robustness_per_image(method, seed))]
@@ -222,14 +230,6 @@ def runs_to_check(args: argparse.Namespace, params) -> list[tuple[str, int]]:
         raise InputError(f"the workspace's outputs are not what params.yaml and the code make now (`dvc status`: "
                          f"{stale[0]}{f' and {len(stale) - 1} more' if len(stale) > 1 else ''} changed): run `dvc repro` "
                          "first, or put back what made them (`git checkout HEAD -- params.yaml dvc.lock && dvc checkout`)")
-    if args.out is not None:
-        check_report_file(args.out, "--out", ".md", "results/<name>/crosscheck.md", earlier=is_report)
-        published = Path(args.out).parent / paths.SUMMARY_JSON.name   # a folder `preset --publish` wrote
-        if published.is_file() and (not paths.SUMMARY_JSON.is_file()
-                                    or published.read_bytes() != paths.SUMMARY_JSON.read_bytes()):
-            raise InputError(f"--out {args.out}: its folder publishes another run than this workspace's (its "
-                             f"{published.name} is not {paths.SUMMARY_JSON}'s): check that run in its own workspace, "
-                             "or name another file")
     return runs
 
 
