@@ -4,7 +4,7 @@
 from robust_cifar.compute import Compute
 from robust_cifar.conditions import knn_k
 from robust_cifar.evaluation.embeddings import load_embeddings
-from robust_cifar.evaluation.evaluate import has_head, score_embeddings
+from robust_cifar.evaluation.evaluate import has_head, score_embeddings, small_class_warning
 from robust_cifar.outputs import write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.reporting.results import PREDICTIONS, RUN, stamped, table_digest
@@ -19,6 +19,9 @@ def main(argv: list[str]) -> None:
     k, device = knn_k(params), Compute.fp32_from_params(params).device
     arrays = load_embeddings(paths.embeddings(method, seed), run)
     metrics, predictions = score_embeddings(arrays, k, device)
+    warning = small_class_warning(k, arrays["train.labels"])
+    if warning:
+        print(f"evaluate@{run}: {warning}")
 
     # The confusion matrices show the method's own decision: its head, or the 3-NN when it has none.
     decision = "head" if has_head(arrays) else "knn"

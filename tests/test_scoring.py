@@ -6,7 +6,7 @@ import torch
 
 from robust_cifar.conditions import CONDITIONS, KINDS, SPLITS, conditions_for, decision_labels
 from robust_cifar.errors import ParamsError
-from robust_cifar.evaluation.evaluate import score_embeddings
+from robust_cifar.evaluation.evaluate import score_embeddings, small_class_warning
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.figures import accuracy_bars
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, compare_with_baseline, markdown_report
@@ -128,6 +128,16 @@ def test_k_beyond_the_training_set_is_a_params_error_before_any_scoring():
     with pytest.raises(ParamsError, match="`knn.k` = 40 is invalid: must be below the 40 training images"):
         score_embeddings(arrays, k=40, device=CPU)
     score_embeddings(arrays, k=39, device=CPU)
+
+
+def test_a_vote_larger_than_the_smallest_class_is_warned_with_the_largest_local_k():
+    """knn.k = 39 of 40 training images scored every image as one class, unsaid (a hostile pass on the tiny project)."""
+    balanced, uneven = np.repeat(np.arange(10), 4), np.array([0] * 2 + [1] * 5 + [2] * 9)
+    assert small_class_warning(3, balanced) is None and small_class_warning(4, balanced) is None
+    warned = small_class_warning(39, balanced)
+    assert "knn.k = 39 is more than the 4 training images of the smallest class" in warned
+    assert "near k = 40" in warned and "at most 4" in warned
+    assert "the 2 training images" in small_class_warning(3, uneven) and small_class_warning(2, uneven) is None
 
 
 def fake_metrics(head: bool, clean: float, perturbed: float) -> dict:

@@ -19,6 +19,18 @@ def has_head(arrays: dict[str, np.ndarray]) -> bool:
     return "test.clean.logits" in arrays
 
 
+def small_class_warning(k: int, train_labels: np.ndarray) -> str | None:
+    """A vote of more neighbours than the smallest class has training images must count other classes' images
+    whatever the query: the larger k grows past it, the nearer the k-NN comes to one vote over the whole training
+    set (knn.k = 39 of 40 images predicts almost one class for every image). None where k is at most that size."""
+    smallest = int(np.bincount(train_labels).min()) if len(train_labels) else 0
+    if k <= smallest:
+        return None
+    return (f"warning: knn.k = {k} is more than the {smallest} training images of the smallest class: each vote "
+            f"must count other classes' images, so the {k}-NN leans towards a vote over the whole training set "
+            f"(near k = {len(train_labels)}, one class for every image); knn.k of at most {smallest} keeps it local")
+
+
 def score_embeddings(arrays: dict[str, np.ndarray], k: int, device: torch.device,
                      ) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics {split: {condition: {"head": acc, "knn": acc}}} and the predictions behind them.
