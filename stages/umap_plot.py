@@ -9,7 +9,8 @@ from robust_cifar.conditions import SPLITS
 from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
-from robust_cifar.reporting.umap_plot import PANEL_CONDITIONS, UmapConfig, draw_grid, fit_umap, sample_indices
+from robust_cifar.reporting.umap_plot import (PANEL_CONDITIONS, UmapConfig, draw_grid, fit_umap, neighbours_used,
+                                               sample_indices)
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -25,6 +26,10 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     train = arrays["train.clean.embeddings"]
     fitted = sample_indices(len(train), config.fit_samples, rng)
+    neighbours = neighbours_used(config.n_neighbors, len(fitted))
+    if neighbours != config.n_neighbors:
+        print(f"umap_plot@{method}: umap.n_neighbors = {config.n_neighbors} is more than the {len(fitted) - 1} other "
+              f"fitted points: UMAP uses {neighbours}, as many as there are")
     # the same images in the clean and perturbed panels, so the two can be compared point for point
     shown = {split: sample_indices(len(arrays[f"{split}.labels"]), config.plot_samples, rng) for split in SPLITS}
     # one bar over the fit and every panel's transform, counted in points: a rough ETA
@@ -42,7 +47,7 @@ def main(argv: list[str]) -> None:
                 bar.update(len(shown[split]))
     figure = draw_grid(panels, [str(name) for name in arrays["class_names"]],
                        f"{method} (seed {model_seed}): UMAP of the normalized embeddings, "
-                       f"fit on {len(fitted)} clean training images")
+                       f"fit on {len(fitted)} clean training images, {neighbours} neighbours")
     save_figure(figure, paths.umap_figure(method))
     print(f"umap_plot@{method}: {time.perf_counter() - started:.1f} s -> {paths.umap_figure(method)}")
 

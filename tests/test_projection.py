@@ -1,6 +1,6 @@
 import numpy as np
 
-from robust_cifar.reporting.umap_plot import draw_grid, sample_indices
+from robust_cifar.reporting.umap_plot import draw_grid, neighbours_used, sample_indices
 
 
 def test_grid_has_a_panel_per_split_and_condition_with_every_class_in_the_legend():
@@ -22,3 +22,8 @@ def test_sample_indices_caps_and_keeps_all_when_asked():
     assert np.array_equal(sample_indices(10, 50, rng), np.arange(10))
     chosen = sample_indices(100, 7, rng)
     assert len(chosen) == 7 and len(set(chosen)) == 7 and np.all(np.diff(chosen) > 0)
+
+
+def test_umap_uses_every_other_point_as_a_neighbour_when_asked_for_more():
+    """umap.n_neighbors = 200 on 40 fitted points ran with 39, unsaid: the stage now says so, and the title names it."""
+    assert neighbours_used(15, 40) == 15 and neighbours_used(200, 40) == 39 and neighbours_used(39, 40) == 39

@@ -71,11 +71,16 @@ def import_umap_with_compile_cache():
     return umap
 
 
+def neighbours_used(n_neighbors: int, points: int) -> int:
+    """UMAP's n_neighbors on `points` fitted points: at most the other points there are."""
+    return min(n_neighbors, points - 1)
+
+
 def fit_umap(embeddings: np.ndarray, n_neighbors: int, min_dist: float, seed: int):
     umap = import_umap_with_compile_cache()
 
-    # random_state makes UMAP deterministic (and single-threaded); n_neighbors cannot exceed the data
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(embeddings) - 1), min_dist=min_dist,
+    # random_state makes UMAP deterministic (and single-threaded)
+    reducer = umap.UMAP(n_neighbors=neighbours_used(n_neighbors, len(embeddings)), min_dist=min_dist,
                         random_state=seed, metric="euclidean", n_jobs=1)
     with warnings.catch_warnings():
         # pynndescent's two largest functions cannot be cached; numba says so on every fit
