@@ -88,6 +88,7 @@ DIRECT = {
     # every attack setting (the registry's sections) is read by the robustness stages alone
     **{key: set(methods("robustness")) for key in ATTACK_KEYS},
     **{f"perturb.{key}": {"perturb", "examples"} | set(methods("embed")) for key in PERTURBATION_KEYS},
+    "perturb.p": {"perturb", "examples", "summarize"} | set(methods("embed")),   # summarize states it
     "perturb.fgm.eps_255": {"examples"} | set(methods("embed")) | set(methods("robustness")),
     # a method's own section: the stages that build the method (train, and embed and robustness for its scores)
     **{f"{method}.{key}": own_section(method) for method in METHODS for key in leaf_keys(PARAMS[method])},

@@ -191,7 +191,8 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     def run(head: bool, clean: float, perturbed: float, robust: float) -> dict:
         decisions = {"head": robust, "knn": robust - 0.05} if head else {"knn": robust}
         return {**fake_metrics(head, clean, perturbed),
-                "robustness": {"study_eps_255": 6.375, "clean": {d: clean for d in decisions}, "robust": decisions}}
+                "robustness": {"study_eps_255": 6.375, "test_images": 500, "clean": {d: clean for d in decisions},
+                               "robust": decisions}}
 
     per_seed = {REFERENCE_METHOD: {seed: run(True, 0.70, 0.45 + 0.01 * seed, 0.10) for seed in range(3)},
                 PERTURBED_HEAD: {seed: run(True, 0.68, 0.52 + 0.01 * seed, 0.25) for seed in range(3)},
@@ -209,3 +210,5 @@ def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     assert "robust accuracy (worst case over attacks) +15.0 +- 0.0 points (distinguishable from zero)" in adversarial.sentence
     report = markdown_report({m: aggregate(s) for m, s in per_seed.items()}, comparisons, decision_labels(3))
     assert f"- {adversarial.sentence}" in report and f"- {angular.sentence}" in report
+    # how many images robust accuracy was measured on (attack.test_images: the per-seed files alone held it)
+    assert "## Robust accuracy at 6.375/255\n\nTest accuracy (%) on the 500 attacked test images" in report

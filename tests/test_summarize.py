@@ -6,6 +6,7 @@ from scipy import stats
 
 from robust_cifar.conditions import decision_labels
 from robust_cifar.reporting.aggregate import aggregate
+from robust_cifar.reporting.provenance import provenance_lines
 from robust_cifar.reporting.summarize import NOT_APPLICABLE, cell, compare_with_baseline, headline_metrics, headline_rows
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, REGISTRY, label, write_up
 
@@ -88,3 +89,14 @@ def test_the_write_ups_column_only_where_it_reported_the_method():
                                                            f"{reported[1]} / {reported[2]} ({'head' if reported[0] == 'head' else '3-NN'})")
     assert all("write-up clean / perturbed" not in row for row in headline_rows(metrics, STUDY, with_write_up=False))
     assert rows[REFERENCE_METHOD]["5-NN clean"] == NOT_APPLICABLE   # this run's k; the write-up's column its 3-NN
+
+
+@pytest.mark.parametrize("epochs, p, words", [(1, 0.0, "; 1 epoch; "), (100, 0.3, "; 100 epochs; ")])
+def test_the_provenance_states_the_epochs_and_the_perturbation_probability(epochs, p, words):
+    """perturb.p = 0 makes the perturbed condition the clean one: the summary says so instead of leaving a reader to
+    compare two equal columns."""
+    source = {"archive": "a.tar.gz", "md5": "0" * 32, "description": "d", "train_images": 50_000, "test_images": 10_000}
+    settings = {"preset": "full", "model": {"width": 64, "embedding_dim": 128, "dropout": 0.0}, "epochs": epochs,
+                "train_fraction": 0.2, "val_per_class": 0, "test_per_class": 0, "seeds": [0], "perturb_p": p}
+    preset = provenance_lines(source, settings)[1]
+    assert words in preset and f"applies each perturbation with probability {p:g} (`perturb.p`)" in preset

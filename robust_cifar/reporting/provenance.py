@@ -30,7 +30,8 @@ def settings(params: Params) -> dict:
             "train_fraction": read("split.train_fraction"),
             "val_per_class": read("split.val_per_class"),
             "test_per_class": read("split.test_per_class"),
-            "seeds": params.train_seeds()}
+            "seeds": params.train_seeds(),
+            "perturb_p": read("perturb.p")}
 
 
 # The code a run depends on; params.yaml and dvc.lock are left out because `dvc exp run -S` edits them.
@@ -123,14 +124,15 @@ SOURCE = {"archive": TEXT, "md5": TEXT, "description": TEXT, "train_images": WHO
 
 
 def provenance_lines(source: dict, settings: dict) -> list[str]:
-    model = settings["model"]
+    model, epochs = settings["model"], settings["epochs"]
     lines = [
         f"- **data**: {source['archive']} (md5 {source['md5']}): {source['description']}; "
         f"{source['train_images']:,} training and {source['test_images']:,} test images in the archive.",
         f"- **preset**: `{settings['preset']}`: ResNet18 width {model['width']} (64 = standard), embedding "
-        f"{model['embedding_dim']}, dropout {model['dropout']}; {settings['epochs']} epochs; train fraction "
-        f"{settings['train_fraction']}, validation {settings['val_per_class'] or 'all'} and test "
-        f"{settings['test_per_class'] or 'all'} images per class; training seeds {settings['seeds']}.",
+        f"{model['embedding_dim']}, dropout {model['dropout']}; {epochs} epoch{'' if epochs == 1 else 's'}; train "
+        f"fraction {settings['train_fraction']}, validation {settings['val_per_class'] or 'all'} and test "
+        f"{settings['test_per_class'] or 'all'} images per class; training seeds {settings['seeds']}; the "
+        f"*perturbed* condition applies each perturbation with probability {settings['perturb_p']:g} (`perturb.p`).",
     ]
     return lines
 

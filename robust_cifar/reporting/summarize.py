@@ -209,6 +209,13 @@ def study_eps_text(all_metrics: dict[str, dict]) -> str:
     return ", ".join(f"{value:g}/255" for value in sorted(values)) or "the study's eps"
 
 
+def attacked_images_text(all_metrics: dict[str, dict]) -> str:
+    """How many test images each run's attacks ran on (`attack.test_images`): "the 1,000", or each count."""
+    counts = {round(metrics["robustness"]["test_images"]["mean"]) for metrics in all_metrics.values()
+              if "robustness" in metrics}
+    return f"the {' or '.join(f'{count:,}' for count in sorted(counts))}" if counts else "the"
+
+
 @dataclass(frozen=True)
 class Comparison:
     method: str
@@ -291,9 +298,9 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         "*seeds, 95%*: mean of the per-seed differences +- the half-width of its 95% t-interval; "
         "*test images, 95%*: a bootstrap over test images of the seed-averaged difference.", "",
         f"## Robust accuracy at {study_eps_text(all_metrics)}", "",
-        "Test accuracy (%) on the attacked test images. *robust*: right on the clean image AND under every "
-        "attack at every eps up to this one, each attack aiming away from the true label (float32); the "
-        "other columns are each attack's own accuracy (right on the clean image and on that attack's "
+        f"Test accuracy (%) on {attacked_images_text(all_metrics)} attacked test images (`attack.test_images`). "
+        "*robust*: right on the clean image AND under every attack at every eps up to this one, each attack aiming "
+        "away from the true label (float32); the other columns are each attack's own accuracy (right on the clean image and on that attack's "
         "images), or, where `attack.cascade` ran each attack only on what the earlier ones left (AutoAttack's "
         "protocol), *broke*: the share of the test images it was the first to break, at this eps or a smaller "
         "one (robust = clean minus every *broke*). Every attack's images are scored by both decisions, whichever it "
