@@ -224,3 +224,12 @@ def test_a_lone_validation_point_is_drawn_on_the_epochs_trained():
         run["val/acc"] = (np.array([5]), np.array([0.4]))
     figure = training_curves(curves)
     assert {axis.get_xlim() for axis in figure.axes} == {(0.5, 5.5)}
+
+
+def test_one_epoch_is_ticked_as_epoch_1_alone():
+    """The epoch axis read 0.6 ... 1.4 for a training of one epoch."""
+    figure = training_curves(synthetic_curves(epochs=1))
+    figure.canvas.draw()
+    for axis in figure.axes:
+        low, high = axis.get_xlim()
+        assert [tick for tick in axis.get_xticks() if low <= tick <= high] == [1]

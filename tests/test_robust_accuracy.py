@@ -15,7 +15,7 @@ from robust_cifar.evaluation.robustness import RUNS, RobustnessConfig, Victim, r
 from robust_cifar.model import CifarResNet18
 from robust_cifar.params import Params
 from robust_cifar.reporting.colours import method_colour
-from robust_cifar.reporting.figures import left_after_each_attack, robustness_curves
+from robust_cifar.reporting.figures import MAX_EPS_LABELS, left_after_each_attack, robustness_curves
 from robust_cifar.reporting.summarize import gate_failures, gate_lines, robust_rows, unchecked_gates
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.archives import make_images
@@ -322,3 +322,26 @@ def test_robustness_curves_show_every_method_then_each_attack_per_method():
     assert [tick.get_text() for tick in knn_overview.get_xticklabels()] == ["0", "2", "8", "32"]
     assert [line.get_label() for line in knn_overview.get_lines()] == [REFERENCE_METHOD, ANGULAR]
     assert knn_overview.get_title() == "robust accuracy, 5-NN" and figure.axes[5].get_title() == f"{ANGULAR}: 5-NN"
+
+
+def inside_the_figure(figure, artist) -> bool:
+    figure.canvas.draw()
+    box, frame = artist.get_window_extent(), figure.bbox
+    return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+
+def test_one_methods_robustness_figure_keeps_its_title_and_legend_inside():
+    """Two panels wide, the title and the legend ran past both edges."""
+    figure = robustness_curves({ANGULAR: metrics_with(SOUND, knn_only=True)}, decision_labels(3))
+    assert inside_the_figure(figure, figure._suptitle) and inside_the_figure(figure, figure.legends[0])
+
+
+def test_one_eps_draws_the_robust_accuracy_as_a_point_and_many_eps_label_only_some_ticks():
+    one = robustness_curves({REFERENCE_METHOD: metrics_with({"pgd": [0.3]}, eps=(8,))}, decision_labels(3))
+    robust = one.axes[1].get_lines()[-1]
+    assert robust.get_color() == "black" and robust.get_marker() == "o"   # a line of one point draws nothing
+    many = tuple(range(1, 21))
+    figure = robustness_curves({REFERENCE_METHOD: metrics_with({"pgd": [0.5] * 20}, eps=many)}, decision_labels(3))
+    labels = [tick.get_text() for tick in figure.axes[2].get_xticklabels()]   # the bottom row: shared, labelled
+    assert len(labels) == 21 and 0 < sum(map(bool, labels)) <= MAX_EPS_LABELS
+    assert labels[0] == "0" and labels[-1] == "20"   # clean, and the largest eps

@@ -186,6 +186,16 @@ def test_the_report_names_the_knn_by_the_k_it_ran_with():
     assert ticks == [f"{REFERENCE_METHOD}\nhead", f"{REFERENCE_METHOD}\n5-NN", f"{ANGULAR}\n5-NN"]
 
 
+def test_the_accuracy_legend_covers_no_bar_label():
+    """Inside the axes, at the upper right, it covered the label of a bar near 100%."""
+    all_metrics = {method: aggregated(True, 0.99, 0.98) for method in (REFERENCE_METHOD, PERTURBED_HEAD)}
+    figure = accuracy_bars(all_metrics, decision_labels(3))
+    figure.canvas.draw()
+    legend = figure.axes[0].get_legend().get_window_extent()
+    bar_labels = [text.get_window_extent() for text in figure.axes[0].texts]
+    assert bar_labels and not any(legend.overlaps(label) for label in bar_labels)
+
+
 def test_comparisons_pair_seeds_and_use_each_methods_own_decision():
     rng = np.random.default_rng(0)
     def run(head: bool, clean: float, perturbed: float, robust: float) -> dict:

@@ -182,7 +182,7 @@ def training_curves(curves: dict[str, dict[str, Curve]], loss_of=loss_name):
         axis.grid(True, alpha=0.3, which="both" if metric == LR else "major")
         if span is not None:
             axis.set_xlim(*span)
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)   # one epoch: a tick at 1 alone
     handles = [plt.Line2D([], [], color=method_colour(method, methods), marker="o", markersize=4, label=method)
                for method in methods]
     figure.legend(handles=handles, loc="upper center", ncol=len(methods), frameon=False, title="method",

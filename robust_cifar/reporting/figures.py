@@ -1,6 +1,8 @@
 """The summary's figures: accuracy bars (clean, perturbed, transfer) and robust accuracy against attack size."""
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -31,8 +33,10 @@ def accuracy_bars(all_metrics: dict[str, dict], labels: dict[str, str], split: s
                     [f"{method}\n{labels[decision]}" for method, decision in groups])
     axis.set_ylabel(f"{split} accuracy (%)")
     axis.set_ylim(0, 105)
-    axis.set_title(f"{split.capitalize()} accuracy: clean vs perturbed (white-box FGM) vs transfer (FGM from the baseline)")
-    axis.legend(loc="upper right", ncol=3, frameon=False)
+    # the legend above the bars, under the title: inside, it covered the labels of bars near 100%
+    axis.set_title(f"{split.capitalize()} accuracy: clean vs perturbed (white-box FGM) vs transfer (FGM from the baseline)",
+                   pad=20)
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=8)
     figure.tight_layout()
     return figure
 
@@ -47,10 +51,18 @@ def attack_style(name: str, names: tuple[str, ...] = tuple(ATTACKS)) -> dict:
             "linestyle": ATTACK_DASHES[index // len(ATTACK_PALETTE) % len(ATTACK_DASHES)]}
 
 
+TITLE_CHARACTERS_PER_INCH = 14   # of a 9-point title
+MAX_EPS_LABELS = 8   # on a panel 3.3 inches wide; more eps values are ticked, and every n-th labelled
+
+
 def _eps_axis(axis, eps_values: set[float]) -> None:
     axis.set_xscale("symlog", linthresh=1)
-    if eps_values:   # ticks at the eps values that were run
-        axis.set_xticks(sorted(eps_values), [f"{value:g}" for value in sorted(eps_values)], fontsize=7)
+    if eps_values:   # ticks at the eps values that were run, a label on every one only where they do not collide
+        values = sorted(eps_values)
+        every = -(-len(values) // MAX_EPS_LABELS)
+        labelled = set(values[::-1][::every]) | {values[0]}   # the largest and the smallest always labelled
+        axis.set_xticks(values, [f"{value:.4g}" if value in labelled else "" for value in values], fontsize=7,
+                        rotation=0 if len(values) <= MAX_EPS_LABELS else 45)
     axis.set_ylim(0, 100)
     axis.grid(alpha=0.3)
 
@@ -89,7 +101,8 @@ def robustness_curves(all_metrics: dict[str, dict], labels: dict[str, str]):
     are what was still right after each attack in turn (registry order), down to the black one.
     """
     methods = [method for method, metrics in all_metrics.items() if metrics.get("robustness")]
-    figure, axes = plt.subplots(len(labels), 1 + len(methods), figsize=(3.3 * (1 + len(methods)), 6.6),
+    # at least three panels wide: the title and the legend need the room (one method's figure clipped them)
+    figure, axes = plt.subplots(len(labels), 1 + len(methods), figsize=(3.3 * max(3, 1 + len(methods)), 6.6),
                                 sharex=True, sharey=True, squeeze=False)
     used_attacks: list[str] = []
     cascade = any("broken" in all_metrics[method]["robustness"] for method in methods)
@@ -120,7 +133,8 @@ def robustness_curves(all_metrics: dict[str, dict], labels: dict[str, str]):
                 axis.plot(attack_eps, attack_mean, **style, linewidth=0.9, marker="." if len(points) > 1 else "D",
                           markersize=4, alpha=0.85)
                 used_attacks += [name] if name not in used_attacks else []
-            axis.plot(eps, mean, "-", color="black", linewidth=2, label="robust (every attack)")
+            # a marker too: with one eps the line is a point
+            axis.plot(eps, mean, "-", color="black", linewidth=2, marker="o", markersize=3, label="robust (every attack)")
             axis.set_title(f"{method}: {label}", fontsize=8)
             _eps_axis(axis, set(eps.tolist()))
         overview.set_title(f"robust accuracy, {label}", fontsize=8)
@@ -132,10 +146,12 @@ def robustness_curves(all_metrics: dict[str, dict], labels: dict[str, str]):
         axis.set_xlabel("L-inf eps (x 1/255)", fontsize=8)
     handles = [plt.Line2D([], [], **attack_style(name), marker=".", label=name)
                for name in ATTACKS if name in used_attacks]
-    handles.append(plt.Line2D([], [], color="black", linewidth=2, label="robust: right under every attack"))
+    handles.append(plt.Line2D([], [], color="black", linewidth=2, marker="o", markersize=3, label="robust: right under every attack"))
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
-    figure.suptitle("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps "
-                    "up to this one" + (" (thin: what a cascade left after each attack in turn)" if cascade else
-                                        " (thin: each attack alone; a diamond: run at the study's eps only)"), fontsize=9)
+    title = ("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps up to this "
+             "one" + (" (thin: what a cascade left after each attack in turn)" if cascade else
+                      " (thin: each attack alone; a diamond: run at the study's eps only)"))
+    # on two lines where one would run past the figure's edges (three panels or fewer)
+    figure.suptitle(textwrap.fill(title, int(figure.get_figwidth() * TITLE_CHARACTERS_PER_INCH)), fontsize=9)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure
