@@ -1,5 +1,7 @@
 """Robust accuracy (robust_cifar.evaluation.robustness): the definition, the bookkeeping, the config, the
 sanity gates and the figure."""
+import re
+
 import matplotlib.colors
 import numpy as np
 import pytest
@@ -191,6 +193,20 @@ def test_an_attack_set_to_never_is_still_checked_but_never_runs(raw):
     attack["apgd_t"] = {**attack["apgd_t"], "targets": 12}
     with pytest.raises(ParamsError, match="attack.apgd_t.targets"):
         RobustnessConfig.from_params(Params({**raw, "attack": attack}))
+
+
+@pytest.mark.parametrize("left, words", [((), "every attack is `at: never`"),
+                                         (("transfer",), "only `transfer` runs, and it never attacks the reference")])
+def test_a_plan_in_which_no_attack_aims_at_every_model_is_refused(raw, left, words):
+    """Every attack `at: never` published clean accuracy as robust accuracy, with a summary that could only say its
+    gates went unchecked; with transfer alone, the reference model's."""
+    attack = {**raw["attack"], **{name: {**raw["attack"][name], "at": "study" if name in left else "never"}
+                                  for name in ATTACKS}}
+    with pytest.raises(ParamsError, match=re.escape(words)) as refused:
+        RobustnessConfig.from_params(Params({**raw, "attack": attack}))
+    assert "robust accuracy would be clean accuracy" in str(refused.value) and "\n" not in str(refused.value)
+    attack["fgm"] = {**attack["fgm"], "at": "study"}   # one attack on each model's own decision is enough
+    assert [a.name for a in RobustnessConfig.from_params(Params({**raw, "attack": attack})).attacks] == ["fgm", *left]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,9 +63,19 @@ class RobustnessConfig:
             raise ParamsError(f"{params.source}: `attack.eps_255` = {sweep} does not contain the study's eps "
                               f"`perturb.fgm.eps_255` = {study:g}: every sweep must hold it exactly, so robust "
                               f"accuracy is reported at the study's eps; {params.fix_hint('attack.eps_255')}")
+        attacks = tuple(planned_attacks(params))
+        aiming = [name for name, spec in ATTACKS.items() if spec.aims_at != TRANSFER]
+        if not any(attack.name in aiming for attack in attacks):
+            # robust accuracy would be clean accuracy, vouched for by no attack (transfer never attacks the reference)
+            problem = ("only `transfer` runs, and it never attacks the reference method's model" if attacks
+                       else "every attack is `at: never`")
+            raise ParamsError(f"{params.source}: {problem}: robust accuracy would be clean accuracy, measured by no "
+                              f"attack; set `at: study` (or `sweep`) for one of {', '.join(aiming)} "
+                              + ("in params.yaml" if not any(key.startswith("attack.") for key in params.overridden)
+                                 else f"({params.fix_hint('attack')})"))
         return cls(eps_255=tuple(float(e) for e in sweep), study_eps_255=float(study),
                    test_images=params.value("attack.test_images", bounded_int(0, 10_000_000, "0 = all")),
-                   attacks=tuple(planned_attacks(params)), cascade=params.value("attack.cascade", BOOLEAN))
+                   attacks=attacks, cascade=params.value("attack.cascade", BOOLEAN))
 
     def attacks_at(self, eps_255: float) -> list[PlannedAttack]:
         """The attacks that run at this eps: none at 0 (robust = clean there)."""
