@@ -34,8 +34,8 @@ def accuracy_bars(all_metrics: dict[str, dict], labels: dict[str, str], split: s
     axis.set_ylabel(f"{split} accuracy (%)")
     axis.set_ylim(0, 105)
     # the legend above the bars, under the title: inside, it covered the labels of bars near 100%
-    axis.set_title(f"{split.capitalize()} accuracy: clean vs perturbed (white-box FGM) vs transfer (FGM from the baseline)",
-                   pad=20)
+    axis.set_title(f"{split.capitalize()} accuracy: clean vs perturbed (white-box FGM) vs transfer "
+                   "(FGM from the baseline)", pad=20)
     axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=8)
     figure.tight_layout()
     return figure
@@ -134,7 +134,8 @@ def robustness_curves(all_metrics: dict[str, dict], labels: dict[str, str]):
                           markersize=4, alpha=0.85)
                 used_attacks += [name] if name not in used_attacks else []
             # a marker too: with one eps the line is a point
-            axis.plot(eps, mean, "-", color="black", linewidth=2, marker="o", markersize=3, label="robust (every attack)")
+            axis.plot(eps, mean, "-", color="black", linewidth=2, marker="o", markersize=3,
+                      label="robust (every attack)")
             axis.set_title(f"{method}: {label}", fontsize=8)
             _eps_axis(axis, set(eps.tolist()))
         overview.set_title(f"robust accuracy, {label}", fontsize=8)
@@ -146,7 +147,8 @@ def robustness_curves(all_metrics: dict[str, dict], labels: dict[str, str]):
         axis.set_xlabel("L-inf eps (x 1/255)", fontsize=8)
     handles = [plt.Line2D([], [], **attack_style(name), marker=".", label=name)
                for name in ATTACKS if name in used_attacks]
-    handles.append(plt.Line2D([], [], color="black", linewidth=2, marker="o", markersize=3, label="robust: right under every attack"))
+    handles.append(plt.Line2D([], [], color="black", linewidth=2, marker="o", markersize=3,
+                              label="robust: right under every attack"))
     figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     title = ("Robust test accuracy: true labels, clean-correct, worst case over every attack at every eps up to this "
              "one" + (" (thin: what a cascade left after each attack in turn)" if cascade else
