@@ -28,16 +28,11 @@ CPUS = os.cpu_count() or 1
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`-n auto` (pytest-xdist's `--dist load`) hands out the tests one at a time, in collection order, to whichever
-    worker is free (`--maxschedchunk 1` unless given): with the `longest` slow tests first, a list schedule that
-    leaves no long test to run alone at the end. Work stealing, used before, moved the queue's tail between
-    workers: its last test (the Ray sweep) once ran alone for 133 s, and the longest tests first, all five on one
-    worker. Other `--dist` modes as asked."""
+    """`-n auto` (pytest-xdist's `--dist load`) steals work: a worker that is done takes tests another has queued,
+    so the slow tests, which run last, end on both workers at about the same time. Other `--dist` modes as asked."""
     if config.getvalue("dist") == "load":
-        from xdist.scheduler import LoadScheduling
-        if config.getoption("maxschedchunk") is None:
-            config.option.maxschedchunk = 1
-        return LoadScheduling(config, log)
+        from xdist.scheduler import WorkStealingScheduling
+        return WorkStealingScheduling(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -60,7 +55,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     """Every test that needs the reproduced tiny pipeline is slow: `pytest -m "not slow"` is the quick loop. The
     slow tests run last, so every worker runs unit tests while the pipeline is being built; of them, the `longest`
-    first, so that each starts as soon as a worker is free (pytest_xdist_make_scheduler)."""
+    first (the Ray sweep, last in file order, ran alone for the run's last 133 s while the other worker idled)."""
     slow = [item for item in items if END_TO_END_FIXTURE in getattr(item, "fixturenames", ())]
     for item in slow:
         item.add_marker(pytest.mark.slow)
