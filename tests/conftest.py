@@ -54,14 +54,12 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     """Every test that needs the reproduced tiny pipeline is slow: `pytest -m "not slow"` is the quick loop. The
-    slow tests run last, so every worker runs unit tests while the pipeline is being built; of them, the `longest`
-    first (the Ray sweep, last in file order, ran alone for the run's last 133 s while the other worker idled)."""
+    slow tests run last (in their order), so every worker runs unit tests while the pipeline is being built."""
     slow = [item for item in items if END_TO_END_FIXTURE in getattr(item, "fixturenames", ())]
     for item in slow:
         item.add_marker(pytest.mark.slow)
     chosen = set(slow)
-    longest_first = sorted(slow, key=lambda item: item.get_closest_marker("longest") is None)   # stable
-    items[:] = [item for item in items if item not in chosen] + longest_first
+    items[:] = [item for item in items if item not in chosen] + slow
 
 
 def shared_folder(tmp_path_factory) -> Path:

@@ -198,7 +198,6 @@ def test_every_param_makes_exactly_its_stages_stale(project):
     assert stale_stages(project) == set()
 
 
-@pytest.mark.longest
 def test_exp_run_alpha_retrains_only_the_angular_chain(project, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(project, copy, symlinks=True)
@@ -275,7 +274,6 @@ def test_removing_a_method_reruns_only_the_summaries(project):
         params_path.write_text(original)
 
 
-@pytest.mark.longest
 def test_a_dropped_methods_outputs_go_and_listing_it_again_restores_them_without_rerunning(project):
     """DVC left them: `dvc plots show` drew them beside the run's, and a publication copied them."""
     params_path = project / "params.yaml"

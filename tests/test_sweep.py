@@ -397,7 +397,6 @@ def out_hashes(data: dict) -> dict[str, str]:
     return {path: out["hash"] for path, out in data["outs"].items()}
 
 
-@pytest.mark.longest
 def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path):
     project = copy_project(sweep_base, tmp_path / "project")
     assert sweep(project, "-S", "knn.k=1,0", "--gpus", "none").returncode == 2   # knn.k=0 never gets that far
@@ -477,7 +476,6 @@ def ray_cluster():
 
 
 @pytest.mark.slow
-@pytest.mark.longest
 def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
         sweep_base, serial_reference, ray_cluster, tmp_path, capsys):
     address, ray_env = ray_cluster
