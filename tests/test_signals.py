@@ -13,9 +13,17 @@ from robust_cifar.signals import SHELLS, Stopped, parent_of, process_name, stop_
 from tests.methods import ANGULAR
 from tests.pipeline_project import ROOT, dvc_env
 
+# Work a stop signal interrupts at once, in the stand-ins below: short sleeps, not one long one. CPython runs a
+# Python signal handler between bytecodes; a signal that lands after the last check before `time.sleep` enters its
+# system call waits for the whole sleep, and the tests send theirs the moment the child says it started (once in
+# this suite: a tool sat out its 60 s sleep after SIGHUP). A real tool or stage returns to Python far more often.
+def working(seconds: int) -> str:
+    return f"[time.sleep(0.05) for _ in range({20 * seconds})]"
+
+
 # A stand-in stage: run_stage around a long sleep, its pid on stdout.
 STAGE = ("import os, time; from robust_cifar.stage import run_stage; "
-         "run_stage(lambda argv: (print(os.getpid(), flush=True), time.sleep(120)))")
+         f"run_stage(lambda argv: (print(os.getpid(), flush=True), {working(120)}))")
 
 
 def alive(pid: int) -> bool:
@@ -169,7 +177,7 @@ def test_a_stopped_tool_passes_sigint_on_to_a_stage_whatever_stopped_it(signum):
 def test_a_stopped_tool_waits_for_its_whole_process_group_not_only_the_leader():
     """DVC exited at once and the tool said its line and exited while the stage under it still unwound."""
     unwinding = ("import os, signal, sys, time; signal.signal(signal.SIGINT, lambda *a: (time.sleep(1.5), sys.exit(0)));"
-                 " print(os.getpid(), flush=True); time.sleep(120)")
+                 f" print(os.getpid(), flush=True); {working(120)}")
     leader = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                                "subprocess.Popen([sys.executable, '-c', sys.argv[1]]); time.sleep(120)", unwinding],
                               stdout=subprocess.PIPE, text=True, process_group=0)
@@ -277,7 +285,7 @@ def test_a_stage_whose_parent_dies_while_it_still_imports_torch_exits_at_once_wi
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_tool_stopped_while_it_works_is_one_line_with_the_signals_exit_code(signum):
     tool = subprocess.Popen([sys.executable, "-c", "import time; from robust_cifar.signals import run_tool; "
-                             "run_tool(lambda: (print('working', flush=True), time.sleep(60)))"],
+                             f"run_tool(lambda: (print('working', flush=True), {working(60)}))"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert tool.stdout.readline() == "working\n"
     tool.send_signal(signum)
@@ -293,7 +301,7 @@ def block_hup():
 def test_a_tool_started_with_the_stop_signals_blocked_still_stops_on_them():
     """A blocked signal waited for ever: the tool (or stage) ran on as if it had never come."""
     tool = subprocess.Popen([sys.executable, "-c", "import time; from robust_cifar.signals import run_tool; "
-                             "run_tool(lambda: (print('working', flush=True), time.sleep(60)))"],
+                             f"run_tool(lambda: (print('working', flush=True), {working(60)}))"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=block_hup)
     assert tool.stdout.readline() == "working\n"
     tool.send_signal(signal.SIGHUP)
