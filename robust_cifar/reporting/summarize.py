@@ -301,9 +301,9 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         f"Test accuracy (%) on {attacked_images_text(all_metrics)} attacked test images (`attack.test_images`). "
         "*robust*: right on the clean image AND under every attack at every eps up to this one, each attack aiming "
         "away from the true label (float32); the other columns are each attack's own accuracy (right on the clean "
-        "image and on that attack's images), or, where `attack.cascade` ran each attack only on what the earlier ones left (AutoAttack's "
-        "protocol), *broke*: the share of the test images it was the first to break, at this eps or a smaller "
-        "one (robust = clean minus every *broke*). Every attack's images are scored by both decisions, whichever it "
+        "image and on that attack's images), or, where `attack.cascade` ran each attack only on what the earlier "
+        "ones left (AutoAttack's protocol), *broke*: the share of the test images it was the first to break, at "
+        "this eps or a smaller one (robust = clean minus every *broke*). Every attack's images are scored by both decisions, whichever it "
         "aimed at. "
         "`reports/robustness_curve.png` shows the curves over eps.", "",
         table(robust_rows(all_metrics, labels)), "",
