@@ -181,7 +181,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
     except (RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{path}: its weights do not match its model config ({first}): {redo}") from None
-    return model.to(device).eval(), metadata
+    model.eval()
+    with torch.no_grad():   # finite weights can still give NaN (a negative batch-norm variance): embeddings,
+        probe = model(torch.full((1, 3, 32, 32), 0.5))   # scores and attacks would all be chance, unsaid
+    if not torch.isfinite(probe).all():
+        raise InputError(f"{path} gives NaN or infinite outputs on a grey image (finite weights: a negative batch-norm "
+                         f"variance, or values too large), which no training writes: {redo}")
+    return model.to(device), metadata
 
 
 def unlike_training(state: dict, fresh: dict) -> str | None:

@@ -676,3 +676,15 @@ def test_the_class_count_alone_can_be_expected(checkpoints):
     with pytest.raises(InputError, match="has 5 classes, the data 10"):
         load_model(checkpoints["five-0"], num_classes=10)
     load_model(checkpoints["wide-0"], num_classes=10)
+
+
+def test_a_checkpoint_of_finite_weights_that_gives_nan_is_one_line(checkpoints, tmp_path):
+    """A negative batch-norm variance is finite, and makes every output NaN: the embeddings, the scores and the
+    attacks' robust accuracy would all be chance (10%), published unsaid."""
+    def negative_variance(state):
+        key = next(key for key in state if key.endswith("running_var"))
+        state[key] = -state[key]
+    path = rewritten(checkpoints[f"{HEAD}-0"], tmp_path, f"{HEAD}-0", negative_variance)
+    with pytest.raises(InputError) as error:
+        load_model(path, expect=EXPECTED, num_classes=10)
+    one_line(error, path, f"train@{HEAD}-0", "gives NaN or infinite outputs on a grey image")
