@@ -303,15 +303,36 @@ def changed_while_read(loaded: list[tuple[Path, Params]]) -> str | None:
     return None
 
 
+def shared_node(text: str) -> str | None:
+    """Where a YAML text names a node to repeat it (an anchor `&name`, an alias `*name`, a merge `<<: *name`), in
+    words; None where it does not (or cannot be parsed: parse_yaml says why)."""
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                kind = "the alias *" if isinstance(event, yaml.AliasEvent) else "the anchor &"
+                return f"line {event.start_mark.line + 1} holds {kind}{event.anchor}"
+    except yaml.YAMLError:
+        return None
+    return None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found: run it from the project root, where params.yaml lives")
+    text = path.read_text()
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(text)
     except YAMLError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ParamsError(f"{path} is not valid YAML ({first_line}): fix the file, or `git checkout {path}`") from None
+        problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+        what = (f"{problem}, line {mark.line + 1}" if problem and mark else str(error).strip().splitlines()[0])
+        raise ParamsError(f"{path} is not valid YAML ({what}): fix the file, or `git checkout {path}`") from None
+    shared = shared_node(text)
+    if shared:
+        raise ParamsError(f"{path}: {shared}: `dvc exp run -S` cannot edit a value an alias repeats (DVC drops the "
+                          "edit, or makes it elsewhere, unsaid): write the values out, without & and *")
     params = Params(raw, source=str(path))
     LOADED.append((path.resolve(), params))
     if os.environ.get(TRACE_ENV):

@@ -464,3 +464,22 @@ def test_a_stage_whose_params_changed_while_it_ran_fails_so_dvc_records_nothing(
         assert stage.stderr.strip().count("\n") == 0, stage.stderr
         assert "params.yaml changed while this stage ran (`train.lr`: 0.01 -> 0.02)" in stage.stderr
         assert "run `dvc repro` again" in stage.stderr
+
+
+@pytest.mark.parametrize("text, words", [
+    ("perturb: &plan\n  p: 0.3\nadversarial:\n  perturb: *plan\n",
+     "line 1 holds the anchor &plan: `dvc exp run -S` cannot edit"),
+    ("knn:\n  k: 3  # the control: & and * in a comment or a string name no node\nurl: 'a&b*c'\n", None),
+    ("knn:\n  k: 3\nknn:\n  k: 4\n", 'is not valid YAML (found duplicate key "knn"'),
+    ("knn:\n\tk: 3\n", "is not valid YAML (found character that cannot start any token, line 2)"),
+])
+def test_a_params_file_dvc_would_edit_wrongly_or_cannot_read_is_one_line_naming_where(tmp_path, text, words):
+    """An anchor shared by two sections made `dvc exp run -S perturb.p=0.5` an experiment of p = 0.3, unsaid (DVC
+    merges its edit back into the shared node)."""
+    (tmp_path / "params.yaml").write_text(text)
+    if words is None:
+        assert load_params(tmp_path / "params.yaml").raw == {"knn": {"k": 3}, "url": "a&b*c"}
+        return
+    with pytest.raises(ParamsError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert words in str(error.value) and "\n" not in str(error.value)
