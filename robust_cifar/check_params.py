@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
+from ruamel.yaml import YAMLError
+
 from robust_cifar.cache import ensure_cache
-from robust_cifar.code_deps import stale_code_deps
+from robust_cifar.code_deps import CHECK_STAGE, stale_code_deps
 from robust_cifar.compute import ComputeConfig
 from robust_cifar.data.archive import check_local_archive
-from robust_cifar.data.download import DataConfig
+from robust_cifar.data.download import DataConfig, md5_of
 from robust_cifar.data.split import SplitConfig
 from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.conditions import knn_k
@@ -25,7 +28,7 @@ from robust_cifar.evaluation.robustness import RobustnessConfig
 from robust_cifar.machine import usable_cores
 from robust_cifar.model import ModelConfig
 from robust_cifar.outputs import OUTPUT_FOLDERS
-from robust_cifar.params import Params, parse_yaml
+from robust_cifar.params import Params, get_dotted, parse_yaml
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
@@ -34,6 +37,8 @@ from robust_cifar.training.methods.registry import (REFERENCE_METHOD, REGISTRY, 
 from robust_cifar.training.train import TrainConfig
 
 SEEDS = ("split", "plan", "umap")
+CHECKED = "params.yaml is valid\n"   # what the stage writes: never another text, so it makes no stage below it stale
+DOWNLOAD_STAGE = "download"   # its name in dvc.yaml
 
 
 # Keys that were renamed: an old spelling is refused with its new key, so a value is never read in
@@ -117,14 +122,58 @@ def check_on_this_machine(params: Params) -> None:
     and so does every tool of the project before it hands overrides to DVC."""
     validate_params(params)
     ensure_cache()
+    refuse_linked_output_folders()
     compute = ComputeConfig.from_params(params)
     compute.check_machine()
     warning = compute.oversubscription(usable_cores())
     if warning:
         print(warning, file=sys.stderr)
     data = DataConfig.from_params(params)
-    if data.archive:
+    if data.archive and not Path(data.archive).exists() and stage_is_current(DOWNLOAD_STAGE, params):
+        print(f"note: the local archive {data.archive} (`data.archive`) is not here, and nothing needs it now: the "
+              "download stage's outputs are current (pulled, or kept); it is needed again where that stage reruns "
+              "(its params or code edited)", file=sys.stderr)
+    elif data.archive:
         check_local_archive(Path(data.archive), data.archive_md5)
+
+
+def refuse_linked_output_folders(root: Path = Path(".")) -> None:
+    """Refuse an output folder that is a symbolic link (models/ on a bigger disk): DVC refuses an output that lies
+    outside the project, but only when it saves it, after the stage's work (a training's hours). Linked files are
+    DVC's own where its cache type is `symlink`, so only folders are looked at."""
+    for top in OUTPUT_FOLDERS:
+        linked = [root / top] if (root / top).is_symlink() else [
+            Path(folder) / name for folder, names, _ in os.walk(root / top) for name in names
+            if os.path.islink(os.path.join(folder, name))]
+        if linked:
+            raise UserError(f"{linked[0]} is a link (to {os.readlink(linked[0])}): DVC refuses an output outside the "
+                            "project, after the stage's work; make it a folder again (for the disk space, "
+                            "`dvc cache dir <folder on the other disk>` moves DVC's cache, which holds the data)")
+
+
+def stage_is_current(name: str, params: Params, root: Path = Path(".")) -> bool:
+    """Whether DVC would leave the stage `name`, one of dvc.yaml's plain stages, as it is: dvc.lock records it with
+    dvc.yaml's command, deps, params and outputs, and each dep and output on disk has its recorded md5 and each
+    param its recorded value (what `dvc status <name>` sees, for a stage whose deps no stage rewrites but this one,
+    whose output never changes). False where any of it differs or cannot be read."""
+    try:
+        stages = parse_yaml((root / "dvc.yaml").read_text())["stages"]
+        declared = stages[name]
+        locked = parse_yaml((root / "dvc.lock").read_text())["stages"][name]
+        paths = lambda entries: sorted(entry if isinstance(entry, str) else next(iter(entry)) for entry in entries)
+        recorded = locked.get("params", {}).get("params.yaml", {})
+        if (locked["cmd"] != declared["cmd"] or sorted(recorded) != sorted(declared.get("params", []))
+                or sorted(entry["path"] for entry in locked["deps"]) != paths(declared["deps"])
+                or sorted(entry["path"] for entry in locked["outs"]) != paths(declared["outs"])
+                or any(not params.has(key) or get_dotted(params.raw, key) != value for key, value in recorded.items())):
+            return False
+        checked = set(paths(stages[CHECK_STAGE]["outs"]))   # rewritten with CHECKED before this stage runs
+        files = {entry["path"]: entry for entry in locked["deps"] + locked["outs"]}
+        return all(entry.get("hash") == "md5" and entry["md5"] == (
+            hashlib.md5(CHECKED.encode()).hexdigest() if path in checked else md5_of(root / path))
+            for path, entry in files.items())
+    except (OSError, KeyError, TypeError, AttributeError, StopIteration, YAMLError):
+        return False
 
 
 def check_code_deps(dvc_yaml: Path = Path("dvc.yaml")) -> None:

@@ -26,6 +26,8 @@ OUTPUT_FOLDERS = (Path("data"), Path("models"), Path("reports"))
 CONTROL_FOLDERS = (Path(".dvc"), Path(".git"))
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# a folder made read-only or unwritable, or a folder or file standing where the output or its folder goes
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY)
 NEARLY_FULL = 16 * 2**20   # bytes free below which a failed write is blamed on the disk
 
 
@@ -46,7 +48,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     An interrupted stage then never leaves a half-written output that looks finished, and a full
     disk is one line naming it, with the partial file removed.
     """
-    path = prepare(path)
+    try:
+        path = prepare(path)
+    except OSError as error:   # a file where its folder goes
+        if error.errno in UNWRITABLE + (errno.EEXIST,):
+            check_writable(path)
+        raise
     partial = path.with_name(f".{path.name}.part{path.suffix}")
     try:
         yield partial
@@ -55,6 +62,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if error.errno in NO_SPACE:
             partial.unlink(missing_ok=True)
             raise no_space(path) from None
+        if error.errno in UNWRITABLE:   # made so while the stage ran (its start checks the same: check_writable)
+            check_writable(path)        # the one line that names it
         raise
     except RuntimeError:
         # torch.save's C++ writer reports a full disk as "basic_ios::clear: iostream error" or
@@ -64,7 +73,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise no_space(path) from None
         raise
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # a read-only folder, where nothing was written to remove
+            partial.unlink(missing_ok=True)
 
 
 def check_free_space(path: str | Path, needed: int) -> None:

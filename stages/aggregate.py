@@ -2,7 +2,7 @@
 (what summarize reads), and the figures seed's test predictions -> reports/predictions/<method>.csv"""
 import shutil
 
-from robust_cifar.outputs import atomic_path, write_json
+from robust_cifar.outputs import atomic_path, check_writable, write_json
 from robust_cifar.params import load_params
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.results import METHOD, read_correct, read_runs, stamped
@@ -12,6 +12,7 @@ from stages import paths
 
 def main(argv: list[str]) -> None:
     method = paths.method_argument(argv)
+    check_writable(paths.aggregated(method), paths.predictions(method))
     params = load_params()
     seeds, figures_seed = params.train_seeds(), params.seed("figures")
     per_seed = read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)

@@ -13,7 +13,7 @@ place (robust_cifar/check_params.py, stale_outputs), and warns where dvc.yaml's 
 methods (`python -m tools.sync_dvc_yaml`). Its output persists (`persist: true` in dvc.yaml) so
 that DVC's run cache never skips it: every edit of params.yaml runs it.
 """
-from robust_cifar.check_params import (check_code_deps, check_on_this_machine, remove_stale_outputs,
+from robust_cifar.check_params import (CHECKED, check_code_deps, check_on_this_machine, remove_stale_outputs,
                                       warn_plots_of_other_methods)
 from robust_cifar.outputs import write_text
 from robust_cifar.params import load_params
@@ -27,8 +27,8 @@ def main(argv: list[str]) -> None:
     check_code_deps()
     remove_stale_outputs(params)
     warn_plots_of_other_methods(params)
-    write_text(paths.PARAMS_CHECKED, "params.yaml is valid\n")
+    write_text(paths.PARAMS_CHECKED, CHECKED)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, persist=True)

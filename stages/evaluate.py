@@ -5,7 +5,7 @@ from robust_cifar.compute import Compute
 from robust_cifar.conditions import knn_k
 from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import has_head, score_embeddings, small_class_warning
-from robust_cifar.outputs import write_csv, write_json
+from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
 from robust_cifar.reporting.results import PREDICTIONS, RUN, stamped, table_digest
 from robust_cifar.stage import run_stage
@@ -16,6 +16,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     method, seed = paths.run_arguments(argv)
     run = paths.run_name(method, seed)
+    check_writable(paths.seed_predictions(method, seed), paths.seed_metrics(method, seed))
     k, device = knn_k(params), Compute.fp32_from_params(params).device
     arrays = load_embeddings(paths.embeddings(method, seed), run)
     metrics, predictions = score_embeddings(arrays, k, device)

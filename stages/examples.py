@@ -6,7 +6,7 @@ import torch
 from robust_cifar.compute import Compute
 from robust_cifar.data.split import load_splits
 from robust_cifar.model import ModelConfig, load_model
-from robust_cifar.outputs import save_figure
+from robust_cifar.outputs import check_writable, save_figure
 from robust_cifar.params import load_params
 from robust_cifar.perturbations.perturb import PerturbDraw, PerturbSettings, apply_perturbations, load_plans, plan_draw
 from robust_cifar.reporting.examples import perturbation_examples
@@ -65,14 +65,16 @@ def pick_examples(gates: np.ndarray, labels: np.ndarray, count: int) -> np.ndarr
 
 def main(argv: list[str]) -> None:
     params = load_params()
+    check_writable(paths.EXAMPLES)
     perturb = PerturbSettings.from_params(params)
     compute = Compute.fp32_from_params(params)
     model_config = ModelConfig.from_params(params)
     splits, class_names = load_splits(paths.RAW, paths.SPLIT)
     plan = load_plans(paths.PLAN, {split: len(images) for split, images in splits.items()},
                       drawn_with=(params.seed("plan"), perturb))["test"]
-    model, _ = load_model(paths.model(REFERENCE_METHOD, params.seed("figures")), compute.device,
-                          expect=model_config, num_classes=len(class_names))
+    run = (REFERENCE_METHOD, params.seed("figures"))
+    model, _ = load_model(paths.model(*run), compute.device, expect=model_config, num_classes=len(class_names),
+                          run=run)
     shown = pick_examples(plan.gates, splits["test"].labels, SHOWN)
 
     clean = compute.images(torch.from_numpy(splits["test"].images[shown]))

@@ -1,7 +1,7 @@
 """summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
 -> reports/summary.md, reports/summary.json, the figures, and each method's headline numbers -> reports/metrics.json"""
 from robust_cifar.conditions import decision_labels, knn_k
-from robust_cifar.outputs import save_figure, write_json, write_text
+from robust_cifar.outputs import check_writable, save_figure, write_json, write_text
 from robust_cifar.params import load_params
 from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
 from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, SOURCE, provenance_lines, settings
@@ -15,6 +15,7 @@ from stages import paths
 
 def main(argv: list[str]) -> None:
     params = load_params()
+    check_writable(paths.SUMMARY_MD, paths.HEADLINE, paths.SUMMARY_JSON, paths.ACCURACY_FIGURE, paths.ROBUSTNESS_FIGURE)
     methods, seeds, labels = params.method_names(), params.train_seeds(), decision_labels(knn_k(params))
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download", SOURCE), run_settings)

@@ -16,13 +16,14 @@ import pytest
 import torch
 import yaml
 
-from robust_cifar.errors import DiskFullError, InputError
+from robust_cifar.errors import DiskFullError, InputError, UserError
 from robust_cifar.npz import save_npz
 from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.params import set_dotted
+from robust_cifar.training.methods.registry import REFERENCE_METHOD
 
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
-from tests.pipeline_project import communicate_or_show_where, dvc, dvc_env
+from tests.pipeline_project import communicate_or_show_where, dvc, dvc_env, stale_stages
 
 
 @pytest.fixture
@@ -96,6 +97,45 @@ def test_a_refused_exp_run_with_dvc_yaml_as_target_deletes_no_recorded_output(pr
 
     assert refused("dvc.yaml") == set()
     assert refused() != set()   # the hazard the target avoids (DVC 3.67.1), so this test can see it
+
+
+def test_a_bad_value_under_repro_s_names_the_outputs_dvc_removed_and_checkout_restores_them(project):
+    """`dvc repro -s` (and `--downstream`) skips check_params: DVC removes the stage's outputs, then the stage
+    refuses the value. It cannot keep them, so it says so, and what it advises puts them back."""
+    model = project / f"models/{ANGULAR}-0.pt"
+    recorded = model.read_bytes()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[ANGULAR]["alpha"] = 400
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(project, "repro", "-s", f"train@{ANGULAR}-0", check=False)
+    assert result.returncode != 0 and "Running stage 'check_params'" not in result.stdout
+    line = one_error_line(result.stderr)
+    assert f"`{ANGULAR}.alpha` = 400 is invalid" in line and not model.exists()
+    assert f"DVC removed the outputs of train@{ANGULAR}-0 before running it" in line, line
+    dvc(project, *line.split("`")[-2].split()[1:])   # the advice, as written
+    assert model.read_bytes() == recorded
+
+
+def test_a_clone_without_the_local_archive_varies_what_does_not_reread_it(project):
+    """A colleague who cloned and pulled a run made from a local archive lacks the archive: check_params needs it only
+    where the download stage reruns, as DVC decides (here its code edited), and refuses then, before DVC removes
+    anything."""
+    archive = project / yaml.safe_load((project / "params.yaml").read_text())["data"]["archive"]
+    archive.rename(project / "elsewhere.tar.gz")
+    set_umap = yaml.safe_load((project / "params.yaml").read_text())
+    set_umap["umap"]["min_dist"] += 0.1   # reruns the UMAP figures alone
+    (project / "params.yaml").write_text(yaml.safe_dump(set_umap, sort_keys=False))
+    varied = dvc(project, "repro", "check_params")
+    said = varied.stderr + varied.stdout
+    assert f"note: the local archive {archive.name} (`data.archive`) is not here, and nothing needs it" in said, said
+    assert "download" not in stale_stages(project)
+    download = project / "robust_cifar/data/download.py"
+    download.write_text(download.read_text() + "# edited\n")
+    assert "download" in stale_stages(project)
+    before = snapshot(project)
+    refused = dvc(project, "repro", check=False)
+    assert refused.returncode != 0 and f"CIFAR-10 archive not found: {archive.name}" in one_error_line(refused.stderr)
+    assert refused.stdout.count("Running stage") == 1 and snapshot(project).keys() == before.keys()
 
 
 def stage(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -322,3 +362,57 @@ def test_a_full_disk_while_downloading_is_one_line_and_leaves_no_partial_file(tm
     with pytest.raises(DiskFullError, match="no space left on the disk holding .*downloads while writing cifar.tar.gz"):
         download.download("http://127.0.0.1:9/cifar.tar.gz", tmp_path / "downloads/cifar.tar.gz", "")
     assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_a_folder_that_appears_where_an_output_goes_while_the_stage_runs_is_one_line(tmp_path):
+    from robust_cifar import outputs
+    (tmp_path / "reports/seeds/0.json").mkdir(parents=True)   # after the stage's start checked the place
+    with pytest.raises(InputError, match=r"0.json is a folder where this stage writes a file: remove it"):
+        outputs.write_json(tmp_path / "reports/seeds/0.json", {})
+    (tmp_path / "aggregate").write_text("a file where a folder goes")
+    with pytest.raises(InputError, match=r"aggregate is a file, not a folder"):
+        outputs.write_json(tmp_path / "aggregate/run.json", {})
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["0.json", "aggregate", "reports", "seeds"]
+
+
+def test_the_light_stages_refuse_a_folder_where_an_output_goes_before_their_work(project):
+    """evaluate, aggregate, summarize and examples write each output at their end: a folder standing there was a
+    traceback after the work (and summarize had rewritten its text before its figures failed)."""
+    for command, output in [(("stages.evaluate", HEAD, "0"), f"reports/seeds/{HEAD}/0.csv"),
+                            (("stages.aggregate", HEAD), f"reports/aggregate/{HEAD}.json"),
+                            (("stages.summarize",), "reports/robustness_curve.png"),
+                            (("stages.examples",), "reports/examples.png")]:
+        (project / output).unlink()
+        (project / output).mkdir()
+        before = snapshot(project)
+        result = stage(project, *command)
+        assert result.returncode == 2 and f"{output} is a folder where this stage writes a file" in one_error_line(
+            result.stderr), result.stderr
+        assert snapshot(project) == before, command
+
+
+def test_the_examples_stage_refuses_another_runs_model_under_the_figures_runs_name(project):
+    shutil.copyfile(project / f"models/{ANGULAR}-0.pt", project / f"models/{REFERENCE_METHOD}-0.pt")
+    result = stage(project, "stages.examples")
+    assert result.returncode == 2
+    assert f"holds the model of {ANGULAR}-0 (its metadata), not of {REFERENCE_METHOD}-0" in one_error_line(
+        result.stderr)
+
+
+def test_an_output_folder_linked_elsewhere_is_refused_before_any_stage(tmp_path):
+    """DVC saves an output that resolves outside the project only to refuse it, after the training; check_params
+    refuses the link first. Files DVC links to its cache (cache.type symlink) are fine."""
+    from robust_cifar.check_params import refuse_linked_output_folders
+    bigger_disk = tmp_path / "elsewhere"
+    (bigger_disk / "umap").mkdir(parents=True)
+    project = tmp_path / "project"
+    (project / "reports").mkdir(parents=True)
+    (project / "reports/summary.md").symlink_to(bigger_disk / "summary.md")   # as DVC links a cached file
+    refuse_linked_output_folders(project)
+    (project / "reports/umap").symlink_to(bigger_disk / "umap")
+    with pytest.raises(UserError, match=r"reports/umap is a link \(to .*elsewhere/umap\): DVC refuses an output"):
+        refuse_linked_output_folders(project)
+    (project / "reports/umap").unlink()
+    (project / "models").symlink_to(bigger_disk)
+    with pytest.raises(UserError, match=r"models is a link"):
+        refuse_linked_output_folders(project)

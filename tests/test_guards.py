@@ -238,3 +238,20 @@ def test_every_method_and_params_section_has_its_row_in_the_docs():
     sections = list(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert [section for section in sections if section not in pipeline] == [], \
         "add its row to docs/pipeline.md's params table"
+
+
+def test_a_stage_says_its_outputs_persist_exactly_where_dvc_yaml_persists_them():
+    """A refusal in a stage DVC ran says DVC removed its outputs (robust_cifar/stage.py), unless the stage passes
+    `persist=True` to run_stage: true only where dvc.yaml marks its outputs `persist: true`, which DVC keeps."""
+    persisting, claiming = set(), set()
+    for name, stage in stages_of(ROOT).items():
+        module, _ = command_module(stage.cmd)
+        if any(out.persist for out in stage.outs):
+            persisting.add(module)
+        source = (ROOT / f"{module.replace('.', '/')}.py").read_text()
+        calls = [node for node in ast.walk(ast.parse(source))
+                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run_stage"]
+        if any(keyword.arg == "persist" and ast.literal_eval(keyword.value)
+               for call in calls for keyword in call.keywords):
+            claiming.add(module)
+    assert persisting == claiming == {f"stages.{CHECK_STAGE}"}

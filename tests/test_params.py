@@ -319,12 +319,14 @@ def test_stage_with_a_bad_param_exits_2_with_one_line_before_heavy_work(tmp_path
 @pytest.mark.parametrize("experiment", ["workspace", "temp", "none"])
 def test_a_refusal_under_a_workspace_experiment_says_how_to_put_params_yaml_back(tmp_path, raw, experiment):
     """`dvc exp run -S` leaves its values in params.yaml when a stage refuses, often where `git status` does not
-    show them; in a queued or --temp run (DVC_ROOT: the project, not the stage's copy) nothing is left."""
+    show them; in a queued or --temp run (DVC_ROOT: the project, not the stage's copy) nothing is left. Outside a
+    workspace experiment, a stage DVC ran (DVC_STAGE) says DVC removed its outputs and how to get them back."""
     edited = copy.deepcopy(raw)
     edited["train"]["epochs"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(edited))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("DVC_EXP_NAME", None)
+    env["DVC_STAGE"] = f"train@{HEAD}-0"
     if experiment != "none":
         env.update(DVC_EXP_NAME="exp-1", DVC_ROOT=str(tmp_path if experiment == "workspace" else ROOT))
     result = subprocess.run([sys.executable, "-m", "stages.train", HEAD, "0"], cwd=tmp_path, env=env,
@@ -332,6 +334,7 @@ def test_a_refusal_under_a_workspace_experiment_says_how_to_put_params_yaml_back
     (line,) = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "`train.epochs` = 0" in line
     assert ("git show HEAD:params.yaml > params.yaml" in line) == (experiment == "workspace"), line
+    assert (f"`dvc checkout train@{HEAD}-0` puts back" in line) == (experiment != "workspace"), line
 
 
 def test_stage_with_good_params_gets_as_far_as_the_data(tmp_path, raw):
