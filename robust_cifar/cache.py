@@ -68,10 +68,15 @@ def ensure_cache() -> None:
             if not folder.exists():
                 folder.mkdir()
                 made.append(folder)
+        if not made:   # there already: writable? (a read-only one failed the training stage, in a traceback)
+            probe = root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as error:
-        raise UserError(f"the cache folder {_where(root)} cannot be made ({error.strerror}): "
+        raise UserError(f"the cache folder {_where(root)} cannot be {'written' if root.is_dir() else 'made'} "
+                        f"({error.strerror}): "
                         + (f"point ${ENV} at a folder you can write" if _named() else
-                           "make the project folder writable")) from None
+                           f"make {root.parent if root == LOCAL and not root.is_dir() else root} writable")) from None
     finally:
         for folder in reversed(made):
             with contextlib.suppress(OSError):

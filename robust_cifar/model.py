@@ -179,7 +179,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
             raise InputError(f"{path} {unlike}, which no training writes: {redo}")
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's first line is a heading ("Error(s) in loading state_dict for CifarResNet18:"): the next says what
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+        first = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+        first = first if len(first) <= 160 else f"{first[:157]}..."
         raise InputError(f"{path}: its weights do not match its model config ({first}): {redo}") from None
     model.eval()
     with torch.no_grad():   # finite weights can still give NaN (a negative batch-norm variance): embeddings,
@@ -214,7 +217,8 @@ def config_mismatches(config: dict, expect: ModelConfig | None, num_classes: int
     expected = {key: (value, f"params.yaml's model.{key}") for key, value in asdict(expect).items()} if expect else {}
     if num_classes is not None:
         expected["num_classes"] = (num_classes, "the data")
-    return [f"{CONFIG_WORDS[key].format(config[key])}, {source} {value}"
+    shown = lambda held, value: held if type(held) is type(value) else repr(held)   # "4" against 4 reads as equal
+    return [f"{CONFIG_WORDS[key].format(shown(config[key], value))}, {source} {value}"
             for key, (value, source) in expected.items() if config[key] != value]
 
 

@@ -63,3 +63,12 @@ def test_a_cache_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV, str(tmp_path / "new" / "cache"))
     ensure_cache()
     assert not (tmp_path / "new").exists()   # it could be made: what was made to find out is gone again
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(monkeypatch):
+    """An existing cache on a read-only disk passed check_params; the training then failed in dvclive, a traceback
+    (after DVC had removed its outputs). /proc takes no file, even from root."""
+    monkeypatch.setenv(ENV, "/proc")
+    with pytest.raises(UserError, match=r"\$ROBUST_CIFAR_CACHE = /proc cannot be written .*: point ") as refused:
+        ensure_cache()
+    assert "\n" not in str(refused.value)

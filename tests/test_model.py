@@ -220,7 +220,13 @@ def test_load_model_refuses_weights_that_do_not_match_the_config(small_model, tm
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["config"]["embedding_dim"] += 1
     torch.save(checkpoint, path)
-    with pytest.raises(InputError, match="weights do not match its model config"):
+    with pytest.raises(InputError, match="weights do not match its model config") as error:
+        load_model(path)
+    assert "(size mismatch for embedding.weight: copying a param with shape" in str(error.value)   # what, not a heading
+    checkpoint["config"]["embedding_dim"] -= 1
+    del checkpoint["state_dict"]["head.bias"]
+    torch.save(checkpoint, path)
+    with pytest.raises(InputError, match=r'\(Missing key\(s\) in state_dict: "head.bias"\.\)'):
         load_model(path)
 
 

@@ -1,6 +1,12 @@
-import numpy as np
+import errno
+import os
+import sys
 
-from robust_cifar.reporting.umap_plot import draw_grid, neighbours_used, sample_indices
+import numpy as np
+import pytest
+
+from robust_cifar.errors import DiskFullError, UserError
+from robust_cifar.reporting.umap_plot import draw_grid, import_umap_with_compile_cache, neighbours_used, sample_indices
 
 
 def test_grid_has_a_panel_per_split_and_condition_with_every_class_in_the_legend():
@@ -27,3 +33,23 @@ def test_sample_indices_caps_and_keeps_all_when_asked():
 def test_umap_uses_every_other_point_as_a_neighbour_when_asked_for_more():
     """umap.n_neighbors = 200 on 40 fitted points ran with 39, unsaid: the stage now says so, and the title names it."""
     assert neighbours_used(15, 40) == 15 and neighbours_used(200, 40) == 39 and neighbours_used(39, 40) == 39
+
+
+@pytest.mark.parametrize("errno_, refusal", [(errno.ENOSPC, DiskFullError), (errno.EROFS, UserError)])
+def test_a_compile_cache_that_takes_no_file_is_one_line(monkeypatch, tmp_path, errno_, refusal):
+    """numba writes umap-learn's compiled code as umap defines it: a full disk there was a 50-line traceback."""
+    import builtins
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.delitem(sys.modules, "umap", raising=False)
+    imported = builtins.__import__
+
+    def full_cache(name, *args, **kwargs):
+        if name == "umap":
+            raise OSError(errno_, os.strerror(errno_), str(tmp_path / "numba" / "index"))
+        return imported(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", full_cache)
+    with pytest.raises(refusal, match=rf"cannot write umap-learn's compiled code to {tmp_path}/numba \(") as error:
+        import_umap_with_compile_cache()
+    assert "\n" not in str(error.value)

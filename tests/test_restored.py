@@ -62,3 +62,23 @@ def test_an_untracked_params_yaml_that_the_run_staged_is_untracked_again(tmp_pat
     with restored_on_failure(path):
         git(tmp_path, "add", "params.yaml")
     assert git(tmp_path, "status", "--porcelain") == "?? params.yaml\n"
+
+
+def test_the_lock_the_failed_run_rewrote_is_put_back_with_the_way_to_its_outputs(committed, capsys):
+    """A failed preset left params.yaml restored but dvc.lock its own (core.autostage: staged), beside outputs
+    DVC had removed: every stage stale, and a commit would record the run's lock with the old params."""
+    lock = committed.parent / "dvc.lock"
+    lock.write_text("stages: {}\n")
+    git(committed.parent, "add", "dvc.lock")
+    git(committed.parent, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "lock")
+    with restored_on_failure(committed, lock=lock):
+        committed.write_text("knn:\n  k: 0\n")
+        lock.write_text("stages: {check_params: {}}\n")
+        git(committed.parent, "add", "params.yaml", "dvc.lock")
+    assert git(committed.parent, "status", "--porcelain") == ""
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{lock} is as it was before the run (in the work tree and Git's index); `dvc checkout` puts back the outputs "
+        "the run removed")
+    with restored_on_failure(committed, lock=committed.parent / "new.lock"):   # none before the run: none after
+        (committed.parent / "new.lock").write_text("stages: {}\n")
+    assert not (committed.parent / "new.lock").exists()

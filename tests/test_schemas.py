@@ -607,6 +607,10 @@ def checkpoints(tmp_path_factory):
     with torch.no_grad():
         diverged.head.weight[0, 0] = float("nan")
     made["diverged-0"] = folder / "diverged-0.pt"
+    made["text-width-0"] = folder / "text-width-0.pt"
+    checkpoint = torch.load(made[f"{HEAD}-0"], weights_only=True)
+    checkpoint["config"]["width"] = "4"
+    torch.save(checkpoint, made["text-width-0"])
     save_model(diverged, made["diverged-0"])
     return made
 
@@ -622,6 +626,7 @@ def test_a_checkpoint_of_the_expected_model_loads(checkpoints):
     ("embedding-0", "has embedding size 32, params.yaml's model.embedding_dim 16:"),
     ("five-0", "has 5 classes, the data 10:"),
     ("dropout-0", "has dropout 0.25, params.yaml's model.dropout 0.0:"),
+    ("text-width-0", "has width '4', params.yaml's model.width 4:"),   # not "width 4, ... 4", which reads as equal
     ("everything-0", "has width 8, params.yaml's model.width 4; embedding size 32, params.yaml's model.embedding_dim 16; "
                      "5 classes, the data 10:"),
 ])

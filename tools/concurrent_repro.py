@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     params = Path("params.yaml")
     # -S edits params.yaml: a run that fails (a value only a stage can refuse) or is stopped puts it back
-    with restored_on_failure(params) if args.set_param and params.is_file() else contextlib.nullcontext(Outcome()) \
-            as outcome:
+    with (restored_on_failure(params, lock=Path("dvc.lock")) if args.set_param and params.is_file()
+          else contextlib.nullcontext(Outcome())) as outcome:
         outcome.returncode = run_all(args)
     running.close()
     return outcome.returncode

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     stop_on_signals()   # TERM and HUP too: DVC and its stage are stopped, not left running
-    with restored_on_failure(Path("params.yaml")) as outcome:
+    with restored_on_failure(Path("params.yaml"), lock=Path("dvc.lock")) as outcome:
         try:
             outcome.returncode = run_in_group(cmd)
         except KeyboardInterrupt as stopped:

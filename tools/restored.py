@@ -52,22 +52,31 @@ def check_editable(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def restored_on_failure(path: Path) -> Iterator[Outcome]:
+def restored_on_failure(path: Path, lock: Path | None = None) -> Iterator[Outcome]:
     """Put `path` back byte for byte, with its times, and its entry in Git's index, unless the block sets
-    `outcome.returncode = 0`."""
-    before, times, entry = path.read_bytes(), path.stat(), index_entry(path)
+    `outcome.returncode = 0`; and `lock` (dvc.lock, which the run's stages rewrote; absent before: removed), saying
+    that `dvc checkout` then puts back the outputs DVC removed (a failed preset left every stage stale)."""
+    watched = [(file, file.read_bytes() if file.is_file() else None, file.stat() if file.is_file() else None,
+                index_entry(file)) for file in ([path] + ([lock] if lock else []))]
     outcome = Outcome()
     try:
         yield outcome
     finally:
         if outcome.returncode != 0:
-            restored = []
-            if path.read_bytes() != before:
-                path.write_bytes(before)
-                os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
-                restored.append("the work tree")
-            if index_entry(path) != entry:
-                put_back_entry(path, entry)
-                restored.append("Git's index")
-            if restored:
-                print(f"{path} is as it was before the run (in {' and '.join(restored)})", file=sys.stderr)
+            for file, before, times, entry in watched:
+                restored = []
+                now = file.read_bytes() if file.is_file() else None
+                if now != before:
+                    if before is None:
+                        file.unlink()
+                    else:
+                        file.write_bytes(before)
+                        os.utime(file, ns=(times.st_atime_ns, times.st_mtime_ns))
+                    restored.append("the work tree")
+                if index_entry(file) != entry:
+                    put_back_entry(file, entry)
+                    restored.append("Git's index")
+                if restored:
+                    outputs = "; `dvc checkout` puts back the outputs the run removed" if file == lock else ""
+                    print(f"{file} is as it was before the run (in {' and '.join(restored)}){outputs}",
+                          file=sys.stderr)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from robust_cifar.cache import cache_dir
+from robust_cifar.errors import DiskFullError, UserError
+from robust_cifar.outputs import NO_SPACE
 from robust_cifar.params import Params, bounded_int, real, whole
 
 import matplotlib  # noqa: E402
@@ -66,6 +68,11 @@ def import_umap_with_compile_cache():
     numba.njit, numba.jit = caching(numba.njit), caching(numba.jit)
     try:
         import umap
+    except OSError as error:   # numba writes the compiled code as umap defines it: a full or read-only cache
+        where = os.environ["NUMBA_CACHE_DIR"]
+        problem = UserError if error.errno not in NO_SPACE else DiskFullError
+        raise problem(f"cannot write umap-learn's compiled code to {where} ({error.strerror}): free space there, or "
+                      f"point $NUMBA_CACHE_DIR (or $ROBUST_CIFAR_CACHE) at another folder") from None
     finally:
         numba.njit, numba.jit = originals
     return umap
