@@ -23,7 +23,7 @@ from typing import Callable, NoReturn
 from robust_cifar.errors import USER_ERROR_EXIT, UserError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-STAGE_STARTING = "while the stage was starting: it wrote nothing"
+STAGE_STARTING = "while the stage was starting: it wrote nothing; rerun the same command to go on"
 PR_SET_PDEATHSIG = 1
 
 

@@ -279,7 +279,8 @@ def test_a_stage_whose_parent_dies_while_it_still_imports_torch_exits_at_once_wi
     parent.kill()
     parent.wait()
     assert wait_until_gone(stage_pid), "the stage outlived its parent"
-    assert parent.stderr.read().strip() == "interrupted (SIGTERM) while the stage was starting: it wrote nothing"
+    assert parent.stderr.read().strip() == ("interrupted (SIGTERM) while the stage was starting: it wrote nothing; "
+                                            "rerun the same command to go on")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
