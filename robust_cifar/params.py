@@ -105,12 +105,13 @@ NAMES = Rule(lambda v: isinstance(v, list) and len(v) > 0 and len(set(map(str, v
 class Params:
     """The parsed params.yaml; `value` validates one key and records that it was read."""
 
-    def __init__(self, raw: dict, source: str = "params.yaml", overridden: tuple[str, ...] = ()):
+    def __init__(self, raw: dict, source: str = "params.yaml", overridden: tuple[str, ...] = (), set_with: str = ""):
         if not isinstance(raw, dict):
             raise ParamsError(f"{source} must hold a mapping of sections, got {type(raw).__name__}")
         self.raw = raw
         self.source = source
         self.overridden = overridden   # the keys a tool's -S flags set (with_overrides)
+        self.set_with = set_with       # how that tool sets another key, "{key}" its place ("" for params.yaml only)
         self.read: set[str] = set()
 
     def fix_hint(self, key: str) -> str:
@@ -118,7 +119,7 @@ class Params:
         for setting in self.overridden:
             if f"{setting}.".startswith(f"{key}.") or f"{key}.".startswith(f"{setting}."):
                 return f"change the `-S {setting}=...` you gave"
-        return fix_hint(key)
+        return self.set_with.format(key=key) if self.set_with else fix_hint(key)
 
     def has(self, key: str) -> bool:
         node: Any = self.raw
@@ -240,10 +241,15 @@ def refuse_a_sweep(setting: str) -> None:
                           f"`python -m tools.sweep -S {key}=a,b,c` runs one experiment per value")
 
 
-def with_overrides(params: Params, settings: list[str]) -> Params:
+# a refusal's fix for a key the -S flags of a tool that takes them did not set (fix_hint's dvc exp run is no help there)
+SET_WITH_S = "add `-S {key}=...` to the command (or edit it in params.yaml)"
+
+
+def with_overrides(params: Params, settings: list[str], set_with: str = "") -> Params:
     """A copy of `params` with `key=value` settings applied by `dvc exp run -S`'s own code (Hydra's
     override grammar: `key=` is an empty string, a key params.yaml lacks is refused), so a tool can
-    refuse a bad override before DVC edits params.yaml or deletes anything."""
+    refuse a bad override before DVC edits params.yaml or deletes anything. `set_with`: how its user sets
+    another key (SET_WITH_S for a tool's own -S flags)."""
     from dvc.exceptions import DvcException
 
     def refused(setting: str) -> bool:
@@ -274,7 +280,7 @@ def with_overrides(params: Params, settings: list[str]) -> Params:
                           "(lists as [a, b]; a text holding more than ASCII letters, digits, spaces and . _ - / "
                           "in quotes: key='a text')") from None
     return Params(parse_yaml(text), source=f"{params.source} with its overrides",
-                  overridden=tuple(setting.partition("=")[0] for setting in settings))
+                  overridden=tuple(setting.partition("=")[0] for setting in settings), set_with=set_with)
 
 
 # Each params file this process loaded, with what it read: a stage checks, when it ends, that none changed under it

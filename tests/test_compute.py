@@ -14,7 +14,7 @@ from robust_cifar import check_params
 from robust_cifar import compute as compute_module
 from robust_cifar.compute import Compute, ComputeConfig
 from robust_cifar.errors import DeviceError, ParamsError
-from robust_cifar.params import Params, with_overrides
+from robust_cifar.params import SET_WITH_S, Params, with_overrides
 from tests.test_params import PARAMS
 
 
@@ -142,6 +142,12 @@ def test_a_bad_value_names_where_it_came_from_a_tools_flag_or_the_file(settings,
     with pytest.raises(ParamsError, match=f"`{key}` = 0 is invalid") as refused:
         check_params.validate_params(edited)
     assert str(refused.value).endswith(hint)
+    # under a tool that takes -S flags (sweep, concurrent_repro, determinism, ablate), another key is one more flag
+    tools = with_overrides(Params(raw), settings, set_with=SET_WITH_S)
+    with pytest.raises(ParamsError, match=f"`{key}` = 0 is invalid") as refused:
+        check_params.validate_params(tools)
+    assert str(refused.value).endswith(hint if hint.startswith("change the") else
+                                       f"add `-S {key}=...` to the command (or edit it in params.yaml)")
 
 
 

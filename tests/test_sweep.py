@@ -541,3 +541,11 @@ def test_a_stopped_ray_sweep_cancels_every_pending_task(monkeypatch, tmp_path):
     # each task reserves, and runs, its own experiment's threads
     assert reserved == [2, 4] and [spec["threads"] for spec in specs] == [2, 4]
     assert [module.__name__ for module in registered] == ["tools.sweep.steps"]   # all a node needs
+
+
+def test_a_refusal_of_a_key_the_sweep_did_not_set_says_to_set_it_with_the_sweeps_own_flag(capsys, bf16_units):
+    """The study's eps moved out of the attacks' sweep: the fix is another -S of this command, not `dvc exp run`."""
+    assert main(["-S", "perturb.fgm.eps_255=5,6", "--gpus", "none", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "does not contain the study's eps `perturb.fgm.eps_255` = 5" in error
+    assert "add `-S attack.eps_255=...` to the command (or edit it in params.yaml)" in error and "dvc exp run" not in error

@@ -30,7 +30,7 @@ from robust_cifar.data.split import SplitConfig, stratified_split
 from robust_cifar.evaluation.inference import embed_and_classify
 from robust_cifar.model import ModelConfig
 from robust_cifar.outputs import check_report_file, write_json
-from robust_cifar.params import Params, load_params, set_dotted, with_overrides
+from robust_cifar.params import SET_WITH_S, Params, load_params, set_dotted, with_overrides
 from robust_cifar.signals import run_tool
 from robust_cifar.training.methods.registry import REFERENCE_METHOD, build_method
 from robust_cifar.training.train import SplitTensors, TrainConfig, TrainingSetup, train_model
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="write the results here as JSON")
     args = parser.parse_args(argv)
 
-    edited = with_overrides(load_params(), args.set)   # `dvc exp run -S`'s grammar: a bad one is one line
+    edited = with_overrides(load_params(), args.set, set_with=SET_WITH_S)   # `dvc exp run -S`'s grammar
     validate_params(edited)
     if not args.variants:
         parser.error("--variants: name at least one (or leave it out: every variant)")

@@ -112,11 +112,11 @@ def set_params(overrides: list[str], path: Path = Path("params.yaml")) -> None:
     from dvc.utils.hydra import apply_overrides
 
     from robust_cifar.check_params import check_on_this_machine
-    from robust_cifar.params import load_params, with_overrides
+    from robust_cifar.params import SET_WITH_S, load_params, with_overrides
 
     if not path.is_file():
         raise UserError(f"no {path} here: run from the project's root")
-    check_on_this_machine(with_overrides(load_params(path), overrides))   # the same edit, on a copy
+    check_on_this_machine(with_overrides(load_params(path), overrides, set_with=SET_WITH_S))   # the edit, on a copy
     with signals_held():   # DVC rewrites the file in place: Ctrl-C halfway through left it empty or cut short
         apply_overrides(path, overrides)
 

@@ -52,7 +52,7 @@ from robust_cifar.data.split import load_splits
 from robust_cifar.errors import ParamsError, UserError
 from robust_cifar.machine import cpu_description
 from robust_cifar.model import load_model
-from robust_cifar.params import load_params, with_overrides, write_yaml
+from robust_cifar.params import SET_WITH_S, load_params, with_overrides, write_yaml
 from robust_cifar.signals import die_with_parent, run_tool
 from robust_cifar.training.methods.registry import known
 from stages import paths
@@ -319,7 +319,7 @@ def check_project(settings: list[str], method: str, seed: int) -> dict:
     stage or the training would refuse, and a run that is no stage of the project, before any training."""
     params = load_params()
     if settings:
-        params = with_overrides(params, settings)
+        params = with_overrides(params, settings, set_with=SET_WITH_S)
     validate_params(params)
     if known(method) not in params.method_names():
         raise ParamsError(f"`methods` = {params.method_names()} lacks {method!r}: train@{method}-{seed} is no stage of "

@@ -268,13 +268,14 @@ def check_overrides(root: Path, commit: str, experiments: list[grid.Experiment],
     from robust_cifar.check_params import check_on_this_machine, validate_params
     from robust_cifar.compute import ComputeConfig
     from robust_cifar.errors import UserError
-    from robust_cifar.params import with_overrides
+    from robust_cifar.params import SET_WITH_S, with_overrides
     committed = committed_params(root, commit)
     machine_checked = set()   # what the machine check reads (the compute and data sections): an archive's md5 once
     threads = {}
     for experiment in experiments:
         try:
-            edited = with_overrides(committed, (slot.set_params(experiment) if slot else experiment.set_params())[1::2])
+            edited = with_overrides(committed, (slot.set_params(experiment) if slot else experiment.set_params())[1::2],
+                                    set_with=SET_WITH_S)
             reads = json.dumps([edited.raw.get("compute"), edited.raw.get("data")], sort_keys=True, default=str)
             with contextlib.chdir(root):   # a local archive's path is relative to the project, as DVC runs stages
                 (validate_params if slot is None or reads in machine_checked else check_on_this_machine)(edited)
