@@ -41,6 +41,30 @@ def no_space(path: Path) -> DiskFullError:
                          "space there, then rerun")
 
 
+# The renames that written_together holds back: (partial, path) of each atomic_path inside it, innermost last
+_HELD: list[list[tuple[Path, Path]]] = []
+
+
+@contextlib.contextmanager
+def written_together() -> Iterator[None]:
+    """Every atomic_path written inside the block is renamed into place only when the whole block has finished: the
+    outputs of a stage that belong together (summarize's text and its figures) are all new or all as they were. A
+    full disk at the last figure left the new summary beside the old figures."""
+    held: list[tuple[Path, Path]] = []
+    _HELD.append(held)
+    try:
+        yield
+    except BaseException:
+        for partial, _ in held:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+        raise
+    finally:
+        _HELD.remove(held)
+    for partial, path in held:
+        os.replace(partial, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name beside `path` to write to; renamed to `path` only if the block finishes.
@@ -55,9 +79,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             check_writable(path)
         raise
     partial = path.with_name(f".{path.name}.part{path.suffix}")
+    held = False
     try:
         yield partial
-        os.replace(partial, path)
+        if _HELD:   # renamed with the others, when written_together's block ends
+            _HELD[-1].append((partial, path))
+            held = True
+        else:
+            os.replace(partial, path)
     except OSError as error:
         if error.errno in NO_SPACE:
             partial.unlink(missing_ok=True)
@@ -73,8 +102,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise no_space(path) from None
         raise
     finally:
-        with contextlib.suppress(OSError):   # a read-only folder, where nothing was written to remove
-            partial.unlink(missing_ok=True)
+        if not held:
+            with contextlib.suppress(OSError):   # a read-only folder, where nothing was written to remove
+                partial.unlink(missing_ok=True)
 
 
 def check_free_space(path: str | Path, needed: int) -> None:

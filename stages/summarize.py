@@ -1,7 +1,7 @@
 """summarize: every method's accuracy (mean +- std over seeds) and its paired comparison with the baseline
 -> reports/summary.md, reports/summary.json, the figures, and each method's headline numbers -> reports/metrics.json"""
 from robust_cifar.conditions import decision_labels, knn_k
-from robust_cifar.outputs import check_writable, save_figure, write_json, write_text
+from robust_cifar.outputs import check_writable, save_figure, write_json, write_text, written_together
 from robust_cifar.params import load_params
 from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
 from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, SOURCE, provenance_lines, settings
@@ -29,18 +29,21 @@ def main(argv: list[str]) -> None:
     unchecked = {method: unchecked_gates(metrics, labels) for method, metrics in all_metrics.items()}
     report = markdown_report(all_metrics, comparisons, labels, gates, [*provenance, RUN_FACTS_ELSEWHERE],
                              comparable_with_write_up=run_settings["preset"] == FULL, unchecked=unchecked)
-    write_text(paths.SUMMARY_MD, report)
-    write_json(paths.HEADLINE, headline_metrics(all_metrics))
-    write_json(paths.SUMMARY_JSON, {"provenance": provenance, "settings": run_settings, "verdict": [comparison.sentence for comparison in comparisons],
-                                    "comparisons": [comparison.row for comparison in comparisons],
-                                    "sanity_gates": {method: failures for method, failures in gates.items()},
-                                    "sanity_gates_unchecked": unchecked,
-                                    "test": headline_rows(all_metrics, labels),
-                                    "robust": robust_rows(all_metrics, labels),
-                                    "test_single_perturbation": single_perturbation_rows(all_metrics, labels),
-                                    "all_splits": all_split_rows(all_metrics, labels)})
-    save_figure(accuracy_bars(all_metrics, labels), paths.ACCURACY_FIGURE)
-    save_figure(robustness_curves(all_metrics, labels), paths.ROBUSTNESS_FIGURE)
+    with written_together():   # the text and the figures of one run, or all of the last
+        write_text(paths.SUMMARY_MD, report)
+        write_json(paths.HEADLINE, headline_metrics(all_metrics))
+        write_json(paths.SUMMARY_JSON, {
+            "provenance": provenance, "settings": run_settings,
+            "verdict": [comparison.sentence for comparison in comparisons],
+            "comparisons": [comparison.row for comparison in comparisons],
+            "sanity_gates": {method: failures for method, failures in gates.items()},
+            "sanity_gates_unchecked": unchecked,
+            "test": headline_rows(all_metrics, labels),
+            "robust": robust_rows(all_metrics, labels),
+            "test_single_perturbation": single_perturbation_rows(all_metrics, labels),
+            "all_splits": all_split_rows(all_metrics, labels)})
+        save_figure(accuracy_bars(all_metrics, labels), paths.ACCURACY_FIGURE)
+        save_figure(robustness_curves(all_metrics, labels), paths.ROBUSTNESS_FIGURE)
     print(report)
 
 

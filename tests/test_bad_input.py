@@ -416,3 +416,24 @@ def test_an_output_folder_linked_elsewhere_is_refused_before_any_stage(tmp_path)
     (project / "models").symlink_to(bigger_disk)
     with pytest.raises(UserError, match=r"models is a link"):
         refuse_linked_output_folders(project)
+
+
+def test_outputs_written_together_are_all_new_or_all_as_they_were(tmp_path):
+    """summarize on a disk that filled at its last figure left the new summary beside the old figures."""
+    from robust_cifar import outputs
+    summary, figure = tmp_path / "summary.md", tmp_path / "accuracy.png"
+    summary.write_text("old")
+    figure.write_text("old")
+    with pytest.raises(DiskFullError):
+        with outputs.written_together():
+            outputs.write_text(summary, "new")
+            assert summary.read_text() == "old"   # held back until the block ends
+            with outputs.atomic_path(figure) as partial:
+                partial.write_text("half a figure")
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert summary.read_text() == figure.read_text() == "old"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["accuracy.png", "summary.md"]   # no partial left
+    with outputs.written_together():
+        outputs.write_text(summary, "new")
+        outputs.write_text(figure, "new")
+    assert summary.read_text() == figure.read_text() == "new"
