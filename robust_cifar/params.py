@@ -311,15 +311,17 @@ def changed_while_read(loaded: list[tuple[Path, Params]]) -> str | None:
 
 def shared_node(text: str) -> str | None:
     """Where a YAML text names a node to repeat it (an anchor `&name`, an alias `*name`, a merge `<<: *name`), in
-    words; None where it does not (or cannot be parsed: parse_yaml says why)."""
-    import yaml
+    words; None where it does not (or cannot be parsed: parse_yaml says why). The events of parse_yaml's own
+    loader (libyaml's, as DVC's): 1 ms for params.yaml, where PyYAML's pure-Python parser took 17 in every stage."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.events import AliasEvent
 
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                kind = "the alias *" if isinstance(event, yaml.AliasEvent) else "the anchor &"
+        for event in YAML(typ="safe").parse(text):
+            if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
+                kind = "the alias *" if isinstance(event, AliasEvent) else "the anchor &"
                 return f"line {event.start_mark.line + 1} holds {kind}{event.anchor}"
-    except yaml.YAMLError:
+    except YAMLError:
         return None
     return None
 

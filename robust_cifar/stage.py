@@ -57,13 +57,13 @@ def after_a_workspace_experiment() -> str:
             "workspace back)")
 
 
-def after_dvc_removed_the_outputs(persist: bool) -> str:
+def after_dvc_removed_the_outputs(persist: bool, experiment_hint: str) -> str:
     """What a refusal adds in a stage that DVC ran (DVC names it in DVC_STAGE) and whose outputs do not persist: DVC
     removed them before starting it. check_params refuses a bad value before that happens, but `dvc repro -s` and
     `--downstream` skip it, and a damaged input is the stage's own to find. Under a workspace `dvc exp run` the
-    experiment's hint (after_a_workspace_experiment) covers this too."""
+    experiment's hint (`experiment_hint`, after_a_workspace_experiment's) covers this too."""
     stage = os.environ.get("DVC_STAGE")
-    if not stage or persist or after_a_workspace_experiment():
+    if not stage or persist or experiment_hint:
         return ""
     return (f" (DVC removed the outputs of {stage} before running it: `dvc checkout {stage}` puts back what dvc.lock "
             "records)")
@@ -96,8 +96,8 @@ def run_stage(main: Callable[[list[str]], None], persist: bool = False) -> None:
         record_time(stage_name(sys.argv), time.perf_counter() - started)
         end_now()
     except UserError as error:
-        hints = after_a_workspace_experiment() + after_dvc_removed_the_outputs(persist)
-        print(f"error: {error}{hints}", file=sys.stderr)
+        experiment = after_a_workspace_experiment()
+        print(f"error: {error}{experiment}{after_dvc_removed_the_outputs(persist, experiment)}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
     except KeyboardInterrupt as interrupt:
         ignore_stop_signals()   # a second signal (a terminal's Ctrl-C and a tool passing it on) changes nothing

@@ -303,8 +303,8 @@ def markdown_report(all_metrics: dict[str, dict], comparisons: list[Comparison],
         "away from the true label (float32); the other columns are each attack's own accuracy (right on the clean "
         "image and on that attack's images), or, where `attack.cascade` ran each attack only on what the earlier "
         "ones left (AutoAttack's protocol), *broke*: the share of the test images it was the first to break, at "
-        "this eps or a smaller one (robust = clean minus every *broke*). Every attack's images are scored by both decisions, whichever it "
-        "aimed at. "
+        "this eps or a smaller one (robust = clean minus every *broke*). Every attack's images are scored by both "
+        "decisions, whichever it aimed at. "
         "`reports/robustness_curve.png` shows the curves over eps.", "",
         table(robust_rows(all_metrics, labels)), "",
         *[f"- `{name}`: {spec.about}." for name, spec in ATTACKS.items()], "",
