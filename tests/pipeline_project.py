@@ -202,8 +202,9 @@ def covers(entry: str, key: str) -> bool:
     return key == entry or key.startswith(f"{entry}.")
 
 
-def stale_stages(project: Path) -> set[str]:
-    """Stages whose own dependencies changed (`dvc status`); not yet their downstream.
+def stale_stages(project: Path, *targets: str) -> set[str]:
+    """Stages whose own dependencies changed (`dvc status`); not yet their downstream. With `targets`, of those
+    stages alone (`dvc status <stage>`: a quarter of the time of every stage's status on the tiny project).
 
     DVC's own status, called in this process: the same answer as `dvc status --json` in about
     half the time (no interpreter and dvc import per call), which the key-by-key tests repeat ~80 times.
@@ -212,7 +213,7 @@ def stale_stages(project: Path) -> set[str]:
 
     # from inside the project, as the CLI: elsewhere DVC names each stage by its dvc.yaml's relative path
     with contextlib.chdir(project), Repo(".") as repo:
-        return set(repo.status())
+        return set(repo.status(targets=list(targets) or None))
 
 
 def dag_edges(project: Path) -> list[tuple[str, str]]:

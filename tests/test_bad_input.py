@@ -22,6 +22,7 @@ from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.params import set_dotted
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 
+from stages.check_params import main as check_params_stage
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
 from tests.pipeline_project import communicate_or_show_where, dvc, dvc_env, stale_stages
 
@@ -56,12 +57,21 @@ BAD_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("key, value, words", BAD_PARAMS, ids=[key for key, *_ in BAD_PARAMS])
-def test_a_bad_param_is_refused_before_dvc_removes_any_output(project, key, value, words):
-    before = snapshot(project)
+# Under DVC, one of each path through check_params (its rules; the local archive, which it checks against dvc.lock):
+# what runs before it is the same for every value, so the other values are refused in-process (the test below)
+UNDER_DVC = [case for case in BAD_PARAMS if case[:2] in {("knn.k", 0), ("data.archive", "missing.tar.gz")}]
+
+
+def with_param(project: Path, key: str, value) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     set_dotted(params, key, value)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.parametrize("key, value, words", UNDER_DVC, ids=[key for key, *_ in UNDER_DVC])
+def test_a_bad_param_is_refused_before_dvc_removes_any_output(project, key, value, words):
+    before = snapshot(project)
+    with_param(project, key, value)
     result = dvc(project, "repro", check=False)
     assert result.returncode != 0
     assert words in result.stderr + result.stdout, result.stderr
@@ -70,6 +80,20 @@ def test_a_bad_param_is_refused_before_dvc_removes_any_output(project, key, valu
     after = snapshot(project)
     assert {path: digest for path, digest in after.items() if path != "data/params/checked.txt"} == {
         path: digest for path, digest in before.items() if path != "data/params/checked.txt"}
+
+
+def test_the_check_params_stage_refuses_every_bad_param_and_writes_nothing(project, monkeypatch):
+    """The stage DVC runs first (the test above), called in this process on each value of BAD_PARAMS in turn."""
+    original = (project / "params.yaml").read_text()
+    before = snapshot(project)
+    monkeypatch.chdir(project)
+    for key, value, words in BAD_PARAMS:
+        with_param(project, key, value)
+        with pytest.raises(UserError) as refused:
+            check_params_stage([])
+        assert words in str(refused.value), (key, value)
+        assert snapshot(project) == before, (key, value)
+        (project / "params.yaml").write_text(original)
 
 
 def test_exp_run_with_a_bad_value_keeps_every_model(project):
@@ -128,10 +152,10 @@ def test_a_clone_without_the_local_archive_varies_what_does_not_reread_it(projec
     varied = dvc(project, "repro", "check_params")
     said = varied.stderr + varied.stdout
     assert f"note: the local archive {archive.name} (`data.archive`) is not here, and nothing needs it" in said, said
-    assert "download" not in stale_stages(project)
+    assert stale_stages(project, "download") == set()
     download = project / "robust_cifar/data/download.py"
     download.write_text(download.read_text() + "# edited\n")
-    assert "download" in stale_stages(project)
+    assert stale_stages(project, "download") == {"download"}
     before = snapshot(project)
     refused = dvc(project, "repro", check=False)
     assert refused.returncode != 0 and f"CIFAR-10 archive not found: {archive.name}" in one_error_line(refused.stderr)

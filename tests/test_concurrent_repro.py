@@ -17,7 +17,7 @@ import yaml
 from robust_cifar.errors import UserError
 from robust_cifar.signals import Stopped
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
-from tests.pipeline_project import ROOT, dvc, not_copied, run as run_command, stale_stages
+from tests.pipeline_project import ROOT, dvc, not_copied, run as run_command
 from tools import concurrent_repro
 from tools.concurrent_repro import plan_from_graph, run, set_params
 
@@ -375,7 +375,7 @@ def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reprodu
 
     result = run_command(project, sys.executable, "-m", "tools.concurrent_repro", "--jobs", "2")
     assert result.stdout.splitlines()[0].startswith("13 of 13 stages to run, 2 at a time"), result.stdout
-    assert stale_stages(project) == set()
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}   # DVC, run as a user would, sees nothing to do
     sequential = yaml.safe_load((reproduced_project / "dvc.lock").read_text())
     concurrent = yaml.safe_load((project / "dvc.lock").read_text())
     for method in params["methods"]:
@@ -384,7 +384,6 @@ def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reprodu
             assert outs(concurrent, name) == outs(sequential, name), name
     again = run_command(project, sys.executable, "-m", "tools.concurrent_repro")
     assert again.stdout.strip() == "every stage is up to date"
-    assert dvc(project, "status").returncode == 0
 
 
 
