@@ -208,17 +208,37 @@ def determinism(project, *args, env: dict[str, str] | None = None):
                           capture_output=True, text=True)
 
 
-def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reproduced_project):
+def ended_process_id() -> int:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+def test_the_scratch_folders_of_checks_that_no_longer_run_are_found_and_no_others(tmp_path):
+    ended = ended_process_id()
+    abandoned = tmp_path / f"determinism-{ended}-x1y2"
+    running = tmp_path / f"determinism-{os.getpid()}-a3b4"
+    for folder in (abandoned, running, tmp_path / "determinism-report-c5d6"):   # the last: no check's pid
+        folder.mkdir()
+    (tmp_path / f"determinism-{ended}-file").write_text("")   # a file of that name is no scratch folder
+    assert determinism_tool.abandoned_scratch(tmp_path) == [abandoned]
+
+
+def test_the_tool_on_the_tiny_project_finds_one_result_and_writes_nothing(reproduced_project, tmp_path):
     def state():
         listing = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=reproduced_project,
                                  capture_output=True, text=True, check=True).stdout
         return listing, sorted((str(p), p.stat().st_mtime_ns) for p in (reproduced_project / "models").iterdir())
 
     before = state()
+    abandoned = tmp_path / f"determinism-{ended_process_id()}-x1y2"   # left by a check killed with SIGKILL
+    (abandoned / "stdout.log").parent.mkdir()
+    (abandoned / "stdout.log").write_text("verbose lines")
     # the seed after the options, as a user may write it; an instruction set that stages refuse is the tool's to try
     result = determinism(reproduced_project, ANGULAR, "--runs", "2", "-S", "compute.threads=2", "-S", "train.epochs=1",
-                         "0", env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+                         "0", env={"ONEDNN_MAX_CPU_ISA": "AVX2", "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.glob("determinism-*")) == []   # the abandoned folder removed, and its own two too
     assert f"train@{ANGULAR}-0: one result in 2 runs: bit-identical on this machine" in result.stdout
     assert result.stdout.count("tensors traced") == 2 and result.stdout.count("(Intel AVX2)") == 2, result.stdout
     # oneDNN's dispatch is read from each run (the tiny model's convolutions run through oneDNN on a CPU)

@@ -21,7 +21,8 @@ Exit 0 when every run saved the same weights and traced the same tensors; 1 when
 naming the first differing tensor and the last identical one before it. The kernel to suspect lies
 between the two: for an output, that module's forward (or the code that ran since the last identical
 tensor); for a gradient, the backward of what consumed that output. Exit 2 for bad input; Ctrl-C, TERM
-and HUP stop the running training and remove its scratch folder (one line, exit 128 + the signal). On a GPU,
+and HUP stop the running training and remove its scratch folder (one line, exit 128 + the signal); the
+folder of a check killed with SIGKILL is removed by the next check. On a GPU,
 tracing needs `-S compute.cuda_graphs=false`, and cuDNN's fastest kernels differ from run to run
 unless `-S compute.deterministic=true`. On a tiny project (tests/pipeline_project.py) a run takes
 seconds; the full study hashes gigabytes an epoch.
@@ -33,6 +34,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -260,6 +262,31 @@ def shared_state(project: Path) -> dict[str, tuple[int, int, int]]:
             for stat in [path.stat()]}
 
 
+SCRATCH = "determinism-{pid}-"   # each training's scratch folder in the temporary folder, named after this check
+
+
+def abandoned_scratch(parent: Path | None = None) -> list[Path]:
+    """The scratch folders of checks no longer running: one killed by SIGKILL (or the machine's end) could not
+    remove its own, which holds a training's verbose log (megabytes on a long training)."""
+    parent = Path(tempfile.gettempdir()) if parent is None else parent
+    found = []
+    for folder in parent.glob(SCRATCH.format(pid="*") + "*"):
+        pid = folder.name.split("-")[1]
+        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            found.append(folder)
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
 def run_in_scratch(project: Path, params: dict, method: str, seed: int, folder: Path,
                    without_onednn: bool = False) -> Run:
     scratch_folder(project, folder, params)
@@ -365,9 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     run_name = f"train@{paths.run_name(args.method, args.seed)}"
     print(f"{run_name}: {args.runs} trainings in separate processes on {cpu_description()}, torch {torch.__version__}"
           f"{', oneDNN off' if args.without_onednn else ''}", flush=True)
+    for folder in abandoned_scratch():
+        shutil.rmtree(folder, ignore_errors=True)
     runs, inputs = [], shared_state(project)
     for number in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory(prefix="determinism-") as folder:
+        with tempfile.TemporaryDirectory(prefix=SCRATCH.format(pid=os.getpid())) as folder:
             runs.append(run_in_scratch(project, params, args.method, args.seed, Path(folder), args.without_onednn))
         now = shared_state(project)
         if now != inputs:   # the runs would differ for their inputs, not for a kernel
