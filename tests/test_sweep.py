@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 from dulwich.refs import check_ref_format
+from dvc.utils.hydra import apply_overrides
 
 from robust_cifar.params import load_params
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
-from tests.pipeline_project import ROOT, dvc, dvc_env, run
+from tests.pipeline_project import ROOT, dvc, dvc_env, run, stages_of
 from tools.sweep import cli, grid, steps
 from tools.sweep.cli import main
 from tools.sweep.grid import Experiment, SweepError
@@ -435,13 +436,21 @@ def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broke
 
 @pytest.fixture(scope="module")
 def serial_reference(sweep_base, tmp_path_factory) -> dict[str, dict]:
-    """SWEEP's good experiment run with plain `dvc exp run`."""
+    """SWEEP's good experiment's params written into params.yaml and run with plain `dvc repro` (the same
+    stages `dvc exp run` runs, without its bookkeeping), shown as `dvc exp show --json` shows an experiment:
+    its headline metrics and the hash of every output of its pipeline."""
     project = copy_project(sweep_base, tmp_path_factory.mktemp("serial") / "project")
-    for experiment in [e for e in grid.experiments(SWEEP[1::2]) if e.name == GOOD]:
-        # with the numerics a one-CPU Ray task gives its experiment (they change the bits)
-        dvc(project, "exp", "run", "-n", experiment.name, "-S", "compute.device=cpu", "-S", "compute.threads=1",
-            *experiment.set_params())
-    return experiments_shown(project)
+    (experiment,) = [e for e in grid.experiments(SWEEP[1::2]) if e.name == GOOD]
+    # DVC's own `-S` edit, with the numerics a one-CPU Ray task gives its experiment (they change the bits)
+    apply_overrides(project / "params.yaml", ["compute.device=cpu", "compute.threads=1",
+                                              *(f"{key}={value}" for key, value in experiment.overrides)])
+    dvc(project, "repro")
+    pipeline = set(stages_of(project))   # dvc.lock keeps the entries of the methods sweep_base dropped
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    return {GOOD: {"metrics": {"reports/metrics.json": {"data": metrics}},
+                   "outs": {out["path"]: {"hash": out["md5"]} for name, stage in lock.items() if name in pipeline
+                            for out in stage.get("outs", [])}}}
 
 
 def assert_same_results(shown: dict[str, dict], serial: dict[str, dict]) -> None:
