@@ -128,9 +128,7 @@ def test_a_bad_value_under_repro_s_names_the_outputs_dvc_removed_and_checkout_re
     refuses the value. It cannot keep them, so it says so, and what it advises puts them back."""
     model = project / f"models/{ANGULAR}-0.pt"
     recorded = model.read_bytes()
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[ANGULAR]["alpha"] = 400
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with_param(project, f"{ANGULAR}.alpha", 400)
     result = dvc(project, "repro", "-s", f"train@{ANGULAR}-0", check=False)
     assert result.returncode != 0 and "Running stage 'check_params'" not in result.stdout
     line = one_error_line(result.stderr)
@@ -248,9 +246,7 @@ def ignore_sigint():
                                                       (signal.SIGTERM, False), (signal.SIGHUP, False)],
                          ids=["ctrl-c", "ctrl-c-under-exp-run", "term", "hup"])
 def test_a_stopped_stage_is_one_line_exit_128_plus_signal_and_writes_nothing(project, signum, inherited_ignore):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    set_dotted(params, "train.epochs", 5000)   # long enough to be interrupted mid-training
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with_param(project, "train.epochs", 5000)   # long enough to be interrupted mid-training
     model = project / f"models/{HEAD}-0.pt"
     before, log_before = model.read_bytes(), snapshot(project)
     process = subprocess.Popen([sys.executable, "-m", "stages.train", HEAD, "0"], cwd=project,

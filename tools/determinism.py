@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -263,6 +264,7 @@ def shared_state(project: Path) -> dict[str, tuple[int, int, int]]:
 
 
 SCRATCH = "determinism-{pid}-"   # each training's scratch folder in the temporary folder, named after this check
+SCRATCH_PID = re.compile(re.escape(SCRATCH).replace(re.escape("{pid}"), r"(\d+)"))   # its pid, read back
 
 
 def abandoned_scratch(parent: Path | None = None) -> list[Path]:
@@ -271,8 +273,8 @@ def abandoned_scratch(parent: Path | None = None) -> list[Path]:
     parent = Path(tempfile.gettempdir()) if parent is None else parent
     found = []
     for folder in parent.glob(SCRATCH.format(pid="*") + "*"):
-        pid = folder.name.split("-")[1]
-        if folder.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+        pid = SCRATCH_PID.match(folder.name)
+        if pid and folder.is_dir() and not process_alive(int(pid[1])):
             found.append(folder)
     return found
 
@@ -283,7 +285,7 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:   # another user's process
-        return True
+        pass
     return True
 
 
