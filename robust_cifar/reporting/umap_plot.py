@@ -13,11 +13,6 @@ from robust_cifar.errors import DiskFullError, UserError
 from robust_cifar.outputs import NO_SPACE
 from robust_cifar.params import Params, bounded_int, real, whole
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 PANEL_CONDITIONS = ("clean", "perturbed")
 SPREAD = 1.0  # umap-learn's default; min_dist must not exceed it
 
@@ -105,6 +100,9 @@ def sample_indices(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
 
 def draw_grid(panels: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], class_names, title: str):
     """panels[(split, condition)] = (2-d points, labels); rows are splits, columns conditions."""
+    import matplotlib   # here: check_params reads UmapConfig, and pyplot takes half a second to import
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     splits = list(dict.fromkeys(split for split, _ in panels))
     conditions = list(dict.fromkeys(condition for _, condition in panels))
     figure, axes = plt.subplots(len(splits), len(conditions), figsize=(5 * len(conditions), 4.5 * len(splits)),
