@@ -23,6 +23,7 @@ from robust_cifar.params import set_dotted
 from robust_cifar.training.methods.registry import REFERENCE_METHOD
 
 from stages.check_params import main as check_params_stage
+from tests.forked_runs import run_module
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
 from tests.pipeline_project import communicate_or_show_where, dvc, dvc_env, stale_stages
 
@@ -161,8 +162,25 @@ def test_a_clone_without_the_local_archive_varies_what_does_not_reread_it(projec
 
 
 def stage(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=dvc_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    """`python -m <args>` in the project, forked from a process that has imported torch (tests/forked_runs.py):
+    these runs refuse before any work, and a fresh interpreter would spend most of its time importing."""
+    return run_module(project, *args, env=dvc_env(), timeout=timeout)
+
+
+def test_a_forked_run_reads_as_a_python_m_run(project):
+    """What `stage` runs, a refusal and a run that writes, has the exit code, output and files of `python -m`."""
+    raw_of_another_archive(project)
+    for command, output in [(("stages.embed", HEAD, "0"), None),
+                            (("stages.aggregate", HEAD), project / f"reports/aggregate/{HEAD}.json")]:
+        real = subprocess.run([sys.executable, "-m", *command], cwd=project, env=dvc_env(), capture_output=True,
+                              text=True, timeout=120)
+        written = output and output.read_bytes()
+        if output:
+            output.unlink()
+        forked = stage(project, *command)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (real.returncode, real.stdout, real.stderr)
+        assert output is None or output.read_bytes() == written
+    assert real.returncode == 0 and HEAD in real.stdout   # the run that writes
 
 
 def truncate(path: Path) -> None:

@@ -23,6 +23,7 @@ from robust_cifar.training.methods.objectives import AngularEmbedding
 from robust_cifar.training.methods.pgd_examples import PgdExamples
 from robust_cifar.training.train import TrainConfig
 from stages.check_params import main as check_params_stage
+from tests.forked_runs import run_module
 from tests.methods import ANGULAR, HEAD, PERTURBED_ANGULAR, PERTURBED_HEAD, PGD_HEAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,8 +297,7 @@ def test_load_params_errors(tmp_path):
 def run_stage_in(tmp_path: Path, raw: dict, *args: str) -> subprocess.CompletedProcess:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return run_module(tmp_path, *args, env=env)   # `python -m`, forked from a process that has imported torch
 
 
 def test_stage_with_a_bad_param_exits_2_with_one_line_before_heavy_work(tmp_path, raw):
@@ -329,8 +329,7 @@ def test_a_refusal_under_a_workspace_experiment_says_how_to_put_params_yaml_back
     env["DVC_STAGE"] = f"train@{HEAD}-0"
     if experiment != "none":
         env.update(DVC_EXP_NAME="exp-1", DVC_ROOT=str(tmp_path if experiment == "workspace" else ROOT))
-    result = subprocess.run([sys.executable, "-m", "stages.train", HEAD, "0"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = run_module(tmp_path, "stages.train", HEAD, "0", env=env)
     (line,) = result.stderr.strip().splitlines()
     assert result.returncode == 2 and "`train.epochs` = 0" in line
     assert ("git show HEAD:params.yaml > params.yaml" in line) == (experiment == "workspace"), line
