@@ -1,8 +1,10 @@
 """Shared fixtures: one reproduced tiny pipeline for every end-to-end test of the session, built once beside the
 unit tests and shared by the pytest-xdist workers (each works on a copy of its own)."""
+import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from robust_cifar.machine import threads_wait_asleep
 
@@ -66,6 +68,25 @@ def shared_folder(tmp_path_factory) -> Path:
     """The temporary folder of this run that every pytest-xdist worker sees (each has its own inside it)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """built_once(name, build): the folder `build(folder)` fills, made once per run for every pytest-xdist worker
+    (the first to ask builds it, under a lock the others wait on). Tests copy it and never change it."""
+    shared = shared_folder(tmp_path_factory)
+
+    def built(name: str, build: Callable[[Path], None]) -> Path:
+        done = shared / name
+        with open(shared / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)   # released when the lock file closes, by this worker or its end
+            if not done.exists():
+                part = shared / f"{name}.part"
+                shutil.rmtree(part, ignore_errors=True)   # left by a worker whose build failed
+                build(part)
+                part.rename(done)
+        return done
+    return built
 
 
 @pytest.fixture(scope="session", autouse=True)

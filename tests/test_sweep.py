@@ -368,16 +368,18 @@ def copy_project(source: Path, destination: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sweep_base(reproduced_project, tmp_path_factory) -> Path:
-    """The reproduced tiny project, baseline only, committed with its dvc.lock (what the workers clone)."""
-    base = copy_project(reproduced_project, tmp_path_factory.mktemp("sweep") / "base")
-    params = yaml.safe_load((base / "params.yaml").read_text())
-    params["methods"] = [REFERENCE_METHOD]   # the one method check_params requires
-    (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc(base, "repro")               # reruns check_params and summarize (it reads `methods`) only
-    run(base, "git", "add", "-A")
-    run(base, "git", "commit", "-qm", "baseline only, reproduced")
-    return base
+def sweep_base(reproduced_project, built_once) -> Path:
+    """The reproduced tiny project, baseline only, committed with its dvc.lock (what the workers clone): made once
+    for both real sweeps, which may run on two pytest-xdist workers; each sweeps a copy."""
+    def build(base: Path) -> None:
+        copy_project(reproduced_project, base)
+        params = yaml.safe_load((base / "params.yaml").read_text())
+        params["methods"] = [REFERENCE_METHOD]   # the one method check_params requires
+        (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        dvc(base, "repro")               # reruns check_params, summarize and curves (they read `methods`) only
+        run(base, "git", "add", "-A")
+        run(base, "git", "commit", "-qm", "baseline only, reproduced")
+    return built_once("sweep-base", build)
 
 
 def sweep(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -398,9 +400,11 @@ def out_hashes(data: dict) -> dict[str, str]:
     return {path: out["hash"] for path, out in data["outs"].items()}
 
 
-def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path):
+def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path, capsys):
     project = copy_project(sweep_base, tmp_path / "project")
-    assert sweep(project, "-S", "knn.k=1,0", "--gpus", "none").returncode == 2   # knn.k=0 never gets that far
+    # refusals in-process (what runs is the command's `main`, as below): knn.k=0 never gets as far as a worker
+    assert main(["-S", "knn.k=1,0", "--gpus", "none", "--repo", str(project)]) == 2
+    assert "`knn.k` = 0 is invalid" in capsys.readouterr().err
     result = sweep(project, *SWEEP, "--workers", "2", "--gpus", "none")
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
@@ -430,8 +434,8 @@ def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broke
     assert yaml.safe_load(run(project, "git", "show", "umap-0.2:params.yaml").stdout)["umap"]["min_dist"] == 0.2
 
     # names already taken are refused before anything runs
-    again = sweep(project, "-S", "umap.min_dist=0.2", "-S", "knn.k=3", "--gpus", "none")
-    assert again.returncode == 2 and f"already named {GOOD}" in again.stderr
+    assert main(["-S", "umap.min_dist=0.2", "-S", "knn.k=3", "--gpus", "none", "--repo", str(project)]) == 2
+    assert f"already named {GOOD}" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -496,8 +500,8 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     dvc(owner, "remote", "add", "-d", "shared", str(dvc_store))
     run(owner, "git", "commit", "-qam", "a DVC remote every worker can reach")
 
-    refused = sweep(owner, *SWEEP, "--ray", address, env=ray_env)       # the workers could not clone HEAD
-    assert refused.returncode == 2 and "is not on the Git remote" in refused.stderr
+    assert main([*SWEEP, "--ray", address, "--repo", str(owner)]) == 2     # the workers could not clone HEAD
+    assert "is not on the Git remote" in capsys.readouterr().err
     run(owner, "git", "push", "-q", "origin", "HEAD")
     cli.warn_unpushed(owner, "")
     assert "outputs are not on the DVC remote" in capsys.readouterr().err   # warned: dvc push first
