@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import yaml
 from robust_cifar.outputs import OUTPUT_FOLDERS
 from robust_cifar.training.methods import FOLDER
 from robust_cifar.training.methods.registry import REGISTRY
+from tests.forked_runs import run_code
 from tests.methods import ANGULAR
 from tests.pipeline_project import METHODS, PARAMS_TRACE, covers, declared_params, stages_of, stale_stages
 from robust_cifar.code_deps import BY_NAME, CHECK_STAGE, import_closure
@@ -86,10 +87,12 @@ def test_the_code_guard_names_a_deleted_and_a_stale_dep():
 
 
 def project_modules_imported(code: str) -> set[str]:
-    """The project's files that a fresh Python process has imported after running `code` (empty __init__s aside)."""
-    listing = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print('\\n'.join(sorted(m.__file__ for m in "
-                              "list(sys.modules.values()) if getattr(m, '__file__', None))))"],
-                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    """The project's files that a fresh Python process has imported after running `code` (empty __init__s aside):
+    forked from one that has imported torch and other libraries but no module of the project (tests/forked_runs.py)."""
+    ran = run_code(ROOT, f"{code}\nimport sys; print('\\n'.join(sorted(m.__file__ for m in "
+                        "list(sys.modules.values()) if getattr(m, '__file__', None))))", env=dict(os.environ))
+    assert ran.returncode == 0, ran.stderr
+    listing = ran.stdout.split()
     project = {Path(path).relative_to(ROOT).as_posix() for path in listing if Path(path).is_relative_to(ROOT)}
     return {path for path in project if path.split("/")[0] in ("robust_cifar", "stages")   # not a venv inside
             and (ROOT / path).stat().st_size > 0}
