@@ -20,6 +20,7 @@ import yaml
 from robust_cifar.data.download import md5_of
 from robust_cifar.params import set_dotted
 from tests import archives
+from tests.forked_runs import forked_env
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a fresh clone holds that the pipeline needs; outputs, caches and environments stay behind.
@@ -94,7 +95,7 @@ def dvc_env() -> dict[str, str]:
     env.setdefault("GIT_COMMITTER_NAME", "tests")
     env.setdefault("GIT_COMMITTER_EMAIL", "tests@localhost")
     env["DVC_NO_ANALYTICS"] = "1"
-    return env
+    return forked_env(env)   # the stages DVC runs fork from a process that has imported torch (tests/forked_runs.py)
 
 
 def communicate_or_show_where(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
