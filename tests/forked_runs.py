@@ -91,12 +91,14 @@ def _run(cwd: Path, *args: str, env: dict[str, str], timeout: float) -> subproce
             for fd in streams:
                 os.close(fd)
         unread = bytearray()
-        pid = read_number(connection, unread)
         connection.settimeout(timeout)
+        pid = code = None
         try:
+            pid = read_number(connection, unread)
             code = read_number(connection, unread)
         except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
             raise subprocess.TimeoutExpired(command, timeout, stdout.read_text(), stderr.read_text()) from None
         if code is None:
             raise RuntimeError("the fork server ended during a run")
