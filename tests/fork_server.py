@@ -11,9 +11,11 @@ the server's UNIX socket; the server forks a child that runs the module as `pyth
 exits with. INT, TERM and HUP sent to the client are passed on to the child. A client started for anything but
 `-m stages.<name>`, or without FORK_SERVER in its environment, becomes the real interpreter (`exec`).
 """
+import atexit
 import importlib
 import json
 import os
+import runpy
 import select
 import shutil
 import signal
@@ -68,18 +70,17 @@ def run_child(request: dict, fds: list[int]) -> None:
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
     sys.argv = [option, *arguments]   # what `python -m` holds while it imports the module's package
-    import atexit
-    import runpy
     try:
         if option == "-c":
             exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
         else:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         code = 0
-    except SystemExit as stopped:
-        code = stopped.code if isinstance(stopped.code, int) else 0 if stopped.code is None else 1
-        if not isinstance(stopped.code, (int, type(None))):
-            print(stopped.code, file=sys.stderr)
+    except SystemExit as stopped:   # as Python's own exit reads it: None is 0, a message is printed and 1
+        code = 0 if stopped.code is None else stopped.code
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
     except BaseException:
         traceback.print_exc()
         code = 1
