@@ -2,14 +2,16 @@
 (or `python -c <code>`) as a fork of itself: about 0.2 s where a fresh interpreter spends about 3 s importing
 (2-core AVX2 EPYC). Only the tests use it (tests/forked_runs.py starts it and says what it is trusted with).
 
-    python tests/fork_server.py --serve SOCKET [MODULE ...]   the server: imports the MODULEs, then serves
-    python -IS tests/fork_server.py ARGS ...                  a client that stands in for `python ARGS ...`
+    python tests/fork_server.py --serve SOCKET PYTHON [MODULE ...]   the server: imports the MODULEs, then serves
+    python -IS tests/fork_server.py ARGS ...                         a client that stands in for `python ARGS ...`
 
 The client sends its working folder, environment, arguments and standard streams (their file descriptors) over
 the server's UNIX socket; the server forks a child that runs the module as `python -m` would (its `sys.argv`,
-`sys.path`, atexit handlers and exit code), hears the child's end and says its exit code, which the client
-exits with. INT, TERM and HUP sent to the client are passed on to the child. A client started for anything but
-`-m stages.<name>`, or without FORK_SERVER in its environment, becomes the real interpreter (`exec`).
+`sys.path`, atexit handlers and exit code; its `sys.executable` is PYTHON, the `python` that starts clients, so
+that what a forked tool starts with `sys.executable` or puts first on PATH forks too), hears the child's end and
+says its exit code, which the client exits with. INT, TERM and HUP sent to the client are passed on to the child.
+A client started for anything but `-m` of a FORKED module, or without FORK_SERVER in its environment, becomes the
+real interpreter (`exec`).
 """
 import atexit
 import importlib
@@ -27,6 +29,7 @@ import traceback
 FORK_SERVER = "ROBUST_CIFAR_TESTS_FORK_SERVER"   # the socket, in the environment of the processes that may use it
 REAL_PYTHON = "ROBUST_CIFAR_TESTS_PYTHON"        # the interpreter a client stands in for
 HEADER = struct.Struct("!I")   # a request's length, before its JSON
+FORKED = ("stages", "tools", "dvc")   # the packages whose `python -m` a client hands to the server
 
 
 def send_request(connection: socket.socket, request: dict, fds: list[int]) -> None:
@@ -56,7 +59,7 @@ def read_number(connection: socket.socket, unread: bytearray) -> int | None:
     return int(line)
 
 
-def run_child(request: dict, fds: list[int]) -> None:
+def run_child(request: dict, fds: list[int], python: str) -> None:
     """In the forked child: become `python <args>` in the request's folder and environment, and exit as it would."""
     for fd, standard in zip(fds, (0, 1, 2)):
         os.dup2(fd, standard)
@@ -70,6 +73,7 @@ def run_child(request: dict, fds: list[int]) -> None:
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
     sys.argv = [option, *arguments]   # what `python -m` holds while it imports the module's package
+    sys.executable = python
     try:
         if option == "-c":
             exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
@@ -90,7 +94,7 @@ def run_child(request: dict, fds: list[int]) -> None:
     os._exit(code)
 
 
-def serve(path: str, preload: list[str]) -> None:
+def serve(path: str, python: str, preload: list[str]) -> None:
     for name in preload:
         importlib.import_module(name)
     project = [name for name in sys.modules if name.split(".")[0] in ("robust_cifar", "stages", "tools", "tests")]
@@ -116,7 +120,7 @@ def serve(path: str, preload: list[str]) -> None:
                 listener.close()
                 connection.close()
                 try:
-                    run_child(request, fds)
+                    run_child(request, fds, python)
                 finally:   # run_child ends with os._exit: only what failed before the module ran gets here
                     traceback.print_exc()
                     os._exit(1)
@@ -146,7 +150,7 @@ def with_client(connection: socket.socket, line: str) -> None:
 
 def client(args: list[str]) -> None:
     server = os.environ.get(FORK_SERVER)
-    if not (server and len(args) >= 2 and args[0] == "-m" and args[1].startswith("stages.")):
+    if not (server and len(args) >= 2 and args[0] == "-m" and args[1].split(".")[0] in FORKED):
         real = os.environ.get(REAL_PYTHON, sys.executable)
         os.execv(real, [real, *args])
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -162,6 +166,6 @@ def client(args: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
-        serve(sys.argv[2], sys.argv[3:])
+        serve(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
         client(sys.argv[1:])

@@ -149,7 +149,7 @@ def run(project: Path, *command: str, check: bool = True, env: dict[str, str] | 
 
 def dvc(project: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
         ) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "dvc", *args, check=check, env=env)
+    return run(project, "python", "-m", "dvc", *args, check=check, env=env)   # forked (tests/forked_runs.py)
 
 
 def create_tiny_project(destination: Path) -> Path:

@@ -373,7 +373,7 @@ def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reprodu
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run_command(project, *command)
 
-    result = run_command(project, sys.executable, "-m", "tools.concurrent_repro", "--jobs", "2")
+    result = run_command(project, "python", "-m", "tools.concurrent_repro", "--jobs", "2")
     assert result.stdout.splitlines()[0].startswith("13 of 13 stages to run, 2 at a time"), result.stdout
     assert json.loads(dvc(project, "status", "--json").stdout) == {}   # DVC, run as a user would, sees nothing to do
     sequential = yaml.safe_load((reproduced_project / "dvc.lock").read_text())
@@ -382,7 +382,7 @@ def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reprodu
         for stage in ("train", "embed", "evaluate", "robustness"):
             name = f"{stage}@{method}-0"
             assert outs(concurrent, name) == outs(sequential, name), name
-    again = run_command(project, sys.executable, "-m", "tools.concurrent_repro")
+    again = run_command(project, "python", "-m", "tools.concurrent_repro")
     assert again.stdout.strip() == "every stage is up to date"
 
 

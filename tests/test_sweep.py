@@ -382,8 +382,10 @@ def sweep_base(reproduced_project, built_once) -> Path:
     return built_once("sweep-base", build)
 
 
-def sweep(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run(project, sys.executable, "-m", "tools.sweep", *args, check=False, env=env)
+def sweep(project: Path, *args: str, env: dict[str, str] | None = None, python: str = "python",
+          ) -> subprocess.CompletedProcess:
+    """The sweep as a user starts it; by default forked, with what it starts (tests/forked_runs.py)."""
+    return run(project, python, "-m", "tools.sweep", *args, check=False, env=env)
 
 
 def experiments_shown(project: Path) -> dict[str, dict]:
@@ -509,7 +511,9 @@ def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
     cli.warn_unpushed(owner, "")
     assert "not on the DVC remote" not in capsys.readouterr().err
 
-    result = sweep(owner, *SWEEP, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env)
+    # a real driver (Ray's workers run real interpreters whatever starts it)
+    result = sweep(owner, *SWEEP, "--ray", address, "--ray-workdir", str(tmp_path / "nodes"), env=ray_env,
+                   python=sys.executable)
     assert result.returncode == 1, result.stdout + result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert sorted(line.split()[1:3] for line in progress) == [["FAILED", BROKEN], ["ok", GOOD]]
