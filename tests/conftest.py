@@ -30,11 +30,36 @@ CPUS = os.cpu_count() or 1
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`-n auto` (pytest-xdist's `--dist load`) steals work: a worker that is done takes tests another has queued,
-    so the slow tests, which run last, end on both workers at about the same time. Other `--dist` modes as asked."""
+    """`-n auto` (pytest-xdist's `--dist load`) steals work: a worker that is done takes tests another has queued
+    (those it would run next), so the slow tests, which run last, end on both workers at about the same time.
+    Other `--dist` modes as asked."""
     if config.getvalue("dist") == "load":
         from xdist.scheduler import WorkStealingScheduling
-        return WorkStealingScheduling(config, log)
+        from xdist.scheduler.worksteal import MIN_PENDING
+
+        class StealingTheNextTests(WorkStealingScheduling):
+            """pytest-xdist 3.8's work stealing, except that an idle worker takes the half of another's queue that
+            it would run next, not the half it would run last. The slow tests run longest first, so a long one starts
+            wherever a worker is free and each queue ends with short ones: with the last half stolen, the long ones
+            stayed at the front of their worker's queue, and two (the sweeps) ran last there with the other worker
+            idle for 166 s of an 11-minute suite (xdist never takes a worker's running and next test)."""
+
+            def check_schedule(self) -> None:
+                # xdist steals the end of a worker's pending list (after its running and next test): for that
+                # decision, the list's stealable part in reverse order; then each list as it was
+                queued = {node: list(pending) for node, pending in self.node2pending.items()}
+                for pending in self.node2pending.values():
+                    pending[MIN_PENDING:] = pending[:MIN_PENDING - 1:-1]
+                try:
+                    super().check_schedule()
+                finally:
+                    for node, pending in self.node2pending.items():
+                        before = queued.get(node, [])
+                        present, known = set(pending), set(before)
+                        pending[:] = [index for index in before if index in present] + [
+                            index for index in pending if index not in known]
+
+        return StealingTheNextTests(config, log)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -56,12 +81,22 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     """Every test that needs the reproduced tiny pipeline is slow: `pytest -m "not slow"` is the quick loop. The
-    slow tests run last (in their order), so every worker runs unit tests while the pipeline is being built."""
+    slow tests run last, so every worker runs unit tests while the pipeline is being built, and the longest of them
+    first (their `long` markers): pytest-xdist never moves a worker's running and next test to another, so two long
+    tests at the end of one worker's queue ran with the other worker idle (the two sweeps: 166 s of one core, of
+    an 11-minute suite)."""
     slow = [item for item in items if END_TO_END_FIXTURE in getattr(item, "fixturenames", ())]
     for item in slow:
         item.add_marker(pytest.mark.slow)
     chosen = set(slow)
+    slow.sort(key=long_seconds, reverse=True)   # stable: the others in their order
     items[:] = [item for item in items if item not in chosen] + slow
+
+
+def long_seconds(item) -> float:
+    """How long a test marked `long` keeps its worker busy (its marker says); 0 for the others."""
+    long = item.get_closest_marker("long")
+    return long.kwargs["seconds"] if long else 0
 
 
 def shared_folder(tmp_path_factory) -> Path:

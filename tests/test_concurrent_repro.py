@@ -361,6 +361,7 @@ def outs(lock: dict, stage: str) -> list:
     return [(out["path"], out["md5"]) for out in lock["stages"][stage]["outs"]]
 
 
+@pytest.mark.long(seconds=45)
 def test_the_tiny_pipeline_run_concurrently_leaves_what_dvc_repro_leaves(reproduced_project, tmp_path):
     """The reference method's tiny pipeline, two stages at a time (evaluate, robustness and umap_plot side
     by side): every run's outputs have the bytes of the sequential `dvc repro` (the shared fixture), and

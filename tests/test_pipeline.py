@@ -170,6 +170,7 @@ def test_second_repro_runs_nothing_and_status_is_clean(project):
     assert ran_stages(dvc(project, "repro").stdout) == set()
 
 
+@pytest.mark.long(seconds=35)
 def test_every_param_makes_exactly_its_stages_stale(project):
     """A table, checked key by key against the params each stage declares (DVC's parsed dvc.yaml): a new
     param cannot over- or under-invalidate silently. Then DVC itself, edit by edit, for the keys whose
@@ -198,6 +199,7 @@ def test_every_param_makes_exactly_its_stages_stale(project):
     assert stale_stages(project) == set()
 
 
+@pytest.mark.long(seconds=85)
 def test_exp_run_alpha_retrains_only_the_angular_chain(project, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(project, copy, symlinks=True)
@@ -274,6 +276,7 @@ def test_removing_a_method_reruns_only_the_summaries(project):
         params_path.write_text(original)
 
 
+@pytest.mark.long(seconds=75)
 def test_a_dropped_methods_outputs_go_and_listing_it_again_restores_them_without_rerunning(project):
     """DVC left them: `dvc plots show` drew them beside the run's, and a publication copied them."""
     params_path = project / "params.yaml"

@@ -402,6 +402,7 @@ def out_hashes(data: dict) -> dict[str, str]:
     return {path: out["hash"] for path, out in data["outs"].items()}
 
 
+@pytest.mark.long(seconds=70)
 def test_sweep_on_two_cpu_workers_makes_ordinary_experiments_and_reports_a_broken_one(sweep_base, tmp_path, capsys):
     project = copy_project(sweep_base, tmp_path / "project")
     # refusals in-process (what runs is the command's `main`, as below): knn.k=0 never gets as far as a worker
@@ -491,6 +492,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.long(seconds=140)
 def test_sweep_on_a_ray_cluster_lists_every_experiment_with_the_serial_results(
         sweep_base, serial_reference, ray_cluster, tmp_path, capsys):
     address, ray_env = ray_cluster
