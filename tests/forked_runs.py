@@ -14,7 +14,8 @@ as `sys.executable -m tools.<name>` is real and starts real ones (the Ray sweep,
 What the fork runs is what `python -m` runs: its folder, environment, `sys.argv` (`-m` while the `stages` package
 is imported, as stages/__init__.py checks), `sys.path` (the folder, then PYTHONPATH), its standard streams, the
 atexit handlers, and its exit code. The server has imported no module of the project (each run imports them afresh
-from its own folder) and set torch's threads no way a stage does not set them itself. What differs: the process's
+from its own folder) and set torch's threads no way a stage does not set them itself. What differs: DVC's modules are
+already loaded (a stage imports none of them, but dvclive, which the training imports, may), and the process's
 parent is the server, not DVC's shell, so the tests of signals and of a stage outliving its parent start real
 processes. tests/test_bad_input.py checks that forked runs read as `python -m` runs, and tests/test_pipeline.py
 that a real robustness stage rewrites the build's report byte for byte.
@@ -62,7 +63,8 @@ def _fork_server() -> Path:
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the fork server did not start (exit code {server.wait()})")
         python.parent.mkdir()
-        python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(str(SERVER_SCRIPT))} \"$@\"\n")
+        real, script = shlex.quote(sys.executable), shlex.quote(str(SERVER_SCRIPT))
+        python.write_text(f"#!/bin/sh\nexec {real} -IS {script} \"$@\"\n")
         python.chmod(0o755)
         atexit.register(server.stdin.close)   # its end: the server sees its stdin close
         _server = server, folder

@@ -168,9 +168,10 @@ def stage(project: Path, *args: str, timeout: float = 120) -> subprocess.Complet
 
 
 def test_a_forked_run_reads_as_a_python_m_run(project):
-    """What `stage` runs, a refusal and a run that writes, has the exit code, output and files of `python -m`."""
+    """What `stage` runs, a refusal and a run that writes, has the exit code, output and files of `python -m`; so
+    has DVC forked (from a server that has imported its commands), here saying what the damaged input makes stale."""
     raw_of_another_archive(project)
-    for command, output in [(("stages.embed", HEAD, "0"), None),
+    for command, output in [(("dvc", "status"), None), (("stages.embed", HEAD, "0"), None),
                             (("stages.aggregate", HEAD), project / f"reports/aggregate/{HEAD}.json")]:
         real = subprocess.run([sys.executable, "-m", *command], cwd=project, env=dvc_env(), capture_output=True,
                               text=True, timeout=120)
