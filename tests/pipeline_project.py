@@ -210,7 +210,7 @@ def stale_stages(project: Path, *targets: str) -> set[str]:
 
     DVC's own status, called in this process: the same answer as `dvc status --json` in about
     half the time (no interpreter and dvc import per call), which the key-by-key tests repeat ~40 times.
-    DVC parses params.yaml once per stage that reads it; here once per call (a quarter of the call's time),
+    DVC parses params.yaml once per stage that reads it; here once per call (a fifth of the call's time here),
     each stage getting its own copy of what it parsed: nothing changes params.yaml during a call.
     """
     from dvc.dependency import param
