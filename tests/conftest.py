@@ -46,18 +46,16 @@ def pytest_xdist_make_scheduler(config, log):
 
             def check_schedule(self) -> None:
                 # xdist steals the end of a worker's pending list (after its running and next test): for that
-                # decision, the list's stealable part in reverse order; then each list as it was
-                queued = {node: list(pending) for node, pending in self.node2pending.items()}
+                # decision, the list's stealable part in reverse order, then reversed back (xdist only appends)
+                ends = {node: len(pending) for node, pending in self.node2pending.items()}
                 for pending in self.node2pending.values():
-                    pending[MIN_PENDING:] = pending[:MIN_PENDING - 1:-1]
+                    pending[MIN_PENDING:] = reversed(pending[MIN_PENDING:])
                 try:
                     super().check_schedule()
                 finally:
                     for node, pending in self.node2pending.items():
-                        before = queued.get(node, [])
-                        present, known = set(pending), set(before)
-                        pending[:] = [index for index in before if index in present] + [
-                            index for index in pending if index not in known]
+                        end = ends.get(node, 0)
+                        pending[MIN_PENDING:end] = reversed(pending[MIN_PENDING:end])
 
         return StealingTheNextTests(config, log)
 
