@@ -107,7 +107,9 @@ class Params:
 
     def __init__(self, raw: dict, source: str = "params.yaml", overridden: tuple[str, ...] = (), set_with: str = ""):
         if not isinstance(raw, dict):
-            raise ParamsError(f"{source} must hold a mapping of sections, got {type(raw).__name__}")
+            got = "nothing (an empty file)" if raw is None else f"{type(raw).__name__} {str(raw)[:40]!r}"
+            raise ParamsError(f"{source} must hold sections of keys (`data:`, `train:` and the rest), but holds {got}: "
+                              "fix it, or restore it with `git checkout params.yaml`")
         self.raw = raw
         self.source = source
         self.overridden = overridden   # the keys a tool's -S flags set (with_overrides)

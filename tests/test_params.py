@@ -290,8 +290,13 @@ def test_load_params_errors(tmp_path):
     assert "\n" not in str(error.value)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
-    with pytest.raises(ParamsError, match="mapping"):
+    with pytest.raises(ParamsError, match=r"must hold sections of keys .* holds list \"\['a', 'b'\]\"") as error:
         load_params(listing)
+    assert str(error.value).endswith("restore it with `git checkout params.yaml`")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n")
+    with pytest.raises(ParamsError, match=r"holds nothing \(an empty file\): fix it, or restore it"):
+        load_params(empty)
 
 
 def run_stage_in(tmp_path: Path, raw: dict, *args: str) -> subprocess.CompletedProcess:

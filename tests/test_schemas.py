@@ -219,11 +219,12 @@ BAD_REPORTS = [
     ("robustness", "[]", "the file is an empty list, not an object with test_images, study_eps_255, clean"),
     ("robustness", "{}", "the file has no `test_images`, `study_eps_255`, `clean` and 2 more keys"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"head": "0.5"}}), "`robust` has no `knn`"),
-    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": None}}}), "`curve.eps_2.knn` is `null`, not a number"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": None}}}), "`curve.eps_2.knn` is `null`, not an accuracy from 0 to 1"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "attacks": {"fgm": [0.5]}}), "`attacks.fgm` is a list, not an object"),
-    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"knn": float("nan")}}), "`robust.knn` is `nan`, not a number"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"knn": float("nan")}}), "`robust.knn` is `nan`, not an accuracy from 0 to 1"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "clean": {"knn": 1.5}}), "`clean.knn` is `1.5`, not an accuracy from 0 to 1"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": float("inf")}}}),
-     "`curve.eps_2.knn` is `inf`, not a number"),
+     "`curve.eps_2.knn` is `inf`, not an accuracy from 0 to 1"),
 ]
 
 
@@ -235,6 +236,21 @@ def test_a_per_seed_report_of_the_wrong_shape_is_one_line(tmp_path, stage, text,
     with pytest.raises(InputError) as error:
         read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
     one_line(error, path, f"{stage}@{HEAD}-1", words)
+
+
+def test_an_accuracy_edited_outside_0_to_1_is_refused(tmp_path):
+    """A hand-edited score (1.7 for 0.17) was averaged into the aggregate as it stood."""
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    path = seeds_folder / "1.json"
+    metrics = json.loads(path.read_text())
+    metrics["test"]["clean"]["head"] = 1.7
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
+    one_line(error, path, f"evaluate@{HEAD}-1", "`test.clean.head` is `1.7`, not an accuracy from 0 to 1")
+    metrics["test"]["clean"]["head"] = 1   # a perfect score is one
+    path.write_text(json.dumps(metrics))
+    assert read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)[1]["test"]["clean"]["head"] == 1
 
 
 def test_a_report_of_a_seed_no_longer_listed_is_not_read(tmp_path):
@@ -261,10 +277,12 @@ BAD_METRICS = [
     ("no std", damaged_metrics(lambda metrics: metrics["test"]["perturbed"]["head"].pop("std")),
      "`test.perturbed.head` has no `std`"),
     ("text mean", damaged_metrics(lambda metrics: metrics["robustness"]["robust"]["knn"].update(mean="high")),
-     "`robustness.robust.knn.mean` is text, not a number"),
+     "`robustness.robust.knn.mean` is text, not an accuracy from 0 to 1"),
     ("seeds a fraction", damaged_metrics(lambda metrics: metrics.update(seeds=1.5)), "`seeds` is `1.5`, not a whole number"),
     ("a NaN mean", damaged_metrics(lambda metrics: metrics["test"]["clean"]["knn"].update(mean=float("nan"))),
-     "`test.clean.knn.mean` is `nan`, not a number"),
+     "`test.clean.knn.mean` is `nan`, not an accuracy from 0 to 1"),
+    ("an accuracy above 1", damaged_metrics(lambda metrics: metrics["val"]["perturbed"]["knn"].update(mean=1.7)),
+     "`val.perturbed.knn.mean` is `1.7`, not an accuracy from 0 to 1"),
 ]
 
 

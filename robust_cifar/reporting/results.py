@@ -14,10 +14,11 @@ import numpy as np
 
 from robust_cifar.conditions import SPLITS, conditions_for
 from robust_cifar.errors import InputError, get_back
-from robust_cifar.schema import NUMBER, WHOLE, Each, Optional, check_tree, map_leaves, refuse
+from robust_cifar.schema import NUMBER, WHOLE, Each, Leaf, Optional, check_tree, map_leaves, refuse
 
+ACCURACY = Leaf("an accuracy from 0 to 1", lambda value: NUMBER.accepts(value) and 0 <= value <= 1)
 # Accuracy per decision: every method has the 3-NN, only a method whose head decides has "head".
-SCORES = {"knn": NUMBER, "head": Optional(NUMBER)}
+SCORES = {"knn": ACCURACY, "head": Optional(ACCURACY)}
 # evaluate (evaluate.score_embeddings): {split: {condition: scores}}
 SEED_METRICS = {split: {condition: SCORES for condition in conditions_for(split)} for split in SPLITS}
 # robustness (robustness.robust_accuracy): at the study's eps, the cumulative curve per eps key, and
@@ -28,7 +29,8 @@ ROBUSTNESS_REPORT = {"test_images": WHOLE, "study_eps_255": NUMBER, "clean": SCO
 # aggregate (aggregate.aggregate) of one run per seed (read_runs): every number becomes its mean and std over
 # seeds; an empty object has no numbers, so it vanishes
 METRICS = {**map_leaves({**SEED_METRICS, "robustness": ROBUSTNESS_REPORT},
-                        leaf=lambda _: {"mean": NUMBER, "std": NUMBER}, each=Optional),
+                        leaf=lambda leaf: {"mean": ACCURACY if leaf is ACCURACY else NUMBER, "std": NUMBER},
+                        each=Optional),
            "seeds": WHOLE}
 
 
