@@ -276,6 +276,9 @@ def with_overrides(params: Params, settings: list[str], set_with: str = "") -> P
             if close and key not in keys:
                 raise ParamsError(f"override {setting}: params.yaml has no key `{key}`: did you mean "
                                   f"`{close[0]}`?") from None
+            if key not in keys and not any(known.startswith(f"{key}.") for known in keys):
+                raise ParamsError(f"override {setting}: params.yaml has no key `{key}`: give one of its keys, "
+                                  "dotted from its section (knn.k, train.epochs)") from None
         culprit = next((setting for setting in settings if refused(setting)), " ".join(settings))
         cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else str(error)
         raise ParamsError(f"override {culprit}: {cause}; write each as key=value with a key of params.yaml "

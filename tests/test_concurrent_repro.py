@@ -272,7 +272,7 @@ def test_set_params_edits_params_yaml_as_dvc_exp_run_does(tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [("knn.kk=1", "params.yaml has no key `knn.kk`: did you mean `knn.k`?"),
-                                             ("nothing.like.it=1", "Could not override 'nothing.like.it'"),
+                                             ("nothing.like.it=1", "params.yaml has no key `nothing.like.it`: give one"),
                                              ("knn.k", "override 'knn.k' is not key=value"),
                                              ("seeds.train=[0,", "no viable alternative at input '[0,'"),
                                              ("knn.k=0", "`knn.k` = 0 is invalid")])
