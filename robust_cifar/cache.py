@@ -41,8 +41,13 @@ def _root() -> Path:
 
 
 def cache_dir(name: str) -> Path:
-    """The cache's subfolder `name`, shared by every project that uses the cache (not created)."""
-    return _root() / name
+    """The cache's subfolder `name`, shared by every project that uses the cache (not created); a UserError where
+    a file is in its place."""
+    folder = _root() / name
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"the cache's folder {folder} is a file: move the file away (the cache holds nothing DVC "
+                        "records)")
+    return folder
 
 
 def project_key(root: Path | None = None) -> str:
@@ -89,8 +94,12 @@ def hold(name: str, busy: str):
     project's own `.cache/locks/`, whatever $ROBUST_CIFAR_CACHE says: two shells of one project, one with the
     variable set, must find the same lock."""
     lock = LOCAL / "locks" / f"{name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = lock.open("a")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a")
+    except OSError as error:
+        fix = f"remove the folder (`rm -r {lock}`)" if lock.is_dir() else f"make {lock.parent} a folder you can write"
+        raise UserError(f"cannot open the lock file {lock} ({error.strerror}): {fix}, then rerun") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -27,12 +27,12 @@ from robust_cifar.conditions import knn_k
 from robust_cifar.evaluation.robustness import RobustnessConfig
 from robust_cifar.machine import usable_cores
 from robust_cifar.model import ModelConfig
-from robust_cifar.outputs import OUTPUT_FOLDERS
+from robust_cifar.outputs import OUTPUT_FOLDERS, linked_output
 from robust_cifar.params import Params, get_dotted, parse_yaml
 from robust_cifar.perturbations.perturb import PerturbSettings
 from robust_cifar.reporting.provenance import preset_name
 from robust_cifar.reporting.umap_plot import UmapConfig
-from robust_cifar.training.methods.registry import (REFERENCE_METHOD, REGISTRY, artifact_name, build_method,
+from robust_cifar.training.methods.registry import (REGISTRY, artifact_name, build_method, listed_methods,
                                                      registry_problem)
 from robust_cifar.training.train import TrainConfig
 
@@ -96,10 +96,7 @@ def validate_params(params: Params) -> None:
     if unknown:   # named, with the registered ones, before the list's shape rule speaks of it only in general
         raise ParamsError(f"{params.source}: `methods` lists {unknown[0]!r}, which is no method: each must be one of "
                           f"{', '.join(REGISTRY)}; {params.fix_hint('methods')}")
-    listed = params.method_names()
-    if REFERENCE_METHOD not in listed:
-        raise ParamsError(f"{params.source}: `methods` = {listed} lacks {REFERENCE_METHOD!r}, the method every other is "
-                          f"compared with and attacked through (transfer): add it to the list")
+    listed = listed_methods(params)
     # a registered method's section is checked even when the method is not listed, so a typo there
     # is caught before the method is switched back on
     for name in dict.fromkeys(listed + [name for name in REGISTRY if params.has(name)]):
@@ -146,9 +143,7 @@ def refuse_linked_output_folders(root: Path = Path(".")) -> None:
             Path(folder) / name for folder, names, _ in os.walk(root / top) for name in names
             if os.path.islink(os.path.join(folder, name))]
         if linked:
-            raise UserError(f"{linked[0]} is a link (to {os.readlink(linked[0])}): DVC refuses an output outside the "
-                            "project, after the stage's work; make it a folder again (for the disk space, "
-                            "`dvc cache dir <folder on the other disk>` moves DVC's cache, which holds the data)")
+            raise linked_output(linked[0])
 
 
 def stage_is_current(name: str, params: Params, root: Path = Path(".")) -> bool:

@@ -3,7 +3,7 @@
 A leaf module (no project imports), so every stage can name these errors without importing
 the modules that raise them.
 """
-
+from pathlib import Path
 
 USER_ERROR_EXIT = 2   # a stage's or tool's exit code for something the user can fix (its one line said what)
 
@@ -13,6 +13,11 @@ def get_back(path, stage: str) -> str:
     its one stage (`-s`: `dvc repro -f <stage>` alone would rerun everything upstream too)."""
     return (f"restore it with `dvc checkout --force {path}` (or `dvc pull --force {path}`), "
             f"or remake it with `dvc repro -f -s {stage}`")
+
+
+def absent(path, stage: str) -> "InputError":
+    """The one line for a file a stage reads that is not there as a file (missing, or a folder in its place)."""
+    return InputError(f"{path} {'is a folder' if Path(path).is_dir() else 'not found'}: {get_back(path, stage)}")
 
 
 class UserError(Exception):

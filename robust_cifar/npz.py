@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_cifar.errors import InputError, get_back
+from robust_cifar.errors import InputError, absent, get_back
 from robust_cifar.outputs import atomic_path
 
 
@@ -30,12 +30,16 @@ def load_npz(path: str | Path, produced_by: str) -> dict[str, np.ndarray]:
     path = Path(path)
     redo = get_back(path, produced_by)
     if not path.is_file():
-        raise InputError(f"{path} not found: {redo}")
+        raise absent(path, produced_by)
     if not zipfile.is_zipfile(path):   # np.load would read a .npy as one bare array, and text as an error
         raise InputError(f"{path} is not a readable .npz (not a zip archive: a .npy, a text file or a truncated "
                          f"copy?): {redo}")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+            arrays = {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
         raise InputError(f"{path} is not a readable .npz ({type(error).__name__}: truncated or corrupt?): {redo}") from None
+    foreign = next((key for key, value in arrays.items() if not isinstance(value, np.ndarray)), None)
+    if foreign is not None:   # np.load hands a member that is no .npy over as its bytes
+        raise InputError(f"{path} is not a readable .npz (its member {foreign} is no array): {redo}")
+    return arrays

@@ -188,12 +188,24 @@ def check_report_file(path: str | Path, option: str, suffix: str, example: str,
     check_writable(path, files=True)
 
 
+def linked_output(path: Path) -> InputError:
+    """The one line for an output folder that is a symbolic link (models/ on a bigger disk)."""
+    return InputError(f"{path} is a link (to {os.readlink(path)}): DVC refuses an output outside the project, after "
+                      "the stage's work; make it a folder again (for the disk space, `dvc cache dir <folder on the "
+                      "other disk>` moves DVC's cache, which holds the data)")
+
+
 def check_writable(*paths: str | Path, files: bool = False) -> None:
     """Refuse to start (before hours of work) when an output's folder cannot be created or written. A path with
     a suffix is a file (its folder is checked), one without a folder, unless `files` (a tool's --out)."""
     for path in map(Path, paths):
         is_file = files or bool(path.suffix)
         folder = path.parent if is_file else path
+        # a stage's output (a path in the project) in a linked folder: DVC refuses it only after the work. A linked
+        # file is DVC's own where its cache type is `symlink`.
+        linked = [] if path.is_absolute() else [above for above in [folder, *folder.parents] if above.is_symlink()]
+        if linked:
+            raise linked_output(linked[-1])
         if is_file and path.is_dir():   # the write at the end would fail, after the work
             raise InputError(f"{path} is a folder where this stage writes a file: remove it (`rm -r {path}`), "
                              "then rerun")

@@ -7,7 +7,7 @@ owns each format; this module only knows how to check one.
 
 Two kinds: arrays of an .npz (`Array`: dtype kinds and named axes, whose sizes must agree across the
 file), and a JSON tree (plain dicts of required keys, `Optional` keys, `Each` for free keys, leaves
-such as `NUMBER`). Keys a schema does not name are allowed.
+such as `NUMBER`). Keys a schema does not name are allowed, and `named_only` leaves them out.
 """
 from __future__ import annotations
 
@@ -99,8 +99,15 @@ class Leaf:
     accepts: Callable[[Any], bool] = field(repr=False)
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:   # an integer too large for a float
+        return False
+
+
 NUMBER = Leaf("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value))
+              and _finite(value))
 WHOLE = Leaf("a whole number", lambda value: isinstance(value, int) and not isinstance(value, bool))
 TEXT = Leaf("text", lambda value: isinstance(value, str))
 
@@ -125,7 +132,8 @@ def _describe(value: Any) -> str:
         return "an empty list" if not value else "a list"
     if isinstance(value, bool) or value is None:
         return f"`{'null' if value is None else str(value).lower()}`"
-    return "text" if isinstance(value, str) else f"`{value!r}`"
+    shown = repr(value)
+    return "text" if isinstance(value, str) else f"`{shown if len(shown) <= 24 else shown[:20] + '...'}`"
 
 
 def _where(location: str) -> str:
@@ -163,6 +171,18 @@ def check_tree(tree: Any, schema: Any, path: str | Path, produced_by: str) -> No
     problem = tree_problem(tree, schema)
     if problem:
         raise refuse(path, produced_by, problem)
+
+
+def named_only(tree: Any, schema: Any) -> Any:
+    """A `tree` that matches `schema`, with only the keys the schema names: what a reader hands on, so that a key
+    it does not know (allowed in the file) never reaches a computation that takes every key."""
+    while isinstance(schema, Optional):
+        schema = schema.value
+    if isinstance(schema, Leaf):
+        return tree
+    if isinstance(schema, Each):
+        return {key: named_only(value, schema.value) for key, value in tree.items()}
+    return {key: named_only(tree[key], value) for key, value in schema.items() if key in tree}
 
 
 def map_leaves(schema: Any, leaf: Callable[[Leaf], Any], each: Callable[[Each], Any] = lambda each: each) -> Any:

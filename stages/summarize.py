@@ -7,6 +7,7 @@ from robust_cifar.reporting.figures import accuracy_bars, robustness_curves
 from robust_cifar.reporting.provenance import FULL, RUN_FACTS_ELSEWHERE, SOURCE, provenance_lines, settings
 from robust_cifar.reporting.results import read_correct, read_json, read_metrics, read_runs
 from robust_cifar.stage import run_stage
+from robust_cifar.training.methods.registry import listed_methods
 from robust_cifar.reporting.summarize import (all_split_rows, compare_with_baseline, gate_failures, headline_metrics,
                                               headline_rows, markdown_report, robust_rows, single_perturbation_rows,
                                               unchecked_gates)
@@ -16,7 +17,7 @@ from stages import paths
 def main(argv: list[str]) -> None:
     params = load_params()
     check_writable(paths.SUMMARY_MD, paths.HEADLINE, paths.SUMMARY_JSON, paths.ACCURACY_FIGURE, paths.ROBUSTNESS_FIGURE)
-    methods, seeds, labels = params.method_names(), params.train_seeds(), decision_labels(knn_k(params))
+    methods, seeds, labels = listed_methods(params), params.train_seeds(), decision_labels(knn_k(params))
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download", SOURCE), run_settings)
     all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}", method) for method in methods}

@@ -457,6 +457,29 @@ def test_an_output_folder_linked_elsewhere_is_refused_before_any_stage(tmp_path)
         refuse_linked_output_folders(project)
 
 
+def test_a_stage_refuses_an_output_in_a_linked_folder_before_its_work(tmp_path, monkeypatch):
+    """`dvc repro -f -s train@<run>` skips check_params: a linked log folder passed the train stage's start check,
+    and the training ended in a NotADirectoryError traceback."""
+    from robust_cifar.outputs import check_writable
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    Path("reports/training").mkdir(parents=True)
+    Path("reports/training/run-0").symlink_to(elsewhere)
+    with pytest.raises(UserError, match=r"^reports/training/run-0 is a link \(to .*elsewhere\): DVC refuses"):
+        check_writable(Path("models/run-0.pt"), Path("reports/training/run-0"))
+    Path("reports/training/run-0").unlink()
+    Path("models").rmdir()   # made by the check of the first path
+    Path("models").symlink_to(elsewhere)
+    with pytest.raises(UserError, match=r"^models is a link"):
+        check_writable(Path("models/run-0.pt"), Path("reports/training/run-0"))
+    Path("models").unlink()
+    Path("models").mkdir()
+    Path("models/run-0.pt").symlink_to(elsewhere / "cached")   # as DVC links a cached file
+    check_writable(Path("models/run-0.pt"), Path("reports/training/run-0"))
+    check_writable(elsewhere / "report.md", files=True)   # a tool's destination may lie anywhere
+
+
 def test_outputs_written_together_are_all_new_or_all_as_they_were(tmp_path):
     """summarize on a disk that filled at its last figure left the new summary beside the old figures."""
     from robust_cifar import outputs

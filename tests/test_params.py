@@ -224,6 +224,18 @@ def test_methods_without_the_reference_method_are_refused_in_one_line(raw):
     validate_params(params_with(raw, "methods", [REFERENCE_METHOD]))   # the reference alone is a study
 
 
+def test_summarize_refuses_methods_without_the_reference_method_before_reading_a_file(raw, tmp_path, monkeypatch):
+    """`dvc repro -s summarize` skips check_params: summarize met the missing baseline as a KeyError, after DVC had
+    removed its outputs."""
+    from stages.summarize import main as summarize_stage
+
+    edited = params_with(raw, "methods", [name for name in REGISTRY if name != REFERENCE_METHOD]).raw
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(edited))
+    monkeypatch.chdir(tmp_path)   # no report of any stage here: a reader would fail on its file first
+    with pytest.raises(ParamsError, match=f"lacks {REFERENCE_METHOD!r}, the method every other is compared with"):
+        summarize_stage([])
+
+
 def test_an_unlisted_method_section_is_still_checked(raw):
     edited = params_with(raw, f"{ANGULAR}.alpha", 100).raw
     edited["methods"] = [HEAD]

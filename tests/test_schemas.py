@@ -27,8 +27,9 @@ from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.curves import read_training_curves
 from robust_cifar.reporting.provenance import SOURCE
 from robust_cifar.reporting.results import (METHOD, PREDICTIONS, RUN as RESULTS_RUN, read_correct, read_json,
-                                           read_metrics, read_runs, stamped, table_digest)
+                                           read_metrics, read_runs, scores_of, stamped, table_digest)
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
+from robust_cifar.training.methods import REFERENCE_METHOD
 from tests.methods import ANGULAR, HEAD
 
 CLASSES = tuple(f"class{index}" for index in range(10))
@@ -223,6 +224,10 @@ BAD_REPORTS = [
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "attacks": {"fgm": [0.5]}}), "`attacks.fgm` is a list, not an object"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "robust": {"knn": float("nan")}}), "`robust.knn` is `nan`, not an accuracy from 0 to 1"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "clean": {"knn": 1.5}}), "`clean.knn` is `1.5`, not an accuracy from 0 to 1"),
+    ("robustness", json.dumps({**ROBUSTNESS_REPORT, "study_eps_255": 10**400}),
+     "`study_eps_255` is `10000000000000000000...`, not a number"),
+    ("robustness", "1" * 5000, "is not valid JSON"),
+    ("robustness", "[" * 100_000 + "]" * 100_000, "is not valid JSON"),
     ("robustness", json.dumps({**ROBUSTNESS_REPORT, "curve": {"eps_2": {"knn": float("inf")}}}),
      "`curve.eps_2.knn` is `inf`, not an accuracy from 0 to 1"),
 ]
@@ -251,6 +256,53 @@ def test_an_accuracy_edited_outside_0_to_1_is_refused(tmp_path):
     metrics["test"]["clean"]["head"] = 1   # a perfect score is one
     path.write_text(json.dumps(metrics))
     assert read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)[1]["test"]["clean"]["head"] == 1
+
+
+def edit_report(path: Path, edit) -> None:
+    tree = json.loads(path.read_text())
+    edit(tree)
+    path.write_text(json.dumps(tree))
+
+
+@pytest.mark.parametrize("extra", ["hello", None, True, [1, 2], {"knn": "x"}])
+def test_a_key_no_schema_names_is_left_out_of_the_aggregate(tmp_path, extra):
+    """An added `"note": "hello"` failed aggregate with a ValueError; `null` became a NaN mean, `true` a 1.0."""
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    edit_report(seeds_folder / "1.json", lambda tree: tree.update(note=extra))
+    edit_report(robustness_folder / "1.json", lambda tree: tree["clean"].update(note=extra))
+    runs = read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
+    assert "note" not in runs[1] and "note" not in runs[1]["robustness"]["clean"]
+    metrics = aggregate(runs)
+    assert "note" not in metrics and metrics["robustness"]["clean"] == aggregate(
+        read_runs(*seed_files(tmp_path / "clean"), [0, 1], HEAD))["robustness"]["clean"]
+
+
+def test_scores_that_lost_some_head_accuracies_are_refused(tmp_path):
+    """A report missing `test.perturbed.head` passed; summarize then failed with KeyError: 'head'."""
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    edit_report(seeds_folder / "1.json", lambda tree: tree["test"]["perturbed"].pop("head"))
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD)
+    one_line(error, seeds_folder / "1.json", f"evaluate@{HEAD}-1", "some scores have a `head` accuracy and some have none")
+
+
+def test_the_reference_methods_reports_must_have_its_heads_accuracy(tmp_path):
+    """Every method is compared with the reference's head: without it summarize failed with a KeyError."""
+    seeds_folder, robustness_folder = seed_files(tmp_path, method=REFERENCE_METHOD)
+
+    def headless(tree):
+        for scores in scores_of(tree):
+            scores.pop("head", None)
+    edit_report(robustness_folder / "0.json", headless)
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], REFERENCE_METHOD)
+    one_line(error, robustness_folder / "0.json", f"robustness@{REFERENCE_METHOD}-0",
+             f"no `head` accuracy, which {REFERENCE_METHOD}'s head decides with")
+    other_folder, other_robustness = seed_files(tmp_path / "other", method=ANGULAR)
+    edit_report(other_robustness / "0.json", headless)
+    for path in other_folder.glob("*.json"):
+        edit_report(path, headless)
+    assert "head" not in read_runs(other_folder, other_robustness, [0, 1], ANGULAR)[0]["test"]["clean"]
 
 
 def test_a_report_of_a_seed_no_longer_listed_is_not_read(tmp_path):
@@ -425,19 +477,33 @@ def test_a_split_that_leaks_or_does_not_index_the_data_is_one_line(tmp_path, dam
     one_line(error, path, "split", "does not hold what split writes", words)
 
 
+def write_foreign_member(path: Path) -> None:
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("train.npy", b"no .npy header")   # np.load hands it over as bytes
+
+
+def write_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
 def write_npy(path: Path) -> None:
     with path.open("wb") as file:
         np.save(file, np.arange(3))   # one bare array, as np.save writes it
 
 
-@pytest.mark.parametrize("write", [write_npy, lambda path: path.write_text("version https://git-lfs.github.com/spec/v1\n")],
-                         ids=["a .npy", "a git-lfs pointer"])
-def test_a_file_that_is_no_npz_is_one_line(tmp_path, write):
+@pytest.mark.parametrize("write, words", [
+    (write_npy, "is not a readable .npz"),
+    (lambda path: path.write_text("version https://git-lfs.github.com/spec/v1\n"), "is not a readable .npz"),
+    (write_foreign_member, "is not a readable .npz (its member train is no array)"),
+    (write_folder, "is a folder")], ids=["a .npy", "a git-lfs pointer", "a member that is no .npy", "a folder"])
+def test_a_file_that_is_no_npz_is_one_line(tmp_path, write, words):
     path = split_file(tmp_path)
     write(path)
     with pytest.raises(InputError) as error:
         load_split_indices(path, SIZES)
-    one_line(error, path, "split", "is not a readable .npz")
+    one_line(error, path, "split", words)
 
 
 PLAN_IMAGES = {"train": 6, "val": 4, "test": 5}

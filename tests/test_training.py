@@ -1,5 +1,7 @@
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -306,6 +308,35 @@ def test_a_headless_method_attacks_its_own_embedding_never_the_untrained_head():
     assert torch.equal(first, attacked(model))
     assert not torch.equal(first, images)   # something was perturbed
     assert model.training                   # the attack ran in eval mode and switched back
+
+
+def test_a_training_log_starts_clean_and_a_damaged_cache_is_one_line(tmp_path, monkeypatch):
+    """A file a killed training left in its live folder was carried into the next one's log (an output DVC hashes);
+    a file where the live folder, or a folder where a lock file, goes was a traceback."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    run, log_folder = f"{HEAD}-0", Path(f"reports/training/{HEAD}-0")
+    left = Path(".cache/live") / run
+    left.mkdir(parents=True)
+    (left / "junk.txt").write_text("from a killed run")
+    log = EpochLog(log_folder)
+    log({"epoch": 1, "train_loss": 1.0})
+    log.close()
+    assert not (log_folder / "junk.txt").exists() and (log_folder / "metrics.json").is_file()
+    left.write_text("a file where the run's live folder goes")
+    EpochLog(log_folder).close()
+    assert (log_folder / "metrics.json").is_file()
+    shutil.rmtree(".cache/live")
+    Path(".cache/live").write_text("a file where the live folders go")
+    with pytest.raises(UserError, match=r"^the cache's folder .cache/live is a file: move the file away"):
+        EpochLog(log_folder)
+    Path(".cache/live").unlink()
+    lock = Path(f".cache/locks/train@{run}.lock")
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(UserError, match=rf"^cannot open the lock file {re.escape(str(lock))} \(Is a directory\): "
+                                        rf"remove the folder \(`rm -r {re.escape(str(lock))}`\), then rerun$"):
+        EpochLog(log_folder)
 
 
 def test_one_training_of_a_run_at_a_time_and_a_dead_one_holds_nothing(tmp_path, monkeypatch):

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from robust_cifar.conditions import SPLITS, conditions_for
-from robust_cifar.errors import InputError, get_back
-from robust_cifar.schema import NUMBER, WHOLE, Each, Leaf, Optional, check_tree, map_leaves, refuse
+from robust_cifar.errors import InputError, absent, get_back
+from robust_cifar.schema import NUMBER, WHOLE, Each, Leaf, Optional, check_tree, map_leaves, named_only, refuse
+from robust_cifar.training.methods import REFERENCE_METHOD
 
 ACCURACY = Leaf("an accuracy from 0 to 1", lambda value: NUMBER.accepts(value) and 0 <= value <= 1)
 # Accuracy per decision: every method has the 3-NN, only a method whose head decides has "head".
@@ -37,10 +38,10 @@ METRICS = {**map_leaves({**SEED_METRICS, "robustness": ROBUSTNESS_REPORT},
 def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
     """The JSON at `path`, checked against `schema` where one is given."""
     if not path.is_file():
-        raise InputError(f"{path} not found: {get_back(path, produced_by)}")
+        raise absent(path, produced_by)
     try:
         tree = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):   # not JSON, not text, or an integer of over 4,300 digits or nested too deep
         raise InputError(f"{path} is not valid JSON (truncated?): {get_back(path, produced_by)}") from None
     if schema is not None:
         check_tree(tree, schema, path, produced_by)
@@ -70,13 +71,32 @@ def check_owner(tree: dict, key: str, owner: str, path: Path, produced_by: str) 
     return {name: value for name, value in tree.items() if name != key}
 
 
+def scores_of(tree: Any) -> list[dict]:
+    """Every SCORES object (one accuracy per decision) in a results tree."""
+    if not isinstance(tree, dict):
+        return []
+    return [tree] if "knn" in tree else [scores for value in tree.values() for scores in scores_of(value)]
+
+
+def checked_decisions(tree: dict, method: str, path: Path, produced_by: str) -> dict:
+    """`tree`, refused (one line) unless every score in it has a `head` or none does, and the reference method's
+    do (every method is compared with its head): a file that lost some was scored, or compared, without a word."""
+    heads = {"head" in scores for scores in scores_of(tree)}
+    if heads == {True, False}:
+        raise refuse(path, produced_by, "some scores have a `head` accuracy and some have none")
+    if method == REFERENCE_METHOD and False in heads:
+        raise refuse(path, produced_by, f"no `head` accuracy, which {REFERENCE_METHOD}'s head decides with")
+    return tree
+
+
 def read_seed_metrics(folder: Path, seeds: list[int], method: str, stage: str, schema: Any) -> dict[int, dict]:
-    """{seed: metrics} of one method for exactly `seeds` (files of seeds no longer listed are ignored)."""
+    """{seed: metrics} of one method for exactly `seeds` (files of seeds no longer listed are ignored), with only
+    the keys of `schema`."""
     runs = {}
     for seed in sorted(seeds):
         path, produced_by = folder / f"{seed}.json", f"{stage}@{method}-{seed}"
         owned = check_owner(read_json(path, produced_by, schema), RUN, f"{method}-{seed}", path, produced_by)
-        runs[seed] = {key: value for key, value in owned.items() if key != PREDICTIONS}
+        runs[seed] = checked_decisions(named_only(owned, schema), method, path, produced_by)
     return runs
 
 
@@ -91,7 +111,9 @@ def read_metrics(path: Path, produced_by: str, method: str | None = None) -> dic
     """One method's metrics over seeds, as aggregate writes them; where `method` is given, refused unless the
     file is that method's (without its stamp)."""
     metrics = read_json(path, produced_by, METRICS)
-    return metrics if method is None else check_owner(metrics, METHOD, method, path, produced_by)
+    if method is not None:
+        check_owner(metrics, METHOD, method, path, produced_by)
+    return checked_decisions(named_only(metrics, METRICS), method or path.stem, path, produced_by)
 
 
 def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
@@ -99,7 +121,7 @@ def read_correct(path: Path, produced_by: str) -> dict[str, np.ndarray]:
     unless the table is the one its run's per-seed file (the .json beside it) records: a table cut short, edited or
     of another run was read as well-formed, and the bootstrap paired it with the wrong images."""
     if not path.is_file():
-        raise InputError(f"{path} not found: {get_back(path, produced_by)}")
+        raise absent(path, produced_by)
     table, record = path.read_bytes(), path.with_suffix(".json")
     recorded = read_json(record, produced_by)
     # which of the two is off, no file can tell: both are restored

@@ -31,6 +31,12 @@ class EpochLog:
         self.lock = hold(f"train@{self.directory.name}",
                          f"another training of {self.directory.name} is running in this project; two at once would "
                          "write one live log and one model")
+        # What an interrupted training of the run left there (no other is running: the lock) would be carried
+        # into this one's log, an output DVC hashes.
+        if self.in_progress.is_dir() and not self.in_progress.is_symlink():
+            shutil.rmtree(self.in_progress)
+        else:
+            self.in_progress.unlink(missing_ok=True)
         # dvcyaml=False: dvc.yaml declares the plots itself; save_dvc_exp=False: `dvc exp run`
         # (or `dvc repro`) owns the experiment, not the logger.
         with self.disk():

@@ -52,6 +52,16 @@ def registry_problem() -> Optional[str]:
     return None
 
 
+def listed_methods(params: Params) -> list[str]:
+    """params.yaml's `methods`, refused in one line where it lacks the reference method, which every other is
+    compared with (summarize) and attacked through (transfer)."""
+    listed = params.method_names()
+    if REFERENCE_METHOD not in listed:
+        raise ParamsError(f"{params.source}: `methods` = {listed} lacks {REFERENCE_METHOD!r}, the method every other is "
+                          f"compared with and attacked through (transfer): add it to the list")
+    return listed
+
+
 def known(name: str) -> str:
     if name not in REGISTRY:
         raise ParamsError(f"unknown method {name!r}: must be one of {', '.join(REGISTRY)}")
