@@ -7,7 +7,7 @@ from robust_cifar.evaluation.embeddings import load_embeddings
 from robust_cifar.evaluation.evaluate import has_head, score_embeddings, small_class_warning
 from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
-from robust_cifar.reporting.results import PREDICTIONS, RUN, stamped, table_digest
+from robust_cifar.reporting.results import KNN_K, PREDICTIONS, RUN, stamped, table_digest
 from robust_cifar.stage import run_stage
 from stages import paths
 
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
                                                 predictions[f"test.perturbed.{decision}"])]
     write_csv(paths.seed_predictions(method, seed), rows)
     digest = table_digest(paths.seed_predictions(method, seed).read_bytes())   # ties the table to this run's file
-    write_json(paths.seed_metrics(method, seed), stamped({PREDICTIONS: digest, **metrics}, RUN, run))
+    write_json(paths.seed_metrics(method, seed), stamped({KNN_K: k, PREDICTIONS: digest, **metrics}, RUN, run))
     test = metrics["test"]
     print(f"evaluate@{run}: test clean / perturbed / transfer "
           + " | ".join(f"{kind} {test['clean'][kind]:.4f} / {test['perturbed'][kind]:.4f} / {test['transfer'][kind]:.4f}"

@@ -15,7 +15,7 @@ from robust_cifar.evaluation.robustness import RobustnessConfig, Victim, percent
 from robust_cifar.model import ModelConfig, load_model
 from robust_cifar.outputs import check_writable, write_csv, write_json
 from robust_cifar.params import load_params
-from robust_cifar.reporting.results import RUN, stamped
+from robust_cifar.reporting.results import KNN_K, RUN, stamped
 from robust_cifar.stage import run_stage
 from robust_cifar.training.methods import REFERENCE_METHOD
 from robust_cifar.training.methods.build import build_method
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
                     method.has_head, fit, fit_labels, k, num_classes, transfer_source)
     report, per_image = robust_accuracy(config, victim, images, labels, compute, compute_config.eval_batch_size, seed,
                                         progress=lambda message: print(f"robustness@{run}: {message}", flush=True))
-    write_json(paths.robustness(name, seed), stamped(report, RUN, run))
+    write_json(paths.robustness(name, seed), stamped({KNN_K: k, **report}, RUN, run))
     columns = {key: value.cpu().numpy().astype(int) for key, value in per_image.items()}
     write_csv(paths.robustness_per_image(name, seed),
               [{"test_index": int(index), "label": int(label), **{key: int(values[row]) for key, values in columns.items()}}

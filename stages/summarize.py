@@ -17,11 +17,12 @@ from stages import paths
 def main(argv: list[str]) -> None:
     params = load_params()
     check_writable(paths.SUMMARY_MD, paths.HEADLINE, paths.SUMMARY_JSON, paths.ACCURACY_FIGURE, paths.ROBUSTNESS_FIGURE)
-    methods, seeds, labels = listed_methods(params), params.train_seeds(), decision_labels(knn_k(params))
+    methods, seeds, k = listed_methods(params), params.train_seeds(), knn_k(params)
+    labels = decision_labels(k)
     run_settings = settings(params)
     provenance = provenance_lines(read_json(paths.SOURCE, "download", SOURCE), run_settings)
-    all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}", method) for method in methods}
-    per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method)
+    all_metrics = {method: read_metrics(paths.aggregated(method), f"aggregate@{method}", method, k) for method in methods}
+    per_seed = {method: read_runs(paths.seed_results(method), paths.robustness_results(method), seeds, method, k)
                 for method in methods}
     correct = {method: {seed: read_correct(paths.seed_predictions(method, seed), f"evaluate@{method}-{seed}")
                         for seed in seeds} for method in methods}

@@ -26,7 +26,7 @@ from robust_cifar.perturbations.perturb import PerturbSettings, load_plans, make
 from robust_cifar.reporting.aggregate import aggregate
 from robust_cifar.reporting.curves import read_training_curves
 from robust_cifar.reporting.provenance import SOURCE
-from robust_cifar.reporting.results import (METHOD, PREDICTIONS, RUN as RESULTS_RUN, read_correct, read_json,
+from robust_cifar.reporting.results import (KNN_K, METHOD, PREDICTIONS, RUN as RESULTS_RUN, read_correct, read_json,
                                            read_metrics, read_runs, scores_of, stamped, table_digest)
 from robust_cifar.schema import NUMBER, Each, Optional, tree_problem
 from robust_cifar.training.methods import REFERENCE_METHOD
@@ -303,6 +303,31 @@ def test_the_reference_methods_reports_must_have_its_heads_accuracy(tmp_path):
     for path in other_folder.glob("*.json"):
         edit_report(path, headless)
     assert "head" not in read_runs(other_folder, other_robustness, [0, 1], ANGULAR)[0]["test"]["clean"]
+
+
+def test_reports_scored_by_another_k_nn_than_params_yamls_are_refused(tmp_path):
+    """`knn.k: 5`, then `dvc repro -s summarize`: every "5-NN" of the summary labelled a 3-NN's numbers."""
+    seeds_folder, robustness_folder = seed_files(tmp_path)
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD, k=3)
+    one_line(error, seeds_folder / "0.json", f"evaluate@{HEAD}-0", f"no `{KNN_K}`")   # written before the stamp
+    for path in [*seeds_folder.glob("*.json"), *robustness_folder.glob("*.json")]:
+        edit_report(path, lambda tree: tree.update({KNN_K: 3}))
+    runs = read_runs(seeds_folder, robustness_folder, [0, 1], HEAD, k=3)
+    assert KNN_K not in runs[0] and KNN_K not in runs[0]["robustness"]   # a stamp, not a metric
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD, k=5)
+    one_line(error, seeds_folder / "0.json", f"evaluate@{HEAD}-0", "scored by a 3-NN, where params.yaml's knn.k is 5")
+    edit_report(robustness_folder / "1.json", lambda tree: tree.update({KNN_K: 5}))
+    with pytest.raises(InputError) as error:
+        read_runs(seeds_folder, robustness_folder, [0, 1], HEAD, k=3)
+    one_line(error, robustness_folder / "1.json", f"robustness@{HEAD}-1", "scored by a 5-NN, where params.yaml's knn.k is 3")
+    path = tmp_path / f"{HEAD}.json"
+    path.write_text(json.dumps(stamped({KNN_K: 3, **aggregate(runs)}, METHOD, HEAD)))
+    assert KNN_K not in read_metrics(path, f"aggregate@{HEAD}", HEAD, k=3)
+    with pytest.raises(InputError) as error:
+        read_metrics(path, f"aggregate@{HEAD}", HEAD, k=5)
+    one_line(error, path, f"aggregate@{HEAD}", "scored by a 3-NN, where params.yaml's knn.k is 5")
 
 
 def test_a_report_of_a_seed_no_longer_listed_is_not_read(tmp_path):

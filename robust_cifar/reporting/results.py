@@ -50,6 +50,7 @@ def read_json(path: Path, produced_by: str, schema: Any = None) -> Any:
 
 RUN = "run"         # in a per-seed file: its `<method>-<seed>`
 METHOD = "method"   # in an aggregate: its method
+KNN_K = "knn_k"     # in each: the k of the k-NN that scored it (its name in every report: "3-NN")
 PREDICTIONS = "predictions_md5"   # in evaluate's per-seed file: the md5 of the predictions table beside it
 
 
@@ -89,30 +90,42 @@ def checked_decisions(tree: dict, method: str, path: Path, produced_by: str) -> 
     return tree
 
 
-def read_seed_metrics(folder: Path, seeds: list[int], method: str, stage: str, schema: Any) -> dict[int, dict]:
+def check_k(tree: dict, k: int | None, path: Path, produced_by: str) -> None:
+    """Refuse (one line) a report scored by another k-NN than params.yaml's `knn.k` = `k` (None: any): under `dvc
+    repro -s` a summary labelled a 3-NN's numbers "5-NN"."""
+    if k is not None and tree.get(KNN_K) != k:
+        raise refuse(path, produced_by, f"no `{KNN_K}`" if KNN_K not in tree else
+                     f"scored by a {tree[KNN_K]}-NN, where params.yaml's knn.k is {k}")
+
+
+def read_seed_metrics(folder: Path, seeds: list[int], method: str, stage: str, schema: Any,
+                      k: int | None = None) -> dict[int, dict]:
     """{seed: metrics} of one method for exactly `seeds` (files of seeds no longer listed are ignored), with only
-    the keys of `schema`."""
+    the keys of `schema`; where `k` is given, scored by that k-NN."""
     runs = {}
     for seed in sorted(seeds):
         path, produced_by = folder / f"{seed}.json", f"{stage}@{method}-{seed}"
         owned = check_owner(read_json(path, produced_by, schema), RUN, f"{method}-{seed}", path, produced_by)
+        check_k(owned, k, path, produced_by)
         runs[seed] = checked_decisions(named_only(owned, schema), method, path, produced_by)
     return runs
 
 
-def read_runs(seed_results: Path, robustness_results: Path, seeds: list[int], method: str) -> dict[int, dict]:
+def read_runs(seed_results: Path, robustness_results: Path, seeds: list[int], method: str,
+              k: int | None = None) -> dict[int, dict]:
     """{seed: evaluate's metrics with the robustness stage's results under "robustness"} of one method."""
-    metrics = read_seed_metrics(seed_results, seeds, method, "evaluate", SEED_METRICS)
-    robustness = read_seed_metrics(robustness_results, seeds, method, "robustness", ROBUSTNESS_REPORT)
+    metrics = read_seed_metrics(seed_results, seeds, method, "evaluate", SEED_METRICS, k)
+    robustness = read_seed_metrics(robustness_results, seeds, method, "robustness", ROBUSTNESS_REPORT, k)
     return {seed: {**metrics[seed], "robustness": robustness[seed]} for seed in metrics}
 
 
-def read_metrics(path: Path, produced_by: str, method: str | None = None) -> dict:
+def read_metrics(path: Path, produced_by: str, method: str | None = None, k: int | None = None) -> dict:
     """One method's metrics over seeds, as aggregate writes them; where `method` is given, refused unless the
-    file is that method's (without its stamp)."""
+    file is that method's (without its stamp), and where `k` is, unless that k-NN scored it."""
     metrics = read_json(path, produced_by, METRICS)
     if method is not None:
         check_owner(metrics, METHOD, method, path, produced_by)
+    check_k(metrics, k, path, produced_by)
     return checked_decisions(named_only(metrics, METRICS), method or path.stem, path, produced_by)
 
 
