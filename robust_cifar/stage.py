@@ -84,6 +84,11 @@ def end_now() -> None:
 def run_stage(main: Callable[[list[str]], None], persist: bool = False) -> None:
     """Run a stage's `main` on its arguments. `persist`: its outputs are `persist: true` in dvc.yaml, so DVC leaves
     them in place when it runs the stage (tests/test_guards.py keeps the two in step)."""
+    if {"-h", "--help"} & set(sys.argv[1:]):   # what it does, without running it (and replacing its outputs)
+        doc = (getattr(sys.modules["__main__"], "__doc__", None) or "").strip()
+        print(f"{doc}\n\nA stage of the pipeline: run it with `dvc repro` (dvc.yaml gives its arguments, deps, "
+              "params and outputs; docs/pipeline.md says what each stage does).")
+        return
     started = time.perf_counter()
     try:
         stop_on_signals()

@@ -22,6 +22,7 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     params = load_params()
     check_on_this_machine(params)
     check_code_deps()

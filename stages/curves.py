@@ -14,6 +14,7 @@ TRAINING_CURVES = Path("reports/training_curves.png")
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     check_writable(TRAINING_CURVES)
     curves = {}
     params = load_params()

@@ -13,6 +13,7 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     data = DataConfig.from_params(load_params())
     if data.archive:
         archive, expected_md5 = Path(data.archive), data.archive_md5

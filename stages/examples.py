@@ -64,6 +64,7 @@ def pick_examples(gates: np.ndarray, labels: np.ndarray, count: int) -> np.ndarr
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     params = load_params()
     check_writable(paths.EXAMPLES)
     perturb = PerturbSettings.from_params(params)

@@ -17,6 +17,13 @@ PARAMS_CHECKED = Path("data/params/checked.txt")
 _METHOD = r"[a-z][a-z0-9_]*"
 
 
+def no_arguments(argv: list[str]) -> None:
+    """A stage of the whole pipeline takes none: an argument (a stray `--help` ran the stage) is refused."""
+    if argv:
+        raise ParamsError(f"this stage takes no arguments, got {' '.join(argv)}: run it through dvc (`dvc repro "
+                          "<stage>`); `--help` says what it does")
+
+
 def method_argument(argv: list[str]) -> str:
     """The method a per-method stage was started for; a plain name, never a path."""
     if len(argv) != 1 or not re.fullmatch(_METHOD, argv[0]):

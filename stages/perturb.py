@@ -11,6 +11,7 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     params = load_params()
     settings, seed = PerturbSettings.from_params(params, with_fgm=False), params.seed("plan")
     split = load_split_indices(paths.SPLIT)

@@ -10,6 +10,7 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     params = load_params()
     config, seed = SplitConfig.from_params(params), params.seed("split")
     arrays = load_arrays(paths.RAW)

@@ -15,6 +15,7 @@ from stages import paths
 
 
 def main(argv: list[str]) -> None:
+    paths.no_arguments(argv)
     params = load_params()
     check_writable(paths.SUMMARY_MD, paths.HEADLINE, paths.SUMMARY_JSON, paths.ACCURACY_FIGURE, paths.ROBUSTNESS_FIGURE)
     methods, seeds, k = listed_methods(params), params.train_seeds(), knn_k(params)

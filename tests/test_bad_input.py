@@ -25,7 +25,7 @@ from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from stages.check_params import main as check_params_stage
 from tests.forked_runs import run_module
 from tests.methods import ANGULAR, HEAD, PERTURBED_HEAD
-from tests.pipeline_project import communicate_or_show_where, dvc, dvc_env, stale_stages
+from tests.pipeline_project import ROOT, communicate_or_show_where, dvc, dvc_env, stale_stages
 
 
 @pytest.fixture
@@ -478,6 +478,21 @@ def test_a_stage_refuses_an_output_in_a_linked_folder_before_its_work(tmp_path, 
     Path("models/run-0.pt").symlink_to(elsewhere / "cached")   # as DVC links a cached file
     check_writable(Path("models/run-0.pt"), Path("reports/training/run-0"))
     check_writable(elsewhere / "report.md", files=True)   # a tool's destination may lie anywhere
+
+
+@pytest.mark.parametrize("stage, args", [("summarize", []), ("train", [HEAD, "0"])])
+def test_help_says_what_a_stage_does_and_runs_nothing(tmp_path, stage, args):
+    """`python -m stages.summarize --help` ran the stage and replaced its outputs."""
+    result = run_module(tmp_path, f"stages.{stage}", *args, "--help", env={**dvc_env(), "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and result.stdout.startswith(f"{stage}"), result.stdout + result.stderr
+    assert "run it with `dvc repro`" in result.stdout and not list(tmp_path.iterdir())   # no cache, no output
+
+
+def test_a_stage_of_the_whole_pipeline_refuses_arguments(tmp_path):
+    result = run_module(tmp_path, "stages.curves", "foo", "bar", env={**dvc_env(), "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert one_error_line(result.stderr) == ("error: this stage takes no arguments, got foo bar: run it through dvc "
+                                             "(`dvc repro <stage>`); `--help` says what it does")
 
 
 def test_outputs_written_together_are_all_new_or_all_as_they_were(tmp_path):
