@@ -1,6 +1,7 @@
 """The training curves: the offline PNG (robust_cifar/reporting/curves.py) and the dvc plots templates that draw
 the same curves in `dvc plots show` (.dvc/plots/)."""
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.colors
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
+from robust_cifar.cache import ENV
+from robust_cifar.errors import InputError
 from robust_cifar.reporting.colours import TAB10, VEGA_SCHEME, method_colour
 from robust_cifar.reporting.colours import STACKED_WIDTHS, stacked_width
-from robust_cifar.reporting.curves import LR, RUN, TRAIN_LOSS, panels, read_training_curves, training_curves
-from robust_cifar.training.live_log import LOGGED, RUN as LOGGED_RUN
+from robust_cifar.reporting.curves import LR, TRAIN_LOSS, panels, read_training_curves, training_curves
+from robust_cifar.training.live_log import LOGGED, EpochLog
 from robust_cifar.training.methods.registry import loss_name
 from robust_cifar.training.methods.objectives import AngularEmbedding, CrossEntropyHead
 from tests.methods import ANGULAR, PERTURBED_ANGULAR
@@ -121,7 +124,29 @@ def test_curves_are_read_from_dvclive_tsv_files(tmp_path):
 def test_curves_read_the_names_the_training_logger_writes():
     read = {metric for _, metric, _, _ in PANELS}
     assert read <= set(LOGGED.values())
-    assert RUN == LOGGED_RUN   # whose log it is
+
+
+def test_another_runs_plots_copied_into_a_log_are_refused(tmp_path, monkeypatch):
+    """Another run's plots/ and metrics.json copied into this run's log were drawn as this run's curves: its
+    params.yaml, the only file that names the run, was this run's."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    for run, accuracy in (("this-0", 0.25), ("other-0", 0.75)):
+        log = EpochLog(f"reports/training/{run}")
+        log.describe(run)
+        for epoch in (1, 2):
+            log({"epoch": epoch, "train_loss": 2.0 / epoch, "train_acc": accuracy, "lr": 0.01, "val_acc": accuracy})
+        log.close()
+    this, other = Path("reports/training/this-0"), Path("reports/training/other-0")
+    assert read_training_curves(this)["train/acc"][1].tolist() == [0.25, 0.25]
+    shutil.rmtree(this / "plots")
+    shutil.copytree(other / "plots", this / "plots")
+    shutil.copy(other / "metrics.json", this / "metrics.json")
+    with pytest.raises(InputError, match=r"^reports/training/this-0/plots does not hold what train@this-0 writes "
+                                         r"\(plots or metrics.json other than those the log's params.yaml records"):
+        read_training_curves(this)
+    (this / "params.yaml").write_text("run: this-0\n")   # a log written before the digest: read as it is
+    assert read_training_curves(this)["train/acc"][1].tolist() == [0.75, 0.75]
 
 
 # --- the dvc plots templates ---------------------------------------------------------------------

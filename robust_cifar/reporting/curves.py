@@ -21,6 +21,7 @@ from robust_cifar.errors import InputError, get_back  # noqa: E402
 from robust_cifar.params import parse_yaml  # noqa: E402
 from robust_cifar.reporting.colours import method_colour, method_rank, stacked_width  # noqa: E402
 from robust_cifar.schema import refuse  # noqa: E402
+from robust_cifar.training.live_log import LOGGED_MD5, RUN, log_digest  # noqa: E402
 from robust_cifar.training.methods.registry import loss_name  # noqa: E402
 
 LINE_WIDTH = 1.6   # the learning rates of different methods coincide for many epochs: their lines stack (colours.py)
@@ -79,9 +80,6 @@ def read_tsv_curve(path: Path, field: str, produced_by: str, output: Path) -> Cu
     return steps, values
 
 
-RUN = "run"   # in the log's params.yaml (live_log.RUN): the `<method>-<seed>` it logged, as its folder is named
-
-
 def check_run(directory: Path, produced_by: str) -> None:
     """Refuse (one line) a log that names another run than its folder: another run's log copied over this one's
     is otherwise well-formed, and would be drawn as this method's."""
@@ -96,6 +94,10 @@ def check_run(directory: Path, produced_by: str) -> None:
     if logged != directory.name:
         raise refuse(path, produced_by, f"the log of {logged}, not of {directory.name}" if logged else f"no `{RUN}`",
                      directory)
+    # (a log written before its digest was recorded has none)
+    if LOGGED_MD5 in facts and facts[LOGGED_MD5] != log_digest(directory):
+        raise refuse(directory / "plots", produced_by, "plots or metrics.json other than those the log's params.yaml "
+                     "records (another run's copied in, or edited)", directory)
 
 
 def last_step(path: Path) -> int | None:

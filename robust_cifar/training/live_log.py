@@ -3,6 +3,7 @@ and live updates in DVC Studio when it is connected."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,19 @@ from robust_cifar.outputs import NO_SPACE, move_folder, no_space
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
           "val_acc": "val/acc", "val_perturbed_acc": "val/perturbed_acc"}
-RUN = "run"   # the log's own run, in its params.yaml (read by reporting/curves.py, which names it RUN too)
+RUN = "run"   # the log's own run, in its params.yaml (read by reporting/curves.py)
+LOGGED_MD5 = "logged_md5"   # there too, as the log closes: log_digest of what it logged
+
+
+def log_digest(directory: Path) -> str:
+    """The md5 of a training log's metrics.json and plots (paths and bytes): what ties them to its params.yaml, so
+    another run's plots copied into this log are refused, not drawn as this run's curves."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for path in sorted([directory / "metrics.json", *(directory / "plots").rglob("*")]):
+        if path.is_file():
+            digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 # Wall times are left out: they differ on every run, and metrics.json is an output DVC hashes.
 
 
@@ -71,5 +84,6 @@ class EpochLog:
         """Finish the log and move it into place; another training of the run may start after this."""
         with self.disk():
             self.live.end()
+            self.live.log_params({LOGGED_MD5: log_digest(self.in_progress)})
         move_folder(self.in_progress, self.directory)   # across disks too, when the cache is on another
         self.lock.close()
