@@ -92,7 +92,8 @@ DIRECT = {
     "perturb.fgm.eps_255": {"examples"} | set(methods("embed")) | set(methods("robustness")),
     # a method's own section: the stages that build the method (train, and embed and robustness for its scores)
     **{f"{method}.{key}": own_section(method) for method in METHODS for key in leaf_keys(PARAMS[method])},
-    "knn.k": set(methods("evaluate")) | set(methods("robustness")) | {"summarize"},   # summarize: the k-NN's name
+    # aggregate and summarize: each report's k-NN must be it (and summarize names it: "3-NN")
+    "knn.k": set(methods("evaluate")) | set(methods("robustness")) | set(methods("aggregate")) | {"summarize"},
     **{f"umap.{key}": set(methods("umap_plot")) for key in ("fit_samples", "plot_samples", "n_neighbors", "min_dist")},
 }
 
