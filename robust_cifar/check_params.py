@@ -59,6 +59,24 @@ def moved_key(key: str, value) -> str | None:
     return None
 
 
+def refuse_odd_keys(tree: dict, source: str, section: str = "") -> None:
+    """Refuse a key params.yaml cannot mean: one that is no name (`1:`, `~:`, `true:`), or a dotted one (`train.epochs:
+    5` at the top level was read by no stage and refused by none, while DVC's params diff failed on it)."""
+    for key, value in tree.items():
+        where = f"`{section}.{key}`" if section else f"`{key}`"
+        if not isinstance(key, str):
+            shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else f"the number {key}"
+            inside = f" in `{section}`" if section else ""
+            raise ParamsError(f"{source}: a key{inside} reads as {shown}, not a name: write each key as a name such as "
+                              "`epochs`")
+        if "." in key:
+            first, _, rest = key.partition(".")
+            raise ParamsError(f"{source}: the key {where} holds a dot: write it nested, `{rest}:` under `{first}:` "
+                              "(a dotted name is how `-S` and the docs name a nested key)")
+        if isinstance(value, dict):
+            refuse_odd_keys(value, source, f"{section}.{key}" if section else key)
+
+
 def refuse_moved_keys(params: Params) -> None:
     for key in params.leaf_keys():
         node = params.raw
@@ -74,6 +92,7 @@ def validate_params(params: Params) -> None:
     problem = registry_problem()
     if problem:
         raise ParamsError(problem)
+    refuse_odd_keys(params.raw, params.source)
     refuse_moved_keys(params)
     DataConfig.from_params(params)
     SplitConfig.from_params(params)

@@ -236,6 +236,22 @@ def test_summarize_refuses_methods_without_the_reference_method_before_reading_a
         summarize_stage([])
 
 
+@pytest.mark.parametrize("where, key, words", [
+    (None, "train.epochs", "the key `train.epochs` holds a dot: write it nested, `epochs:` under `train:`"),
+    (None, "foo.bar", "the key `foo.bar` holds a dot: write it nested, `bar:` under `foo:`"),
+    ("train", "lr.x", "the key `train.lr.x` holds a dot"),
+    (None, 1, "a key reads as the number 1, not a name"),
+    (None, None, "a key reads as null, not a name"),
+    ("knn", True, "a key in `knn` reads as true, not a name")])
+def test_a_key_that_is_no_name_or_holds_a_dot_is_refused_in_one_line(raw, where, key, words):
+    """`train.epochs: 5` at the top level passed check_params, read by no stage; `1:`, `~:` and `true:` were tracebacks."""
+    edited = copy.deepcopy(raw)
+    (edited[where] if where else edited)[key] = 5
+    with pytest.raises(ParamsError) as error:
+        validate_params(Params(edited))
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
 def test_an_unlisted_method_section_is_still_checked(raw):
     edited = params_with(raw, f"{ANGULAR}.alpha", 100).raw
     edited["methods"] = [HEAD]
