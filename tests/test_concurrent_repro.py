@@ -20,6 +20,7 @@ from robust_cifar.training.methods.registry import REFERENCE_METHOD
 from tests.pipeline_project import ROOT, dvc, not_copied, run as run_command
 from tools import concurrent_repro
 from tools.concurrent_repro import plan_from_graph, run, set_params
+from tools.restored import WORKSPACE_LOCK
 
 # a diamond with a tail: a -> (b, c) -> d, and e independent of everything
 GRAPH = {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"b", "c"}, "e": set()}
@@ -345,12 +346,13 @@ def test_a_second_run_in_the_same_project_is_refused_before_it_edits_params_yaml
     monkeypatch.chdir(tmp_path)
     shutil.copyfile(Path(__file__).resolve().parent.parent / "params.yaml", tmp_path / "params.yaml")
     before = (tmp_path / "params.yaml").read_bytes()
-    first = hold("concurrent_repro", "the first")   # as the first run holds it
+    first = hold(WORKSPACE_LOCK, "the first")   # as the first run (or a preset's) holds it
     monkeypatch.setenv(ENV, str(tmp_path / "a cache of its own"))   # the second's shell: the lock is the project's
     monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: pytest.fail("the second went on"))
     assert concurrent_repro.main(["-S", "compute.device=cpu", "-S", "compute.fast=false", "-S", "knn.k=7"]) == 2
-    assert capsys.readouterr().err == ("error: another concurrent_repro is running in this project (it holds "
-                                       ".cache/locks/concurrent_repro.lock): let it finish or stop it, then rerun\n")
+    assert capsys.readouterr().err == ("error: another preset or concurrent_repro is running in this project, and each "
+                                       "edits params.yaml, which the other's stages read (it holds "
+                                       ".cache/locks/workspace.lock): let it finish or stop it, then rerun\n")
     assert (tmp_path / "params.yaml").read_bytes() == before
     first.close()
     monkeypatch.setattr(concurrent_repro, "read_pipeline", lambda root: ({}, set()))

@@ -236,6 +236,26 @@ def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
     assert (tmp_path / "params.yaml").read_bytes() == PARAMS.read_bytes()
 
 
+def test_a_preset_beside_another_tool_that_edits_params_yaml_is_refused_before_dvc_runs(tmp_path, monkeypatch, capsys):
+    """A preset started beside another (or beside concurrent_repro -S) ran its experiment on the other's params,
+    exit 0, and each put params.yaml back over the other's edit."""
+    from robust_cifar.cache import ENV, hold
+    from tools.restored import WORKSPACE_LOCK
+
+    monkeypatch.delenv(ENV, raising=False)
+    (tmp_path / "params.yaml").write_bytes(PARAMS.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(preset, "run_in_group", lambda cmd: pytest.fail("DVC ran"))
+    first = hold(WORKSPACE_LOCK, "the first")   # as a running preset or concurrent_repro holds it
+    assert main(["quick", "--name", "x"]) == 2
+    assert capsys.readouterr().err.startswith("error: another preset or concurrent_repro is running in this project")
+    assert (tmp_path / "params.yaml").read_bytes() == PARAMS.read_bytes()
+    first.close()
+    monkeypatch.setattr(preset, "run_in_group", lambda cmd: 0)
+    assert main(["quick", "--name", "x"]) == 0   # once it ends
+    assert main(["quick", "--name", "x"]) == 0   # and the preset's own hold ended with it
+
+
 def finished_run(tmp_path: Path) -> None:
     """What a finished run of HEAD with seeds 0 and 1 leaves in the workspace (`tmp_path`), beside an earlier
     run's files and an earlier publication in results/quick-cpu."""

@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from robust_cifar.cache import hold, project_cache_dir
+from robust_cifar.cache import project_cache_dir
 from robust_cifar.code_deps import CHECK_STAGE
 from robust_cifar.errors import UserError
 from robust_cifar.outputs import NEARLY_FULL, free_bytes
 from robust_cifar.signals import (FORWARDED, Stopped, dies_with_this_process, run_tool, signal_of, signals_held,
                                   stop_group, stop_on_signals)
-from tools.restored import Outcome, check_editable, restored_on_failure
+from tools.restored import Outcome, check_editable, hold_workspace, restored_on_failure
 
 POLL_SECONDS = 0.2
 # Stages at a time on a GPU: the four methods of a seed train side by side. On 2 CPU cores two
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs {args.jobs}: must be from 1 to {MAX_JOBS}")
     stop_on_signals()   # TERM and HUP (a closed terminal, a scheduler) stop the stages as Ctrl-C does
     try:   # a second one's -S edit would reach this one's stages, which then record its values
-        running = hold("concurrent_repro", "another concurrent_repro is running in this project")
+        running = hold_workspace()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from robust_cifar.stage import timings
 from robust_cifar.training.methods.registry import on_a_cpu
 from stages import paths
 from stages.curves import TRAINING_CURVES
-from tools.restored import check_editable, restored_on_failure
+from tools.restored import check_editable, hold_workspace, restored_on_failure
 from tools.sweep.cli import existing_names
 from tools.sweep.grid import LONGEST_EXP_NAME, quoted, valid_exp_name
 
@@ -325,6 +325,17 @@ def main(argv: list[str] | None = None) -> int:
         print(FP32_NOTE, flush=True)
     if args.dry_run:
         return 0
+    try:
+        workspace = hold_workspace()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with contextlib.closing(workspace):
+        return run_and_publish(cmd, args, argv)
+
+
+def run_and_publish(cmd: list[str], args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The experiment, with params.yaml put back if it fails, then, where it succeeded, its publication."""
     started = time.perf_counter()
     stop_on_signals()   # TERM and HUP too: DVC and its stage are stopped, not left running
     with restored_on_failure(Path("params.yaml"), lock=Path("dvc.lock")) as outcome:

@@ -20,6 +20,18 @@ class Outcome:
     returncode: int = 1
 
 
+WORKSPACE_LOCK = "workspace"   # .cache/locks/workspace.lock: held by the tool that edits params.yaml and runs DVC here
+
+
+def hold_workspace():
+    """One tool at a time that edits this project's params.yaml and runs the pipeline on it (the preset,
+    concurrent_repro): a second one's edit reached the first's stages, which recorded its values, and each put
+    params.yaml back over the other's. A UserError (one line) while another holds it."""
+    from robust_cifar.cache import hold
+    return hold(WORKSPACE_LOCK, "another preset or concurrent_repro is running in this project, and each edits "
+                "params.yaml, which the other's stages read")
+
+
 def index_entry(path: Path) -> str | None:
     """`path`'s entry in Git's index (`<mode> <blob> <stage>`), or None: untracked, or no Git work tree here."""
     try:
