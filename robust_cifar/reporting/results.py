@@ -93,9 +93,13 @@ def checked_decisions(tree: dict, method: str, path: Path, produced_by: str) -> 
 def check_k(tree: dict, k: int | None, path: Path, produced_by: str) -> None:
     """Refuse (one line) a report scored by another k-NN than params.yaml's `knn.k` = `k` (None: any): under `dvc
     repro -s` a summary labelled a 3-NN's numbers "5-NN"."""
-    if k is not None and tree.get(KNN_K) != k:
-        raise refuse(path, produced_by, f"no `{KNN_K}`" if KNN_K not in tree else
-                     f"scored by a {tree[KNN_K]}-NN, where params.yaml's knn.k is {k}")
+    if k is None or tree.get(KNN_K) == k:
+        return
+    if KNN_K not in tree:
+        raise refuse(path, produced_by, f"no `{KNN_K}`")
+    # not damage: knn.k was edited since, and the stage, or one before it, has not rerun (`dvc repro -s`)
+    raise InputError(f"{path} was scored by a {tree[KNN_K]}-NN, where params.yaml's knn.k is {k}: rerun it with "
+                     f"`dvc repro {produced_by}` (without -s: it rescores what it reads first)")
 
 
 def read_seed_metrics(folder: Path, seeds: list[int], method: str, stage: str, schema: Any,
