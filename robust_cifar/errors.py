@@ -15,9 +15,10 @@ def get_back(path, stage: str) -> str:
             f"or remake it with `dvc repro -f -s {stage}`")
 
 
-def absent(path, stage: str) -> "InputError":
-    """The one line for a file a stage reads that is not there as a file (missing, or a folder in its place)."""
-    return InputError(f"{path} {'is a folder' if Path(path).is_dir() else 'not found'}: {get_back(path, stage)}")
+def absent(path, stage: str, what: str = "") -> "InputError":
+    """The one line for a file a stage reads that is not there as a file (missing, or a folder in its place);
+    `what` names its kind before the path ("model checkpoint ")."""
+    return InputError(f"{what}{path} {'is a folder' if Path(path).is_dir() else 'not found'}: {get_back(path, stage)}")
 
 
 class UserError(Exception):

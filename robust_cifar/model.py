@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_cifar.errors import InputError, get_back
+from robust_cifar.errors import InputError, absent, get_back
 from robust_cifar.outputs import atomic_path
 from robust_cifar.params import BELOW_ONE, Params, bounded_int
 
@@ -133,7 +133,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", expect: Mod
     path = Path(path)
     redo = get_back(path, _stage_of(path))
     if not path.is_file():
-        raise InputError(f"model checkpoint {path} {'is a folder' if path.is_dir() else 'not found'}: {redo}")
+        raise absent(path, _stage_of(path), what="model checkpoint ")
     if not zipfile.is_zipfile(path):   # torch.save writes a zip: this is text, a git-lfs pointer, a page, a fragment
         raise InputError(f"{path} is not a readable checkpoint (not the zip archive torch.save writes: a text file, "
                          f"a git-lfs pointer or a truncated copy?): {redo}")

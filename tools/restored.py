@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from robust_cifar.cache import hold
 from robust_cifar.errors import UserError
 
 
@@ -27,7 +28,6 @@ def hold_workspace():
     """One tool at a time that edits this project's params.yaml and runs the pipeline on it (the preset,
     concurrent_repro): a second one's edit reached the first's stages, which recorded its values, and each put
     params.yaml back over the other's. A UserError (one line) while another holds it."""
-    from robust_cifar.cache import hold
     return hold(WORKSPACE_LOCK, "another preset or concurrent_repro is running in this project, and each edits "
                 "params.yaml, which the other's stages read")
 

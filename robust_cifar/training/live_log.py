@@ -13,6 +13,7 @@ from robust_cifar.outputs import NO_SPACE, move_folder, no_space
 # epoch-row key -> dvclive metric name (a "/" nests it in metrics.json and in plots/metrics/)
 LOGGED = {"train_loss": "train/loss", "train_acc": "train/acc", "lr": "lr", "val_loss": "val/loss",
           "val_acc": "val/acc", "val_perturbed_acc": "val/perturbed_acc"}
+# Wall times are left out: they differ on every run, and metrics.json is an output DVC hashes.
 RUN = "run"   # the log's own run, in its params.yaml (read by reporting/curves.py)
 LOGGED_MD5 = "logged_md5"   # there too, as the log closes: log_digest of what it logged
 
@@ -26,7 +27,6 @@ def log_digest(directory: Path) -> str:
             digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
-# Wall times are left out: they differ on every run, and metrics.json is an output DVC hashes.
 
 
 class EpochLog:
